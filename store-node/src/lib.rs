@@ -1,0 +1,1 @@
+//! The AllSource store node library: event model, engine and backends.

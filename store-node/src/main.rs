@@ -1,0 +1,5 @@
+//! store-node binary.
+
+fn main() {
+    println!("store-node {}", env!("CARGO_PKG_VERSION"));
+}

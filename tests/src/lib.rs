@@ -1,0 +1,1 @@
+//! Shared helpers for the integration tests: reading the test environment written by tests/env.
