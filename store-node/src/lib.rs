@@ -1,1 +1,10 @@
-//! The AllSource store node library: event model, engine and backends.
+//! The AllSource store node library: event model, the event-store trait, the embedded engine
+//! and the backends.
+
+pub mod backend;
+pub mod error;
+pub mod model;
+
+pub use backend::{EventStore, EventSubscription, StoreResult, SubscriptionTarget};
+pub use error::StoreError;
+pub use model::*;

@@ -1,0 +1,428 @@
+//! The event model shared by every backend: identifiers, events, expected versions, limits.
+//!
+//! This module owns input validation. Every backend calls the same validators so that the
+//! conformance suite sees the same limits and the same error codes everywhere. It must never do
+//! I/O.
+//!
+//! Numbering (documented in the README): the first event of a stream has **version 0**; the
+//! per-tenant global **position** of the first event of a tenant is **0** as well. A read "from"
+//! a version or position includes it; a subscription "after" a position excludes it.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::error::StoreError;
+
+/// A validated tenant id: a DNS label (`[a-z0-9]([a-z0-9-]*[a-z0-9])?`, at most 63 bytes), so
+/// that it can name Kubernetes objects, PostgreSQL roles and table suffixes unchanged.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct TenantId(String);
+
+impl TenantId {
+    /// Validates and wraps a tenant id.
+    pub fn new(id: impl Into<String>) -> Result<Self, StoreError> {
+        let id = id.into();
+        let ok_len = !id.is_empty() && id.len() <= 63;
+        let ok_chars = id
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+        let ok_ends = !id.starts_with('-') && !id.ends_with('-');
+        if ok_len && ok_chars && ok_ends {
+            Ok(Self(id))
+        } else {
+            Err(StoreError::invalid(
+                "tenant",
+                "tenant id must be 1-63 characters of a-z, 0-9 and '-', not starting or ending with '-'",
+            ))
+        }
+    }
+
+    /// The id as a string slice.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl TryFrom<String> for TenantId {
+    type Error = StoreError;
+    fn try_from(value: String) -> Result<Self, Self::Error> {
+        Self::new(value)
+    }
+}
+
+impl From<TenantId> for String {
+    fn from(value: TenantId) -> Self {
+        value.0
+    }
+}
+
+impl fmt::Display for TenantId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// A validated stream id: 1 to `Limits::max_stream_id_len` bytes of `[A-Za-z0-9._:@=+-]`, not
+/// `.` or `..` and not starting with `__` (reserved by Firestore), never containing `#` or `/`
+/// (key delimiters in DynamoDB and Firestore).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct StreamId(String);
+
+impl StreamId {
+    /// Validates a stream id against the default limits.
+    pub fn new(id: impl Into<String>) -> Result<Self, StoreError> {
+        Self::with_limits(id, &Limits::default())
+    }
+
+    /// Validates a stream id against the given limits.
+    pub fn with_limits(id: impl Into<String>, limits: &Limits) -> Result<Self, StoreError> {
+        let id = id.into();
+        let ok_len = !id.is_empty() && id.len() <= limits.max_stream_id_len;
+        let ok_chars = id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b".-_:@=+".contains(&b));
+        let reserved = id == "." || id == ".." || id.starts_with("__");
+        if ok_len && ok_chars && !reserved {
+            Ok(Self(id))
+        } else {
+            Err(StoreError::invalid(
+                "stream",
+                format!(
+                    "stream id must be 1-{} characters of A-Z, a-z, 0-9 and . _ : @ = + -, not '.', '..' or starting with '__'",
+                    limits.max_stream_id_len
+                ),
+            ))
+        }
+    }
+
+    /// The id as a string slice.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl TryFrom<String> for StreamId {
+    type Error = StoreError;
+    fn try_from(value: String) -> Result<Self, Self::Error> {
+        Self::new(value)
+    }
+}
+
+impl From<StreamId> for String {
+    fn from(value: StreamId) -> Self {
+        value.0
+    }
+}
+
+impl fmt::Display for StreamId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// What the writer expects the stream to look like before its append.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", tag = "kind", content = "version")]
+pub enum ExpectedVersion {
+    /// No check.
+    Any,
+    /// The stream must not exist (no event ever appended, or it was deleted).
+    NoStream,
+    /// The stream must have at least one event.
+    StreamExists,
+    /// The last event of the stream must have exactly this version.
+    Exact(u64),
+}
+
+/// An event as submitted by a writer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NewEvent {
+    /// Idempotency key: an append whose events all carry ids already stored in that stream
+    /// returns the original result instead of writing again.
+    pub event_id: Uuid,
+    /// Application-defined type, 1-256 printable characters.
+    pub event_type: String,
+    /// Opaque payload bytes (JSON or binary).
+    pub payload: Vec<u8>,
+    /// Free-form string metadata.
+    pub metadata: BTreeMap<String, String>,
+}
+
+/// An event as stored.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RecordedEvent {
+    /// Owning tenant.
+    pub tenant: TenantId,
+    /// Stream the event belongs to.
+    pub stream: StreamId,
+    /// Version inside the stream, starting at 0.
+    pub version: u64,
+    /// Global position inside the tenant, starting at 0, strictly increasing with commit order.
+    pub position: u64,
+    /// Idempotency key given by the writer.
+    pub event_id: Uuid,
+    /// Application-defined type.
+    pub event_type: String,
+    /// Opaque payload bytes.
+    pub payload: Vec<u8>,
+    /// Free-form string metadata.
+    pub metadata: BTreeMap<String, String>,
+    /// Commit time, milliseconds since the Unix epoch (UTC).
+    pub timestamp_ms: i64,
+}
+
+impl RecordedEvent {
+    /// Approximate stored size used for quotas and stats.
+    pub fn size_bytes(&self) -> u64 {
+        let meta: usize = self.metadata.iter().map(|(k, v)| k.len() + v.len()).sum();
+        (self.payload.len() + self.event_type.len() + self.stream.as_str().len() + meta + 48) as u64
+    }
+}
+
+/// The outcome of a successful append.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AppendResult {
+    /// Version of the first event written (or found, for an idempotent retry).
+    pub first_version: u64,
+    /// Version of the last event written; the stream's current version after the append.
+    pub last_version: u64,
+    /// Tenant position of the first event.
+    pub first_position: u64,
+    /// Tenant position of the last event.
+    pub last_position: u64,
+    /// True when every event id was already stored and nothing new was written.
+    pub deduplicated: bool,
+}
+
+/// Read direction for a stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+pub enum Direction {
+    /// Ascending versions.
+    #[default]
+    Forwards,
+    /// Descending versions.
+    Backwards,
+}
+
+/// Where a stream read starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum ReadFrom {
+    /// The first event (forwards) or the last event (backwards).
+    Edge,
+    /// This version, inclusive.
+    Version(u64),
+}
+
+/// A snapshot of a stream's state, stored beside the stream; only the latest is kept.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Snapshot {
+    /// Stream the snapshot summarizes.
+    pub stream: StreamId,
+    /// The stream version the state includes.
+    pub version: u64,
+    /// Opaque state bytes.
+    pub payload: Vec<u8>,
+    /// Free-form metadata.
+    pub metadata: BTreeMap<String, String>,
+    /// Save time, milliseconds since the Unix epoch.
+    pub timestamp_ms: i64,
+}
+
+/// A stream as listed for a tenant.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StreamInfo {
+    /// Stream id.
+    pub stream: StreamId,
+    /// Version of the last event.
+    pub last_version: u64,
+    /// True when the stream was soft-deleted (tombstoned).
+    pub deleted: bool,
+}
+
+/// Usage of one tenant.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct TenantStats {
+    /// Events stored (hot, not archived or truncated).
+    pub events: u64,
+    /// Streams that exist (not deleted).
+    pub streams: u64,
+    /// Approximate bytes stored.
+    pub bytes: u64,
+    /// Next position to be assigned.
+    pub next_position: u64,
+}
+
+/// What a backend supports; reported in EventStore status and checked by the conformance suite.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Capabilities {
+    /// Push subscriptions (otherwise clients poll `read_all`).
+    pub subscriptions: bool,
+    /// Snapshots.
+    pub snapshots: bool,
+    /// Atomic multi-event batches.
+    pub transactions: bool,
+    /// Archival to object storage with trim.
+    pub archival: bool,
+    /// Positions are gap-free (otherwise strictly increasing but may skip numbers).
+    pub gapless_positions: bool,
+}
+
+/// Input limits, identical for every backend unless a backend declares a lower one.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct Limits {
+    /// Largest payload + metadata of one event, in bytes.
+    pub max_event_bytes: usize,
+    /// Most events in one append.
+    pub max_batch_events: usize,
+    /// Largest total size of one append, in bytes.
+    pub max_batch_bytes: usize,
+    /// Longest stream id, in bytes.
+    pub max_stream_id_len: usize,
+    /// Longest event type, in bytes.
+    pub max_event_type_len: usize,
+    /// Most metadata entries per event.
+    pub max_metadata_entries: usize,
+    /// Largest page a read may ask for.
+    pub max_read_limit: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_event_bytes: 1024 * 1024,
+            max_batch_events: 10_000,
+            max_batch_bytes: 16 * 1024 * 1024,
+            max_stream_id_len: 256,
+            max_event_type_len: 256,
+            max_metadata_entries: 64,
+            max_read_limit: 10_000,
+        }
+    }
+}
+
+impl Limits {
+    /// Checks a batch before any backend sees it.
+    pub fn validate_batch(&self, events: &[NewEvent]) -> Result<(), StoreError> {
+        if events.is_empty() {
+            return Err(StoreError::invalid(
+                "events",
+                "an append needs at least one event",
+            ));
+        }
+        if events.len() > self.max_batch_events {
+            return Err(StoreError::TooLarge(format!(
+                "batch has {} events; the limit is {}",
+                events.len(),
+                self.max_batch_events
+            )));
+        }
+        let mut total = 0usize;
+        let mut seen = std::collections::HashSet::with_capacity(events.len());
+        for (i, e) in events.iter().enumerate() {
+            if !seen.insert(e.event_id) {
+                return Err(StoreError::invalid(
+                    "events",
+                    format!("event {i} repeats event id {} within the batch", e.event_id),
+                ));
+            }
+            let t = &e.event_type;
+            if t.is_empty() || t.len() > self.max_event_type_len || t.chars().any(char::is_control)
+            {
+                return Err(StoreError::invalid(
+                    "eventType",
+                    format!(
+                        "event {i}: event type must be 1-{} printable characters",
+                        self.max_event_type_len
+                    ),
+                ));
+            }
+            if e.metadata.len() > self.max_metadata_entries {
+                return Err(StoreError::invalid(
+                    "metadata",
+                    format!(
+                        "event {i}: at most {} metadata entries",
+                        self.max_metadata_entries
+                    ),
+                ));
+            }
+            let size = e.payload.len()
+                + e.metadata
+                    .iter()
+                    .map(|(k, v)| k.len() + v.len())
+                    .sum::<usize>();
+            if size > self.max_event_bytes {
+                return Err(StoreError::TooLarge(format!(
+                    "event {i} is {size} bytes; the limit is {}",
+                    self.max_event_bytes
+                )));
+            }
+            total += size;
+        }
+        if total > self.max_batch_bytes {
+            return Err(StoreError::TooLarge(format!(
+                "batch is {total} bytes; the limit is {}",
+                self.max_batch_bytes
+            )));
+        }
+        Ok(())
+    }
+
+    /// Checks a read page size.
+    pub fn validate_read_limit(&self, limit: usize) -> Result<(), StoreError> {
+        if limit == 0 || limit > self.max_read_limit {
+            return Err(StoreError::invalid(
+                "limit",
+                format!("limit must be 1-{}", self.max_read_limit),
+            ));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tenant_ids() {
+        assert!(TenantId::new("acme-1").is_ok());
+        for bad in ["", "-a", "a-", "A", "a_b", "a#b", &"x".repeat(64)] {
+            assert!(TenantId::new(bad).is_err(), "{bad:?} accepted");
+        }
+    }
+
+    #[test]
+    fn stream_ids() {
+        assert!(StreamId::new("order-42:v1@x=y+z.q_r").is_ok());
+        for bad in ["", ".", "..", "__x", "a#b", "a/b", "a b", &"x".repeat(257)] {
+            assert!(StreamId::new(bad).is_err(), "{bad:?} accepted");
+        }
+    }
+
+    #[test]
+    fn batch_limits() {
+        let l = Limits::default();
+        let ev = |id: u128, n: usize| NewEvent {
+            event_id: Uuid::from_u128(id),
+            event_type: "t".into(),
+            payload: vec![0; n],
+            metadata: BTreeMap::new(),
+        };
+        assert!(l.validate_batch(&[]).is_err());
+        assert!(l.validate_batch(&[ev(1, 10)]).is_ok());
+        assert!(matches!(
+            l.validate_batch(&[ev(1, l.max_event_bytes + 1)]),
+            Err(StoreError::TooLarge(_))
+        ));
+        assert!(l.validate_batch(&[ev(1, 1), ev(1, 1)]).is_err());
+    }
+}
