@@ -3,7 +3,10 @@
 
 pub mod backend;
 pub mod error;
+pub mod metrics;
 pub mod model;
+pub mod server;
+pub mod tenant;
 
 pub use backend::{EventStore, EventSubscription, StoreResult, SubscriptionTarget};
 pub use error::StoreError;

@@ -1,5 +1,7 @@
-//! store-node binary.
+//! store-node binary: see `cli` for the subcommands (`serve`, `gateway`, `archive`, ...).
 
-fn main() {
-    println!("store-node {}", env!("CARGO_PKG_VERSION"));
+mod cli;
+
+fn main() -> std::process::ExitCode {
+    cli::main()
 }

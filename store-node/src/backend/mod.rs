@@ -5,10 +5,12 @@
 
 use futures::stream::BoxStream;
 
+pub mod memory;
+
 use crate::error::StoreError;
 use crate::model::{
-    AppendResult, Capabilities, Direction, ExpectedVersion, NewEvent, ReadFrom, RecordedEvent,
-    Snapshot, StreamId, StreamInfo, TenantId, TenantStats,
+    AppendResult, Capabilities, Direction, ExpectedVersion, Limits, NewEvent, ReadFrom,
+    RecordedEvent, Snapshot, StreamId, StreamInfo, TenantId, TenantStats,
 };
 
 /// Result alias for store operations.
@@ -32,6 +34,12 @@ pub type EventSubscription = BoxStream<'static, StoreResult<RecordedEvent>>;
 pub trait EventStore: Send + Sync + 'static {
     /// What this backend supports.
     fn capabilities(&self) -> Capabilities;
+
+    /// The input limits this backend enforces (a backend may declare lower ones than the
+    /// defaults, e.g. DynamoDB's transaction size caps the batch).
+    fn limits(&self) -> Limits {
+        Limits::default()
+    }
 
     /// Appends a batch atomically if `expected` matches. Retrying with the same event ids
     /// returns the first result with `deduplicated: true`.

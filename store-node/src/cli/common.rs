@@ -1,0 +1,131 @@
+//! Flags shared by every subcommand that serves the HTTP API (`serve`, `gateway`): listen
+//! address, registry file, node name, request limits; plus the SIGTERM/SIGINT handler. Flatten
+//! [`HttpArgs`] into a subcommand's args to get the same flags and environment variables.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Args;
+use store_node::model::Limits;
+use store_node::server::ServerConfig;
+use store_node::tenant::Registry;
+use tokio_util::sync::CancellationToken;
+
+/// HTTP server flags.
+#[derive(Debug, Clone, Args)]
+pub struct HttpArgs {
+    /// Address to listen on.
+    #[arg(long, env = "STORE_NODE_LISTEN", default_value = "0.0.0.0:8080")]
+    pub listen: SocketAddr,
+    /// Tenant registry file (JSON or YAML), reloaded when its content changes.
+    #[arg(long, env = "STORE_NODE_REGISTRY")]
+    pub registry: PathBuf,
+    /// This node's name (tenants placed on other nodes answer 421).
+    #[arg(long, env = "POD_NAME")]
+    pub node_name: Option<String>,
+    /// Registry poll interval in milliseconds.
+    #[arg(long, env = "STORE_NODE_REGISTRY_POLL_MS", default_value_t = 1000)]
+    pub registry_poll_ms: u64,
+    /// Largest request body in bytes.
+    #[arg(long, env = "STORE_NODE_MAX_BODY_BYTES", default_value_t = 32 * 1024 * 1024)]
+    pub max_body_bytes: usize,
+    /// Request time limit until the response head, in milliseconds.
+    #[arg(long, env = "STORE_NODE_REQUEST_TIMEOUT_MS", default_value_t = 30_000)]
+    pub request_timeout_ms: u64,
+    /// Requests handled at once (more answer 503).
+    #[arg(
+        long,
+        env = "STORE_NODE_MAX_CONCURRENT_REQUESTS",
+        default_value_t = 1024
+    )]
+    pub max_concurrent_requests: usize,
+    /// Open subscriptions at once (more answer 503).
+    #[arg(long, env = "STORE_NODE_MAX_SUBSCRIPTIONS", default_value_t = 1024)]
+    pub max_subscriptions: usize,
+    /// Tenants with their own metric labels (the rest are `other`).
+    #[arg(long, env = "STORE_NODE_MAX_TENANT_LABELS", default_value_t = 100)]
+    pub max_tenant_labels: usize,
+    /// Seconds to drain in-flight requests on shutdown.
+    #[arg(long, env = "STORE_NODE_SHUTDOWN_GRACE_SECS", default_value_t = 20)]
+    pub shutdown_grace_secs: u64,
+    /// Largest event (payload + metadata) in bytes.
+    #[arg(long, env = "STORE_NODE_MAX_EVENT_BYTES")]
+    pub max_event_bytes: Option<usize>,
+    /// Most events per append.
+    #[arg(long, env = "STORE_NODE_MAX_BATCH_EVENTS")]
+    pub max_batch_events: Option<usize>,
+    /// Largest append in bytes.
+    #[arg(long, env = "STORE_NODE_MAX_BATCH_BYTES")]
+    pub max_batch_bytes: Option<usize>,
+    /// Largest read page.
+    #[arg(long, env = "STORE_NODE_MAX_READ_LIMIT")]
+    pub max_read_limit: Option<usize>,
+}
+
+impl HttpArgs {
+    /// The server configuration these flags describe.
+    pub fn server_config(&self) -> ServerConfig {
+        ServerConfig {
+            listen: self.listen,
+            node_name: self.node_name.clone().filter(|n| !n.is_empty()),
+            max_body_bytes: self.max_body_bytes,
+            request_timeout: Duration::from_millis(self.request_timeout_ms.max(1)),
+            max_concurrent_requests: self.max_concurrent_requests,
+            max_subscriptions: self.max_subscriptions,
+            max_tenant_labels: self.max_tenant_labels,
+            registry_poll: Duration::from_millis(self.registry_poll_ms.max(10)),
+            shutdown_grace: Duration::from_secs(self.shutdown_grace_secs),
+            ..ServerConfig::default()
+        }
+    }
+
+    /// The store limits: defaults overridden by the flags that were given.
+    pub fn limits(&self) -> Limits {
+        let d = Limits::default();
+        Limits {
+            max_event_bytes: self.max_event_bytes.unwrap_or(d.max_event_bytes),
+            max_batch_events: self.max_batch_events.unwrap_or(d.max_batch_events),
+            max_batch_bytes: self.max_batch_bytes.unwrap_or(d.max_batch_bytes),
+            max_read_limit: self.max_read_limit.unwrap_or(d.max_read_limit),
+            ..d
+        }
+    }
+
+    /// Loads the registry file (fails fast when missing or invalid).
+    pub fn load_registry(&self) -> anyhow::Result<Arc<Registry>> {
+        let r = Registry::load(&self.registry)
+            .with_context(|| format!("loading tenant registry {}", self.registry.display()))?;
+        Ok(Arc::new(r))
+    }
+}
+
+/// Cancels `token` on the first SIGTERM or SIGINT.
+pub fn cancel_on_signal(token: CancellationToken) {
+    tokio::spawn(async move {
+        let ctrl_c = tokio::signal::ctrl_c();
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{signal, SignalKind};
+            match signal(SignalKind::terminate()) {
+                Ok(mut term) => {
+                    tokio::select! {
+                        _ = ctrl_c => tracing::info!("SIGINT: shutting down"),
+                        _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot listen for SIGTERM; only SIGINT stops the node");
+                    let _ = ctrl_c.await;
+                }
+            }
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = ctrl_c.await;
+        }
+        token.cancel();
+    });
+}

@@ -1,0 +1,421 @@
+//! The HTTP API of a store node (axum): versioned JSON endpoints under `/v1/` for every
+//! [`EventStore`] operation, authenticated by a per-tenant bearer token, plus `/healthz`,
+//! `/readyz`, `/metrics` and the OpenAPI document at `/openapi.yaml`. It serves any
+//! `Arc<dyn EventStore>` (the embedded engine in `store-node serve`, a cloud backend in
+//! `store-node gateway`). The tenant always comes from the token, never from the request, so no
+//! id a client sends can reach another tenant's data. This module must never log a token or a
+//! payload, and never let a bad request panic the process or reach the store unvalidated.
+
+mod auth;
+pub mod dto;
+pub mod error;
+mod handlers;
+mod middleware;
+mod ops;
+mod subscribe;
+
+use std::net::SocketAddr;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use axum::extract::DefaultBodyLimit;
+use axum::http::StatusCode;
+use axum::routing::{delete, get, post};
+use axum::Router;
+use thiserror::Error;
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+
+use crate::backend::EventStore;
+use crate::metrics::Metrics;
+use crate::tenant::{RateLimiter, Registry};
+pub use error::ApiError;
+
+/// The OpenAPI document, kept in the repository as `store-node/openapi.yaml`.
+pub const OPENAPI_YAML: &str = include_str!("../../openapi.yaml");
+
+/// Tunables of the HTTP server.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// Address to listen on.
+    pub listen: SocketAddr,
+    /// This node's name; tenants placed on another node answer 421. None: serve every tenant.
+    pub node_name: Option<String>,
+    /// Largest request body; larger bodies answer 413 before they are read.
+    pub max_body_bytes: usize,
+    /// Time limit until the response head of a request (504 after it).
+    pub request_timeout: Duration,
+    /// Requests handled at once; more answer 503 with Retry-After.
+    pub max_concurrent_requests: usize,
+    /// Open subscriptions at once; more answer 503.
+    pub max_subscriptions: usize,
+    /// Tenants with their own metric labels; the rest share `other`.
+    pub max_tenant_labels: usize,
+    /// Registry file poll interval.
+    pub registry_poll: Duration,
+    /// How long shutdown waits for in-flight requests before giving up on them.
+    pub shutdown_grace: Duration,
+    /// Interval of SSE keep-alive comments.
+    pub sse_keepalive: Duration,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            node_name: None,
+            max_body_bytes: 32 * 1024 * 1024,
+            request_timeout: Duration::from_secs(30),
+            max_concurrent_requests: 1024,
+            max_subscriptions: 1024,
+            max_tenant_labels: 100,
+            registry_poll: Duration::from_secs(1),
+            shutdown_grace: Duration::from_secs(20),
+            sse_keepalive: Duration::from_secs(15),
+        }
+    }
+}
+
+/// Why the server stopped with an error.
+#[derive(Debug, Error)]
+pub enum ServerError {
+    /// The listen address could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// Address.
+        addr: SocketAddr,
+        /// Cause.
+        source: std::io::Error,
+    },
+    /// The accept loop failed.
+    #[error("server failed: {0}")]
+    Serve(std::io::Error),
+    /// Metrics could not be registered.
+    #[error("metrics: {0}")]
+    Metrics(#[from] prometheus::Error),
+}
+
+/// Everything a request handler needs; cheap to clone.
+#[derive(Clone)]
+pub struct AppState {
+    inner: Arc<Shared>,
+}
+
+struct Shared {
+    store: OnceLock<Arc<dyn EventStore>>,
+    registry: Arc<Registry>,
+    config: ServerConfig,
+    metrics: Arc<Metrics>,
+    limiter: RateLimiter,
+    shutdown: CancellationToken,
+    requests: Arc<Semaphore>,
+    subscriptions: Arc<Semaphore>,
+}
+
+impl AppState {
+    /// A state without a store yet: `/readyz` and `/v1/` answer 503 until [`AppState::set_store`]
+    /// (used while the engine recovers).
+    pub fn new(
+        registry: Arc<Registry>,
+        config: ServerConfig,
+        metrics: Arc<Metrics>,
+        shutdown: CancellationToken,
+    ) -> Self {
+        metrics
+            .registry_tenants
+            .set(registry.snapshot().len() as i64);
+        Self {
+            inner: Arc::new(Shared {
+                store: OnceLock::new(),
+                requests: Arc::new(Semaphore::new(config.max_concurrent_requests.max(1))),
+                subscriptions: Arc::new(Semaphore::new(config.max_subscriptions)),
+                registry,
+                config,
+                metrics,
+                limiter: RateLimiter::default(),
+                shutdown,
+            }),
+        }
+    }
+
+    /// Installs the store (once); the node becomes ready.
+    pub fn set_store(&self, store: Arc<dyn EventStore>) {
+        if self.inner.store.set(store).is_err() {
+            tracing::warn!("store was already set; keeping the first one");
+        }
+    }
+
+    /// The store, or 503 while it is not ready.
+    pub fn store(&self) -> Result<Arc<dyn EventStore>, ApiError> {
+        self.inner
+            .store
+            .get()
+            .cloned()
+            .ok_or_else(|| ApiError::unavailable("not_ready", "the store is still starting"))
+    }
+
+    /// True once a store is installed and shutdown has not begun.
+    pub fn is_ready(&self) -> bool {
+        self.inner.store.get().is_some() && !self.inner.shutdown.is_cancelled()
+    }
+
+    /// The metrics.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.inner.metrics
+    }
+
+    /// The tenant registry.
+    pub fn registry(&self) -> &Arc<Registry> {
+        &self.inner.registry
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &ServerConfig {
+        &self.inner.config
+    }
+
+    fn limiter(&self) -> &RateLimiter {
+        &self.inner.limiter
+    }
+
+    fn shutdown(&self) -> &CancellationToken {
+        &self.inner.shutdown
+    }
+}
+
+/// The complete router: `/v1/` API, operational endpoints, limits and metrics middleware.
+pub fn router(state: AppState) -> Router {
+    let api = Router::new()
+        .route("/v1/info", get(handlers::info))
+        .route("/v1/streams", get(handlers::list_streams))
+        .route(
+            "/v1/streams/count",
+            get(handlers::count_streams).delete(handlers::delete_stream_named_count),
+        )
+        .route("/v1/streams/{stream}", delete(handlers::delete_stream))
+        .route(
+            "/v1/streams/{stream}/events",
+            get(handlers::read_stream).post(handlers::append),
+        )
+        .route(
+            "/v1/streams/{stream}/snapshot",
+            get(handlers::load_snapshot).put(handlers::save_snapshot),
+        )
+        .route("/v1/streams/{stream}/truncate", post(handlers::truncate))
+        .route("/v1/events", get(handlers::read_all))
+        .route("/v1/subscribe", get(subscribe::subscribe))
+        .route("/v1/stats", get(handlers::stats))
+        .route("/v1/trim", post(handlers::trim));
+    let ops = Router::new()
+        .route("/healthz", get(ops::healthz))
+        .route("/readyz", get(ops::readyz))
+        .route("/metrics", get(ops::metrics))
+        .route("/openapi.yaml", get(ops::openapi))
+        .route("/v1/openapi.yaml", get(ops::openapi));
+    let max_body = state.config().max_body_bytes;
+    api.merge(ops)
+        .fallback(|| async {
+            ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint")
+        })
+        .method_not_allowed_fallback(|| async {
+            ApiError::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                "method not allowed on this endpoint",
+            )
+        })
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            middleware::guard,
+        ))
+        .layer(DefaultBodyLimit::max(max_body))
+        .with_state(state)
+}
+
+/// Serves `store` on `config.listen` until `shutdown` fires, then drains for at most
+/// `config.shutdown_grace`. The registry is polled for changes meanwhile. The caller closes the
+/// store afterwards.
+pub async fn serve(
+    store: Arc<dyn EventStore>,
+    registry: Arc<Registry>,
+    config: ServerConfig,
+    shutdown: CancellationToken,
+) -> Result<(), ServerError> {
+    let metrics = Arc::new(Metrics::new(config.max_tenant_labels)?);
+    let listener = bind(config.listen).await?;
+    let state = AppState::new(registry, config, metrics, shutdown);
+    state.set_store(store);
+    run(state, listener).await
+}
+
+/// Binds a listener.
+pub async fn bind(addr: SocketAddr) -> Result<TcpListener, ServerError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| ServerError::Bind { addr, source })
+}
+
+/// Runs the server on an already bound listener with a prepared state (the store may be set
+/// later). Returns after graceful shutdown.
+pub async fn run(state: AppState, listener: TcpListener) -> Result<(), ServerError> {
+    let shutdown = state.shutdown().clone();
+    let poller = {
+        let st = state.clone();
+        state.registry().clone().spawn_poller(
+            state.config().registry_poll,
+            shutdown.clone(),
+            move |res| match res {
+                Ok(_) => {
+                    let snap = st.registry().snapshot();
+                    st.metrics().registry_tenants.set(snap.len() as i64);
+                    st.metrics()
+                        .registry_reloads
+                        .with_label_values(&["ok"])
+                        .inc();
+                    let ids = snap.tenant_ids();
+                    st.limiter().retain(|t| ids.contains(t));
+                    tracing::info!(tenants = snap.len(), "tenant registry reloaded");
+                }
+                Err(e) => {
+                    st.metrics()
+                        .registry_reloads
+                        .with_label_values(&["error"])
+                        .inc();
+                    tracing::error!(error = %e, "tenant registry reload failed; keeping the previous one");
+                }
+            },
+        )
+    };
+    if let Ok(addr) = listener.local_addr() {
+        tracing::info!(%addr, "store-node HTTP API listening");
+    }
+    let grace = state.config().shutdown_grace;
+    let app = router(state).into_make_service_with_connect_info::<SocketAddr>();
+    let server =
+        axum::serve(listener, app).with_graceful_shutdown(shutdown.clone().cancelled_owned());
+    let result = tokio::select! {
+        r = server => r.map_err(ServerError::Serve),
+        _ = async { shutdown.cancelled().await; tokio::time::sleep(grace).await } => {
+            tracing::warn!(?grace, "shutdown grace period over; dropping open connections");
+            Ok(())
+        }
+    };
+    shutdown.cancel();
+    poller.abort();
+    result
+}
+
+#[cfg(test)]
+mod tests {
+    use axum::body::Body;
+    use axum::http::Request;
+    use tower::ServiceExt;
+
+    use super::*;
+    use crate::backend::memory::MemoryStore;
+    use crate::tenant::{sha256_hex, RegistryFile};
+
+    /// Every route of [`router`], as written in the OpenAPI document.
+    const ROUTES: &[&str] = &[
+        "/v1/info",
+        "/v1/streams",
+        "/v1/streams/count",
+        "/v1/streams/{stream}",
+        "/v1/streams/{stream}/events",
+        "/v1/streams/{stream}/snapshot",
+        "/v1/streams/{stream}/truncate",
+        "/v1/events",
+        "/v1/subscribe",
+        "/v1/stats",
+        "/v1/trim",
+        "/healthz",
+        "/readyz",
+        "/metrics",
+        "/openapi.yaml",
+    ];
+
+    #[test]
+    fn openapi_documents_every_route() {
+        let doc: serde_yaml::Value = serde_yaml::from_str(OPENAPI_YAML).unwrap();
+        let paths = doc["paths"].as_mapping().unwrap();
+        for r in ROUTES {
+            assert!(paths.contains_key(*r), "openapi.yaml lacks {r}");
+        }
+        assert_eq!(
+            paths.len(),
+            ROUTES.len(),
+            "openapi.yaml documents a route the router lacks"
+        );
+    }
+
+    fn state(with_store: bool) -> AppState {
+        let file = RegistryFile::parse(
+            format!(
+                r#"{{"version":1,"tenants":[{{"id":"a","tokenSha256":["{}"]}}]}}"#,
+                sha256_hex("t")
+            )
+            .as_bytes(),
+        )
+        .unwrap();
+        let st = AppState::new(
+            Arc::new(Registry::fixed(&file).unwrap()),
+            ServerConfig::default(),
+            Arc::new(Metrics::new(10).unwrap()),
+            CancellationToken::new(),
+        );
+        if with_store {
+            st.set_store(Arc::new(MemoryStore::default()));
+        }
+        st
+    }
+
+    async fn status(st: AppState, req: Request<Body>) -> StatusCode {
+        router(st).oneshot(req).await.unwrap().status()
+    }
+
+    #[tokio::test]
+    async fn not_ready_until_the_store_is_set() {
+        let get = |p: &str| {
+            Request::get(p)
+                .header("authorization", "Bearer t")
+                .body(Body::empty())
+                .unwrap()
+        };
+        let st = state(false);
+        assert_eq!(
+            status(st.clone(), get("/readyz")).await,
+            StatusCode::SERVICE_UNAVAILABLE
+        );
+        assert_eq!(status(st.clone(), get("/healthz")).await, StatusCode::OK);
+        assert_eq!(
+            status(st.clone(), get("/v1/stats")).await,
+            StatusCode::SERVICE_UNAVAILABLE
+        );
+        st.set_store(Arc::new(MemoryStore::default()));
+        assert_eq!(status(st.clone(), get("/readyz")).await, StatusCode::OK);
+        assert_eq!(status(st, get("/v1/stats")).await, StatusCode::OK);
+    }
+
+    #[tokio::test]
+    async fn append_then_read_in_process() {
+        let st = state(true);
+        let body = r#"{"events":[{"eventId":"00000000-0000-0000-0000-000000000001","eventType":"t","data":{"x":1}}]}"#;
+        let req = Request::post("/v1/streams/s/events")
+            .header("authorization", "Bearer t")
+            .header("content-type", "application/json")
+            .body(Body::from(body))
+            .unwrap();
+        assert_eq!(status(st.clone(), req).await, StatusCode::CREATED);
+        let req = Request::get("/v1/streams/s/events")
+            .header("authorization", "Bearer t")
+            .body(Body::empty())
+            .unwrap();
+        let resp = router(st).oneshot(req).await.unwrap();
+        let bytes = axum::body::to_bytes(resp.into_body(), 1 << 20)
+            .await
+            .unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+        assert_eq!(v["events"][0]["data"]["x"], 1);
+    }
+}

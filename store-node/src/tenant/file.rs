@@ -1,0 +1,197 @@
+//! The registry file's schema and its pure parse/validate step (no I/O, no clock).
+
+use std::collections::{BTreeMap, HashSet};
+
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+
+use crate::model::TenantId;
+
+/// Why a registry file was rejected.
+#[derive(Debug, Error)]
+pub enum RegistryError {
+    /// The file could not be read.
+    #[error("cannot read registry file {path}: {source}")]
+    Io {
+        /// Path of the file.
+        path: String,
+        /// Underlying error.
+        source: std::io::Error,
+    },
+    /// Neither valid JSON nor valid YAML of the expected shape.
+    #[error("registry file does not parse: {0}")]
+    Parse(String),
+    /// Parsed, but inconsistent.
+    #[error("registry file is invalid: {0}")]
+    Invalid(String),
+}
+
+/// Lifecycle state of a tenant.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum TenantState {
+    /// Serves requests.
+    #[default]
+    Active,
+    /// Every request answers 403.
+    Suspended,
+}
+
+/// Per-tenant quotas; `None` means unlimited.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Quotas {
+    /// Sustained append rate in events per second (burst: one second's worth).
+    #[serde(default)]
+    pub events_per_second: Option<u64>,
+    /// Stored bytes (as reported by the backend's stats).
+    #[serde(default)]
+    pub storage_bytes: Option<u64>,
+    /// Streams that exist at the same time.
+    #[serde(default)]
+    pub max_streams: Option<u64>,
+}
+
+/// One tenant as written by the operator.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TenantEntry {
+    /// Tenant id.
+    pub id: TenantId,
+    /// Hex SHA-256 digests of the valid bearer tokens.
+    #[serde(default)]
+    pub token_sha256: Vec<String>,
+    /// Active or suspended.
+    #[serde(default)]
+    pub state: TenantState,
+    /// Quotas.
+    #[serde(default)]
+    pub quotas: Quotas,
+    /// Owning node (key of `nodes`), if placement is used.
+    #[serde(default)]
+    pub node: Option<String>,
+}
+
+/// The whole registry file.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RegistryFile {
+    /// Format version; must be 1.
+    pub version: u32,
+    /// Tenants.
+    #[serde(default)]
+    pub tenants: Vec<TenantEntry>,
+    /// Node name -> base URL.
+    #[serde(default)]
+    pub nodes: BTreeMap<String, String>,
+}
+
+impl RegistryFile {
+    /// Parses JSON, or YAML when the content is not JSON, then validates.
+    pub fn parse(bytes: &[u8]) -> Result<Self, RegistryError> {
+        let file: Self = match serde_json::from_slice(bytes) {
+            Ok(f) => f,
+            Err(json_err) => {
+                let looks_json = bytes
+                    .iter()
+                    .find(|b| !b.is_ascii_whitespace())
+                    .is_some_and(|b| *b == b'{');
+                match serde_yaml::from_slice(bytes) {
+                    Ok(f) => f,
+                    Err(_) if looks_json => return Err(RegistryError::Parse(json_err.to_string())),
+                    Err(e) => return Err(RegistryError::Parse(e.to_string())),
+                }
+            }
+        };
+        file.validate()?;
+        Ok(file)
+    }
+
+    /// Checks version, digests, uniqueness and placement references.
+    pub fn validate(&self) -> Result<(), RegistryError> {
+        if self.version != 1 {
+            return Err(RegistryError::Invalid(format!(
+                "unsupported version {}; this node reads version 1",
+                self.version
+            )));
+        }
+        let mut ids = HashSet::new();
+        let mut digests = HashSet::new();
+        for t in &self.tenants {
+            if !ids.insert(t.id.as_str()) {
+                return Err(RegistryError::Invalid(format!(
+                    "tenant {} is listed twice",
+                    t.id
+                )));
+            }
+            for d in &t.token_sha256 {
+                let ok = d.len() == 64 && d.bytes().all(|b| b.is_ascii_hexdigit());
+                if !ok {
+                    return Err(RegistryError::Invalid(format!(
+                        "tenant {}: tokenSha256 entries must be 64 hex characters",
+                        t.id
+                    )));
+                }
+                if !digests.insert(d.to_ascii_lowercase()) {
+                    return Err(RegistryError::Invalid(format!(
+                        "tenant {}: a token digest is listed twice",
+                        t.id
+                    )));
+                }
+            }
+            if let Some(n) = &t.node {
+                if !self.nodes.contains_key(n) {
+                    return Err(RegistryError::Invalid(format!(
+                        "tenant {}: node {n} is not in nodes",
+                        t.id
+                    )));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SAMPLE: &str = r#"{"version":1,"tenants":[{"id":"acme","tokenSha256":["9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"],"state":"active","quotas":{"eventsPerSecond":1000,"storageBytes":1073741824,"maxStreams":100000},"node":"es-0"}],"nodes":{"es-0":"http://es-0.es-nodes.ns.svc:8080"}}"#;
+
+    #[test]
+    fn parses_the_documented_sample() {
+        let f = RegistryFile::parse(SAMPLE.as_bytes()).unwrap();
+        assert_eq!(f.tenants[0].quotas.events_per_second, Some(1000));
+        assert_eq!(f.tenants[0].node.as_deref(), Some("es-0"));
+    }
+
+    #[test]
+    fn parses_yaml() {
+        let y = "version: 1\ntenants:\n- id: acme\n  tokenSha256: []\n  state: suspended\n";
+        let f = RegistryFile::parse(y.as_bytes()).unwrap();
+        assert_eq!(f.tenants[0].state, TenantState::Suspended);
+        assert_eq!(f.tenants[0].quotas, Quotas::default());
+    }
+
+    #[test]
+    fn rejects_inconsistent_files() {
+        let d = "a".repeat(64);
+        for bad in [
+            r#"{"version":2,"tenants":[]}"#.to_string(),
+            r#"{"version":1,"tenants":[{"id":"A"}]}"#.to_string(),
+            r#"{"version":1,"tenants":[{"id":"a"},{"id":"a"}]}"#.to_string(),
+            r#"{"version":1,"tenants":[{"id":"a","tokenSha256":["xyz"]}]}"#.to_string(),
+            format!(
+                r#"{{"version":1,"tenants":[{{"id":"a","tokenSha256":["{d}"]}},{{"id":"b","tokenSha256":["{d}"]}}]}}"#
+            ),
+            r#"{"version":1,"tenants":[{"id":"a","node":"n"}]}"#.to_string(),
+            r#"{"version":1,"tenants":[{"id":"a","state":"gone"}]}"#.to_string(),
+            "{not json".to_string(),
+        ] {
+            assert!(
+                RegistryFile::parse(bad.as_bytes()).is_err(),
+                "{bad} accepted"
+            );
+        }
+    }
+}

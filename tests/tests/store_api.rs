@@ -1,0 +1,1009 @@
+//! The store-node HTTP API end to end: runs the real `store-node serve` binary on a loopback
+//! port with a registry file and drives every endpoint and error path over HTTP: appends and
+//! reads, snapshots, streams, stats, subscriptions (catch-up then live), bad input, cross-tenant
+//! attempts, quotas, suspension, placement, registry hot reload with token rotation, and
+//! graceful shutdown on SIGTERM with a restart that must find the data again.
+//!
+//! Needs no external server. The binary is built with `cargo build -p store-node` on first use
+//! (set `STORE_NODE_BIN` to use a prebuilt one).
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use reqwest::{Method, StatusCode};
+use serde_json::{json, Value};
+use store_node::tenant::sha256_hex;
+
+// ---------------------------------------------------------------------------------------------
+// Harness
+
+fn binary() -> PathBuf {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        if let Ok(p) = std::env::var("STORE_NODE_BIN") {
+            return PathBuf::from(p);
+        }
+        // <target>/debug/deps/store_api-<hash> -> <target>
+        let exe = std::env::current_exe().unwrap();
+        let profile_dir = exe.parent().unwrap().parent().unwrap().to_path_buf();
+        let target_dir = profile_dir.parent().unwrap().to_path_buf();
+        let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("../Cargo.toml");
+        let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+            .args([
+                "build",
+                "-p",
+                "store-node",
+                "--bin",
+                "store-node",
+                "--manifest-path",
+            ])
+            .arg(&manifest)
+            .env("CARGO_TARGET_DIR", &target_dir)
+            .status()
+            .expect("run cargo build for store-node");
+        assert!(status.success(), "cargo build -p store-node failed");
+        profile_dir.join("store-node")
+    })
+    .clone()
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+struct Node {
+    child: Option<Child>,
+    base: String,
+    dir: PathBuf,
+    _tmp: tempfile::TempDir,
+    args: Vec<String>,
+}
+
+impl Node {
+    /// Starts a node with the given registry and extra flags, waits until /readyz is 200.
+    async fn start(registry: &Value, extra: &[&str]) -> Node {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().to_path_buf();
+        let node = Node {
+            child: None,
+            base: String::new(),
+            dir,
+            _tmp: tmp,
+            args: extra.iter().map(|s| s.to_string()).collect(),
+        };
+        node.write_registry(registry);
+        node.launch().await
+    }
+
+    async fn launch(mut self) -> Node {
+        let port = free_port();
+        self.base = format!("http://127.0.0.1:{port}");
+        let log = std::fs::File::create(self.dir.join("node.log")).unwrap();
+        let child = Command::new(binary())
+            .arg("serve")
+            .arg("--listen")
+            .arg(format!("127.0.0.1:{port}"))
+            .arg("--registry")
+            .arg(self.dir.join("registry.json"))
+            .arg("--data-dir")
+            .arg(self.dir.join("data"))
+            .args(["--registry-poll-ms", "100", "--log-format", "text"])
+            .args(&self.args)
+            .env_remove("POD_NAME")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn store-node");
+        self.child = Some(child);
+        let client = reqwest::Client::new();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Ok(r) = client.get(format!("{}/readyz", self.base)).send().await {
+                if r.status() == StatusCode::OK {
+                    break;
+                }
+            }
+            if let Some(st) = self.child.as_mut().unwrap().try_wait().unwrap() {
+                panic!("store-node exited early ({st}); log:\n{}", self.log());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "store-node not ready; log:\n{}",
+                self.log()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        self
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("node.log")).unwrap_or_default()
+    }
+
+    /// Replaces the registry file the way a ConfigMap update does: write aside, then rename.
+    fn write_registry(&self, registry: &Value) {
+        self.write_registry_bytes(&serde_json::to_vec_pretty(registry).unwrap());
+    }
+
+    fn write_registry_bytes(&self, bytes: &[u8]) {
+        let tmp = self.dir.join("registry.json.tmp");
+        std::fs::write(&tmp, bytes).unwrap();
+        std::fs::rename(&tmp, self.dir.join("registry.json")).unwrap();
+    }
+
+    /// Sends SIGTERM and waits for the process to exit.
+    async fn terminate(&mut self) -> ExitStatus {
+        let mut child = self.child.take().expect("node running");
+        let ok = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "kill -TERM failed");
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Some(st) = child.try_wait().unwrap() {
+                return st;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "store-node ignored SIGTERM; log:\n{}",
+                self.log()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Restarts on the same data dir and registry.
+    async fn restart(self) -> Node {
+        self.launch().await
+    }
+
+    fn req(&self, method: Method, path: &str, token: Option<&str>) -> reqwest::RequestBuilder {
+        let c = reqwest::Client::new();
+        let mut r = c.request(method, format!("{}{path}", self.base));
+        if let Some(t) = token {
+            r = r.bearer_auth(t);
+        }
+        r
+    }
+
+    async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        token: &str,
+        body: Option<Value>,
+    ) -> (StatusCode, Value) {
+        let mut r = self.req(method, path, Some(token));
+        if let Some(b) = body {
+            r = r.json(&b);
+        }
+        let resp = r.send().await.unwrap();
+        let status = resp.status();
+        let text = resp.text().await.unwrap();
+        let v = if text.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_str(&text).unwrap_or(Value::String(text))
+        };
+        (status, v)
+    }
+
+    async fn get(&self, path: &str, token: &str) -> (StatusCode, Value) {
+        self.call(Method::GET, path, token, None).await
+    }
+
+    async fn append(&self, stream: &str, token: &str, body: Value) -> (StatusCode, Value) {
+        self.call(
+            Method::POST,
+            &format!("/v1/streams/{stream}/events"),
+            token,
+            Some(body),
+        )
+        .await
+    }
+
+    async fn metrics(&self) -> String {
+        self.req(Method::GET, "/metrics", None)
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+fn tenant(id: &str, tokens: &[&str]) -> Value {
+    json!({"id": id, "tokenSha256": tokens.iter().map(|t| sha256_hex(t)).collect::<Vec<_>>()})
+}
+
+fn registry(tenants: Vec<Value>) -> Value {
+    json!({"version": 1, "tenants": tenants})
+}
+
+fn ev(n: u128, data: Value) -> Value {
+    json!({"eventId": uuid::Uuid::from_u128(n), "eventType": "test", "data": data})
+}
+
+fn assert_error(status: StatusCode, body: &Value, want: StatusCode, code: &str) {
+    assert_eq!(status, want, "body: {body}");
+    assert_eq!(body["code"], code, "body: {body}");
+    assert!(body["message"].is_string(), "body: {body}");
+}
+
+const A: &str = "token-of-a";
+const B: &str = "token-of-b";
+
+fn two_tenants() -> Value {
+    registry(vec![tenant("a", &[A]), tenant("b", &[B])])
+}
+
+// ---------------------------------------------------------------------------------------------
+// Endpoints
+
+#[tokio::test]
+async fn every_endpoint_round_trips() {
+    let n = Node::start(&two_tenants(), &[]).await;
+
+    // append: created, then an idempotent retry, then a conflict with the current version
+    let batch = json!({"expectedVersion": "noStream", "events": [ev(1, json!({"n": 1})), ev(2, json!([1, 2.50, "x"]))]});
+    let (s, r) = n.append("order-1", A, batch.clone()).await;
+    assert_eq!(s, StatusCode::CREATED, "{r}");
+    assert_eq!(
+        r,
+        json!({"firstVersion":0,"lastVersion":1,"firstPosition":0,"lastPosition":1,"deduplicated":false})
+    );
+    let (s, r) = n.append("order-1", A, batch).await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(r["deduplicated"], true);
+    let (s, r) = n
+        .append(
+            "order-1",
+            A,
+            json!({"expectedVersion": 0, "events": [ev(3, json!(3))]}),
+        )
+        .await;
+    assert_error(s, &r, StatusCode::CONFLICT, "wrong_expected_version");
+    assert_eq!(r["currentVersion"], 1);
+
+    // expected version as a header; binary payload as base64
+    let resp = n
+        .req(Method::POST, "/v1/streams/order-1/events", Some(A))
+        .header("Expected-Version", "1")
+        .json(&json!({"events": [{"eventId": uuid::Uuid::from_u128(3), "eventType": "bin", "dataBase64": "AAH/", "metadata": {"k": "v"}}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::CREATED);
+    let resp = n
+        .req(Method::POST, "/v1/streams/order-1/events", Some(A))
+        .header("Expected-Version", "1")
+        .json(&json!({"events": [ev(4, json!(4))]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::CONFLICT);
+
+    // read forwards, backwards, paged; payloads come back byte-exact
+    let (s, r) = n.get("/v1/streams/order-1/events", A).await;
+    assert_eq!(s, StatusCode::OK);
+    let evs = r["events"].as_array().unwrap();
+    assert_eq!(evs.len(), 3);
+    assert_eq!(evs[0]["data"], json!({"n": 1}));
+    assert_eq!(evs[1]["data"], json!([1, 2.50, "x"]));
+    assert_eq!(evs[2]["dataBase64"], "AAH/");
+    assert_eq!(evs[2]["metadata"]["k"], "v");
+    assert_eq!(evs[2]["eventType"], "bin");
+    assert_eq!(r["next"], 3);
+    let (_, r) = n
+        .get("/v1/streams/order-1/events?direction=backwards&limit=2", A)
+        .await;
+    let versions: Vec<u64> = r["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["version"].as_u64().unwrap())
+        .collect();
+    assert_eq!(versions, [2, 1]);
+    assert_eq!(r["next"], 0);
+    let (_, r) = n
+        .get(
+            "/v1/streams/order-1/events?from=1&limit=1&encoding=base64",
+            A,
+        )
+        .await;
+    assert_eq!(r["events"][0]["version"], 1);
+    // base64 of the exact bytes reqwest sent: [1,2.5,"x"]
+    assert_eq!(r["events"][0]["dataBase64"], "WzEsMi41LCJ4Il0=");
+    assert!(r["events"][0].get("data").is_none());
+
+    // second stream, read all, list, count
+    let (s, _) = n
+        .append("order-2", A, json!({"events": [ev(10, json!(null))]}))
+        .await;
+    assert_eq!(s, StatusCode::CREATED);
+    let (_, r) = n.get("/v1/events?from=1&limit=10", A).await;
+    let positions: Vec<u64> = r["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["position"].as_u64().unwrap())
+        .collect();
+    assert_eq!(positions, [1, 2, 3]);
+    assert_eq!(r["next"], 4);
+    let (_, r) = n.get("/v1/streams?limit=1", A).await;
+    assert_eq!(
+        r["streams"],
+        json!([{"stream": "order-1", "lastVersion": 2, "deleted": false}])
+    );
+    assert_eq!(r["next"], "order-1");
+    let (_, r) = n.get("/v1/streams?after=order-1", A).await;
+    assert_eq!(r["streams"][0]["stream"], "order-2");
+    let (_, r) = n.get("/v1/streams/count", A).await;
+    assert_eq!(r, json!({"count": 2}));
+
+    // snapshots
+    let (s, r) = n.get("/v1/streams/order-1/snapshot", A).await;
+    assert_error(s, &r, StatusCode::NOT_FOUND, "not_found");
+    let (s, _) = n
+        .call(
+            Method::PUT,
+            "/v1/streams/order-1/snapshot",
+            A,
+            Some(json!({"version": 2, "data": {"total": 7}})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::NO_CONTENT);
+    let (s, r) = n.get("/v1/streams/order-1/snapshot", A).await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(
+        (r["version"].clone(), r["data"].clone()),
+        (json!(2), json!({"total": 7}))
+    );
+
+    // truncate, delete, stats, info, trim
+    let (s, r) = n
+        .call(
+            Method::POST,
+            "/v1/streams/order-1/truncate",
+            A,
+            Some(json!({"before": 1})),
+        )
+        .await;
+    assert_eq!((s, r), (StatusCode::OK, json!({"dropped": 1})));
+    let (_, r) = n.get("/v1/streams/order-1/events", A).await;
+    assert_eq!(r["events"][0]["version"], 1);
+    let (s, _) = n.call(Method::DELETE, "/v1/streams/order-2", A, None).await;
+    assert_eq!(s, StatusCode::NO_CONTENT);
+    let (s, r) = n.get("/v1/streams/order-2/events", A).await;
+    assert_error(s, &r, StatusCode::GONE, "stream_deleted");
+    let (_, r) = n.get("/v1/streams/count", A).await;
+    assert_eq!(r["count"], 1);
+    let (s, r) = n.get("/v1/stats", A).await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(
+        (
+            r["tenant"].clone(),
+            r["streams"].clone(),
+            r["nextPosition"].clone()
+        ),
+        (json!("a"), json!(1), json!(4))
+    );
+    let (_, r) = n.get("/v1/info", A).await;
+    assert_eq!(r["tenant"], "a");
+    assert!(r["limits"]["maxReadLimit"].as_u64().unwrap() > 0);
+    let (s, r) = n
+        .call(Method::POST, "/v1/trim", A, Some(json!({"before": 2})))
+        .await;
+    if s == StatusCode::OK {
+        assert!(r["dropped"].as_u64().is_some());
+    } else {
+        assert_error(s, &r, StatusCode::NOT_IMPLEMENTED, "unsupported");
+    }
+
+    // operational endpoints
+    assert_eq!(
+        n.req(Method::GET, "/healthz", None)
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        StatusCode::OK
+    );
+    let spec = n
+        .req(Method::GET, "/openapi.yaml", None)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(spec.starts_with("openapi: 3"), "{spec}");
+    for path in [
+        "/v1/streams/{stream}/events",
+        "/v1/subscribe",
+        "/v1/stats",
+        "/v1/trim",
+    ] {
+        assert!(
+            spec.contains(&format!("  {path}:")),
+            "openapi.yaml lacks {path}"
+        );
+    }
+    let m = n.metrics().await;
+    assert!(m.contains("allsource_appends_total{tenant=\"a\"} 3"), "{m}");
+    assert!(
+        m.contains("allsource_events_appended_total{tenant=\"a\"} 4"),
+        "{m}"
+    );
+    assert!(m.contains("allsource_http_requests_total{method=\"POST\",route=\"/v1/streams/{stream}/events\",status=\"409\"} 2"), "{m}");
+}
+
+#[tokio::test]
+async fn bad_input_gets_json_errors_and_harms_nothing() {
+    let n = Node::start(&two_tenants(), &["--max-body-bytes", "4096"]).await;
+    let (s, _) = n.append("s", A, json!({"events": [ev(1, json!(1))]})).await;
+    assert_eq!(s, StatusCode::CREATED);
+
+    let raw = |body: &'static str, ctype: Option<&'static str>| {
+        let mut r = n
+            .req(Method::POST, "/v1/streams/s/events", Some(A))
+            .body(body);
+        if let Some(c) = ctype {
+            r = r.header("content-type", c);
+        }
+        r
+    };
+    let check = |resp: reqwest::Response, want: StatusCode, code: &'static str| async move {
+        let status = resp.status();
+        let body: Value = resp.json().await.expect("error bodies are JSON");
+        assert_error(status, &body, want, code);
+    };
+    check(
+        raw("{not json", Some("application/json"))
+            .send()
+            .await
+            .unwrap(),
+        StatusCode::BAD_REQUEST,
+        "invalid_input",
+    )
+    .await;
+    check(
+        raw(r#"{"events":[]}"#, Some("text/plain"))
+            .send()
+            .await
+            .unwrap(),
+        StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        "unsupported_media_type",
+    )
+    .await;
+    check(
+        raw(r#"{"events":[]}"#, None).send().await.unwrap(),
+        StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        "unsupported_media_type",
+    )
+    .await;
+    let big = format!(
+        r#"{{"events":[{{"eventId":"{}","eventType":"t","data":"{}"}}]}}"#,
+        uuid::Uuid::from_u128(9),
+        "x".repeat(10_000)
+    );
+    let resp = n
+        .req(Method::POST, "/v1/streams/s/events", Some(A))
+        .header("content-type", "application/json")
+        .body(big)
+        .send()
+        .await
+        .unwrap();
+    check(resp, StatusCode::PAYLOAD_TOO_LARGE, "too_large").await;
+
+    let bad_bodies = [
+        json!({"events": []}),
+        json!({"tenant": "b", "events": [ev(2, json!(1))]}),
+        json!({"events": [{"eventType": "t"}]}),
+        json!({"events": [{"eventId": "not-a-uuid", "eventType": "t"}]}),
+        json!({"events": [{"eventId": uuid::Uuid::from_u128(2), "eventType": ""}]}),
+        json!({"events": [{"eventId": uuid::Uuid::from_u128(2), "eventType": "t", "data": 1, "dataBase64": "AA=="}]}),
+        json!({"events": [{"eventId": uuid::Uuid::from_u128(2), "eventType": "t", "dataBase64": "***"}]}),
+        json!({"events": [ev(2, json!(1)), ev(2, json!(1))]}),
+        json!({"expectedVersion": -1, "events": [ev(2, json!(1))]}),
+        json!({"expectedVersion": "sometimes", "events": [ev(2, json!(1))]}),
+        json!({"events": [{"eventId": uuid::Uuid::from_u128(2), "eventType": "t", "tenant": "b"}]}),
+    ];
+    for b in bad_bodies {
+        let (s, r) = n.append("s", A, b.clone()).await;
+        assert_error(s, &r, StatusCode::BAD_REQUEST, "invalid_input");
+    }
+    let resp = n
+        .req(Method::POST, "/v1/streams/s/events", Some(A))
+        .header("Expected-Version", "soon")
+        .json(&json!({"events": [ev(2, json!(1))]}))
+        .send()
+        .await
+        .unwrap();
+    check(resp, StatusCode::BAD_REQUEST, "invalid_input").await;
+
+    // hostile stream ids and query strings
+    let long = "x".repeat(300);
+    for path in [
+        "/v1/streams/..%2F..%2Fetc%2Fpasswd/events".to_string(),
+        "/v1/streams/..%2Fb/events".to_string(),
+        "/v1/streams/__reserved/events".to_string(),
+        "/v1/streams/a%23b/events".to_string(),
+        "/v1/streams/a%00b/events".to_string(),
+        format!("/v1/streams/{long}/events"),
+        "/v1/streams/s/events?limit=0".to_string(),
+        "/v1/streams/s/events?limit=1000000000".to_string(),
+        "/v1/streams/s/events?limit=99999999999999999999999999".to_string(),
+        "/v1/streams/s/events?from=-1".to_string(),
+        "/v1/streams/s/events?direction=sideways".to_string(),
+        "/v1/streams/s/events?tenant=b".to_string(),
+        "/v1/events?limit=18446744073709551616".to_string(),
+        "/v1/streams?after=..%2F".to_string(),
+        "/v1/subscribe?stream=a%2Fb".to_string(),
+    ] {
+        let (s, r) = n.get(&path, A).await;
+        assert_eq!(s, StatusCode::BAD_REQUEST, "{path}: {r}");
+        assert_error(s, &r, StatusCode::BAD_REQUEST, "invalid_input");
+    }
+    let (s, r) = n.get("/v1/nope", A).await;
+    assert_error(s, &r, StatusCode::NOT_FOUND, "not_found");
+    let (s, r) = n.call(Method::PATCH, "/v1/streams/s/events", A, None).await;
+    assert_error(s, &r, StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed");
+    let (s, r) = n
+        .call(
+            Method::POST,
+            "/v1/streams/s/truncate",
+            A,
+            Some(json!({"before": "x"})),
+        )
+        .await;
+    assert_error(s, &r, StatusCode::BAD_REQUEST, "invalid_input");
+
+    // the node is still healthy and the data untouched
+    let (s, r) = n.get("/v1/streams/s/events", A).await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(r["events"].as_array().unwrap().len(), 1);
+    let (_, r) = n.get("/v1/stats", A).await;
+    assert_eq!(r["nextPosition"], 1);
+}
+
+#[tokio::test]
+async fn tenants_cannot_reach_each_other() {
+    let n = Node::start(&two_tenants(), &[]).await;
+    let (s, _) = n
+        .append(
+            "orders-1",
+            A,
+            json!({"events": [ev(1, json!({"secret": "a"}))]}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED);
+    n.call(
+        Method::PUT,
+        "/v1/streams/orders-1/snapshot",
+        A,
+        Some(json!({"version": 0, "data": 1})),
+    )
+    .await;
+
+    // B uses A's stream names: sees nothing, changes nothing
+    let (s, r) = n.get("/v1/streams/orders-1/events", B).await;
+    assert_error(s, &r, StatusCode::NOT_FOUND, "not_found");
+    let (_, r) = n.get("/v1/events", B).await;
+    assert_eq!(r["events"], json!([]));
+    let (_, r) = n.get("/v1/streams", B).await;
+    assert_eq!(r["streams"], json!([]));
+    let (_, r) = n.get("/v1/streams/count", B).await;
+    assert_eq!(r["count"], 0);
+    let (s, _) = n.get("/v1/streams/orders-1/snapshot", B).await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+    let (s, _) = n
+        .call(Method::DELETE, "/v1/streams/orders-1", B, None)
+        .await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+    let (s, _) = n
+        .call(
+            Method::POST,
+            "/v1/streams/orders-1/truncate",
+            B,
+            Some(json!({"before": 10})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+    let (s, r) = n
+        .append(
+            "orders-1",
+            B,
+            json!({"expectedVersion": "noStream", "events": [ev(1, json!("b"))]}),
+        )
+        .await;
+    assert_eq!(
+        s,
+        StatusCode::CREATED,
+        "B's stream of the same name is its own: {r}"
+    );
+    assert_eq!(
+        (
+            r["firstVersion"].clone(),
+            r["firstPosition"].clone(),
+            r["deduplicated"].clone()
+        ),
+        (json!(0), json!(0), json!(false))
+    );
+
+    // forged tenant claims
+    let resp = n
+        .req(Method::GET, "/v1/streams/orders-1/events", Some(B))
+        .header("X-AllSource-Tenant", "a")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::FORBIDDEN);
+    let (s, _) = n.get("/v1/streams/orders-1/events?tenant=a", B).await;
+    assert_eq!(s, StatusCode::BAD_REQUEST);
+
+    // credentials
+    let resp = n.req(Method::GET, "/v1/stats", None).send().await.unwrap();
+    assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(resp.headers()["www-authenticate"], "Bearer");
+    let (s, r) = n.get("/v1/stats", "token-of-c").await;
+    assert_error(s, &r, StatusCode::UNAUTHORIZED, "unauthorized");
+    let (s, _) = n.get("/v1/stats", &sha256_hex(A)).await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED, "the digest is not a token");
+    let resp = n
+        .req(Method::GET, "/v1/stats", None)
+        .header("authorization", format!("Basic {A}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
+
+    // A's data is exactly what A wrote
+    let (_, r) = n.get("/v1/streams/orders-1/events", A).await;
+    assert_eq!(r["events"].as_array().unwrap().len(), 1);
+    assert_eq!(r["events"][0]["data"], json!({"secret": "a"}));
+    let (_, r) = n.get("/v1/streams/orders-1/snapshot", A).await;
+    assert_eq!(r["data"], 1);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Quotas, suspension, placement, hot reload
+
+#[tokio::test]
+async fn quotas_answer_429_and_suspension_403() {
+    let mut rate = tenant("rate", &["t-rate"]);
+    rate["quotas"] = json!({"eventsPerSecond": 5});
+    let mut streams = tenant("streams", &["t-streams"]);
+    streams["quotas"] = json!({"maxStreams": 2});
+    let mut bytes = tenant("bytes", &["t-bytes"]);
+    bytes["quotas"] = json!({"storageBytes": 600});
+    let mut susp = tenant("susp", &["t-susp"]);
+    susp["state"] = json!("suspended");
+    let n = Node::start(&registry(vec![rate, streams, bytes, susp]), &[]).await;
+
+    // rate: a full second's worth passes, then the bucket is empty
+    let five: Vec<Value> = (0..5).map(|i| ev(100 + i, json!(i))).collect();
+    let (s, _) = n.append("r", "t-rate", json!({"events": five})).await;
+    assert_eq!(s, StatusCode::CREATED);
+    let mut refused = None;
+    for i in 0..50 {
+        let resp = n
+            .req(Method::POST, "/v1/streams/r/events", Some("t-rate"))
+            .json(&json!({"events": [ev(200 + i, json!(1))]}))
+            .send()
+            .await
+            .unwrap();
+        if resp.status() == StatusCode::TOO_MANY_REQUESTS {
+            refused = Some(resp);
+            break;
+        }
+    }
+    let resp = refused.expect("the append rate quota never answered 429");
+    let retry: u64 = resp.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(retry >= 1);
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(body["code"], "quota_exceeded");
+
+    // streams: two exist, a third is refused, the existing ones still take events
+    for s in ["s1", "s2"] {
+        let (st, _) = n
+            .append(s, "t-streams", json!({"events": [ev(1, json!(1))]}))
+            .await;
+        assert_eq!(st, StatusCode::CREATED);
+    }
+    let resp = n
+        .req(Method::POST, "/v1/streams/s3/events", Some("t-streams"))
+        .json(&json!({"events": [ev(2, json!(1))]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert!(resp.headers().contains_key("retry-after"));
+    let (st, _) = n
+        .append("s1", "t-streams", json!({"events": [ev(3, json!(1))]}))
+        .await;
+    assert_eq!(st, StatusCode::CREATED);
+
+    // storage: fill past the quota, then refused
+    let big = "x".repeat(400);
+    let (st, _) = n
+        .append("b", "t-bytes", json!({"events": [ev(1, json!(big))]}))
+        .await;
+    assert_eq!(st, StatusCode::CREATED);
+    let (st, r) = n
+        .append("b", "t-bytes", json!({"events": [ev(2, json!(big))]}))
+        .await;
+    assert_error(st, &r, StatusCode::TOO_MANY_REQUESTS, "quota_exceeded");
+    let (_, r) = n.get("/v1/stats", "t-bytes").await;
+    assert_eq!(r["events"], 1);
+    assert_eq!(r["quotas"]["storageBytes"], 600);
+
+    // suspended
+    let (st, r) = n.get("/v1/stats", "t-susp").await;
+    assert_error(st, &r, StatusCode::FORBIDDEN, "tenant_suspended");
+    let (st, _) = n
+        .append("x", "t-susp", json!({"events": [ev(1, json!(1))]}))
+        .await;
+    assert_eq!(st, StatusCode::FORBIDDEN);
+
+    let m = n.metrics().await;
+    assert!(
+        m.contains("allsource_quota_rejections_total{quota=\"max_streams\",tenant=\"streams\"} 1"),
+        "{m}"
+    );
+}
+
+#[tokio::test]
+async fn tenants_of_other_nodes_answer_421_with_the_owner() {
+    let mut here = tenant("here", &["t-here"]);
+    here["node"] = json!("es-1");
+    let mut there = tenant("there", &["t-there"]);
+    there["node"] = json!("es-0");
+    let reg = json!({"version": 1, "tenants": [here, there, tenant("anywhere", &["t-any"])],
+                     "nodes": {"es-0": "http://es-0.es-nodes.ns.svc:8080", "es-1": "http://es-1.es-nodes.ns.svc:8080"}});
+    let n = Node::start(&reg, &["--node-name", "es-1"]).await;
+    let (s, r) = n.get("/v1/streams/x/events?limit=5", "t-there").await;
+    assert_error(s, &r, StatusCode::MISDIRECTED_REQUEST, "wrong_node");
+    assert_eq!(r["owner"], "es-0");
+    assert_eq!(
+        r["location"],
+        "http://es-0.es-nodes.ns.svc:8080/v1/streams/x/events?limit=5"
+    );
+    let (s, _) = n.get("/v1/stats", "t-here").await;
+    assert_eq!(s, StatusCode::OK);
+    let (s, _) = n.get("/v1/stats", "t-any").await;
+    assert_eq!(s, StatusCode::OK);
+}
+
+async fn wait_for(what: &str, mut f: impl AsyncFnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !f().await {
+        assert!(Instant::now() < deadline, "gave up waiting for: {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn registry_reloads_add_tenants_and_rotate_tokens() {
+    let n = Node::start(&registry(vec![tenant("a", &["a-old"])]), &[]).await;
+    let (s, _) = n
+        .append("s", "a-old", json!({"events": [ev(1, json!(1))]}))
+        .await;
+    assert_eq!(s, StatusCode::CREATED);
+    assert_eq!(n.get("/v1/stats", "b-1").await.0, StatusCode::UNAUTHORIZED);
+
+    // add tenant b and a second token for a: both of a's tokens work during the rotation
+    n.write_registry(&registry(vec![
+        tenant("a", &["a-old", "a-new"]),
+        tenant("b", &["b-1"]),
+    ]));
+    wait_for("tenant b to appear", async || {
+        n.get("/v1/stats", "b-1").await.0 == StatusCode::OK
+    })
+    .await;
+    let (_, r) = n.get("/v1/streams/s/events", "a-new").await;
+    assert_eq!(
+        r["events"].as_array().unwrap().len(),
+        1,
+        "the new token reaches the same tenant"
+    );
+    assert_eq!(n.get("/v1/stats", "a-old").await.0, StatusCode::OK);
+
+    // a broken file is refused; the registry in force stays
+    n.write_registry_bytes(b"{\"version\": 1, \"tenants\": [");
+    wait_for("the reload error to be counted", async || {
+        n.metrics()
+            .await
+            .contains("allsource_registry_reloads_total{result=\"error\"} 1")
+    })
+    .await;
+    assert_eq!(n.get("/v1/stats", "a-new").await.0, StatusCode::OK);
+    assert_eq!(n.get("/v1/stats", "b-1").await.0, StatusCode::OK);
+
+    // the old token is removed; b is suspended
+    let mut b = tenant("b", &["b-1"]);
+    b["state"] = json!("suspended");
+    n.write_registry(&registry(vec![tenant("a", &["a-new"]), b]));
+    wait_for("the old token to be revoked", async || {
+        n.get("/v1/stats", "a-old").await.0 == StatusCode::UNAUTHORIZED
+    })
+    .await;
+    assert_eq!(n.get("/v1/stats", "a-new").await.0, StatusCode::OK);
+    assert_eq!(n.get("/v1/stats", "b-1").await.0, StatusCode::FORBIDDEN);
+    assert!(n.metrics().await.contains("allsource_registry_tenants 2"));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Subscriptions and shutdown
+
+/// A minimal SSE reader: yields (event, id, data) triples.
+struct Sse {
+    body: futures::stream::BoxStream<'static, reqwest::Result<bytes::Bytes>>,
+    buf: String,
+}
+
+impl Sse {
+    async fn open(n: &Node, query: &str, token: &str, last_event_id: Option<&str>) -> Sse {
+        let mut r = n.req(Method::GET, &format!("/v1/subscribe{query}"), Some(token));
+        if let Some(id) = last_event_id {
+            r = r.header("Last-Event-ID", id);
+        }
+        let resp = r.send().await.unwrap();
+        assert_eq!(resp.status(), StatusCode::OK);
+        assert!(resp.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/event-stream"));
+        Sse {
+            body: resp.bytes_stream().boxed(),
+            buf: String::new(),
+        }
+    }
+
+    /// The next event, or None when the server closed the stream.
+    async fn next(&mut self) -> Option<(String, String, Value)> {
+        loop {
+            while let Some(i) = self.buf.find("\n\n") {
+                let block: String = self.buf.drain(..i + 2).collect();
+                let (mut event, mut id, mut data) = (String::new(), String::new(), String::new());
+                for line in block.lines() {
+                    if let Some(v) = line.strip_prefix("event:") {
+                        event = v.trim().to_string();
+                    } else if let Some(v) = line.strip_prefix("id:") {
+                        id = v.trim().to_string();
+                    } else if let Some(v) = line.strip_prefix("data:") {
+                        data.push_str(v.trim_start());
+                    }
+                }
+                if !event.is_empty() {
+                    return Some((event, id, serde_json::from_str(&data).unwrap()));
+                }
+            }
+            let chunk = tokio::time::timeout(Duration::from_secs(30), self.body.next())
+                .await
+                .expect("no SSE data for 30 s")?;
+            self.buf
+                .push_str(std::str::from_utf8(&chunk.unwrap()).unwrap());
+        }
+    }
+}
+
+#[tokio::test]
+async fn subscriptions_catch_up_then_follow_live() {
+    let n = Node::start(&two_tenants(), &[]).await;
+    let batch: Vec<Value> = (0..3).map(|i| ev(i, json!(i))).collect();
+    n.append("s", A, json!({"events": batch})).await;
+    n.append("other", B, json!({"events": [ev(1, json!("b"))]}))
+        .await;
+
+    let mut all = Sse::open(&n, "", A, None).await;
+    let mut one = Sse::open(&n, "?stream=s&after=0", A, None).await;
+    let mut resumed = Sse::open(&n, "", A, Some("1")).await;
+    for pos in 0..3 {
+        let (e, id, d) = all.next().await.unwrap();
+        assert_eq!(
+            (e.as_str(), id, d["position"].as_u64()),
+            ("event", pos.to_string(), Some(pos))
+        );
+    }
+    for v in 1..3 {
+        let (_, id, d) = one.next().await.unwrap();
+        assert_eq!((id, d["version"].as_u64()), (v.to_string(), Some(v)));
+    }
+    let (_, id, _) = resumed.next().await.unwrap();
+    assert_eq!(id, "2", "Last-Event-ID resumes after the given position");
+
+    // live
+    n.append("s", A, json!({"events": [ev(10, json!("live"))]}))
+        .await;
+    n.append("t", A, json!({"events": [ev(11, json!("other stream"))]}))
+        .await;
+    let (_, _, d) = all.next().await.unwrap();
+    assert_eq!(
+        (d["position"].as_u64(), d["data"].clone()),
+        (Some(3), json!("live"))
+    );
+    let (_, _, d) = all.next().await.unwrap();
+    assert_eq!(
+        (d["position"].as_u64(), d["stream"].clone()),
+        (Some(4), json!("t"))
+    );
+    let (_, _, d) = one.next().await.unwrap();
+    assert_eq!(
+        (d["version"].as_u64(), d["data"].clone()),
+        (Some(3), json!("live"))
+    );
+    assert!(n.metrics().await.contains("allsource_subscriptions 3"));
+
+    // B's subscription never sees A's events
+    let mut b = Sse::open(&n, "", B, None).await;
+    let (_, _, d) = b.next().await.unwrap();
+    assert_eq!(d["stream"], "other");
+    n.append("other", B, json!({"events": [ev(2, json!("b2"))]}))
+        .await;
+    let (_, _, d) = b.next().await.unwrap();
+    assert_eq!(
+        (d["position"].as_u64(), d["data"].clone()),
+        (Some(1), json!("b2"))
+    );
+}
+
+#[tokio::test]
+async fn sigterm_closes_subscriptions_and_exits_cleanly() {
+    let mut n = Node::start(&two_tenants(), &[]).await;
+    let batch: Vec<Value> = (0..20).map(|i| ev(i, json!({"i": i}))).collect();
+    let (s, _) = n.append("keep", A, json!({"events": batch})).await;
+    assert_eq!(s, StatusCode::CREATED);
+    let mut sub = Sse::open(&n, "?stream=keep", A, None).await;
+    for _ in 0..20 {
+        sub.next().await.unwrap();
+    }
+    let status = n.terminate().await;
+    assert!(status.success(), "exit status {status}; log:\n{}", n.log());
+    assert!(
+        sub.next().await.is_none(),
+        "the subscription ends at shutdown"
+    );
+    let log = n.log();
+    assert!(log.contains("store closed"), "{log}");
+    assert!(!log.contains(A), "a token leaked into the log");
+
+    let n = n.restart().await;
+    let persistent = !n.log().contains("in-memory store");
+    let (s, r) = n.get("/v1/streams/keep/events", A).await;
+    if persistent {
+        assert_eq!(s, StatusCode::OK, "{r}");
+        let evs = r["events"].as_array().unwrap();
+        assert_eq!(
+            evs.len(),
+            20,
+            "every acknowledged event survives the restart"
+        );
+        assert_eq!(evs[19]["data"], json!({"i": 19}));
+    } else {
+        assert_error(s, &r, StatusCode::NOT_FOUND, "not_found");
+    }
+}
