@@ -2,28 +2,33 @@
 """Writes allsource.json, the Grafana dashboard of the AllSource operator and store nodes.
 
 Run from the repository root: python3 deploy/grafana/generate.py
-Metric names live in M below; tests/tests/chart.rs checks that every metric the dashboard
-queries is one the operator or the store node registers.
+Metric names live in M below; tests/tests/chart.rs checks that every allsource_* metric the
+dashboard and the alert rules query is registered by the operator or the store node.
 """
 import json
 import os
 
 M = {
-    "reconciles": "allsource_operator_reconciliations_total",
+    # operator (operator/src/telemetry.rs)
+    "reconciles": "allsource_operator_reconciles_total",
     "reconcile_errors": "allsource_operator_reconcile_errors_total",
     "reconcile_duration": "allsource_operator_reconcile_duration_seconds",
-    "es_replicas": "allsource_operator_eventstore_replicas",
-    "es_ready": "allsource_operator_eventstore_ready_replicas",
-    "archive_runs": "allsource_operator_archive_runs_total",
-    "appends": "allsource_store_appends_total",
-    "events": "allsource_store_events_appended_total",
-    "bytes": "allsource_store_bytes_appended_total",
-    "append_duration": "allsource_store_append_duration_seconds",
-    "fsync": "allsource_wal_fsync_seconds",
-    "wal_bytes": "allsource_wal_size_bytes",
-    "segments": "allsource_segments",
-    "tenant_events": "allsource_tenant_events_appended_total",
-    "tenant_bytes": "allsource_tenant_storage_bytes",
+    "api_writes": "allsource_operator_api_writes_total",
+    "leader": "allsource_operator_leader",
+    # store node (store-node/src/metrics.rs)
+    "appends": "allsource_appends_total",
+    "events": "allsource_events_appended_total",
+    "bytes": "allsource_bytes_appended_total",
+    "events_read": "allsource_events_read_total",
+    "append_duration": "allsource_append_duration_seconds",
+    "http_requests": "allsource_http_requests_total",
+    "quota_rejections": "allsource_quota_rejections_total",
+    "subscriptions": "allsource_subscriptions",
+    "registry_tenants": "allsource_registry_tenants",
+    # kube-state-metrics (StatefulSet of the store nodes)
+    "sts_replicas": "kube_statefulset_replicas",
+    "sts_ready": "kube_statefulset_status_replicas_ready",
+    "sts_labels": "kube_statefulset_labels",
 }
 
 DS = {"type": "prometheus", "uid": "${datasource}"}
@@ -53,32 +58,39 @@ def ts(title, targets, x, y, unit="short", w=8, h=8, desc=""):
 
 
 NS = 'namespace=~"$namespace"'
+STORE_STS = (f'on (namespace, statefulset) group_left() {M["sts_labels"]}'
+             '{label_app_kubernetes_io_name="allsource", label_app_kubernetes_io_component="store-node"}')
 row("Operator", 0)
-ts("Reconciles / s by kind", [(f'sum by (kind) (rate({M["reconciles"]}{{{NS}}}[$__rate_interval]))', "{{kind}}")], 0, 1, "ops")
-ts("Reconcile errors / s by kind", [(f'sum by (kind) (rate({M["reconcile_errors"]}{{{NS}}}[$__rate_interval]))', "{{kind}}")], 8, 1, "ops")
+ts("Reconciles / s by kind", [(f'sum by (kind) (rate({M["reconciles"]}[$__rate_interval]))', "{{kind}}")], 0, 1, "ops")
+ts("Reconcile errors / s by kind and error", [(f'sum by (kind, error) (rate({M["reconcile_errors"]}[$__rate_interval]))', "{{kind}} {{error}}")], 8, 1, "ops")
 ts("Reconcile duration p50 / p99 by kind", [
-    (f'histogram_quantile(0.5, sum by (le, kind) (rate({M["reconcile_duration"]}_bucket{{{NS}}}[$__rate_interval])))', "p50 {{kind}}"),
-    (f'histogram_quantile(0.99, sum by (le, kind) (rate({M["reconcile_duration"]}_bucket{{{NS}}}[$__rate_interval])))', "p99 {{kind}}"),
+    (f'histogram_quantile(0.5, sum by (le, kind) (rate({M["reconcile_duration"]}_bucket[$__rate_interval])))', "p50 {{kind}}"),
+    (f'histogram_quantile(0.99, sum by (le, kind) (rate({M["reconcile_duration"]}_bucket[$__rate_interval])))', "p99 {{kind}}"),
 ], 16, 1, "s")
-ts("EventStore nodes ready / desired", [
-    (f'sum by (name) ({M["es_ready"]}{{{NS}}})', "ready {{name}}"),
-    (f'sum by (name) ({M["es_replicas"]}{{{NS}}})', "desired {{name}}"),
-], 0, 9, "short", w=12)
-ts("Archival runs / h by result", [(f'sum by (name, result) (increase({M["archive_runs"]}{{{NS}}}[1h]))', "{{name}} {{result}}")], 12, 9, "short", w=12)
-row("Store nodes", 17)
-ts("Appends / s", [(f'sum by (pod) (rate({M["appends"]}{{{NS}}}[$__rate_interval]))', "{{pod}}")], 0, 18, "ops")
-ts("Events / s", [(f'sum by (pod) (rate({M["events"]}{{{NS}}}[$__rate_interval]))', "{{pod}}")], 8, 18, "ops")
-ts("Bytes / s", [(f'sum by (pod) (rate({M["bytes"]}{{{NS}}}[$__rate_interval]))', "{{pod}}")], 16, 18, "Bps")
-ts("Append latency p99", [(f'histogram_quantile(0.99, sum by (le, pod) (rate({M["append_duration"]}_bucket{{{NS}}}[$__rate_interval])))', "{{pod}}")], 0, 26, "s")
-ts("WAL fsync latency p50 / p99", [
-    (f'histogram_quantile(0.5, sum by (le, pod) (rate({M["fsync"]}_bucket{{{NS}}}[$__rate_interval])))', "p50 {{pod}}"),
-    (f'histogram_quantile(0.99, sum by (le, pod) (rate({M["fsync"]}_bucket{{{NS}}}[$__rate_interval])))', "p99 {{pod}}"),
-], 8, 26, "s")
-ts("WAL size", [(f'sum by (pod) ({M["wal_bytes"]}{{{NS}}})', "{{pod}}")], 16, 26, "bytes")
-ts("Parquet segments", [(f'sum by (pod) ({M["segments"]}{{{NS}}})', "{{pod}}")], 0, 34, "short")
+ts("API writes / s by resource and verb (0 in steady state)", [(f'sum by (resource, verb) (rate({M["api_writes"]}[$__rate_interval]))', "{{verb}} {{resource}}")], 0, 9, "ops", w=12)
+ts("Leader replicas (should be 1)", [(f'sum({M["leader"]})', "leaders")], 12, 9, "short", w=12)
+row("EventStores", 17)
+ts("Store nodes ready / desired (kube-state-metrics)", [
+    (f'sum by (namespace, statefulset) ({M["sts_ready"]}{{{NS}}} * {STORE_STS})', "ready {{namespace}}/{{statefulset}}"),
+    (f'sum by (namespace, statefulset) ({M["sts_replicas"]}{{{NS}}} * {STORE_STS})', "desired {{namespace}}/{{statefulset}}"),
+], 0, 18, "short", w=12)
+ts("HTTP requests / s by status", [(f'sum by (status) (rate({M["http_requests"]}{{{NS}}}[$__rate_interval]))', "{{status}}")], 12, 18, "reqps", w=12)
+ts("Appends / s", [(f'sum by (pod) (rate({M["appends"]}{{{NS}}}[$__rate_interval]))', "{{pod}}")], 0, 26, "ops")
+ts("Events appended / s", [(f'sum by (pod) (rate({M["events"]}{{{NS}}}[$__rate_interval]))', "{{pod}}")], 8, 26, "ops")
+ts("Bytes appended / s", [(f'sum by (pod) (rate({M["bytes"]}{{{NS}}}[$__rate_interval]))', "{{pod}}")], 16, 26, "Bps")
+ts("Append latency p50 / p99 (includes the fsync wait)", [
+    (f'histogram_quantile(0.5, sum by (le, pod) (rate({M["append_duration"]}_bucket{{{NS}}}[$__rate_interval])))', "p50 {{pod}}"),
+    (f'histogram_quantile(0.99, sum by (le, pod) (rate({M["append_duration"]}_bucket{{{NS}}}[$__rate_interval])))', "p99 {{pod}}"),
+], 0, 34, "s")
+ts("Events read / s", [(f'sum by (pod) (rate({M["events_read"]}{{{NS}}}[$__rate_interval]))', "{{pod}}")], 8, 34, "ops")
+ts("Open subscriptions and registered tenants", [
+    (f'sum by (pod) ({M["subscriptions"]}{{{NS}}})', "subscriptions {{pod}}"),
+    (f'max by (pod) ({M["registry_tenants"]}{{{NS}}})', "tenants {{pod}}"),
+], 16, 34, "short")
 row("Tenants", 42)
-ts("Top 10 tenants by events / s", [(f'topk(10, sum by (tenant) (rate({M["tenant_events"]}{{{NS}}}[$__rate_interval])))', "{{tenant}}")], 0, 43, "ops", w=12)
-ts("Top 10 tenants by stored bytes", [(f'topk(10, sum by (tenant) ({M["tenant_bytes"]}{{{NS}}}))', "{{tenant}}")], 12, 43, "bytes", w=12)
+ts("Top 10 tenants by events / s", [(f'topk(10, sum by (tenant) (rate({M["events"]}{{{NS}}}[$__rate_interval])))', "{{tenant}}")], 0, 43, "ops")
+ts("Top 10 tenants by bytes / s", [(f'topk(10, sum by (tenant) (rate({M["bytes"]}{{{NS}}}[$__rate_interval])))', "{{tenant}}")], 8, 43, "Bps")
+ts("Quota rejections / s by tenant and quota", [(f'sum by (tenant, quota) (rate({M["quota_rejections"]}{{{NS}}}[$__rate_interval]))', "{{tenant}} {{quota}}")], 16, 43, "ops")
 
 dashboard = {
     "title": "AllSource",
@@ -94,8 +106,8 @@ dashboard = {
     "templating": {"list": [
         {"name": "datasource", "type": "datasource", "query": "prometheus", "label": "Data source", "current": {}, "hide": 0},
         {"name": "namespace", "type": "query", "label": "Namespace", "datasource": DS,
-         "query": {"query": f"label_values({M['reconciles']}, namespace)", "refId": "ns"},
-         "definition": f"label_values({M['reconciles']}, namespace)",
+         "query": {"query": f"label_values({M['appends']}, namespace)", "refId": "ns"},
+         "definition": f"label_values({M['appends']}, namespace)",
          "includeAll": True, "multi": True, "allValue": ".*", "current": {}, "refresh": 2, "hide": 0},
     ]},
     "annotations": {"list": []},
