@@ -2,12 +2,18 @@
 //! and the backends.
 
 pub mod backend;
+pub mod engine;
 pub mod error;
+pub mod fsio;
+pub mod index;
 pub mod metrics;
 pub mod model;
+pub mod segment;
 pub mod server;
 pub mod tenant;
+pub mod wal;
 
 pub use backend::{EventStore, EventSubscription, StoreResult, SubscriptionTarget};
+pub use engine::{Engine, EngineConfig};
 pub use error::StoreError;
 pub use model::*;

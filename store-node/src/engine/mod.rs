@@ -1,0 +1,667 @@
+//! The embedded event engine: tenants' state in memory behind one lock per tenant, every write
+//! through the group-commit WAL, sealed data checkpointed into Parquet segments with a manifest,
+//! reads that span hot memory and segments. `Engine` implements [`crate::EventStore`].
+//!
+//! Lifecycle: [`Engine::open`] is blocking (it replays the WAL; call it before serving or inside
+//! `spawn_blocking`); it starts the WAL writer thread and the background flusher thread.
+//! [`Engine::close`] drains the WAL, writes a final checkpoint and stops both threads (it is also
+//! run on drop of the last handle). A write is visible to readers only after the WAL
+//! acknowledged it; readers never wait for an fsync. This module must never bypass the WAL to
+//! change state, nor expose events of one tenant to another.
+
+mod cache;
+mod checkpoint;
+pub mod config;
+mod read;
+mod subscribe;
+pub mod tenant;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Weak};
+use std::thread::JoinHandle;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use parking_lot::{Condvar, Mutex, RwLock};
+use tokio::sync::broadcast;
+
+pub use self::checkpoint::CheckpointReport;
+pub use self::config::EngineConfig;
+use self::tenant::{CommittedBatch, Reservation, TenantState};
+use crate::backend::{EventSubscription, StoreResult, SubscriptionTarget};
+use crate::error::StoreError;
+use crate::fsio::{FileSystem, OsFs};
+use crate::model::{
+    AppendResult, Capabilities, Direction, ExpectedVersion, NewEvent, ReadFrom, RecordedEvent,
+    Snapshot, StreamId, StreamInfo, TenantId, TenantStats,
+};
+pub use crate::wal::Durability;
+use crate::wal::{record, WalError, WalRecord, WalWriter, WriterConfig};
+
+/// Errors of opening or checkpointing the engine.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    /// File I/O failed.
+    #[error("I/O: {0}")]
+    Io(#[from] std::io::Error),
+    /// The manifest is unreadable.
+    #[error("manifest: {0}")]
+    Manifest(String),
+    /// A Parquet segment could not be written or read.
+    #[error(transparent)]
+    Segment(#[from] crate::segment::SegmentError),
+    /// The configuration is invalid.
+    #[error("config: {0}")]
+    Config(String),
+}
+
+impl From<EngineError> for StoreError {
+    fn from(e: EngineError) -> Self {
+        StoreError::Internal(e.to_string())
+    }
+}
+
+impl From<WalError> for StoreError {
+    fn from(e: WalError) -> Self {
+        match e {
+            WalError::Poisoned(m) => StoreError::Poisoned(m),
+            WalError::Closed => StoreError::Unavailable("the engine is shut down".into()),
+        }
+    }
+}
+
+/// One tenant: its state and its broadcast of committed batches.
+pub(crate) struct Tenant {
+    pub(crate) state: RwLock<TenantState>,
+    pub(crate) tx: broadcast::Sender<CommittedBatch>,
+}
+
+type Tenants = Arc<RwLock<HashMap<TenantId, Arc<Tenant>>>>;
+
+pub(crate) struct Inner {
+    pub(crate) cfg: EngineConfig,
+    pub(crate) fs: Arc<dyn FileSystem>,
+    pub(crate) tenants: Tenants,
+    pub(crate) wal: WalWriter<(Arc<Tenant>, WalRecord)>,
+    pub(crate) cache: cache::RowGroupCache,
+    pub(crate) ckpt: Mutex<checkpoint::CheckpointState>,
+    closed: AtomicBool,
+    flusher_stop: Arc<(Mutex<bool>, Condvar)>,
+    flusher: Mutex<Option<JoinHandle<()>>>,
+}
+
+/// The embedded engine. Cheap to share: wrap it in an `Arc` (it is `Send + Sync`).
+pub struct Engine {
+    inner: Arc<Inner>,
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+fn new_tenant(id: TenantId, state: TenantState, buffer: usize) -> Arc<Tenant> {
+    let _ = id;
+    let (tx, _) = broadcast::channel(buffer.max(1));
+    Arc::new(Tenant {
+        state: RwLock::new(state),
+        tx,
+    })
+}
+
+impl Engine {
+    /// Opens (or creates) the engine in `config.data_dir` on the real file system. Blocking.
+    pub fn open(config: EngineConfig) -> Result<Self, EngineError> {
+        Self::open_with_fs(config, Arc::new(OsFs))
+    }
+
+    /// Opens the engine on a given file system (tests use [`crate::fsio::SimFs`]). Blocking.
+    pub fn open_with_fs(
+        config: EngineConfig,
+        fs: Arc<dyn FileSystem>,
+    ) -> Result<Self, EngineError> {
+        if config.row_group_rows == 0 {
+            return Err(EngineError::Config("rowGroupRows must be > 0".into()));
+        }
+        let started = std::time::Instant::now();
+        let dirs = checkpoint::Dirs::new(&config.data_dir);
+        fs.create_dir_all(&dirs.wal)?;
+        fs.create_dir_all(&dirs.segments)?;
+        let manifest = checkpoint::load_manifest(fs.as_ref(), &dirs)?;
+        let checkpoint_lsn = manifest.checkpoint_lsn;
+        let buffer = config.subscription_buffer;
+        let mut map: HashMap<TenantId, Arc<Tenant>> = HashMap::new();
+        for (id, tm) in manifest.tenants {
+            let st = TenantState::from_manifest(id.clone(), tm);
+            map.insert(id.clone(), new_tenant(id, st, buffer));
+        }
+        checkpoint::remove_orphans(fs.as_ref(), &dirs, &map)?;
+        let rec = crate::wal::recover(fs.as_ref(), &dirs.wal, checkpoint_lsn, |lsn, r| {
+            let t = map
+                .entry(r.tenant().clone())
+                .or_insert_with(|| {
+                    new_tenant(
+                        r.tenant().clone(),
+                        TenantState::new(r.tenant().clone()),
+                        buffer,
+                    )
+                })
+                .clone();
+            t.state.write().apply(lsn, r, true);
+        })?;
+        tracing::info!(
+            tenants = map.len(),
+            replayed_records = rec.records,
+            truncated_bytes = rec.truncated_bytes,
+            dropped_files = rec.dropped_files.len(),
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "engine recovered"
+        );
+        let tenants: Tenants = Arc::new(RwLock::new(map));
+        let wal = WalWriter::start(
+            fs.clone(),
+            WriterConfig {
+                dir: dirs.wal.clone(),
+                durability: config.durability,
+                segment_bytes: config.wal_segment_bytes,
+            },
+            rec.files,
+            rec.next_lsn,
+            |group: Vec<(u64, (Arc<Tenant>, WalRecord))>| {
+                for (lsn, (t, r)) in group {
+                    let mut st = t.state.write();
+                    if let Some(batch) = st.apply(lsn, r, false) {
+                        // Sent under the tenant lock: subscribers hand off on this lock.
+                        if t.tx.receiver_count() > 0 {
+                            let _ = t.tx.send(batch);
+                        }
+                    }
+                }
+            },
+        )?;
+        let inner = Arc::new(Inner {
+            cache: cache::RowGroupCache::new(config.cache_row_groups),
+            ckpt: Mutex::new(checkpoint::CheckpointState::new(dirs)),
+            cfg: config,
+            fs,
+            tenants,
+            wal,
+            closed: AtomicBool::new(false),
+            flusher_stop: Arc::new((Mutex::new(false), Condvar::new())),
+            flusher: Mutex::new(None),
+        });
+        if inner.cfg.checkpoint_interval_ms > 0 {
+            let weak = Arc::downgrade(&inner);
+            let stop = inner.flusher_stop.clone();
+            let every = Duration::from_millis(inner.cfg.checkpoint_interval_ms);
+            let h = std::thread::Builder::new()
+                .name("engine-flusher".into())
+                .spawn(move || flusher_loop(weak, stop, every))?;
+            *inner.flusher.lock() = Some(h);
+        }
+        Ok(Self { inner })
+    }
+
+    /// The configuration in use.
+    pub fn config(&self) -> &EngineConfig {
+        &self.inner.cfg
+    }
+
+    /// Flushes hot events to Parquet, writes the manifest and trims the WAL. Blocking.
+    pub fn checkpoint(&self) -> Result<CheckpointReport, EngineError> {
+        self.inner.checkpoint()
+    }
+
+    /// Merges small segments (as the flusher does). Blocking; returns segments merged.
+    pub fn compact(&self) -> Result<usize, EngineError> {
+        self.inner.compact()
+    }
+
+    /// Drains the WAL, writes a final checkpoint and stops the background threads. Blocking;
+    /// later writes answer `Unavailable`. Idempotent.
+    pub fn close(&self) -> Result<(), EngineError> {
+        self.inner.close()
+    }
+
+    /// Calls `f` on up to `limit` events of a stream, forwards from `from`, without cloning
+    /// hot events (the allocation-free read path used by the benchmark).
+    pub fn visit_stream(
+        &self,
+        tenant: &TenantId,
+        stream: &StreamId,
+        from: u64,
+        limit: usize,
+        f: impl FnMut(&RecordedEvent),
+    ) -> StoreResult<usize> {
+        self.inner.visit_stream(tenant, stream, from, limit, f)
+    }
+
+    /// Number of WAL bytes written since open.
+    pub fn wal_bytes_written(&self) -> u64 {
+        self.inner.wal.bytes_written()
+    }
+}
+
+impl Drop for Engine {
+    fn drop(&mut self) {
+        if let Err(e) = self.inner.close() {
+            tracing::error!(error = %e, "closing the engine on drop failed");
+        }
+    }
+}
+
+fn flusher_loop(weak: Weak<Inner>, stop: Arc<(Mutex<bool>, Condvar)>, every: Duration) {
+    loop {
+        {
+            let mut s = stop.0.lock();
+            if !*s {
+                stop.1.wait_for(&mut s, every);
+            }
+            if *s {
+                return;
+            }
+        }
+        let Some(inner) = weak.upgrade() else { return };
+        if inner.closed.load(Ordering::Acquire) {
+            return;
+        }
+        if inner.checkpoint_due() {
+            if let Err(e) = inner.checkpoint() {
+                tracing::error!(error = %e, "checkpoint failed; the WAL still holds the data");
+            }
+        }
+        if let Err(e) = inner.compact() {
+            tracing::error!(error = %e, "compaction failed");
+        }
+    }
+}
+
+impl Inner {
+    fn close(&self) -> Result<(), EngineError> {
+        if self.closed.swap(true, Ordering::AcqRel) {
+            return Ok(());
+        }
+        {
+            let mut s = self.flusher_stop.0.lock();
+            *s = true;
+            self.flusher_stop.1.notify_all();
+        }
+        if let Some(h) = self.flusher.lock().take() {
+            if h.thread().id() != std::thread::current().id() && h.join().is_err() {
+                tracing::error!("flusher thread panicked");
+            }
+        }
+        self.wal.shutdown();
+        if self.wal.poisoned().is_some() {
+            return Ok(());
+        }
+        self.checkpoint().map(|_| ())
+    }
+
+    pub(crate) fn tenant(&self, id: &TenantId) -> Option<Arc<Tenant>> {
+        self.tenants.read().get(id).cloned()
+    }
+
+    fn tenant_or_create(&self, id: &TenantId) -> Arc<Tenant> {
+        if let Some(t) = self.tenant(id) {
+            return t;
+        }
+        self.tenants
+            .write()
+            .entry(id.clone())
+            .or_insert_with(|| {
+                new_tenant(
+                    id.clone(),
+                    TenantState::new(id.clone()),
+                    self.cfg.subscription_buffer,
+                )
+            })
+            .clone()
+    }
+
+    fn check_writable(&self) -> StoreResult<()> {
+        if let Some(p) = self.wal.poisoned() {
+            return Err(StoreError::Poisoned(p));
+        }
+        if self.closed.load(Ordering::Acquire) {
+            return Err(StoreError::Unavailable("the engine is shut down".into()));
+        }
+        Ok(())
+    }
+
+    fn check_stream(&self, stream: &StreamId) -> StoreResult<()> {
+        StreamId::with_limits(stream.as_str(), &self.cfg.limits).map(|_| ())
+    }
+
+    /// Submits a non-append record after `check` accepted it under the tenant lock.
+    async fn submit_other(
+        &self,
+        tenant: &TenantId,
+        rec: WalRecord,
+        check: impl FnOnce(&TenantState) -> StoreResult<()>,
+    ) -> StoreResult<()> {
+        self.check_writable()?;
+        let t = self.tenant_or_create(tenant);
+        let body = record::encode_record(&rec);
+        let lsn = {
+            let mut st = t.state.write();
+            check(&st)?;
+            if let WalRecord::Delete { stream, .. } = &rec {
+                if let Some(e) = st.streams.get_mut(stream) {
+                    e.reserved_deleted = true;
+                }
+            }
+            self.wal.submit(Vec::new(), body, (t.clone(), rec))?
+        };
+        self.wal.wait(lsn).await?;
+        Ok(())
+    }
+
+    async fn append(
+        &self,
+        tenant: &TenantId,
+        stream: &StreamId,
+        expected: ExpectedVersion,
+        events: Vec<NewEvent>,
+    ) -> StoreResult<AppendResult> {
+        self.check_stream(stream)?;
+        self.cfg.limits.validate_batch(&events)?;
+        self.check_writable()?;
+        let mut body = record::encode_events(&events);
+        let n = events.len() as u64;
+        let t = self.tenant_or_create(tenant);
+        let mut events = Some(events);
+        loop {
+            let Some(evs) = events.take() else {
+                return Err(StoreError::Internal("append retried without events".into()));
+            };
+            let outcome = {
+                let mut st = t.state.write();
+                let r = st.reserve_append(stream, expected, &evs)?;
+                match r {
+                    Reservation::New {
+                        first_version,
+                        first_position,
+                    } => {
+                        let ts = now_ms();
+                        let head = record::encode_append_head(
+                            tenant,
+                            stream,
+                            first_version,
+                            first_position,
+                            ts,
+                        );
+                        let rec = WalRecord::Append {
+                            tenant: tenant.clone(),
+                            stream: stream.clone(),
+                            first_version,
+                            first_position,
+                            timestamp_ms: ts,
+                            events: evs,
+                        };
+                        // Submitted under the tenant lock: LSN order is position order.
+                        let lsn =
+                            self.wal
+                                .submit(head, std::mem::take(&mut body), (t.clone(), rec))?;
+                        if let Some(e) = st.streams.get_mut(stream) {
+                            e.last_lsn = lsn;
+                        }
+                        Ok((
+                            lsn,
+                            AppendResult {
+                                first_version,
+                                last_version: first_version + n - 1,
+                                first_position,
+                                last_position: first_position + n - 1,
+                                deduplicated: false,
+                            },
+                        ))
+                    }
+                    Reservation::Done(res) => return Ok(res),
+                    Reservation::WaitFor(lsn) => Err((lsn, evs)),
+                }
+            };
+            match outcome {
+                Ok((lsn, res)) => {
+                    self.wal.wait(lsn).await?;
+                    return Ok(res);
+                }
+                Err((lsn, evs)) => {
+                    self.wal.wait(lsn).await?;
+                    events = Some(evs);
+                }
+            }
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl crate::backend::EventStore for Engine {
+    fn capabilities(&self) -> Capabilities {
+        Capabilities {
+            subscriptions: true,
+            snapshots: true,
+            transactions: true,
+            archival: true,
+            gapless_positions: true,
+        }
+    }
+
+    async fn append(
+        &self,
+        tenant: &TenantId,
+        stream: &StreamId,
+        expected: ExpectedVersion,
+        events: Vec<NewEvent>,
+    ) -> StoreResult<AppendResult> {
+        self.inner.append(tenant, stream, expected, events).await
+    }
+
+    async fn read_stream(
+        &self,
+        tenant: &TenantId,
+        stream: &StreamId,
+        from: ReadFrom,
+        direction: Direction,
+        limit: usize,
+    ) -> StoreResult<Vec<RecordedEvent>> {
+        self.inner.cfg.limits.validate_read_limit(limit)?;
+        self.inner
+            .read_stream(tenant, stream, from, direction, limit)
+    }
+
+    async fn read_all(
+        &self,
+        tenant: &TenantId,
+        from_position: u64,
+        limit: usize,
+    ) -> StoreResult<Vec<RecordedEvent>> {
+        self.inner.cfg.limits.validate_read_limit(limit)?;
+        self.inner.read_all(tenant, from_position, limit)
+    }
+
+    async fn subscribe(
+        &self,
+        tenant: &TenantId,
+        target: SubscriptionTarget,
+        after: Option<u64>,
+    ) -> StoreResult<EventSubscription> {
+        if let SubscriptionTarget::Stream(s) = &target {
+            self.inner.check_stream(s)?;
+        }
+        Ok(subscribe::subscribe(
+            self.inner.clone(),
+            tenant,
+            target,
+            after,
+        ))
+    }
+
+    async fn save_snapshot(&self, tenant: &TenantId, snapshot: Snapshot) -> StoreResult<()> {
+        self.inner.check_stream(&snapshot.stream)?;
+        if snapshot.payload.len() > self.inner.cfg.limits.max_batch_bytes {
+            return Err(StoreError::TooLarge(format!(
+                "snapshot is {} bytes; the limit is {}",
+                snapshot.payload.len(),
+                self.inner.cfg.limits.max_batch_bytes
+            )));
+        }
+        let stream = snapshot.stream.clone();
+        let version = snapshot.version;
+        let rec = WalRecord::Snapshot {
+            tenant: tenant.clone(),
+            snapshot: Snapshot {
+                timestamp_ms: if snapshot.timestamp_ms == 0 {
+                    now_ms()
+                } else {
+                    snapshot.timestamp_ms
+                },
+                ..snapshot
+            },
+        };
+        self.inner
+            .submit_other(tenant, rec, |st| match st.streams.get(&stream) {
+                Some(e) if e.reserved_deleted => Err(StoreError::StreamDeleted(stream.to_string())),
+                Some(e) => match e.reserved_current() {
+                    Some(cur) if version <= cur => Ok(()),
+                    _ => Err(StoreError::invalid(
+                        "version",
+                        format!("snapshot version {version} is past the stream's last version"),
+                    )),
+                },
+                None => Err(StoreError::NotFound(format!("stream {stream}"))),
+            })
+            .await
+    }
+
+    async fn load_snapshot(
+        &self,
+        tenant: &TenantId,
+        stream: &StreamId,
+    ) -> StoreResult<Option<Snapshot>> {
+        let Some(t) = self.inner.tenant(tenant) else {
+            return Ok(None);
+        };
+        let st = t.state.read();
+        match st.streams.get(stream) {
+            Some(e) if e.deleted => Ok(None),
+            _ => Ok(st.snapshots.get(stream).cloned()),
+        }
+    }
+
+    async fn list_streams(
+        &self,
+        tenant: &TenantId,
+        after: Option<&StreamId>,
+        limit: usize,
+    ) -> StoreResult<Vec<StreamInfo>> {
+        self.inner.cfg.limits.validate_read_limit(limit)?;
+        let Some(t) = self.inner.tenant(tenant) else {
+            return Ok(Vec::new());
+        };
+        let st = t.state.read();
+        let range = match after {
+            Some(a) => st
+                .streams
+                .range::<StreamId, _>((std::ops::Bound::Excluded(a), std::ops::Bound::Unbounded)),
+            None => st.streams.range::<StreamId, _>(..),
+        };
+        Ok(range
+            .filter(|(_, e)| e.next_version > 0)
+            .take(limit)
+            .map(|(id, e)| StreamInfo {
+                stream: id.clone(),
+                last_version: e.next_version - 1,
+                deleted: e.deleted,
+            })
+            .collect())
+    }
+
+    async fn count_streams(&self, tenant: &TenantId) -> StoreResult<u64> {
+        Ok(self
+            .inner
+            .tenant(tenant)
+            .map_or(0, |t| t.state.read().live_streams))
+    }
+
+    async fn delete_stream(&self, tenant: &TenantId, stream: &StreamId) -> StoreResult<()> {
+        self.inner.check_stream(stream)?;
+        let rec = WalRecord::Delete {
+            tenant: tenant.clone(),
+            stream: stream.clone(),
+        };
+        self.inner
+            .submit_other(tenant, rec, |st| match st.streams.get(stream) {
+                Some(e) if e.reserved_next > 0 => Ok(()),
+                _ => Err(StoreError::NotFound(format!("stream {stream}"))),
+            })
+            .await
+    }
+
+    async fn truncate_before(
+        &self,
+        tenant: &TenantId,
+        stream: &StreamId,
+        before: u64,
+    ) -> StoreResult<u64> {
+        self.inner.check_stream(stream)?;
+        let rec = WalRecord::Truncate {
+            tenant: tenant.clone(),
+            stream: stream.clone(),
+            before,
+        };
+        let dropped = Arc::new(Mutex::new(0u64));
+        let d = dropped.clone();
+        self.inner
+            .submit_other(tenant, rec, move |st| match st.streams.get(stream) {
+                Some(e) if e.reserved_deleted => Err(StoreError::StreamDeleted(stream.to_string())),
+                Some(e) if e.reserved_next > 0 => {
+                    let to = before.min(e.reserved_next);
+                    *d.lock() = to.saturating_sub(e.first_version);
+                    Ok(())
+                }
+                _ => Err(StoreError::NotFound(format!("stream {stream}"))),
+            })
+            .await?;
+        let n = *dropped.lock();
+        Ok(n)
+    }
+
+    async fn trim_tenant_before(&self, tenant: &TenantId, before: u64) -> StoreResult<u64> {
+        let rec = WalRecord::TrimTenant {
+            tenant: tenant.clone(),
+            before,
+        };
+        let dropped = Arc::new(Mutex::new(0u64));
+        let d = dropped.clone();
+        self.inner
+            .submit_other(tenant, rec, move |st| {
+                *d.lock() = before
+                    .min(st.next_position)
+                    .saturating_sub(st.trimmed_before);
+                Ok(())
+            })
+            .await?;
+        let n = *dropped.lock();
+        Ok(n)
+    }
+
+    async fn stats(&self, tenant: &TenantId) -> StoreResult<TenantStats> {
+        Ok(self
+            .inner
+            .tenant(tenant)
+            .map_or_else(TenantStats::default, |t| t.state.read().stats()))
+    }
+}
+
+/// Where the engine keeps its files, relative to the data directory.
+pub fn layout(data_dir: &std::path::Path) -> (PathBuf, PathBuf, PathBuf) {
+    let d = checkpoint::Dirs::new(data_dir);
+    (d.wal, d.segments, d.manifest)
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,268 @@
+//! Reads that span hot memory and Parquet segments. Hot events are copied out under the
+//! tenant's read lock (never waiting on an fsync: the writer holds the lock only to apply an
+//! already durable group); cold events are fetched after the lock is released, through the row
+//! group cache. Reads must never show an event that is not committed or is hidden (truncated,
+//! deleted, trimmed).
+
+use std::sync::Arc;
+
+use super::tenant::TenantState;
+use super::Inner;
+use crate::backend::StoreResult;
+use crate::error::StoreError;
+use crate::model::{Direction, ReadFrom, RecordedEvent, StreamId, TenantId};
+use crate::segment::SegmentMeta;
+
+fn segment_for(segments: &[SegmentMeta], position: u64) -> Option<&SegmentMeta> {
+    let i = segments.partition_point(|s| s.last_position < position);
+    segments.get(i).filter(|s| s.first_position <= position)
+}
+
+impl Inner {
+    fn cold_rows(
+        &self,
+        tenant: &TenantId,
+        seg: &SegmentMeta,
+        position: u64,
+    ) -> StoreResult<Option<(super::cache::Rows, usize)>> {
+        let Some(g) = seg.row_group_of(position) else {
+            return Ok(None);
+        };
+        let path = self.ckpt.lock().dirs.segment_path(tenant, &seg.file);
+        let rows = self
+            .cache
+            .row_group(self.fs.as_ref(), &path, g)
+            .map_err(|e| StoreError::Internal(e.to_string()))?;
+        let i = rows.partition_point(|r| r.position < position);
+        Ok(Some((rows, i)))
+    }
+
+    fn cold_event(
+        &self,
+        tenant: &TenantId,
+        seg: &SegmentMeta,
+        position: u64,
+    ) -> StoreResult<Arc<RecordedEvent>> {
+        match self.cold_rows(tenant, seg, position)? {
+            Some((rows, i)) if rows.get(i).is_some_and(|r| r.position == position) => {
+                Ok(rows[i].clone())
+            }
+            _ => Err(StoreError::Internal(format!(
+                "position {position} missing from segment {}",
+                seg.file
+            ))),
+        }
+    }
+
+    /// Versions to read, in order, clamped to what is visible.
+    fn stream_versions(
+        st: &TenantState,
+        stream: &StreamId,
+        from: ReadFrom,
+        direction: Direction,
+        limit: usize,
+    ) -> StoreResult<Vec<(u64, u64)>> {
+        let e = st
+            .streams
+            .get(stream)
+            .filter(|e| e.next_version > 0)
+            .ok_or_else(|| StoreError::NotFound(format!("stream {stream}")))?;
+        if e.deleted {
+            return Err(StoreError::StreamDeleted(stream.to_string()));
+        }
+        let hi = e.next_version;
+        let lo = e.first_version.max(
+            e.positions
+                .first_version_at_or_after(st.trimmed_before)
+                .unwrap_or(hi),
+        );
+        let mut out = Vec::with_capacity(limit.min((hi - lo.min(hi)) as usize));
+        let mut push = |v: u64| {
+            if let Some(p) = e.positions.position_of(v) {
+                out.push((v, p));
+            }
+        };
+        match direction {
+            Direction::Forwards => {
+                let start = match from {
+                    ReadFrom::Edge => lo,
+                    ReadFrom::Version(v) => v.max(lo),
+                };
+                (start..hi).take(limit).for_each(&mut push);
+            }
+            Direction::Backwards => {
+                if hi > lo {
+                    let start = match from {
+                        ReadFrom::Edge => hi - 1,
+                        ReadFrom::Version(v) => v.min(hi - 1),
+                    };
+                    if start >= lo {
+                        (lo..=start).rev().take(limit).for_each(&mut push);
+                    }
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    pub(crate) fn read_stream(
+        &self,
+        tenant: &TenantId,
+        stream: &StreamId,
+        from: ReadFrom,
+        direction: Direction,
+        limit: usize,
+    ) -> StoreResult<Vec<RecordedEvent>> {
+        let t = self
+            .tenant(tenant)
+            .ok_or_else(|| StoreError::NotFound(format!("stream {stream}")))?;
+        let mut out: Vec<Option<RecordedEvent>> = Vec::new();
+        let mut cold: Vec<(usize, u64, SegmentMeta)> = Vec::new();
+        {
+            let st = t.state.read();
+            let versions = Self::stream_versions(&st, stream, from, direction, limit)?;
+            out.reserve(versions.len());
+            for (i, (_, p)) in versions.into_iter().enumerate() {
+                match st.hot_event(p) {
+                    Some(ev) => out.push(Some(RecordedEvent::clone(ev))),
+                    None => {
+                        out.push(None);
+                        let seg = segment_for(&st.segments, p).cloned().ok_or_else(|| {
+                            StoreError::Internal(format!("no segment holds position {p}"))
+                        })?;
+                        cold.push((i, p, seg));
+                    }
+                }
+            }
+        }
+        for (i, p, seg) in cold {
+            out[i] = Some(RecordedEvent::clone(&*self.cold_event(tenant, &seg, p)?));
+        }
+        Ok(out.into_iter().flatten().collect())
+    }
+
+    pub(crate) fn visit_stream(
+        &self,
+        tenant: &TenantId,
+        stream: &StreamId,
+        from: u64,
+        limit: usize,
+        mut f: impl FnMut(&RecordedEvent),
+    ) -> StoreResult<usize> {
+        let t = self
+            .tenant(tenant)
+            .ok_or_else(|| StoreError::NotFound(format!("stream {stream}")))?;
+        let st = t.state.read();
+        let e = st
+            .streams
+            .get(stream)
+            .filter(|e| e.next_version > 0 && !e.deleted)
+            .ok_or_else(|| StoreError::NotFound(format!("stream {stream}")))?;
+        let lo = from.max(e.first_version);
+        let mut n = 0;
+        for v in (lo..e.next_version).take(limit) {
+            let Some(p) = e.positions.position_of(v) else {
+                continue;
+            };
+            if p < st.trimmed_before {
+                continue;
+            }
+            match st.hot_event(p) {
+                Some(ev) => f(ev),
+                None => {
+                    let seg = segment_for(&st.segments, p).cloned().ok_or_else(|| {
+                        StoreError::Internal(format!("no segment holds position {p}"))
+                    })?;
+                    f(&*self.cold_event(tenant, &seg, p)?);
+                }
+            }
+            n += 1;
+        }
+        Ok(n)
+    }
+
+    pub(crate) fn read_all(
+        &self,
+        tenant: &TenantId,
+        from_position: u64,
+        limit: usize,
+    ) -> StoreResult<Vec<RecordedEvent>> {
+        let Some(t) = self.tenant(tenant) else {
+            return Ok(Vec::new());
+        };
+        self.read_all_upto(&t, from_position, u64::MAX, limit)
+            .map(|v| v.into_iter().map(|e| RecordedEvent::clone(&e)).collect())
+    }
+
+    /// Visible events with `from <= position < upto`, at most `limit`, in position order.
+    pub(crate) fn read_all_upto(
+        &self,
+        t: &super::Tenant,
+        from: u64,
+        upto: u64,
+        limit: usize,
+    ) -> StoreResult<Vec<Arc<RecordedEvent>>> {
+        let mut out = Vec::new();
+        let mut p = from;
+        let id = t.state.read().id.clone();
+        while out.len() < limit {
+            let seg = {
+                let st = t.state.read();
+                p = p.max(st.trimmed_before);
+                let end = st.committed_position.min(upto);
+                if p >= end {
+                    break;
+                }
+                if p >= st.hot_base {
+                    while p < end && out.len() < limit {
+                        if let Some(ev) = st.hot_event(p) {
+                            if st.visible(ev) {
+                                out.push(ev.clone());
+                            }
+                        }
+                        p += 1;
+                    }
+                    break;
+                }
+                match segment_for(&st.segments, p).cloned() {
+                    Some(s) => s,
+                    None => {
+                        // Nothing stored below the next segment (or the hot window).
+                        let next = st
+                            .segments
+                            .iter()
+                            .map(|s| s.first_position)
+                            .find(|f| *f > p);
+                        p = next.unwrap_or(st.hot_base).min(st.hot_base).max(p + 1);
+                        continue;
+                    }
+                }
+            };
+            let Some((rows, i)) = self.cold_rows(&id, &seg, p)? else {
+                p = seg.last_position + 1;
+                continue;
+            };
+            let st = t.state.read();
+            let end = st.committed_position.min(upto);
+            for r in &rows[i..] {
+                if out.len() >= limit || r.position >= end {
+                    break;
+                }
+                if st.visible(r) {
+                    out.push(r.clone());
+                }
+                p = r.position + 1;
+            }
+            if i >= rows.len() {
+                // Nothing at or after p in this row group: continue with the next one.
+                p = seg
+                    .row_groups
+                    .iter()
+                    .copied()
+                    .find(|f| *f > p)
+                    .unwrap_or(seg.last_position + 1);
+            }
+        }
+        Ok(out)
+    }
+}

@@ -1,0 +1,411 @@
+//! The in-memory state of one tenant and the only code that changes it: reservation of
+//! versions/positions for a write (expected-version and idempotency checks against the view
+//! that includes writes still waiting for their fsync), and application of durable WAL records
+//! (live commits and recovery replay share the same code). It must never do I/O and never make
+//! a write visible to readers before the WAL acknowledged it.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::StoreError;
+use crate::index::{dedup, Dedup, StreamEntry, StreamMap};
+use crate::model::{
+    AppendResult, ExpectedVersion, NewEvent, RecordedEvent, Snapshot, StreamId, TenantId,
+    TenantStats,
+};
+use crate::segment::SegmentMeta;
+use crate::wal::WalRecord;
+
+/// A batch of committed events, as broadcast to subscribers.
+pub type CommittedBatch = Arc<[Arc<RecordedEvent>]>;
+
+/// What a reservation decided.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reservation {
+    /// Write a new batch at these coordinates.
+    New {
+        /// Version of the first event.
+        first_version: u64,
+        /// Position of the first event.
+        first_position: u64,
+    },
+    /// Every id is already stored and committed: answer with the original result.
+    Done(AppendResult),
+    /// Every id is already reserved but not yet durable: wait for this LSN, then retry.
+    WaitFor(u64),
+}
+
+/// The persisted part of a tenant (manifest entry).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TenantManifest {
+    /// LSN of the last record applied.
+    pub applied_lsn: u64,
+    /// Next position to commit.
+    pub next_position: u64,
+    /// Positions below are trimmed.
+    pub trimmed_before: u64,
+    /// Visible events (approximate after trims).
+    pub events: u64,
+    /// Approximate bytes of visible events.
+    pub bytes: u64,
+    /// Streams.
+    pub streams: StreamMap,
+    /// Latest snapshot per stream.
+    pub snapshots: BTreeMap<StreamId, Snapshot>,
+    /// Parquet segments, in position order.
+    pub segments: Vec<SegmentMeta>,
+}
+
+/// The live state of a tenant.
+#[derive(Debug)]
+pub struct TenantState {
+    /// Tenant id.
+    pub id: TenantId,
+    /// LSN of the last record applied.
+    pub applied_lsn: u64,
+    /// Next position to hand out (counting writes not yet durable).
+    pub next_position: u64,
+    /// Every position below is committed and readable.
+    pub committed_position: u64,
+    /// Positions below are trimmed (archived).
+    pub trimmed_before: u64,
+    /// Streams.
+    pub streams: StreamMap,
+    /// Streams that exist (committed view).
+    pub live_streams: u64,
+    /// Committed events not yet in a segment: `hot[i].position == hot_base + i`.
+    pub hot: VecDeque<Arc<RecordedEvent>>,
+    /// Position of `hot[0]`.
+    pub hot_base: u64,
+    /// Parquet segments, in position order; they hold every position in
+    /// `[trimmed_before, hot_base)` that is not hidden.
+    pub segments: Vec<SegmentMeta>,
+    /// Latest snapshot per stream.
+    pub snapshots: BTreeMap<StreamId, Snapshot>,
+    /// Visible events.
+    pub events: u64,
+    /// Approximate bytes of visible events.
+    pub bytes: u64,
+}
+
+impl TenantState {
+    /// A tenant with no data.
+    pub fn new(id: TenantId) -> Self {
+        Self::from_manifest(id, TenantManifest::default())
+    }
+
+    /// Restores a tenant from its manifest entry.
+    pub fn from_manifest(id: TenantId, m: TenantManifest) -> Self {
+        let mut streams = m.streams;
+        let mut live = 0;
+        for e in streams.values_mut() {
+            e.reset_reserved();
+            live += u64::from(e.live());
+        }
+        Self {
+            id,
+            applied_lsn: m.applied_lsn,
+            next_position: m.next_position,
+            committed_position: m.next_position,
+            trimmed_before: m.trimmed_before,
+            streams,
+            live_streams: live,
+            hot: VecDeque::new(),
+            hot_base: m.next_position,
+            segments: m.segments,
+            snapshots: m.snapshots,
+            events: m.events,
+            bytes: m.bytes,
+        }
+    }
+
+    /// The manifest entry of the committed state, with `extra` segments appended.
+    pub fn to_manifest(&self, extra: Option<&SegmentMeta>) -> TenantManifest {
+        let mut segments = self.segments.clone();
+        segments.extend(extra.cloned());
+        TenantManifest {
+            applied_lsn: self.applied_lsn,
+            next_position: self.committed_position,
+            trimmed_before: self.trimmed_before,
+            events: self.events,
+            bytes: self.bytes,
+            streams: self.streams.clone(),
+            snapshots: self.snapshots.clone(),
+            segments,
+        }
+    }
+
+    /// Usage figures.
+    pub fn stats(&self) -> TenantStats {
+        TenantStats {
+            events: self.events,
+            streams: self.live_streams,
+            bytes: self.bytes,
+            next_position: self.committed_position,
+        }
+    }
+
+    /// Checks idempotency and the expected version, and reserves coordinates for `events`.
+    pub fn reserve_append(
+        &mut self,
+        stream: &StreamId,
+        expected: ExpectedVersion,
+        events: &[NewEvent],
+    ) -> Result<Reservation, StoreError> {
+        let n = events.len() as u64;
+        let entry = self.streams.get(stream);
+        if let Some(e) = entry {
+            match dedup(e, events.iter().map(|x| x.event_id)) {
+                Dedup::New => {}
+                Dedup::Mismatch => {
+                    return Err(StoreError::Conflict {
+                        current: e.reserved_current(),
+                    })
+                }
+                Dedup::Retry { first_version } => {
+                    if first_version + n > e.next_version {
+                        return Ok(Reservation::WaitFor(e.last_lsn));
+                    }
+                    let first_position = e.positions.position_of(first_version);
+                    let last_position = e.positions.position_of(first_version + n - 1);
+                    if let (Some(fp), Some(lp)) = (first_position, last_position) {
+                        return Ok(Reservation::Done(AppendResult {
+                            first_version,
+                            last_version: first_version + n - 1,
+                            first_position: fp,
+                            last_position: lp,
+                            deduplicated: true,
+                        }));
+                    }
+                    return Err(StoreError::Conflict {
+                        current: e.reserved_current(),
+                    });
+                }
+            }
+        }
+        let current = entry.and_then(StreamEntry::reserved_current);
+        let ok = match expected {
+            ExpectedVersion::Any => true,
+            ExpectedVersion::NoStream => current.is_none(),
+            ExpectedVersion::StreamExists => current.is_some(),
+            ExpectedVersion::Exact(v) => current == Some(v),
+        };
+        if !ok {
+            return Err(StoreError::Conflict { current });
+        }
+        let first_position = self.next_position;
+        let e = self.streams.entry(stream.clone()).or_default();
+        let first_version = e.reserved_next;
+        for (i, ev) in events.iter().enumerate() {
+            e.recent_ids.insert(ev.event_id, first_version + i as u64);
+        }
+        e.reserved_next += n;
+        e.reserved_deleted = false;
+        self.next_position += n;
+        Ok(Reservation::New {
+            first_version,
+            first_position,
+        })
+    }
+
+    /// Applies a durable record. `replay` is true during recovery, where no reservation was
+    /// made beforehand. Returns the events to broadcast, if any.
+    pub fn apply(&mut self, lsn: u64, rec: WalRecord, replay: bool) -> Option<CommittedBatch> {
+        if lsn <= self.applied_lsn {
+            return None;
+        }
+        self.applied_lsn = lsn;
+        match rec {
+            WalRecord::Append {
+                tenant: _,
+                stream,
+                first_version,
+                first_position,
+                timestamp_ms,
+                events,
+            } => {
+                if first_position != self.committed_position {
+                    tracing::error!(
+                        tenant = %self.id,
+                        expected = self.committed_position,
+                        got = first_position,
+                        "append record out of position order; skipped"
+                    );
+                    return None;
+                }
+                let n = events.len() as u64;
+                let e = self.streams.entry(stream.clone()).or_default();
+                let was_live = e.live();
+                if replay {
+                    for (i, ev) in events.iter().enumerate() {
+                        e.recent_ids.insert(ev.event_id, first_version + i as u64);
+                    }
+                }
+                e.positions.push(first_version, first_position, n);
+                e.next_version = first_version + n;
+                e.deleted = false;
+                if replay {
+                    e.reset_reserved();
+                    e.last_lsn = lsn;
+                }
+                let live_now = e.live();
+                let mut batch = Vec::with_capacity(events.len());
+                let mut bytes = 0;
+                for (i, ev) in events.into_iter().enumerate() {
+                    let rec = Arc::new(RecordedEvent {
+                        tenant: self.id.clone(),
+                        stream: stream.clone(),
+                        version: first_version + i as u64,
+                        position: first_position + i as u64,
+                        event_id: ev.event_id,
+                        event_type: ev.event_type,
+                        payload: ev.payload,
+                        metadata: ev.metadata,
+                        timestamp_ms,
+                    });
+                    bytes += rec.size_bytes();
+                    self.hot.push_back(rec.clone());
+                    batch.push(rec);
+                }
+                if !was_live && live_now {
+                    self.live_streams += 1;
+                }
+                self.committed_position = first_position + n;
+                if replay {
+                    self.next_position = self.committed_position;
+                }
+                self.events += n;
+                self.bytes += bytes;
+                Some(batch.into())
+            }
+            WalRecord::Delete { stream, .. } => {
+                if let Some(e) = self.streams.get(&stream) {
+                    let until = e.next_version;
+                    self.hide_below(&stream, until);
+                }
+                if let Some(e) = self.streams.get_mut(&stream) {
+                    if e.live() {
+                        self.live_streams -= 1;
+                    }
+                    e.deleted = true;
+                    e.recent_ids.clear();
+                    if replay {
+                        e.reset_reserved();
+                    }
+                }
+                None
+            }
+            WalRecord::Truncate { stream, before, .. } => {
+                self.hide_below(&stream, before);
+                if let Some(e) = self.streams.get_mut(&stream) {
+                    let floor = e.first_version;
+                    e.recent_ids.retain(|_, v| *v >= floor);
+                }
+                None
+            }
+            WalRecord::TrimTenant { before, .. } => {
+                self.trim(before);
+                None
+            }
+            WalRecord::Snapshot { snapshot, .. } => {
+                self.snapshots.insert(snapshot.stream.clone(), snapshot);
+                None
+            }
+        }
+    }
+
+    /// Hides a stream's versions below `before` and updates the counters.
+    fn hide_below(&mut self, stream: &StreamId, before: u64) {
+        let trimmed = self.trimmed_before;
+        let Some(e) = self.streams.get_mut(stream) else {
+            return;
+        };
+        let before = before.min(e.next_version);
+        if before <= e.first_version {
+            return;
+        }
+        let lo = e.first_version.max(
+            e.positions
+                .first_version_at_or_after(trimmed)
+                .unwrap_or(u64::MAX),
+        );
+        let hidden = e.positions.count_between(lo, before);
+        let old = self.events;
+        self.events = self.events.saturating_sub(hidden);
+        if old > 0 {
+            self.bytes = (self.bytes as u128 * self.events as u128 / old as u128) as u64;
+        }
+        e.first_version = before;
+        e.positions.forget_below(before);
+    }
+
+    /// Drops every position below `before` (after archival).
+    fn trim(&mut self, before: u64) {
+        let before = before.min(self.committed_position);
+        if before <= self.trimmed_before {
+            return;
+        }
+        let old_trim = self.trimmed_before;
+        let mut dropped = 0;
+        for e in self.streams.values_mut() {
+            let lo = e.first_version.max(
+                e.positions
+                    .first_version_at_or_after(old_trim)
+                    .unwrap_or(u64::MAX),
+            );
+            let hi = e
+                .positions
+                .first_version_at_or_after(before)
+                .unwrap_or(e.next_version);
+            dropped += e.positions.count_between(lo, hi);
+            e.positions.forget_below(hi);
+        }
+        while self.hot.front().is_some_and(|h| h.position < before) {
+            if let Some(h) = self.hot.pop_front() {
+                if let Some(e) = self.streams.get_mut(&h.stream) {
+                    e.recent_ids.remove(&h.event_id);
+                }
+            }
+        }
+        self.hot_base = self.hot_base.max(before);
+        let old = self.events;
+        self.events = self.events.saturating_sub(dropped);
+        if old > 0 {
+            self.bytes = (self.bytes as u128 * self.events as u128 / old as u128) as u64;
+        }
+        self.trimmed_before = before;
+    }
+
+    /// Whether a committed event is visible to readers.
+    pub fn visible(&self, ev: &RecordedEvent) -> bool {
+        ev.position >= self.trimmed_before
+            && ev.position < self.committed_position
+            && self
+                .streams
+                .get(&ev.stream)
+                .is_some_and(|s| ev.version >= s.first_version)
+    }
+
+    /// The hot event at a position, if it is still in memory.
+    pub fn hot_event(&self, position: u64) -> Option<&Arc<RecordedEvent>> {
+        position
+            .checked_sub(self.hot_base)
+            .and_then(|i| self.hot.get(i as usize))
+    }
+
+    /// Moves the hot window past `upto` after those events were flushed to `segment`.
+    pub fn evict_flushed(&mut self, segment: SegmentMeta, upto: u64) {
+        self.segments.push(segment);
+        while self.hot.front().is_some_and(|h| h.position < upto) {
+            if let Some(h) = self.hot.pop_front() {
+                if let Some(e) = self.streams.get_mut(&h.stream) {
+                    e.recent_ids.remove(&h.event_id);
+                }
+            }
+        }
+        self.hot_base = self.hot_base.max(upto);
+    }
+}
