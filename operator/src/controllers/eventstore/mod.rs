@@ -1,0 +1,341 @@
+//! The EventStore controller: for selfHosted stores it fetches the Tenants of the store, plans
+//! placement (pure), builds the ServiceAccount, ConfigMap, Services, PodDisruptionBudget and
+//! StatefulSet (pure builders), applies them with server-side apply (skipping no-ops), and
+//! writes status only when it changed. Deletion runs behind the `allsource.io/cleanup` finalizer.
+//! Cloud backends are delegated to [`cloud`]. It must never call into store-node pods.
+
+pub mod cleanup;
+pub mod cloud;
+pub mod placement;
+pub mod status;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use k8s_openapi::api::apps::v1::StatefulSet;
+use k8s_openapi::api::core::v1::{ConfigMap, Service, ServiceAccount};
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use kube::api::{Api, ListParams, Patch, PatchParams};
+use kube::runtime::controller::{Action, Controller};
+use kube::runtime::events::EventType;
+use kube::runtime::finalizer::{finalizer, Event as FinalizerEvent};
+use kube::runtime::reflector::ObjectRef;
+use kube::runtime::watcher;
+use kube::ResourceExt;
+use tracing::Instrument;
+
+use super::apply::apply;
+use super::{error_action, Context, ReconcileError};
+use crate::api::eventstore::{Backend, EventStoreStatus};
+use crate::api::tenant::Placement;
+use crate::api::{
+    set_condition, Condition, EventStore, Phase, Tenant, CONDITION_READY, FIELD_MANAGER, FINALIZER,
+};
+use crate::resources::{configmap, hash_of, pdb, service, serviceaccount, statefulset};
+use placement::TenantRequest;
+
+const KIND: &str = "EventStore";
+/// Periodic re-check of a healthy store (reads only; writes happen only on change).
+const RESYNC: Duration = Duration::from_secs(600);
+
+/// An Api over one namespace, or over all of them.
+fn scoped<K>(client: &kube::Client, ns: Option<&str>) -> Api<K>
+where
+    K: kube::Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>,
+{
+    match ns {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    }
+}
+
+/// Runs the EventStore controller (one per watched namespace) until it stops.
+pub async fn run(ctx: Arc<Context>) {
+    let namespaces: Vec<Option<String>> = match &ctx.scope {
+        super::Scope::All => vec![None],
+        super::Scope::Namespaces(ns) => ns.iter().cloned().map(Some).collect(),
+    };
+    let mut controllers = Vec::new();
+    for ns in namespaces {
+        let c = &ctx.client;
+        let ns = ns.as_deref();
+        let owned =
+            watcher::Config::default().labels("app.kubernetes.io/managed-by=allsource-operator");
+        let controller = Controller::new(scoped::<EventStore>(c, ns), watcher::Config::default())
+            .owns(scoped::<StatefulSet>(c, ns), owned.clone())
+            .owns(scoped::<Service>(c, ns), owned.clone())
+            .owns(scoped::<ConfigMap>(c, ns), owned.clone())
+            .owns(scoped::<PodDisruptionBudget>(c, ns), owned.clone())
+            .owns(scoped::<ServiceAccount>(c, ns), owned)
+            .watches(
+                scoped::<Tenant>(c, ns),
+                watcher::Config::default(),
+                |t: Tenant| {
+                    let ns = t.namespace()?;
+                    Some(ObjectRef::<EventStore>::new(&t.spec.event_store_ref.name).within(&ns))
+                },
+            )
+            .shutdown_on_signal()
+            .run(reconcile, on_error, ctx.clone())
+            .for_each(|_| futures::future::ready(()));
+        controllers.push(controller);
+    }
+    futures::future::join_all(controllers).await;
+}
+
+fn key(es: &EventStore) -> String {
+    format!("{}/{}", es.namespace().unwrap_or_default(), es.name_any())
+}
+
+fn on_error(es: Arc<EventStore>, err: &ReconcileError, ctx: Arc<Context>) -> Action {
+    error_action(&ctx, &key(&es), err)
+}
+
+async fn reconcile(es: Arc<EventStore>, ctx: Arc<Context>) -> Result<Action, ReconcileError> {
+    let span = tracing::info_span!("reconcile", kind = KIND, namespace = %es.namespace().unwrap_or_default(), name = %es.name_any(), generation = es.metadata.generation.unwrap_or(0));
+    let started = Instant::now();
+    let result = reconcile_inner(es.clone(), ctx.clone())
+        .instrument(span)
+        .await;
+    ctx.metrics.reconciled(
+        KIND,
+        started.elapsed(),
+        result.as_ref().err().map(ReconcileError::class),
+    );
+    if result.is_ok() {
+        ctx.succeeded(&key(&es));
+    }
+    result
+}
+
+async fn reconcile_inner(es: Arc<EventStore>, ctx: Arc<Context>) -> Result<Action, ReconcileError> {
+    let ns = es.namespace().ok_or(ReconcileError::NoNamespace)?;
+    let api: Api<EventStore> = Api::namespaced(ctx.client.clone(), &ns);
+    finalizer(&api, FINALIZER, es, |event| async {
+        match event {
+            FinalizerEvent::Apply(es) => apply_store(&es, &ctx, &ns).await,
+            FinalizerEvent::Cleanup(es) => cleanup::run(&es, &ctx, &ns).await,
+        }
+    })
+    .await
+    .map_err(|e| match e {
+        kube::runtime::finalizer::Error::ApplyFailed(e)
+        | kube::runtime::finalizer::Error::CleanupFailed(e) => e,
+        other => ReconcileError::Finalizer(other.to_string()),
+    })
+}
+
+/// Writes `status` with server-side apply when it differs from the live status.
+pub(crate) async fn write_status(
+    es: &EventStore,
+    ctx: &Context,
+    ns: &str,
+    status: EventStoreStatus,
+) -> Result<bool, ReconcileError> {
+    if es.status.as_ref() == Some(&status) {
+        return Ok(false);
+    }
+    let api: Api<EventStore> = Api::namespaced(ctx.client.clone(), ns);
+    let patch = serde_json::json!({
+        "apiVersion": "allsource.io/v1alpha1",
+        "kind": "EventStore",
+        "status": status,
+    });
+    ctx.metrics.wrote("EventStore/status", "PATCH");
+    api.patch_status(
+        &es.name_any(),
+        &PatchParams::apply(FIELD_MANAGER).force(),
+        &Patch::Apply(&patch),
+    )
+    .await?;
+    Ok(true)
+}
+
+async fn apply_store(es: &EventStore, ctx: &Context, ns: &str) -> Result<Action, ReconcileError> {
+    if es.spec.suspend {
+        let mut status = es.status.clone().unwrap_or_default();
+        status.phase = Some(Phase::Suspended);
+        status.observed_generation = es.metadata.generation;
+        set_condition(
+            &mut status.conditions,
+            Condition::new(
+                CONDITION_READY,
+                false,
+                "Suspended",
+                "spec.suspend is true; nothing is reconciled",
+            ),
+        );
+        write_status(es, ctx, ns, status).await?;
+        return Ok(Action::await_change());
+    }
+    let Some(sh) = es.self_hosted().cloned() else {
+        return match es.spec.backend {
+            Backend::SelfHosted => {
+                // The CRD's CEL rules prevent this; an apiserver without them could still let it through.
+                let mut status = es.status.clone().unwrap_or_default();
+                status.phase = Some(Phase::Degraded);
+                status.observed_generation = es.metadata.generation;
+                set_condition(
+                    &mut status.conditions,
+                    Condition::new(
+                        crate::api::CONDITION_DEGRADED,
+                        true,
+                        "InvalidSpec",
+                        "backend selfHosted needs spec.selfHosted",
+                    ),
+                );
+                write_status(es, ctx, ns, status).await?;
+                Ok(Action::await_change())
+            }
+            _ => cloud::reconcile(es, ctx, ns).await,
+        };
+    };
+
+    // Fetch: the tenants of this store.
+    let tenant_api: Api<Tenant> = Api::namespaced(ctx.client.clone(), ns);
+    let tenants: Vec<Tenant> = tenant_api
+        .list(&ListParams::default())
+        .await?
+        .items
+        .into_iter()
+        .filter(|t| {
+            t.spec.event_store_ref.name == es.name_any() && t.metadata.deletion_timestamp.is_none()
+        })
+        .collect();
+    let requests: Vec<TenantRequest> = tenants
+        .iter()
+        .map(|t| TenantRequest {
+            tenant_id: t.spec.tenant_id.clone(),
+            placement: t.spec.placement,
+        })
+        .collect();
+    let previous = es.status.clone().unwrap_or_default();
+
+    // Plan (pure).
+    let plan = placement::plan(&es.name_any(), sh.replicas, &previous.placement, &requests);
+
+    // Build (pure).
+    let node_cfg = configmap::node_config(es, &sh, plan.replicas);
+    let registry = registry(&tenants, &plan.placement);
+    let sts_desired = statefulset::build(es, &sh, plan.replicas, &hash_of(&node_cfg));
+
+    // Apply, skipping no-ops.
+    let c = &ctx.client;
+    apply(
+        &Api::<ServiceAccount>::namespaced(c.clone(), ns),
+        &ctx.metrics,
+        serviceaccount::build(es),
+    )
+    .await?;
+    apply(
+        &Api::<ConfigMap>::namespaced(c.clone(), ns),
+        &ctx.metrics,
+        configmap::build(es, &node_cfg, &registry),
+    )
+    .await?;
+    let svc_api = Api::<Service>::namespaced(c.clone(), ns);
+    apply(&svc_api, &ctx.metrics, service::headless(es)).await?;
+    apply(&svc_api, &ctx.metrics, service::client(es)).await?;
+    apply(
+        &Api::<PodDisruptionBudget>::namespaced(c.clone(), ns),
+        &ctx.metrics,
+        pdb::build(es),
+    )
+    .await?;
+    let old_image = previous.image.clone();
+    let sts = apply(
+        &Api::<StatefulSet>::namespaced(c.clone(), ns),
+        &ctx.metrics,
+        sts_desired,
+    )
+    .await?;
+
+    // Status (pure) and write only on change.
+    let rollout = status::rollout(Some(&sts.object), plan.replicas);
+    let new_status = status::compute(es, &sh, &plan, &rollout);
+    let was_ready = previous.phase == Some(Phase::Ready);
+    let refused_before = previous
+        .conditions
+        .iter()
+        .any(|c| c.reason == "ScaleDownRefused" && c.is_true());
+    let changed = write_status(es, ctx, ns, new_status.clone()).await?;
+
+    // Events for notable transitions only (they are writes too).
+    if changed {
+        if sts.wrote
+            && old_image.is_some()
+            && old_image.as_deref() != Some(sh.image.as_str())
+            && rollout.rolling
+        {
+            ctx.publish(
+                es,
+                EventType::Normal,
+                "RollingUpdate",
+                "Rollout",
+                format!("rolling store nodes to image {}", sh.image),
+            )
+            .await;
+        }
+        if let Some(msg) = &plan.refused {
+            if !refused_before {
+                ctx.publish(
+                    es,
+                    EventType::Warning,
+                    "ScaleDownRefused",
+                    "Scale",
+                    msg.clone(),
+                )
+                .await;
+            }
+        }
+        if !was_ready && new_status.phase == Some(Phase::Ready) {
+            ctx.publish(
+                es,
+                EventType::Normal,
+                "Ready",
+                "Reconcile",
+                format!("{} store nodes ready", plan.replicas),
+            )
+            .await;
+        }
+    }
+    Ok(if rollout.rolling {
+        // The owned StatefulSet's status changes wake us anyway; this is a safety net.
+        Action::requeue(Duration::from_secs(30))
+    } else {
+        Action::requeue(RESYNC)
+    })
+}
+
+/// The registry written to the ConfigMap: every placed tenant with its quotas.
+fn registry(
+    tenants: &[Tenant],
+    placement: &std::collections::BTreeMap<String, String>,
+) -> configmap::Registry {
+    let mut entries: Vec<configmap::RegistryTenant> = tenants
+        .iter()
+        .filter_map(|t| {
+            let node = placement.get(&t.spec.tenant_id)?;
+            let q = t.spec.quotas.clone().unwrap_or_default();
+            Some(configmap::RegistryTenant {
+                tenant_id: t.spec.tenant_id.clone(),
+                node: node.clone(),
+                placement: match t.spec.placement {
+                    Placement::Pooled => "pooled",
+                    Placement::Siloed => "siloed",
+                }
+                .to_string(),
+                suspended: t.spec.suspend,
+                events_per_second: q.events_per_second,
+                storage_bytes: q.storage_bytes,
+                max_streams: q.max_streams,
+            })
+        })
+        .collect();
+    entries.sort_by(|a, b| a.tenant_id.cmp(&b.tenant_id));
+    configmap::Registry {
+        version: 1,
+        tenants: entries,
+    }
+}

@@ -1,0 +1,211 @@
+//! Computes the status of a selfHosted EventStore from the spec, the placement plan and the live
+//! StatefulSet. Conditions keep their lastTransitionTime while their status holds, so the same
+//! observation gives an equal status and the reconciler writes nothing. Pure: no I/O.
+
+use k8s_openapi::api::apps::v1::StatefulSet;
+
+use super::placement::Plan;
+use crate::api::eventstore::{Endpoint, EventStoreStatus, SelfHostedSpec, StatusCapabilities};
+use crate::api::{
+    set_condition, Condition, EventStore, Phase, CONDITION_DEGRADED, CONDITION_PROGRESSING,
+    CONDITION_READY,
+};
+use crate::resources::{selector_string, service, HTTP_PORT};
+
+/// Rollout facts read from a live StatefulSet.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Rollout {
+    /// Pods that exist.
+    pub replicas: i32,
+    /// Pods that are ready.
+    pub ready: i32,
+    /// Pods at the update revision.
+    pub updated: i32,
+    /// The StatefulSet controller has not caught up with the spec, or the revisions differ.
+    pub rolling: bool,
+}
+
+/// Reads rollout facts from the StatefulSet (None: not created yet).
+pub fn rollout(sts: Option<&StatefulSet>, want: i32) -> Rollout {
+    let Some(sts) = sts else {
+        return Rollout {
+            rolling: want > 0,
+            ..Rollout::default()
+        };
+    };
+    let st = sts.status.clone().unwrap_or_default();
+    let generation_seen =
+        st.observed_generation.unwrap_or(0) >= sts.metadata.generation.unwrap_or(0);
+    let revisions_differ = match (&st.current_revision, &st.update_revision) {
+        (Some(c), Some(u)) => c != u,
+        _ => want > 0,
+    };
+    let updated = st.updated_replicas.unwrap_or(0);
+    Rollout {
+        replicas: st.replicas,
+        ready: st.ready_replicas.unwrap_or(0),
+        updated,
+        rolling: !generation_seen || revisions_differ || updated < want || st.replicas != want,
+    }
+}
+
+/// The status to write.
+pub fn compute(es: &EventStore, sh: &SelfHostedSpec, plan: &Plan, r: &Rollout) -> EventStoreStatus {
+    let previous = es.status.clone().unwrap_or_default();
+    let want = plan.replicas;
+    let mut conditions = previous.conditions.clone();
+    let ready = !r.rolling && r.ready >= want;
+    let ready_msg = format!("{}/{} store nodes ready", r.ready, want);
+    set_condition(
+        &mut conditions,
+        Condition::new(
+            CONDITION_READY,
+            ready,
+            if ready { "NodesReady" } else { "NodesNotReady" },
+            ready_msg,
+        ),
+    );
+    set_condition(
+        &mut conditions,
+        Condition::new(
+            CONDITION_PROGRESSING,
+            r.rolling,
+            if r.rolling {
+                "RollingOut"
+            } else {
+                "RolloutComplete"
+            },
+            format!("{}/{} nodes at the current revision", r.updated, want),
+        ),
+    );
+    let degraded_msg = match (&plan.refused, plan.unplaced.is_empty()) {
+        (Some(m), _) => Some(("ScaleDownRefused", m.clone())),
+        (None, false) => Some((
+            "TenantsUnplaced",
+            format!("no store node for tenants {}", plan.unplaced.join(", ")),
+        )),
+        (None, true) => None,
+    };
+    match &degraded_msg {
+        Some((reason, msg)) => set_condition(
+            &mut conditions,
+            Condition::new(CONDITION_DEGRADED, true, reason, msg.clone()),
+        ),
+        None => set_condition(
+            &mut conditions,
+            Condition::new(CONDITION_DEGRADED, false, "AsExpected", ""),
+        ),
+    }
+    for c in &mut conditions {
+        c.observed_generation = es.metadata.generation;
+    }
+    let phase = if degraded_msg.is_some() {
+        Phase::Degraded
+    } else if ready {
+        Phase::Ready
+    } else {
+        Phase::Provisioning
+    };
+    let dns = service::client_dns(es);
+    EventStoreStatus {
+        observed_generation: es.metadata.generation,
+        conditions,
+        phase: Some(phase),
+        endpoint: Some(Endpoint {
+            url: format!("http://{dns}:{HTTP_PORT}"),
+            service: dns,
+            port: HTTP_PORT,
+        }),
+        replicas: Some(r.replicas),
+        ready_replicas: Some(r.ready),
+        ready_text: Some(format!("{}/{}", r.ready, want)),
+        selector: Some(selector_string(es)),
+        capabilities: Some(StatusCapabilities {
+            subscriptions: true,
+            snapshots: true,
+            transactions: true,
+            archival: true,
+        }),
+        placement: plan.placement.clone(),
+        provisioned: previous.provisioned.clone(),
+        image: if r.rolling {
+            previous.image.clone()
+        } else {
+            Some(sh.image.clone())
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::resources::fixtures;
+    use std::collections::BTreeMap;
+
+    fn plan(replicas: i32) -> Plan {
+        Plan {
+            placement: BTreeMap::new(),
+            replicas,
+            refused: None,
+            unplaced: vec![],
+        }
+    }
+
+    #[test]
+    fn ready_when_all_nodes_ready_and_rolled() {
+        let es = fixtures::selfhosted();
+        let sh = es.spec.self_hosted.clone().unwrap();
+        let r = Rollout {
+            replicas: 3,
+            ready: 3,
+            updated: 3,
+            rolling: false,
+        };
+        let st = compute(&es, &sh, &plan(3), &r);
+        assert_eq!(st.phase, Some(Phase::Ready));
+        assert_eq!(st.ready_text.as_deref(), Some("3/3"));
+        assert_eq!(
+            st.image.as_deref(),
+            Some("ghcr.io/allsource/store-node:0.1.0")
+        );
+    }
+
+    #[test]
+    fn same_observation_gives_equal_status() {
+        let mut es = fixtures::selfhosted();
+        let sh = es.spec.self_hosted.clone().unwrap();
+        let r = Rollout {
+            replicas: 3,
+            ready: 2,
+            updated: 2,
+            rolling: true,
+        };
+        let first = compute(&es, &sh, &plan(3), &r);
+        es.status = Some(first.clone());
+        let second = compute(&es, &sh, &plan(3), &r);
+        assert_eq!(first, second);
+        assert_eq!(second.phase, Some(Phase::Provisioning));
+    }
+
+    #[test]
+    fn refused_scale_down_is_degraded() {
+        let es = fixtures::selfhosted();
+        let sh = es.spec.self_hosted.clone().unwrap();
+        let mut p = plan(3);
+        p.refused = Some("scale-down to 1 refused".into());
+        let r = Rollout {
+            replicas: 3,
+            ready: 3,
+            updated: 3,
+            rolling: false,
+        };
+        let st = compute(&es, &sh, &p, &r);
+        assert_eq!(st.phase, Some(Phase::Degraded));
+        let d = st
+            .conditions
+            .iter()
+            .find(|c| c.type_ == CONDITION_DEGRADED)
+            .unwrap();
+        assert_eq!(d.reason, "ScaleDownRefused");
+    }
+}

@@ -1,0 +1,196 @@
+//! The controller runtime shared by every kind: the [`Context`] handed to reconcilers (client,
+//! metrics, event recorder, watched namespaces, backoff bookkeeping), server-side apply that skips
+//! no-op writes, the error classes, and [`run`], which starts one kube-runtime `Controller` per kind
+//! and namespace. Adding a controller is one module (exposing `pub async fn run(Arc<Context>)`)
+//! plus one line in [`run`]. It must never hold kind-specific logic.
+
+pub mod apply;
+pub mod eventstore;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use kube::runtime::controller::Action;
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::{Api, Client, Resource};
+use parking_lot::Mutex;
+
+use crate::telemetry::Metrics;
+
+/// Which namespaces the operator watches.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum Scope {
+    /// Every namespace.
+    #[default]
+    All,
+    /// Only these namespaces.
+    Namespaces(Vec<String>),
+}
+
+impl Scope {
+    /// Parses `--namespaces a,b` (empty means all).
+    pub fn parse(list: &str) -> Self {
+        let names: Vec<String> = list
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(String::from)
+            .collect();
+        if names.is_empty() {
+            Scope::All
+        } else {
+            Scope::Namespaces(names)
+        }
+    }
+
+    /// One Api per watched namespace (or one cluster-wide Api).
+    pub fn apis<K>(&self, client: &Client) -> Vec<Api<K>>
+    where
+        K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>,
+    {
+        match self {
+            Scope::All => vec![Api::all(client.clone())],
+            Scope::Namespaces(ns) => ns
+                .iter()
+                .map(|n| Api::namespaced(client.clone(), n))
+                .collect(),
+        }
+    }
+}
+
+/// Everything a reconciler needs besides the object.
+pub struct Context {
+    /// API client (the operator's ServiceAccount in a cluster).
+    pub client: Client,
+    /// Metrics shared with `/metrics`.
+    pub metrics: Metrics,
+    /// Watched namespaces.
+    pub scope: Scope,
+    recorder: Recorder,
+    failures: Mutex<HashMap<String, u32>>,
+}
+
+impl Context {
+    /// Builds the context.
+    pub fn new(client: Client, metrics: Metrics, scope: Scope, instance: Option<String>) -> Self {
+        let reporter = Reporter {
+            controller: crate::api::FIELD_MANAGER.to_string(),
+            instance,
+        };
+        Self {
+            recorder: Recorder::new(client.clone(), reporter),
+            client,
+            metrics,
+            scope,
+            failures: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Publishes a Kubernetes Event about `obj` (best effort: a failure is logged, not returned).
+    pub async fn publish<K: Resource<DynamicType = ()>>(
+        &self,
+        obj: &K,
+        type_: EventType,
+        reason: &str,
+        action: &str,
+        note: String,
+    ) {
+        let ev = Event {
+            type_,
+            reason: reason.to_string(),
+            note: Some(note),
+            action: action.to_string(),
+            secondary: None,
+        };
+        self.metrics.wrote("Event", "POST");
+        if let Err(e) = self.recorder.publish(&ev, &obj.object_ref(&())).await {
+            tracing::warn!(error = %e, reason, "cannot publish event");
+        }
+    }
+
+    /// Forgets the failure count of `key` after a successful reconcile.
+    pub fn succeeded(&self, key: &str) {
+        self.failures.lock().remove(key);
+    }
+
+    /// Counts a failure of `key` and returns the backoff before the next attempt:
+    /// 1s, 2s, 4s ... capped at 5 minutes.
+    pub fn backoff(&self, key: &str) -> Duration {
+        let mut failures = self.failures.lock();
+        let n = failures.entry(key.to_string()).or_insert(0);
+        *n = n.saturating_add(1);
+        backoff_for(*n)
+    }
+}
+
+/// Exponential backoff for the `n`th consecutive failure (n >= 1).
+pub fn backoff_for(n: u32) -> Duration {
+    let secs = 1u64 << n.saturating_sub(1).min(9);
+    Duration::from_secs(secs.min(300))
+}
+
+/// Errors a reconcile can end with.
+#[derive(Debug, thiserror::Error)]
+pub enum ReconcileError {
+    /// An API call failed; retried with backoff.
+    #[error("kubernetes API: {0}")]
+    Kube(#[from] kube::Error),
+    /// The finalizer helper failed.
+    #[error("finalizer: {0}")]
+    Finalizer(String),
+    /// The object has no namespace (a namespaced kind always has one).
+    #[error("object has no namespace")]
+    NoNamespace,
+}
+
+impl ReconcileError {
+    /// Short class used as a metric label.
+    pub fn class(&self) -> &'static str {
+        match self {
+            ReconcileError::Kube(_) => "Kube",
+            ReconcileError::Finalizer(_) => "Finalizer",
+            ReconcileError::NoNamespace => "NoNamespace",
+        }
+    }
+}
+
+/// The requeue after a failed reconcile (permanent spec errors never get here: reconcilers park
+/// them in a Degraded condition and wait for a change).
+pub fn error_action(ctx: &Context, key: &str, err: &ReconcileError) -> Action {
+    let wait = ctx.backoff(key);
+    tracing::warn!(error = %err, object = key, backoff_s = wait.as_secs(), "reconcile failed");
+    Action::requeue(wait)
+}
+
+/// Starts every controller and returns when the first one stops.
+pub async fn run(ctx: Arc<Context>) {
+    let mut set = tokio::task::JoinSet::new();
+    set.spawn(eventstore::run(ctx.clone()));
+    // One line per further controller, e.g. `set.spawn(tenant::run(ctx.clone()));`
+    if set.join_next().await.is_some() {
+        tracing::error!("a controller stopped; shutting down");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_and_caps() {
+        assert_eq!(backoff_for(1), Duration::from_secs(1));
+        assert_eq!(backoff_for(2), Duration::from_secs(2));
+        assert_eq!(backoff_for(5), Duration::from_secs(16));
+        assert_eq!(backoff_for(30), Duration::from_secs(300));
+    }
+
+    #[test]
+    fn scope_parsing() {
+        assert_eq!(Scope::parse(""), Scope::All);
+        assert_eq!(
+            Scope::parse("a, b"),
+            Scope::Namespaces(vec!["a".into(), "b".into()])
+        );
+    }
+}

@@ -1,0 +1,68 @@
+//! Builds the two Services of a selfHosted EventStore: `<name>-nodes` (headless, one DNS name per
+//! node, publishes not-ready addresses so nodes can be reached while starting) and `<name>` (the
+//! client Service over ready nodes). Pure: no I/O.
+
+use k8s_openapi::api::core::v1::{Service, ServicePort, ServiceSpec};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use kube::ResourceExt;
+
+use super::{child_meta, headless_service_name, selector_labels, HTTP_PORT};
+use crate::api::EventStore;
+
+fn ports() -> Vec<ServicePort> {
+    vec![ServicePort {
+        name: Some("http".to_string()),
+        port: HTTP_PORT,
+        target_port: Some(IntOrString::String("http".to_string())),
+        protocol: Some("TCP".to_string()),
+        ..ServicePort::default()
+    }]
+}
+
+/// Headless Service `<name>-nodes` used as the StatefulSet's serviceName.
+pub fn headless(es: &EventStore) -> Service {
+    Service {
+        metadata: child_meta(es, headless_service_name(es)),
+        spec: Some(ServiceSpec {
+            cluster_ip: Some("None".to_string()),
+            publish_not_ready_addresses: Some(true),
+            selector: Some(selector_labels(es)),
+            ports: Some(ports()),
+            ..ServiceSpec::default()
+        }),
+        ..Service::default()
+    }
+}
+
+/// Client Service `<name>`.
+pub fn client(es: &EventStore) -> Service {
+    Service {
+        metadata: child_meta(es, es.name_any()),
+        spec: Some(ServiceSpec {
+            type_: Some("ClusterIP".to_string()),
+            selector: Some(selector_labels(es)),
+            ports: Some(ports()),
+            ..ServiceSpec::default()
+        }),
+        ..Service::default()
+    }
+}
+
+/// In-cluster DNS name of the client Service.
+pub fn client_dns(es: &EventStore) -> String {
+    format!(
+        "{}.{}.svc",
+        es.name_any(),
+        es.namespace().unwrap_or_else(|| "default".to_string())
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn snapshots() {
+        let es = super::super::fixtures::selfhosted();
+        insta::assert_yaml_snapshot!("headless", super::headless(&es));
+        insta::assert_yaml_snapshot!("client", super::client(&es));
+    }
+}
