@@ -5,7 +5,11 @@
 
 use futures::stream::BoxStream;
 
+#[cfg(feature = "postgres")]
+pub mod cloud;
 pub mod memory;
+#[cfg(feature = "postgres")]
+pub mod postgres;
 
 use crate::error::StoreError;
 use crate::model::{
