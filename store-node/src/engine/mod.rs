@@ -226,6 +226,14 @@ impl Engine {
         self.inner.close()
     }
 
+    /// Stops the engine the way a process death would (no final fsync, no checkpoint), for
+    /// crash tests with [`crate::fsio::SimFs`].
+    pub fn halt(self) {
+        self.inner.closed.store(true, Ordering::Release);
+        self.inner.stop_flusher();
+        self.inner.wal.abort();
+    }
+
     /// Calls `f` on up to `limit` events of a stream, forwards from `from`, without cloning
     /// hot events (the allocation-free read path used by the benchmark).
     pub fn visit_stream(
@@ -284,6 +292,15 @@ impl Inner {
         if self.closed.swap(true, Ordering::AcqRel) {
             return Ok(());
         }
+        self.stop_flusher();
+        self.wal.shutdown();
+        if self.wal.poisoned().is_some() {
+            return Ok(());
+        }
+        self.checkpoint().map(|_| ())
+    }
+
+    fn stop_flusher(&self) {
         {
             let mut s = self.flusher_stop.0.lock();
             *s = true;
@@ -294,11 +311,6 @@ impl Inner {
                 tracing::error!("flusher thread panicked");
             }
         }
-        self.wal.shutdown();
-        if self.wal.poisoned().is_some() {
-            return Ok(());
-        }
-        self.checkpoint().map(|_| ())
     }
 
     pub(crate) fn tenant(&self, id: &TenantId) -> Option<Arc<Tenant>> {
@@ -360,6 +372,49 @@ impl Inner {
         Ok(())
     }
 
+    /// A retry whose events were already flushed out of the idempotency window: with an
+    /// exact (or no-stream) expected version, the stored events right after it carry the
+    /// same ids in the same order.
+    fn retry_of_flushed(
+        &self,
+        tenant: &TenantId,
+        stream: &StreamId,
+        expected: ExpectedVersion,
+        events: &[NewEvent],
+    ) -> StoreResult<Option<AppendResult>> {
+        let from = match expected {
+            ExpectedVersion::NoStream => 0,
+            ExpectedVersion::Exact(v) => v + 1,
+            _ => return Ok(None),
+        };
+        let stored = match self.read_stream(
+            tenant,
+            stream,
+            ReadFrom::Version(from),
+            Direction::Forwards,
+            events.len(),
+        ) {
+            Ok(s) => s,
+            Err(_) => return Ok(None),
+        };
+        let same = stored.len() == events.len()
+            && stored.first().is_some_and(|f| f.version == from)
+            && stored
+                .iter()
+                .zip(events)
+                .all(|(a, b)| a.event_id == b.event_id);
+        Ok(match (same, stored.first(), stored.last()) {
+            (true, Some(f), Some(l)) => Some(AppendResult {
+                first_version: f.version,
+                last_version: l.version,
+                first_position: f.position,
+                last_position: l.position,
+                deduplicated: true,
+            }),
+            _ => None,
+        })
+    }
+
     async fn append(
         &self,
         tenant: &TenantId,
@@ -380,7 +435,17 @@ impl Inner {
             };
             let outcome = {
                 let mut st = t.state.write();
-                let r = st.reserve_append(stream, expected, &evs)?;
+                let r = match st.reserve_append(stream, expected, &evs) {
+                    Ok(r) => r,
+                    Err(StoreError::Conflict { current }) => {
+                        drop(st);
+                        return match self.retry_of_flushed(tenant, stream, expected, &evs)? {
+                            Some(res) => Ok(res),
+                            None => Err(StoreError::Conflict { current }),
+                        };
+                    }
+                    Err(e) => return Err(e),
+                };
                 match r {
                     Reservation::New {
                         first_version,

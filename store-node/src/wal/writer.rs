@@ -49,6 +49,7 @@ struct Queue<P> {
     items: Vec<Pending<P>>,
     next_lsn: u64,
     shutdown: bool,
+    abort: bool,
     poisoned: Option<String>,
     roll: bool,
 }
@@ -105,6 +106,7 @@ impl<P: Send + 'static> WalWriter<P> {
                 items: Vec::new(),
                 next_lsn,
                 shutdown: false,
+                abort: false,
                 poisoned: None,
                 roll: false,
             }),
@@ -209,6 +211,17 @@ impl<P: Send + 'static> WalWriter<P> {
         Ok(removed)
     }
 
+    /// Stops the thread like a process death would: nothing queued is written and nothing more
+    /// is synced. Used by crash tests.
+    pub fn abort(&self) {
+        {
+            let mut q = self.shared.queue.lock();
+            q.abort = true;
+            q.items.clear();
+        }
+        self.shutdown();
+    }
+
     /// Writes everything queued, syncs, and stops the thread.
     pub fn shutdown(&self) {
         self.shared.queue.lock().shutdown = true;
@@ -263,6 +276,9 @@ fn writer_loop<P: Send + 'static>(
                     }
                     _ => shared.wake.wait(&mut q),
                 }
+            }
+            if q.abort {
+                return;
             }
             let roll = std::mem::take(&mut q.roll);
             (std::mem::take(&mut q.items), q.shutdown, roll)
