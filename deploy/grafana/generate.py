@@ -25,6 +25,7 @@ M = {
     "quota_rejections": "allsource_quota_rejections_total",
     "subscriptions": "allsource_subscriptions",
     "registry_tenants": "allsource_registry_tenants",
+    "wal_bytes": "allsource_wal_bytes_written",
     # kube-state-metrics (StatefulSet of the store nodes)
     "sts_replicas": "kube_statefulset_replicas",
     "sts_ready": "kube_statefulset_status_replicas_ready",
@@ -87,10 +88,12 @@ ts("Open subscriptions and registered tenants", [
     (f'sum by (pod) ({M["subscriptions"]}{{{NS}}})', "subscriptions {{pod}}"),
     (f'max by (pod) ({M["registry_tenants"]}{{{NS}}})', "tenants {{pod}}"),
 ], 16, 34, "short")
-row("Tenants", 42)
-ts("Top 10 tenants by events / s", [(f'topk(10, sum by (tenant) (rate({M["events"]}{{{NS}}}[$__rate_interval])))', "{{tenant}}")], 0, 43, "ops")
-ts("Top 10 tenants by bytes / s", [(f'topk(10, sum by (tenant) (rate({M["bytes"]}{{{NS}}}[$__rate_interval])))', "{{tenant}}")], 8, 43, "Bps")
-ts("Quota rejections / s by tenant and quota", [(f'sum by (tenant, quota) (rate({M["quota_rejections"]}{{{NS}}}[$__rate_interval]))', "{{tenant}} {{quota}}")], 16, 43, "ops")
+ts("WAL bytes written / s (engine)", [(f'sum by (pod) (deriv({M["wal_bytes"]}{{{NS}}}[5m]))', "{{pod}}")], 0, 42, "Bps", w=12)
+ts("WAL bytes written since the engine opened", [(f'sum by (pod) ({M["wal_bytes"]}{{{NS}}})', "{{pod}}")], 12, 42, "bytes", w=12)
+row("Tenants", 50)
+ts("Top 10 tenants by events / s", [(f'topk(10, sum by (tenant) (rate({M["events"]}{{{NS}}}[$__rate_interval])))', "{{tenant}}")], 0, 51, "ops")
+ts("Top 10 tenants by bytes / s", [(f'topk(10, sum by (tenant) (rate({M["bytes"]}{{{NS}}}[$__rate_interval])))', "{{tenant}}")], 8, 51, "Bps")
+ts("Quota rejections / s by tenant and quota", [(f'sum by (tenant, quota) (rate({M["quota_rejections"]}{{{NS}}}[$__rate_interval]))', "{{tenant}} {{quota}}")], 16, 51, "ops")
 
 dashboard = {
     "title": "AllSource",
