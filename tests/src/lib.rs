@@ -1,1 +1,2 @@
 //! Shared helpers for the integration tests: reading the test environment written by tests/env.
+pub mod env;

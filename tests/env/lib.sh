@@ -1,0 +1,21 @@
+# Shared by install.sh, up.sh and down.sh: where the cache lives and where each tool is.
+# shellcheck shell=bash
+ALLSOURCE_CACHE=${ALLSOURCE_CACHE:-$HOME/.cache/allsource}
+ALLSOURCE_BIN=$ALLSOURCE_CACHE/bin
+
+bin_kube_apiserver() { echo "$ALLSOURCE_BIN/kubernetes-$K8S_VERSION/kube-apiserver"; }
+bin_kube_controller_manager() { echo "$ALLSOURCE_BIN/kubernetes-$K8S_VERSION/kube-controller-manager"; }
+bin_kube_scheduler() { echo "$ALLSOURCE_BIN/kubernetes-$K8S_VERSION/kube-scheduler"; }
+bin_etcd() { echo "$ALLSOURCE_BIN/etcd-$ETCD_VERSION/etcd"; }
+bin_kwok() { echo "$ALLSOURCE_BIN/kwok-$KWOK_VERSION/kwok"; }
+bin_helm() { echo "$ALLSOURCE_BIN/helm-$HELM_VERSION/helm"; }
+bin_fake_gcs() { echo "$ALLSOURCE_BIN/fake-gcs-server-$FAKE_GCS_VERSION/fake-gcs-server"; }
+dir_dynamodb() { echo "$ALLSOURCE_BIN/dynamodb-local-$DYNAMODB_LOCAL_VERSION"; }
+bin_moto() { echo "$ALLSOURCE_CACHE/venv-moto-$MOTO_VERSION/bin/moto_server"; }
+dir_pg_bin() { find /usr/lib/postgresql -maxdepth 2 -name bin -type d 2>/dev/null | sort -V | tail -1; }
+
+gcloud_firestore_present() {
+  local root
+  root=$(gcloud info --format='value(installation.sdk_root)' 2>/dev/null) || return 1
+  [ -f "$root/platform/cloud-firestore-emulator/cloud-firestore-emulator.jar" ]
+}
