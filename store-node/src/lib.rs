@@ -1,6 +1,8 @@
 //! The AllSource store node library: event model, the event-store trait, the embedded engine
 //! and the backends.
 
+#[cfg(feature = "archive")]
+pub mod archive;
 pub mod backend;
 pub mod engine;
 pub mod error;

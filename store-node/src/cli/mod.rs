@@ -4,6 +4,8 @@
 //! subcommand owns its behaviour. To add a subcommand: a module here, one variant in
 //! [`Command`] and one arm in [`dispatch`].
 
+#[cfg(feature = "archive")]
+pub mod archive;
 pub mod common;
 pub mod serve;
 
@@ -37,6 +39,9 @@ pub enum LogFormat {
 pub enum Command {
     /// Serve the HTTP API over the embedded engine (WAL + Parquet) in a data directory.
     Serve(serve::ServeArgs),
+    /// Archive cold events of tenants to S3 or GCS as Parquet, verify, then trim the store.
+    #[cfg(feature = "archive")]
+    Archive(archive::ArchiveArgs),
 }
 
 fn init_logging(format: LogFormat) {
@@ -57,6 +62,8 @@ fn init_logging(format: LogFormat) {
 async fn dispatch(command: Command) -> anyhow::Result<()> {
     match command {
         Command::Serve(args) => serve::run(args).await,
+        #[cfg(feature = "archive")]
+        Command::Archive(args) => archive::run(args).await,
     }
 }
 
