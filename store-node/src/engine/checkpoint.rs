@@ -113,7 +113,6 @@ pub fn remove_orphans(
 
 /// Bookkeeping of the checkpointer.
 pub(crate) struct CheckpointState {
-    pub(crate) dirs: Dirs,
     wal_bytes_at_last: u64,
     /// Files no longer in the manifest, deleted at the next checkpoint (readers that fetched
     /// the old segment list may still be reading them).
@@ -121,9 +120,8 @@ pub(crate) struct CheckpointState {
 }
 
 impl CheckpointState {
-    pub(crate) fn new(dirs: Dirs) -> Self {
+    pub(crate) fn new() -> Self {
         Self {
-            dirs,
             wal_bytes_at_last: 0,
             graveyard: Vec::new(),
         }
@@ -184,7 +182,7 @@ impl Inner {
 
     pub(crate) fn checkpoint(&self) -> Result<CheckpointReport, EngineError> {
         let mut ck = self.ckpt.lock();
-        let dirs = ck.dirs.clone();
+        let dirs = self.dirs.clone();
         let bytes_now = self.wal.bytes_written();
         // Capture the durable LSN first: every tenant state read afterwards includes it.
         let lsn = self.wal.status().borrow().durable_lsn;
@@ -283,7 +281,7 @@ impl Inner {
                 continue;
             }
             let _ck = self.ckpt.lock();
-            let dirs = _ck.dirs.clone();
+            let dirs = self.dirs.clone();
             let mut rows = Vec::new();
             for s in &small {
                 let bytes = self.fs.read(&dirs.segment_path(&id, &s.file))?;

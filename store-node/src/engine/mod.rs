@@ -86,6 +86,8 @@ pub(crate) struct Inner {
     pub(crate) wal: WalWriter<(Arc<Tenant>, WalRecord)>,
     pub(crate) cache: cache::RowGroupCache,
     pub(crate) ckpt: Mutex<checkpoint::CheckpointState>,
+    /// File layout (immutable; read without any lock).
+    pub(crate) dirs: checkpoint::Dirs,
     closed: AtomicBool,
     flusher_stop: Arc<(Mutex<bool>, Condvar)>,
     flusher: Mutex<Option<JoinHandle<()>>>,
@@ -184,7 +186,8 @@ impl Engine {
         )?;
         let inner = Arc::new(Inner {
             cache: cache::RowGroupCache::new(config.cache_row_groups),
-            ckpt: Mutex::new(checkpoint::CheckpointState::new(dirs)),
+            ckpt: Mutex::new(checkpoint::CheckpointState::new()),
+            dirs,
             cfg: config,
             fs,
             tenants,
@@ -513,6 +516,10 @@ impl crate::backend::EventStore for Engine {
             archival: true,
             gapless_positions: true,
         }
+    }
+
+    fn limits(&self) -> crate::model::Limits {
+        self.inner.cfg.limits.clone()
     }
 
     async fn append(

@@ -28,7 +28,7 @@ impl Inner {
         let Some(g) = seg.row_group_of(position) else {
             return Ok(None);
         };
-        let path = self.ckpt.lock().dirs.segment_path(tenant, &seg.file);
+        let path = self.dirs.segment_path(tenant, &seg.file);
         let rows = self
             .cache
             .row_group(self.fs.as_ref(), &path, g)

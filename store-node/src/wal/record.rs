@@ -529,10 +529,36 @@ mod tests {
             prop_assert_eq!(decode_record(body).unwrap(), rec);
         }
 
-        /// The WAL reader over arbitrary bytes: never panics (same code as the fuzz target).
+        /// The WAL reader over arbitrary bytes, with the fuzz target's checks
+        /// (`store-node/fuzz/fuzz_targets/wal_reader.rs`): no panic, the scan stops inside the
+        /// input, and whatever it accepts round-trips. Inputs are random garbage and valid
+        /// frames with random corruption.
         #[test]
-        fn reader_never_panics_on_garbage(data in proptest::collection::vec(any::<u8>(), 0..512)) {
-            let _ = crate::wal::reader::scan(&data);
+        fn reader_checks_of_the_fuzz_target(
+            data in proptest::collection::vec(any::<u8>(), 0..512),
+            flip in any::<usize>(), valid in any::<bool>(),
+        ) {
+            let data = if valid {
+                let mut buf = Vec::new();
+                for (i, rec) in all_kinds().iter().enumerate() {
+                    frame_into(&mut buf, i as u64 + 1, &[&encode_record(rec)]);
+                }
+                let i = flip % buf.len();
+                buf[i] ^= data.first().copied().unwrap_or(1) | 1;
+                buf
+            } else {
+                data
+            };
+            let scan = crate::wal::reader::scan(&data);
+            prop_assert!(scan.valid_len <= data.len());
+            prop_assert_eq!(scan.stop.is_none(), scan.valid_len == data.len());
+            for (lsn, rec) in &scan.records {
+                let mut buf = Vec::new();
+                frame_into(&mut buf, *lsn, &[&encode_record(rec)]);
+                let (l, b, _) = read_frame(&buf).unwrap();
+                prop_assert_eq!(l, *lsn);
+                prop_assert_eq!(&decode_record(b).unwrap(), rec);
+            }
             let _ = decode_record(&data);
         }
     }
