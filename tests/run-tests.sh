@@ -21,6 +21,7 @@ fi
 phase "install done at $((SECONDS - t0))s"
 
 state=$(mktemp -d "${TMPDIR:-/tmp}/allsource-test.XXXXXX")
+chmod 755 "$state" # PostgreSQL runs as the postgres user when we are root
 export ALLSOURCE_ENV_DIR=$state/env ALLSOURCE_ENV_FILE=$state/env.file
 cleanup() {
   local rc=$?

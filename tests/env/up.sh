@@ -44,7 +44,9 @@ PY
 start() {
   local name=$1
   shift
-  setsid "$@" </dev/null >"$D/logs/$name.log" 2>&1 &
+  # Its own working directory: some servers drop files there (DynamoDB Local's metadata).
+  mkdir -p "$D/run/$name"
+  (cd "$D/run/$name" && exec setsid "$@" </dev/null >"$D/logs/$name.log" 2>&1) &
   echo $! >"$D/pids/$name.pid"
 }
 
@@ -223,6 +225,7 @@ up_postgres() {
   if [ "$(id -u)" -eq 0 ]; then
     chown postgres "$dir"
     as=(runuser -u postgres --)
+    "${as[@]}" test -w "$dir" || die "the postgres user cannot reach $dir: make its parents world-executable"
   fi
   "${as[@]}" "$pgbin/initdb" -D "$dir/data" -U postgres --auth=trust -E UTF8 --no-locale \
     --no-sync >"$D/logs/postgres-initdb.log" 2>&1 || die "initdb failed, see $D/logs/postgres-initdb.log"
@@ -240,7 +243,8 @@ up_dynamodb() {
   require_file "$lib/DynamoDBLocal.jar"
   port=$(free_ports 1)
   start dynamodb java -Xmx512m -Djava.library.path="$lib" -cp "$lib/*" \
-    software.amazon.dynamodb.services.local.main.ServerRunner -inMemory -sharedDb -port "$port"
+    software.amazon.dynamodb.services.local.main.ServerRunner -inMemory -sharedDb -port "$port" \
+    -disableTelemetry
   wait_for dynamodb http_answers "http://127.0.0.1:$port/"
   echo "DYNAMODB_ENDPOINT=http://127.0.0.1:$port" >"$D/env.d/dynamodb.env"
 }
