@@ -1,0 +1,641 @@
+//! Archival to object storage against the real S3 (moto) and GCS (fake-gcs-server) servers of
+//! tests/env: archive a tenant, read the Parquet back with the parquet crate, check manifests,
+//! watermark and trim, read through the archive, crash at every step and rerun (in process and
+//! with the real `store-node archive` binary), and bucket lifecycle round trips.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use allsource_tests::env::{require, unique_name, TestEnv};
+use arrow_array::cast::AsArray;
+use arrow_array::types::UInt64Type;
+use bytes::Bytes;
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use store_node::archive::archiver::sha256_hex;
+use store_node::archive::lifecycle::{self, LifecycleSpec, Tier};
+use store_node::archive::manifest::{self, TenantManifest};
+use store_node::archive::objstore::{GcsAuth, GcsStore, S3Store};
+use store_node::archive::{
+    self, ArchiveAwareStore, ArchiveError, ArchivePlan, ArchiveReader, CrashPoint, Destination,
+    FaultAction, ObjectStore,
+};
+use store_node::backend::memory::MemoryStore;
+use store_node::{
+    Direction, EventStore, ExpectedVersion, NewEvent, ReadFrom, RecordedEvent, StreamId, TenantId,
+};
+
+fn tenant(s: &str) -> TenantId {
+    TenantId::new(s).unwrap()
+}
+
+const TIERS: [&str; 3] = ["gold", "silver", "bronze"];
+const COUNTRIES: [&str; 4] = ["DE", "FR", "NL", "SE"];
+
+/// A realistic JSON payload (~400 bytes) for event `i`.
+fn payload(i: u64) -> Vec<u8> {
+    serde_json::to_vec(&serde_json::json!({
+        "orderId": format!("ord-{:08}", i / 4),
+        "customer": {"id": format!("cus-{:06}", i % 997), "tier": TIERS[(i % 3) as usize]},
+        "lines": [
+            {"sku": format!("SKU-{:05}", i % 1_000), "qty": i % 7 + 1, "price": 1999 + (i % 50) * 100},
+            {"sku": format!("SKU-{:05}", (i * 7) % 1_000), "qty": 1, "price": 499},
+        ],
+        "currency": "EUR",
+        "shipping": {"method": "standard", "country": COUNTRIES[(i % 4) as usize]},
+        "note": "please leave the parcel at the front door",
+    }))
+    .unwrap()
+}
+
+/// Appends `n` events spread over 5 streams; returns them as recorded (read back).
+async fn fill(store: &dyn EventStore, t: &TenantId, n: u64) -> Vec<RecordedEvent> {
+    let start = store.stats(t).await.unwrap().next_position;
+    for i in start..start + n {
+        let mut metadata = BTreeMap::new();
+        metadata.insert("correlationId".to_string(), format!("c-{i}"));
+        store
+            .append(
+                t,
+                &StreamId::new(format!("order-{}", i % 5)).unwrap(),
+                ExpectedVersion::Any,
+                vec![NewEvent {
+                    event_id: uuid::Uuid::new_v4(),
+                    event_type: "OrderPlaced".into(),
+                    payload: payload(i),
+                    metadata,
+                }],
+            )
+            .await
+            .unwrap();
+    }
+    read_all(store, t, start).await
+}
+
+async fn read_all(store: &dyn EventStore, t: &TenantId, from: u64) -> Vec<RecordedEvent> {
+    let mut out = Vec::new();
+    let mut pos = from;
+    loop {
+        let page = store.read_all(t, pos, 1000).await.unwrap();
+        let Some(last) = page.last() else { break };
+        pos = last.position + 1;
+        out.extend(page);
+    }
+    out
+}
+
+/// A plan that treats everything appended so far as cold.
+fn cold_plan(t: &TenantId) -> ArchivePlan {
+    let mut plan = ArchivePlan::new(vec![t.clone()], Duration::from_secs(3600));
+    plan.now_ms = Some(chrono::Utc::now().timestamp_millis() + 2 * 3_600_000);
+    plan.max_rows_per_file = 400;
+    plan.read_page = 250;
+    plan
+}
+
+async fn s3_bucket(env: &TestEnv) -> (Arc<dyn ObjectStore>, String) {
+    let bucket = unique_name("arch");
+    let client = env.s3_client();
+    client.create_bucket().bucket(&bucket).send().await.unwrap();
+    (Arc::new(S3Store::from_client(client, &bucket)), bucket)
+}
+
+async fn gcs_bucket(env: &TestEnv) -> (Arc<dyn ObjectStore>, String) {
+    let bucket = unique_name("arch");
+    let store = GcsStore::new(&bucket, Some(env.gcs_endpoint()), GcsAuth::Anonymous).unwrap();
+    store.create_bucket("test-project").await.unwrap();
+    (Arc::new(store), bucket)
+}
+
+/// Every parquet object under the tenant's directory, decoded independently of the archive
+/// module (plain parquet crate): (key, positions, event ids, payloads).
+async fn parquet_objects(
+    objects: &dyn ObjectStore,
+    dest: &Destination,
+    t: &TenantId,
+) -> Vec<(String, Vec<(u64, String, Vec<u8>)>)> {
+    let mut out = Vec::new();
+    for o in objects
+        .list(&dest.key(&format!("tenant={t}/")))
+        .await
+        .unwrap()
+    {
+        if !o.key.ends_with(".parquet") {
+            continue;
+        }
+        let data = objects.get(&o.key).await.unwrap();
+        let reader = ParquetRecordBatchReaderBuilder::try_new(data)
+            .unwrap()
+            .build()
+            .unwrap();
+        let mut rows = Vec::new();
+        for batch in reader {
+            let batch = batch.unwrap();
+            let pos = batch
+                .column_by_name("position")
+                .unwrap()
+                .as_primitive::<UInt64Type>();
+            let ids = batch.column_by_name("event_id").unwrap().as_string::<i32>();
+            let pay = batch.column_by_name("payload").unwrap().as_binary::<i32>();
+            for i in 0..batch.num_rows() {
+                rows.push((
+                    pos.value(i),
+                    ids.value(i).to_string(),
+                    pay.value(i).to_vec(),
+                ));
+            }
+        }
+        out.push((o.key, rows));
+    }
+    out
+}
+
+/// The archive holds every event of `expected` exactly once, and nothing else; every data object
+/// is listed in the committed manifest with its true checksum, size and row count.
+async fn assert_archive_exactly(
+    objects: &dyn ObjectStore,
+    dest: &Destination,
+    t: &TenantId,
+    expected: &[RecordedEvent],
+) -> TenantManifest {
+    let files = parquet_objects(objects, dest, t).await;
+    let mut rows: Vec<_> = files.iter().flat_map(|(_, r)| r.clone()).collect();
+    rows.sort_by_key(|r| r.0);
+    let want: Vec<_> = expected
+        .iter()
+        .map(|e| (e.position, e.event_id.to_string(), e.payload.clone()))
+        .collect();
+    assert_eq!(rows.len(), want.len(), "archived row count");
+    assert!(rows == want, "archived rows differ from the events");
+
+    let m = manifest::load_tenant(objects, dest, t).await.unwrap();
+    let listed: Vec<_> = m.files.iter().map(|f| dest.key(&f.key)).collect();
+    let present: Vec<_> = files.iter().map(|(k, _)| k.clone()).collect();
+    assert_eq!(listed, present, "objects == committed manifest files");
+    for f in &m.files {
+        let data = objects.get(&dest.key(&f.key)).await.unwrap();
+        assert_eq!(sha256_hex(&data), f.sha256, "{}", f.key);
+        assert_eq!(data.len() as u64, f.bytes);
+    }
+    assert_eq!(m.events(), expected.len() as u64);
+    assert_eq!(
+        m.watermark,
+        expected.last().map_or(0, |e| e.position + 1),
+        "watermark"
+    );
+    m
+}
+
+async fn archive_trim_and_read_back(objects: Arc<dyn ObjectStore>, url: &str) {
+    let dest = Destination::parse(url).unwrap();
+    let store = MemoryStore::default();
+    let (acme, other) = (tenant("acme"), tenant("other"));
+    let events = fill(&store, &acme, 1_000).await;
+    let other_events = fill(&store, &other, 20).await;
+
+    let report = archive::run(&store, objects.as_ref(), &dest, &cold_plan(&acme))
+        .await
+        .unwrap();
+    assert!(report.ok(), "{report:?}");
+    assert_eq!(report.events_archived, 1_000);
+    assert_eq!(report.tenants[0].trimmed, 1_000);
+    assert_eq!(report.tenants[0].watermark, 1_000);
+    let m = assert_archive_exactly(objects.as_ref(), &dest, &acme, &events).await;
+    assert_eq!(m.files.len(), 3, "400-row files: 400 + 400 + 200");
+    assert!(m.files[0].key.starts_with("tenant=acme/date="));
+    let run_key = dest.key(&manifest::run_manifest_key(&report.run_id));
+    let run: serde_json::Value =
+        serde_json::from_slice(&objects.get(&run_key).await.unwrap()).unwrap();
+    assert_eq!(run["tenants"][0]["watermark"], 1_000);
+
+    // The store no longer holds them hot; the other tenant is untouched.
+    assert_eq!(store.stats(&acme).await.unwrap().events, 0);
+    assert!(store.read_all(&acme, 0, 100).await.unwrap().is_empty());
+    assert_eq!(read_all(&store, &other, 0).await, other_events);
+
+    // New events stay hot while younger than the hot window; a rerun archives nothing.
+    let newer = fill(&store, &acme, 30).await;
+    let mut plan = cold_plan(&acme);
+    plan.now_ms = Some(newer[0].timestamp_ms);
+    plan.hot_retention = Duration::ZERO;
+    let report = archive::run(&store, objects.as_ref(), &dest, &plan)
+        .await
+        .unwrap();
+    assert_eq!(report.events_archived, 0);
+    assert_eq!(store.stats(&acme).await.unwrap().events, 30);
+
+    // Reads through the archive: everything, in order, exactly once.
+    let aware = ArchiveAwareStore::new(
+        store.clone(),
+        ArchiveReader::new(objects.clone(), dest.clone()),
+    );
+    let all: Vec<_> = events.iter().chain(&newer).cloned().collect();
+    assert_eq!(read_all(&aware, &acme, 0).await, all);
+    assert_eq!(
+        aware.read_all(&acme, 990, 15).await.unwrap(),
+        all[990..1005].to_vec()
+    );
+    let s = StreamId::new("order-3").unwrap();
+    let stream: Vec<_> = all.iter().filter(|e| e.stream == s).cloned().collect();
+    let fwd = aware
+        .read_stream(&acme, &s, ReadFrom::Edge, Direction::Forwards, 10_000)
+        .await
+        .unwrap();
+    assert_eq!(fwd, stream);
+    let back = aware
+        .read_stream(&acme, &s, ReadFrom::Version(150), Direction::Backwards, 20)
+        .await
+        .unwrap();
+    let want: Vec<_> = stream
+        .iter()
+        .rev()
+        .filter(|e| e.version <= 150)
+        .take(20)
+        .cloned()
+        .collect();
+    assert_eq!(back, want);
+
+    // Everything archived in a later run lands after the first watermark, exactly once.
+    archive::run(&store, objects.as_ref(), &dest, &cold_plan(&acme))
+        .await
+        .unwrap();
+    assert_archive_exactly(objects.as_ref(), &dest, &acme, &all).await;
+    assert_eq!(store.stats(&acme).await.unwrap().events, 0);
+}
+
+#[tokio::test]
+async fn s3_archive_trim_and_read_back() {
+    let Some(env) = require("s3") else { return };
+    let (objects, bucket) = s3_bucket(env).await;
+    archive_trim_and_read_back(objects, &format!("s3://{bucket}/archive/es1")).await;
+}
+
+#[tokio::test]
+async fn gcs_archive_trim_and_read_back() {
+    let Some(env) = require("gcs") else { return };
+    let (objects, bucket) = gcs_bucket(env).await;
+    archive_trim_and_read_back(objects, &format!("gs://{bucket}/archive/es1")).await;
+}
+
+/// A crash at each step (injected in process), new events in between, then a clean rerun:
+/// every event exactly once in the archive, and no trim before the commit.
+#[tokio::test]
+async fn s3_crash_at_each_step_then_rerun_in_process() {
+    let Some(env) = require("s3") else { return };
+    let (objects, bucket) = s3_bucket(env).await;
+    for point in [
+        CrashPoint::Upload,
+        CrashPoint::Verify,
+        CrashPoint::Watermark,
+    ] {
+        let dest = Destination::parse(&format!("s3://{bucket}/crash-{point:?}")).unwrap();
+        let store = MemoryStore::default();
+        let t = tenant("acme");
+        let mut events = fill(&store, &t, 500).await;
+        let mut plan = cold_plan(&t);
+        plan.fault = Some((point, FaultAction::Stop));
+        let err = archive::run(&store, objects.as_ref(), &dest, &plan)
+            .await
+            .unwrap_err();
+        assert!(matches!(err, ArchiveError::InjectedStop(_)), "{err}");
+        // Nothing is trimmed before the commit, nor by the crashed run at all.
+        assert_eq!(store.stats(&t).await.unwrap().events, 500, "{point:?}");
+        let m = manifest::load_tenant(objects.as_ref(), &dest, &t)
+            .await
+            .unwrap();
+        let committed = point == CrashPoint::Watermark;
+        assert_eq!(m.watermark, if committed { 500 } else { 0 }, "{point:?}");
+
+        // More events arrive before the rerun, so uncommitted file names change.
+        events.extend(fill(&store, &t, 123).await);
+        let report = archive::run(&store, objects.as_ref(), &dest, &cold_plan(&t))
+            .await
+            .unwrap();
+        assert!(report.ok());
+        assert_archive_exactly(objects.as_ref(), &dest, &t, &events).await;
+        assert_eq!(store.stats(&t).await.unwrap().events, 0, "{point:?}");
+    }
+}
+
+/// A file that does not verify is never committed and nothing is trimmed.
+#[tokio::test]
+async fn s3_corrupted_upload_is_not_committed() {
+    let Some(env) = require("s3") else { return };
+    let (objects, bucket) = s3_bucket(env).await;
+    let corrupting: Arc<dyn ObjectStore> = Arc::new(Corrupting(objects.clone()));
+    let dest = Destination::parse(&format!("s3://{bucket}/bad")).unwrap();
+    let store = MemoryStore::default();
+    let t = tenant("acme");
+    let events = fill(&store, &t, 50).await;
+    let report = archive::run(&store, corrupting.as_ref(), &dest, &cold_plan(&t))
+        .await
+        .unwrap();
+    assert!(!report.ok());
+    let err = report.tenants[0].error.clone().unwrap();
+    assert!(err.contains("verification failed"), "{err}");
+    assert_eq!(store.stats(&t).await.unwrap().events, 50);
+    assert_eq!(
+        manifest::load_tenant(objects.as_ref(), &dest, &t)
+            .await
+            .unwrap()
+            .watermark,
+        0
+    );
+    // A healthy rerun repairs it.
+    archive::run(&store, objects.as_ref(), &dest, &cold_plan(&t))
+        .await
+        .unwrap();
+    assert_archive_exactly(objects.as_ref(), &dest, &t, &events).await;
+}
+
+/// Flips a byte of every Parquet object it stores (a bucket that corrupts data).
+struct Corrupting(Arc<dyn ObjectStore>);
+
+#[async_trait::async_trait]
+impl ObjectStore for Corrupting {
+    async fn put(&self, key: &str, body: Bytes) -> archive::ArchiveResult<()> {
+        let mut v = body.to_vec();
+        if key.ends_with(".parquet") {
+            let mid = v.len() / 2;
+            v[mid] ^= 0xff;
+        }
+        self.0.put(key, Bytes::from(v)).await
+    }
+    async fn get(&self, key: &str) -> archive::ArchiveResult<Bytes> {
+        self.0.get(key).await
+    }
+    async fn head(&self, key: &str) -> archive::ArchiveResult<Option<u64>> {
+        self.0.head(key).await
+    }
+    async fn list(
+        &self,
+        prefix: &str,
+    ) -> archive::ArchiveResult<Vec<archive::objstore::ObjectMeta>> {
+        self.0.list(prefix).await
+    }
+    async fn delete(&self, key: &str) -> archive::ArchiveResult<()> {
+        self.0.delete(key).await
+    }
+    fn bucket(&self) -> &str {
+        self.0.bucket()
+    }
+}
+
+#[tokio::test]
+async fn s3_multipart_upload_round_trip() {
+    let Some(env) = require("s3") else { return };
+    let (objects, _) = s3_bucket(env).await;
+    let big: Vec<u8> = (0..20 * 1024 * 1024u32).map(|i| (i % 251) as u8).collect();
+    objects
+        .put("big/object.bin", Bytes::from(big.clone()))
+        .await
+        .unwrap();
+    assert_eq!(
+        objects.head("big/object.bin").await.unwrap(),
+        Some(big.len() as u64)
+    );
+    assert!(objects.get("big/object.bin").await.unwrap() == big);
+    assert_eq!(objects.head("big/absent").await.unwrap(), None);
+    assert!(matches!(
+        objects.get("big/absent").await,
+        Err(ArchiveError::NotFound(_))
+    ));
+    objects.delete("big/object.bin").await.unwrap();
+    assert!(objects.list("big/").await.unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn s3_lifecycle_round_trip_preserves_foreign_rules() {
+    use aws_sdk_s3::types::{
+        BucketLifecycleConfiguration, ExpirationStatus, LifecycleExpiration, LifecycleRule,
+        LifecycleRuleFilter,
+    };
+    let Some(env) = require("s3") else { return };
+    let (_, bucket) = s3_bucket(env).await;
+    let client = env.s3_client();
+    let foreign = LifecycleRule::builder()
+        .id("team-logs-expire")
+        .status(ExpirationStatus::Enabled)
+        .filter(LifecycleRuleFilter::builder().prefix("logs/").build())
+        .expiration(LifecycleExpiration::builder().days(7).build())
+        .build()
+        .unwrap();
+    client
+        .put_bucket_lifecycle_configuration()
+        .bucket(&bucket)
+        .lifecycle_configuration(
+            BucketLifecycleConfiguration::builder()
+                .rules(foreign)
+                .build()
+                .unwrap(),
+        )
+        .send()
+        .await
+        .unwrap();
+    let mut spec = LifecycleSpec {
+        policy: "nightly".into(),
+        prefix: "archive/es1".into(),
+        hot_retention_days: 30,
+        tiers: vec![
+            Tier {
+                after_days: 30,
+                storage_class: "STANDARD_IA".into(),
+            },
+            Tier {
+                after_days: 90,
+                storage_class: "GLACIER".into(),
+            },
+        ],
+        expire_after_days: Some(365),
+    };
+    let get = || async {
+        let out = client
+            .get_bucket_lifecycle_configuration()
+            .bucket(&bucket)
+            .send()
+            .await
+            .unwrap();
+        let mut rules = out.rules().to_vec();
+        rules.sort_by(|a, b| a.id().cmp(&b.id()));
+        rules
+    };
+    let ours = lifecycle::s3_rules(&spec).unwrap();
+    assert!(
+        lifecycle::apply_s3_lifecycle(&client, &bucket, "nightly", ours.clone())
+            .await
+            .unwrap()
+    );
+    let rules = get().await;
+    let ids: Vec<_> = rules
+        .iter()
+        .map(|r| r.id().unwrap_or_default().to_string())
+        .collect();
+    assert_eq!(ids, vec!["allsource-nightly-archive", "team-logs-expire"]);
+    let mine = &rules[0];
+    assert_eq!(mine.filter().and_then(|f| f.prefix()), Some("archive/es1/"));
+    let tr: Vec<_> = mine
+        .transitions()
+        .iter()
+        .map(|t| (t.days(), t.storage_class().map(|c| c.as_str().to_string())))
+        .collect();
+    assert_eq!(
+        tr,
+        vec![
+            (Some(30), Some("STANDARD_IA".into())),
+            (Some(90), Some("GLACIER".into()))
+        ]
+    );
+    assert_eq!(mine.expiration().and_then(|e| e.days()), Some(365));
+    assert_eq!(rules[1].expiration().and_then(|e| e.days()), Some(7));
+
+    // Steady state: nothing to write.
+    assert!(
+        !lifecycle::apply_s3_lifecycle(&client, &bucket, "nightly", ours)
+            .await
+            .unwrap()
+    );
+
+    // A changed spec replaces our rule only.
+    spec.expire_after_days = Some(730);
+    let ours = lifecycle::s3_rules(&spec).unwrap();
+    assert!(
+        lifecycle::apply_s3_lifecycle(&client, &bucket, "nightly", ours)
+            .await
+            .unwrap()
+    );
+    let rules = get().await;
+    assert_eq!(rules.len(), 2);
+    assert_eq!(rules[0].expiration().and_then(|e| e.days()), Some(730));
+
+    // Removing ours keeps the foreign rule.
+    assert!(
+        lifecycle::apply_s3_lifecycle(&client, &bucket, "nightly", vec![])
+            .await
+            .unwrap()
+    );
+    let rules = get().await;
+    assert_eq!(rules.len(), 1);
+    assert_eq!(rules[0].id(), Some("team-logs-expire"));
+}
+
+// ---------------------------------------------------------------------------------------------
+// The real `store-node archive` binary, killed by the fault hook at each step.
+
+fn binary() -> std::path::PathBuf {
+    use std::path::{Path, PathBuf};
+    static BIN: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    BIN.get_or_init(|| {
+        if let Ok(p) = std::env::var("STORE_NODE_BIN") {
+            return PathBuf::from(p);
+        }
+        // <target>/debug/deps/archive-<hash> -> <target>
+        let exe = std::env::current_exe().unwrap();
+        let profile_dir = exe.parent().unwrap().parent().unwrap().to_path_buf();
+        let target_dir = profile_dir.parent().unwrap().to_path_buf();
+        let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("../Cargo.toml");
+        let status =
+            std::process::Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+                .args([
+                    "build",
+                    "-p",
+                    "store-node",
+                    "--bin",
+                    "store-node",
+                    "--manifest-path",
+                ])
+                .arg(&manifest)
+                .env("CARGO_TARGET_DIR", &target_dir)
+                .status()
+                .expect("run cargo build for store-node");
+        assert!(status.success(), "cargo build -p store-node failed");
+        profile_dir.join("store-node")
+    })
+    .clone()
+}
+
+fn open_engine(dir: &std::path::Path) -> store_node::engine::Engine {
+    store_node::engine::Engine::open(store_node::engine::EngineConfig::new(dir)).unwrap()
+}
+
+fn run_archive_binary(
+    env: &TestEnv,
+    data_dir: &std::path::Path,
+    dest: &str,
+    crash: Option<&str>,
+) -> std::process::Output {
+    let mut cmd = std::process::Command::new(binary());
+    cmd.args(["--log-format", "text", "archive", "--tenant", "acme"])
+        .arg("--source")
+        .arg(format!("engine:{}", data_dir.display()))
+        .args(["--destination", dest, "--hot-retention", "0s"])
+        .args(["--endpoint", env.s3_endpoint(), "--force-path-style"])
+        .args(["--max-rows-per-file", "100"])
+        .env("AWS_ACCESS_KEY_ID", env.s3_access_key())
+        .env("AWS_SECRET_ACCESS_KEY", env.s3_secret_key())
+        .env("AWS_REGION", "us-east-1")
+        .env_remove(archive::archiver::CRASH_ENV);
+    if let Some(point) = crash {
+        cmd.env(archive::archiver::CRASH_ENV, point);
+    }
+    cmd.output().expect("run store-node archive")
+}
+
+#[tokio::test]
+async fn s3_binary_crash_at_each_step_then_rerun() {
+    use std::os::unix::process::ExitStatusExt;
+    let Some(env) = require("s3") else { return };
+    let (objects, bucket) = s3_bucket(env).await;
+    let t = tenant("acme");
+    for point in ["upload", "verify", "watermark"] {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("s3://{bucket}/bin-{point}");
+        let dest = Destination::parse(&url).unwrap();
+        let engine = open_engine(dir.path());
+        let mut events = fill(&engine, &t, 300).await;
+        engine.close().unwrap();
+        drop(engine);
+
+        let out = run_archive_binary(env, dir.path(), &url, Some(point));
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(
+            out.status.signal(),
+            Some(6),
+            "{point}: not aborted: {stderr}"
+        );
+        let m = manifest::load_tenant(objects.as_ref(), &dest, &t)
+            .await
+            .unwrap();
+        assert_eq!(
+            m.watermark,
+            if point == "watermark" { 300 } else { 0 },
+            "{point}"
+        );
+
+        // Nothing was trimmed by the crashed run; more events arrive before the rerun.
+        let engine = open_engine(dir.path());
+        assert_eq!(
+            read_all(&engine, &t, 0).await,
+            events,
+            "{point}: store changed"
+        );
+        events.extend(fill(&engine, &t, 50).await);
+        engine.close().unwrap();
+        drop(engine);
+
+        let out = run_archive_binary(env, dir.path(), &url, None);
+        assert!(
+            out.status.success(),
+            "{point}: rerun failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(report["tenants"][0]["watermark"], 350, "{point}");
+        assert_archive_exactly(objects.as_ref(), &dest, &t, &events).await;
+        let engine = open_engine(dir.path());
+        assert!(
+            engine.read_all(&t, 0, 1000).await.unwrap().is_empty(),
+            "{point}: not trimmed"
+        );
+        engine.close().unwrap();
+    }
+}
