@@ -1154,6 +1154,12 @@ mod e2e {
             if ready && leader {
                 break;
             }
+            if let Ok(Some(exit)) = op.child.try_wait() {
+                panic!(
+                    "the operator exited ({exit}) before getting ready:\n{}",
+                    op.log_tail()
+                );
+            }
             assert!(
                 Instant::now() < deadline,
                 "operator not ready/leader:\n{}",
