@@ -5,8 +5,10 @@
 
 use futures::stream::BoxStream;
 
-#[cfg(feature = "postgres")]
+#[cfg(any(feature = "postgres", feature = "dynamodb", feature = "firestore"))]
 pub mod cloud;
+#[cfg(feature = "dynamodb")]
+pub mod dynamodb;
 pub mod memory;
 #[cfg(feature = "postgres")]
 pub mod postgres;
