@@ -8,9 +8,11 @@
 use std::collections::HashSet;
 
 use parking_lot::Mutex;
+use prometheus::core::{Collector, Desc};
+use prometheus::proto::MetricFamily;
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry,
-    TextEncoder,
+    Encoder, Gauge, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts,
+    Registry, TextEncoder,
 };
 
 use crate::model::TenantId;
@@ -148,6 +150,21 @@ impl Metrics {
         &self.registry
     }
 
+    /// Registers a gauge whose value is read from `read` at every scrape (for backend figures
+    /// such as WAL size or segment count that live in the backend).
+    pub fn register_gauge_fn(
+        &self,
+        name: &str,
+        help: &str,
+        read: impl Fn() -> f64 + Send + Sync + 'static,
+    ) -> Result<(), MetricsError> {
+        let gauge = Gauge::new(name, help)?;
+        self.registry.register(Box::new(FnGauge {
+            gauge,
+            read: Box::new(read),
+        }))
+    }
+
     /// The label value for a tenant: its id while under the cap, else `other`.
     pub fn tenant_label(&self, tenant: &TenantId) -> String {
         let mut set = self.labelled.lock();
@@ -180,6 +197,23 @@ impl Metrics {
     }
 }
 
+/// A gauge evaluated at scrape time.
+struct FnGauge {
+    gauge: Gauge,
+    read: Box<dyn Fn() -> f64 + Send + Sync>,
+}
+
+impl Collector for FnGauge {
+    fn desc(&self) -> Vec<&Desc> {
+        self.gauge.desc()
+    }
+
+    fn collect(&self) -> Vec<MetricFamily> {
+        self.gauge.set((self.read)());
+        self.gauge.collect()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -198,5 +232,19 @@ mod tests {
         assert!(m
             .render()
             .contains("allsource_appends_total{tenant=\"other\"} 1"));
+    }
+
+    #[test]
+    fn gauge_fns_are_read_at_scrape_time() {
+        let m = Metrics::new(1).unwrap();
+        let v = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(7));
+        let v2 = v.clone();
+        m.register_gauge_fn("allsource_test_gauge", "test", move || {
+            v2.load(std::sync::atomic::Ordering::Relaxed) as f64
+        })
+        .unwrap();
+        assert!(m.render().contains("allsource_test_gauge 7"));
+        v.store(9, std::sync::atomic::Ordering::Relaxed);
+        assert!(m.render().contains("allsource_test_gauge 9"));
     }
 }

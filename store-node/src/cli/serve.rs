@@ -10,8 +10,10 @@ use anyhow::Context;
 use clap::{Args, ValueEnum};
 use store_node::backend::memory::MemoryStore;
 use store_node::backend::EventStore;
+use store_node::engine::{Engine, EngineConfig};
 use store_node::metrics::Metrics;
 use store_node::server::{self, AppState};
+use store_node::wal::Durability;
 use tokio_util::sync::CancellationToken;
 
 use super::common::{cancel_on_signal, HttpArgs};
@@ -19,8 +21,23 @@ use super::common::{cancel_on_signal, HttpArgs};
 /// Which store `serve` runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum BackendKind {
+    /// The embedded engine: WAL + Parquet segments in `--data-dir`.
+    Engine,
     /// In-memory, nothing persisted (development and tests only).
     Memory,
+}
+
+/// When an append is acknowledged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum DurabilityKind {
+    /// fsync the WAL before acknowledging.
+    Fsync,
+    /// fdatasync the WAL before acknowledging.
+    Fdatasync,
+    /// Acknowledge after write(2); fsync every `--fsync-interval-ms`.
+    Periodic,
+    /// Acknowledge after write(2); the OS syncs when it likes.
+    None,
 }
 
 /// Flags of `store-node serve`.
@@ -33,31 +50,76 @@ pub struct ServeArgs {
     #[arg(long, env = "STORE_NODE_DATA_DIR", default_value = "data")]
     pub data_dir: PathBuf,
     /// Store implementation.
-    #[arg(long, env = "STORE_NODE_BACKEND", value_enum, default_value_t = BackendKind::Memory)]
+    #[arg(long, env = "STORE_NODE_BACKEND", value_enum, default_value_t = BackendKind::Engine)]
     pub backend: BackendKind,
+    /// When appends are acknowledged.
+    #[arg(long, env = "STORE_NODE_DURABILITY", value_enum, default_value_t = DurabilityKind::Fsync)]
+    pub durability: DurabilityKind,
+    /// fsync interval of `--durability periodic`, in milliseconds.
+    #[arg(long, env = "STORE_NODE_FSYNC_INTERVAL_MS", default_value_t = 10)]
+    pub fsync_interval_ms: u64,
+}
+
+impl ServeArgs {
+    /// The engine configuration these flags describe.
+    pub fn engine_config(&self) -> EngineConfig {
+        let mut cfg = EngineConfig::new(&self.data_dir);
+        cfg.durability = match self.durability {
+            DurabilityKind::Fsync => Durability::Fsync,
+            DurabilityKind::Fdatasync => Durability::Fdatasync,
+            DurabilityKind::Periodic => Durability::Periodic {
+                interval_ms: self.fsync_interval_ms.max(1),
+            },
+            DurabilityKind::None => Durability::None,
+        };
+        cfg.limits = self.http.limits();
+        cfg
+    }
 }
 
 /// The opened store, kept concrete so it can be closed cleanly.
 enum Opened {
+    Engine(Arc<Engine>),
     Memory(Arc<MemoryStore>),
 }
 
 impl Opened {
     fn as_dyn(&self) -> Arc<dyn EventStore> {
         match self {
+            Self::Engine(e) => e.clone(),
             Self::Memory(m) => m.clone(),
         }
     }
 
     async fn close(self) -> anyhow::Result<()> {
         match self {
+            Self::Engine(e) => tokio::task::spawn_blocking(move || e.close())
+                .await
+                .context("engine close task")?
+                .context("closing the engine"),
             Self::Memory(_) => Ok(()),
         }
     }
 }
 
-async fn open(args: &ServeArgs, _metrics: &Metrics) -> anyhow::Result<Opened> {
+async fn open(args: &ServeArgs, metrics: &Metrics) -> anyhow::Result<Opened> {
     match args.backend {
+        BackendKind::Engine => {
+            let cfg = args.engine_config();
+            tracing::info!(data_dir = %cfg.data_dir.display(), durability = ?cfg.durability, "opening the engine (recovery)");
+            let engine = tokio::task::spawn_blocking(move || Engine::open(cfg))
+                .await
+                .context("engine open task")?
+                .with_context(|| format!("opening the engine in {}", args.data_dir.display()))?;
+            let engine = Arc::new(engine);
+            let e = engine.clone();
+            metrics.register_gauge_fn(
+                "allsource_wal_bytes_written",
+                "Bytes written to the WAL since the engine opened",
+                move || e.wal_bytes_written() as f64,
+            )?;
+            Ok(Opened::Engine(engine))
+        }
         BackendKind::Memory => {
             tracing::warn!("serving the in-memory store: nothing is persisted");
             Ok(Opened::Memory(Arc::new(MemoryStore::new(

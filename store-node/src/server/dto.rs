@@ -171,19 +171,26 @@ pub struct PayloadOut {
 
 /// Renders payload bytes per [`Encoding`], so that they round-trip exactly.
 pub fn encode_payload(payload: Vec<u8>, encoding: Encoding) -> PayloadOut {
-    if encoding == Encoding::Auto {
-        let len = payload.len();
-        if let Ok(s) = String::from_utf8(payload.clone()) {
-            if let Ok(raw) = RawValue::from_string(s) {
-                if raw.get().len() == len {
+    let payload = if encoding == Encoding::Auto {
+        match String::from_utf8(payload) {
+            Ok(s) => {
+                let raw = serde_json::from_str::<&RawValue>(&s)
+                    .ok()
+                    .filter(|r| r.get().len() == s.len())
+                    .map(|r| r.to_owned());
+                if let Some(raw) = raw {
                     return PayloadOut {
                         data: Some(raw),
                         data_base64: None,
                     };
                 }
+                s.into_bytes()
             }
+            Err(e) => e.into_bytes(),
         }
-    }
+    } else {
+        payload
+    };
     PayloadOut {
         data: None,
         data_base64: Some(base64::engine::general_purpose::STANDARD.encode(payload)),
