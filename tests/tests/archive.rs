@@ -639,3 +639,54 @@ async fn s3_binary_crash_at_each_step_then_rerun() {
         engine.close().unwrap();
     }
 }
+
+/// Opt-in measurement (`ALLSOURCE_ARCHIVE_BENCH=<events>`): archive throughput to the S3 server
+/// and the Parquet compression ratio on the realistic JSON payload of [`payload`].
+#[tokio::test]
+async fn s3_archive_throughput() {
+    let Ok(n) = std::env::var("ALLSOURCE_ARCHIVE_BENCH") else {
+        eprintln!("s3_archive_throughput: set ALLSOURCE_ARCHIVE_BENCH=<events> to measure");
+        return;
+    };
+    let n: u64 = n.parse().unwrap();
+    let Some(env) = require("s3") else { return };
+    let (objects, bucket) = s3_bucket(env).await;
+    let dest = Destination::parse(&format!("s3://{bucket}/bench")).unwrap();
+    let store = MemoryStore::default();
+    let t = tenant("acme");
+    let events = fill(&store, &t, n).await;
+    // Uncompressed size of the same rows: every column's bytes.
+    let raw: usize = events
+        .iter()
+        .map(|e| {
+            e.payload.len()
+                + e.event_type.len()
+                + e.stream.as_str().len()
+                + t.as_str().len()
+                + serde_json::to_string(&e.metadata).unwrap().len()
+                + 36
+                + 8 * 3
+        })
+        .sum();
+    let mut plan = cold_plan(&t);
+    plan.max_rows_per_file = 50_000;
+    plan.read_page = 5_000;
+    let started = std::time::Instant::now();
+    let report = archive::run(&store, objects.as_ref(), &dest, &plan)
+        .await
+        .unwrap();
+    let secs = started.elapsed().as_secs_f64();
+    assert_eq!(report.events_archived, n);
+    let mb = report.bytes_archived as f64 / 1e6;
+    eprintln!(
+        "archive bench: {n} events, raw {:.1} MB, parquet {mb:.2} MB in {} files, \
+         compression {:.1}x, {secs:.2} s (read+encode+upload+verify+commit+trim), \
+         {:.0} events/s, {:.2} MB/s parquet, {:.2} MB/s raw",
+        raw as f64 / 1e6,
+        report.tenants[0].files.len(),
+        raw as f64 / report.bytes_archived as f64,
+        n as f64 / secs,
+        mb / secs,
+        raw as f64 / 1e6 / secs
+    );
+}
