@@ -41,8 +41,9 @@ fn parse_args() -> anyhow::Result<Args> {
             "--events" => a.events = val.parse()?,
             "--requests" => a.requests = val.parse()?,
             "--backend" => a.backend = val,
+            "--durability" => a.durability = val,
             other => {
-                bail!("unknown flag {other} (flags: --events N --requests N --backend memory)")
+                bail!("unknown flag {other} (flags: --events N --requests N --backend engine|memory --durability fsync|fdatasync|none)")
             }
         }
     }
@@ -189,18 +190,20 @@ async fn main() -> anyhow::Result<()> {
         bytes = body.len();
     }
     let total = started.elapsed();
+    let store = if args.backend == "engine" {
+        format!("engine(durability={})", args.durability)
+    } else {
+        args.backend.clone()
+    };
     println!(
-        "backend={} durability={} read of a {}-event stream ({} bytes/response): {} ({:.0} req/s, one connection)",
-        args.backend,
-        args.durability,
+        "store={store} read of a {}-event stream ({} bytes/response): {} ({:.0} req/s, one connection)",
         args.events,
         bytes,
         percentiles(reads),
         args.requests as f64 / total.as_secs_f64()
     );
     println!(
-        "backend={} single-event append: {}",
-        args.backend,
+        "store={store} single-event append: {}",
         percentiles(appends)
     );
     shutdown.cancel();
