@@ -64,6 +64,9 @@ struct RunArgs {
 }
 
 fn main() -> ExitCode {
+    // Feature unification across the workspace can enable two rustls crypto backends (ring and
+    // aws-lc-rs); rustls then refuses to pick one, so choose ring explicitly before any client.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let cli = Cli::parse();
     match cli.command {
         Command::Crdgen { root, check } => crdgen(&root, check),

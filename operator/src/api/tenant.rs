@@ -147,6 +147,9 @@ pub struct TenantStatus {
     /// Usage figures read from the store.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub usage: Option<TenantUsage>,
+    /// Hex SHA-256 digests of the tenant's valid tokens (set by the Tenant controller, copied into the store nodes' registry; never the tokens themselves).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub token_sha256: Vec<String>,
     /// When the token was last rotated.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_rotation: Option<DateTime<Utc>>,

@@ -5,6 +5,7 @@
 //! plus one line in [`run`]. It must never hold kind-specific logic.
 
 pub mod apply;
+pub mod archivepolicy;
 pub mod eventstore;
 
 use std::collections::HashMap;

@@ -30,38 +30,105 @@ pub struct NodeConfig {
     pub peers: Vec<String>,
 }
 
-/// One tenant entry of the registry.
+/// Lifecycle state of a tenant in the registry.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub enum TenantState {
+    /// Serves requests.
+    #[default]
+    Active,
+    /// The node answers 403.
+    Suspended,
+}
+
+/// Per-tenant quotas in the registry; `None` is unlimited.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct RegistryQuotas {
+    /// Appends per second.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub events_per_second: Option<u64>,
+    /// Stored bytes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub storage_bytes: Option<u64>,
+    /// Streams.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_streams: Option<u64>,
+}
+
+/// One tenant entry of the registry (the store node's `TenantEntry`).
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
 pub struct RegistryTenant {
     /// Tenant id.
-    pub tenant_id: String,
-    /// Node (pod name) that owns the tenant's data.
-    pub node: String,
-    /// pooled or siloed.
-    pub placement: String,
-    /// The node rejects appends and reads while true.
+    pub id: String,
+    /// Hex SHA-256 digests of the tenant's valid bearer tokens.
     #[serde(default)]
-    pub suspended: bool,
-    /// Appends per second allowed; unlimited when unset.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub events_per_second: Option<i64>,
-    /// Bytes allowed; unlimited when unset.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub storage_bytes: Option<String>,
-    /// Streams allowed; unlimited when unset.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub max_streams: Option<i64>,
+    pub token_sha256: Vec<String>,
+    /// Active or suspended.
+    #[serde(default)]
+    pub state: TenantState,
+    /// Quotas.
+    #[serde(default)]
+    pub quotas: RegistryQuotas,
+    /// Node (pod name, a key of `nodes`) that owns the tenant's data.
+    pub node: String,
 }
 
-/// The tenant registry every node reads (and re-reads when the mounted file changes).
+/// The tenant registry every node reads and polls for changes (store-node `RegistryFile`, version 1).
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
 pub struct Registry {
-    /// Format version.
+    /// Format version (1).
     pub version: u32,
     /// Tenants sorted by id.
     pub tenants: Vec<RegistryTenant>,
+    /// Node name to base URL, for redirecting misdirected requests.
+    pub nodes: BTreeMap<String, String>,
+}
+
+/// Node name to base URL for `replicas` nodes.
+pub fn node_urls(es: &EventStore, replicas: i32) -> BTreeMap<String, String> {
+    let svc = headless_service_name(es);
+    let ns = es
+        .metadata
+        .namespace
+        .clone()
+        .unwrap_or_else(|| "default".to_string());
+    (0..replicas)
+        .map(|i| {
+            let pod = super::node_name(es, i);
+            let url = format!("http://{pod}.{svc}.{ns}.svc:{HTTP_PORT}");
+            (pod, url)
+        })
+        .collect()
+}
+
+/// Bytes of a Kubernetes quantity such as `10Gi`, `500M` or `1.5Ti` (None when malformed).
+pub fn quantity_bytes(q: &str) -> Option<u64> {
+    let split = q
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(q.len());
+    let (num, suffix) = q.split_at(split);
+    let mult: f64 = match suffix {
+        "" => 1.0,
+        "k" => 1e3,
+        "M" => 1e6,
+        "G" => 1e9,
+        "T" => 1e12,
+        "P" => 1e15,
+        "E" => 1e18,
+        "Ki" => 1024.0,
+        "Mi" => 1024f64.powi(2),
+        "Gi" => 1024f64.powi(3),
+        "Ti" => 1024f64.powi(4),
+        "Pi" => 1024f64.powi(5),
+        "Ei" => 1024f64.powi(6),
+        _ => return None,
+    };
+    let n: f64 = num.parse().ok()?;
+    let bytes = (n * mult).round();
+    (bytes.is_finite() && bytes >= 0.0 && bytes <= u64::MAX as f64).then_some(bytes as u64)
 }
 
 /// Node configuration of an EventStore with `replicas` nodes.
@@ -107,15 +174,54 @@ mod tests {
         let registry = Registry {
             version: 1,
             tenants: vec![RegistryTenant {
-                tenant_id: "acme".into(),
+                id: "acme".into(),
+                token_sha256: vec![
+                    "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08".into(),
+                ],
+                state: TenantState::Active,
+                quotas: RegistryQuotas {
+                    events_per_second: Some(500),
+                    storage_bytes: quantity_bytes("10Gi"),
+                    max_streams: None,
+                },
                 node: "orders-1".into(),
-                placement: "pooled".into(),
-                suspended: false,
-                events_per_second: Some(500),
-                storage_bytes: None,
-                max_streams: None,
             }],
+            nodes: node_urls(&es, 3),
         };
         insta::assert_yaml_snapshot!(build(&es, &node_config(&es, &sh, 3), &registry));
+    }
+
+    #[test]
+    fn quantities() {
+        assert_eq!(quantity_bytes("10Gi"), Some(10 * 1024 * 1024 * 1024));
+        assert_eq!(quantity_bytes("500M"), Some(500_000_000));
+        assert_eq!(quantity_bytes("1.5Ki"), Some(1536));
+        assert_eq!(quantity_bytes("12"), Some(12));
+        assert_eq!(quantity_bytes("3Xi"), None);
+        assert_eq!(quantity_bytes("Gi"), None);
+    }
+
+    #[test]
+    fn registry_parses_with_the_store_nodes_reader() {
+        let es = super::super::fixtures::selfhosted();
+        let registry = Registry {
+            version: 1,
+            tenants: vec![RegistryTenant {
+                id: "acme".into(),
+                token_sha256: vec![],
+                state: TenantState::Suspended,
+                quotas: RegistryQuotas::default(),
+                node: "orders-0".into(),
+            }],
+            nodes: node_urls(&es, 1),
+        };
+        let json = serde_json::to_string(&registry).unwrap();
+        // The exact shape store-node's RegistryFile expects (camelCase keys, lower-case state).
+        assert!(json.contains(r#""tokenSha256":[]"#), "{json}");
+        assert!(json.contains(r#""state":"suspended""#), "{json}");
+        assert!(
+            json.contains(r#""orders-0":"http://orders-0.orders-nodes.shop.svc:8080""#),
+            "{json}"
+        );
     }
 }

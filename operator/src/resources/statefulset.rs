@@ -23,7 +23,7 @@ use super::{
     child_meta, common_labels, config_map_name, headless_service_name, selector_labels,
     CONFIG_MOUNT, DATA_MOUNT, HTTP_PORT,
 };
-use crate::api::eventstore::SelfHostedSpec;
+use crate::api::eventstore::{Durability, SelfHostedSpec};
 use crate::api::{DeletionPolicy, EventStore};
 
 /// Name of the container running the store node.
@@ -98,6 +98,18 @@ fn container(sh: &SelfHostedSpec) -> Container {
     let mut env = vec![
         env_from_field("POD_NAME", "metadata.name"),
         env_from_field("POD_NAMESPACE", "metadata.namespace"),
+        EnvVar {
+            name: "STORE_NODE_DURABILITY".to_string(),
+            value: Some(
+                match sh.durability {
+                    Durability::Fsync => "fsync",
+                    Durability::Interval => "periodic",
+                    Durability::None => "none",
+                }
+                .to_string(),
+            ),
+            ..EnvVar::default()
+        },
         EnvVar {
             name: "ALLSOURCE_NODE_CONFIG".to_string(),
             value: Some(format!("{CONFIG_MOUNT}/node.json")),

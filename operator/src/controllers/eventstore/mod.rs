@@ -28,7 +28,6 @@ use tracing::Instrument;
 use super::apply::apply;
 use super::{error_action, Context, ReconcileError};
 use crate::api::eventstore::{Backend, EventStoreStatus};
-use crate::api::tenant::Placement;
 use crate::api::{
     set_condition, Condition, EventStore, Phase, Tenant, CONDITION_READY, FIELD_MANAGER, FINALIZER,
 };
@@ -217,7 +216,7 @@ async fn apply_store(es: &EventStore, ctx: &Context, ns: &str) -> Result<Action,
 
     // Build (pure).
     let node_cfg = configmap::node_config(es, &sh, plan.replicas);
-    let registry = registry(&tenants, &plan.placement);
+    let registry = registry(es, plan.replicas, &tenants, &plan.placement);
     let sts_desired = statefulset::build(es, &sh, plan.replicas, &hash_of(&node_cfg));
 
     // Apply, skipping no-ops.
@@ -308,8 +307,10 @@ async fn apply_store(es: &EventStore, ctx: &Context, ns: &str) -> Result<Action,
     })
 }
 
-/// The registry written to the ConfigMap: every placed tenant with its quotas.
+/// The registry written to the ConfigMap: every placed tenant with its token digests and quotas.
 fn registry(
+    es: &EventStore,
+    replicas: i32,
     tenants: &[Tenant],
     placement: &std::collections::BTreeMap<String, String>,
 ) -> configmap::Registry {
@@ -318,24 +319,35 @@ fn registry(
         .filter_map(|t| {
             let node = placement.get(&t.spec.tenant_id)?;
             let q = t.spec.quotas.clone().unwrap_or_default();
+            let positive = |v: Option<i64>| v.and_then(|v| u64::try_from(v).ok());
             Some(configmap::RegistryTenant {
-                tenant_id: t.spec.tenant_id.clone(),
+                id: t.spec.tenant_id.clone(),
+                token_sha256: t
+                    .status
+                    .as_ref()
+                    .map(|s| s.token_sha256.clone())
+                    .unwrap_or_default(),
+                state: if t.spec.suspend {
+                    configmap::TenantState::Suspended
+                } else {
+                    configmap::TenantState::Active
+                },
+                quotas: configmap::RegistryQuotas {
+                    events_per_second: positive(q.events_per_second),
+                    storage_bytes: q
+                        .storage_bytes
+                        .as_deref()
+                        .and_then(configmap::quantity_bytes),
+                    max_streams: positive(q.max_streams),
+                },
                 node: node.clone(),
-                placement: match t.spec.placement {
-                    Placement::Pooled => "pooled",
-                    Placement::Siloed => "siloed",
-                }
-                .to_string(),
-                suspended: t.spec.suspend,
-                events_per_second: q.events_per_second,
-                storage_bytes: q.storage_bytes,
-                max_streams: q.max_streams,
             })
         })
         .collect();
-    entries.sort_by(|a, b| a.tenant_id.cmp(&b.tenant_id));
+    entries.sort_by(|a, b| a.id.cmp(&b.id));
     configmap::Registry {
         version: 1,
         tenants: entries,
+        nodes: configmap::node_urls(es, replicas),
     }
 }

@@ -1,0 +1,361 @@
+//! Pure builders of the archiver workloads of an ArchivePolicy: the CronJob (schedule, time zone,
+//! suspend, concurrency policy, history limits) and the run-now Job, both running
+//! `store-node archive` with the EventStore's image. Credentials reach the pod only as Secret
+//! references: the destination's `credentialsSecretRef` through `envFrom` (S3: `AWS_ACCESS_KEY_ID`,
+//! `AWS_SECRET_ACCESS_KEY`; GCS: `GCS_OAUTH_TOKEN`, else the metadata server / Workload Identity)
+//! and the tenants' bearer tokens as a read-only volume (one file per tenant). The archiver writes
+//! a compact JSON report to `/dev/termination-log`, from which the controller reads results, so
+//! the Job needs no API permissions. This module is pure: it must never do I/O.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::batch::v1::{CronJob, CronJobSpec, Job, JobSpec, JobTemplateSpec};
+use k8s_openapi::api::core::v1::{
+    Capabilities, Container, EnvFromSource, PodSecurityContext, PodSpec, PodTemplateSpec,
+    SeccompProfile, SecretEnvSource, SecretVolumeSource, SecurityContext, Volume, VolumeMount,
+};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use kube::{Resource, ResourceExt};
+
+use crate::api::archivepolicy::ConcurrencyPolicy;
+use crate::api::ArchivePolicy;
+
+/// Annotation that triggers a one-off run when its value changes.
+pub const RUN_NOW_ANNOTATION: &str = "allsource.io/run-now";
+/// Where the tenants' token files are mounted.
+pub const TOKENS_DIR: &str = "/var/run/allsource/tokens";
+
+/// What the controller resolved before building (from the EventStore and the Tenants).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ArchiverInputs {
+    /// The EventStore's store-node image.
+    pub image: String,
+    /// Where the archiver reads events (`http://<service>:<port>` of the store nodes).
+    pub source: String,
+    /// Tenant ids selected by the policy, sorted.
+    pub tenants: Vec<String>,
+    /// Secret holding one key per tenant id with its bearer token.
+    pub tokens_secret: String,
+}
+
+/// Name of the CronJob of a policy.
+pub fn cron_job_name(p: &ArchivePolicy) -> String {
+    format!("{}-archive", p.name_any())
+}
+
+fn labels(p: &ArchivePolicy) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        ("app.kubernetes.io/name".into(), "allsource".into()),
+        (
+            "app.kubernetes.io/instance".into(),
+            p.spec.event_store_ref.name.clone(),
+        ),
+        ("app.kubernetes.io/component".into(), "archiver".into()),
+        (
+            "app.kubernetes.io/managed-by".into(),
+            "allsource-operator".into(),
+        ),
+        ("app.kubernetes.io/part-of".into(), "allsource".into()),
+        ("allsource.io/archive-policy".into(), p.name_any()),
+    ])
+}
+
+fn meta(p: &ArchivePolicy, name: String) -> ObjectMeta {
+    ObjectMeta {
+        name: Some(name),
+        namespace: p.namespace(),
+        labels: Some(labels(p)),
+        owner_references: p.controller_owner_ref(&()).map(|o| vec![o]),
+        ..ObjectMeta::default()
+    }
+}
+
+/// The destination URL (`s3://bucket/prefix` or `gs://bucket/prefix`).
+pub fn destination_url(p: &ArchivePolicy) -> Option<String> {
+    let join = |scheme: &str, bucket: &str, prefix: &str| {
+        let prefix = prefix.trim_matches('/');
+        if prefix.is_empty() {
+            format!("{scheme}://{bucket}")
+        } else {
+            format!("{scheme}://{bucket}/{prefix}")
+        }
+    };
+    let d = &p.spec.destination;
+    match (&d.s3, &d.gcs) {
+        (Some(s3), None) => Some(join("s3", &s3.bucket, &s3.prefix)),
+        (None, Some(g)) => Some(join("gs", &g.bucket, &g.prefix)),
+        _ => None,
+    }
+}
+
+/// Command-line arguments of `store-node archive` for a policy.
+pub fn archiver_args(p: &ArchivePolicy, inp: &ArchiverInputs) -> Vec<String> {
+    let mut args: Vec<String> = vec![
+        "archive".into(),
+        "--source".into(),
+        inp.source.clone(),
+        "--tenant".into(),
+        inp.tenants.join(","),
+        "--destination".into(),
+        destination_url(p).unwrap_or_default(),
+        "--hot-retention".into(),
+        p.spec.hot_retention.clone(),
+        "--tokens-dir".into(),
+        TOKENS_DIR.into(),
+        "--report-file".into(),
+        "/dev/termination-log".into(),
+    ];
+    let d = &p.spec.destination;
+    if let Some(s3) = &d.s3 {
+        if let Some(ep) = &s3.endpoint {
+            args.extend(["--endpoint".into(), ep.clone()]);
+        }
+        if let Some(r) = &s3.region {
+            args.extend(["--region".into(), r.clone()]);
+        }
+        if s3.force_path_style {
+            args.push("--force-path-style".into());
+        }
+    }
+    if let Some(g) = &d.gcs {
+        if let Some(ep) = &g.endpoint {
+            args.extend(["--endpoint".into(), ep.clone()]);
+        }
+        let auth = if g.credentials_secret_ref.is_some() {
+            "token"
+        } else {
+            "metadata"
+        };
+        args.extend(["--gcs-auth".into(), auth.into()]);
+    }
+    args
+}
+
+fn pod_template(p: &ArchivePolicy, inp: &ArchiverInputs) -> PodTemplateSpec {
+    let d = &p.spec.destination;
+    let creds =
+        d.s3.as_ref()
+            .and_then(|s| s.credentials_secret_ref.as_ref())
+            .or_else(|| {
+                d.gcs
+                    .as_ref()
+                    .and_then(|g| g.credentials_secret_ref.as_ref())
+            });
+    let container = Container {
+        name: "archiver".into(),
+        image: Some(inp.image.clone()),
+        args: Some(archiver_args(p, inp)),
+        env_from: creds.map(|s| {
+            vec![EnvFromSource {
+                secret_ref: Some(SecretEnvSource {
+                    name: s.name.clone(),
+                    optional: Some(false),
+                }),
+                ..EnvFromSource::default()
+            }]
+        }),
+        volume_mounts: Some(vec![VolumeMount {
+            name: "tenant-tokens".into(),
+            mount_path: TOKENS_DIR.into(),
+            read_only: Some(true),
+            ..VolumeMount::default()
+        }]),
+        termination_message_policy: Some("File".into()),
+        security_context: Some(SecurityContext {
+            allow_privilege_escalation: Some(false),
+            read_only_root_filesystem: Some(true),
+            run_as_non_root: Some(true),
+            capabilities: Some(Capabilities {
+                drop: Some(vec!["ALL".into()]),
+                ..Capabilities::default()
+            }),
+            ..SecurityContext::default()
+        }),
+        ..Container::default()
+    };
+    PodTemplateSpec {
+        metadata: Some(ObjectMeta {
+            labels: Some(labels(p)),
+            ..ObjectMeta::default()
+        }),
+        spec: Some(PodSpec {
+            restart_policy: Some("Never".into()),
+            automount_service_account_token: Some(false),
+            containers: vec![container],
+            volumes: Some(vec![Volume {
+                name: "tenant-tokens".into(),
+                secret: Some(SecretVolumeSource {
+                    secret_name: Some(inp.tokens_secret.clone()),
+                    default_mode: Some(0o440),
+                    ..SecretVolumeSource::default()
+                }),
+                ..Volume::default()
+            }]),
+            security_context: Some(PodSecurityContext {
+                run_as_non_root: Some(true),
+                run_as_user: Some(65_532),
+                seccomp_profile: Some(SeccompProfile {
+                    type_: "RuntimeDefault".into(),
+                    ..SeccompProfile::default()
+                }),
+                ..PodSecurityContext::default()
+            }),
+            ..PodSpec::default()
+        }),
+    }
+}
+
+fn job_spec(p: &ArchivePolicy, inp: &ArchiverInputs) -> JobSpec {
+    JobSpec {
+        // Reruns are safe (the archiver is idempotent), but a broken destination should not loop.
+        backoff_limit: Some(2),
+        ttl_seconds_after_finished: Some(7 * 24 * 3600),
+        template: pod_template(p, inp),
+        ..JobSpec::default()
+    }
+}
+
+/// The CronJob of a policy.
+pub fn cron_job(p: &ArchivePolicy, inp: &ArchiverInputs) -> CronJob {
+    let s = &p.spec;
+    CronJob {
+        metadata: meta(p, cron_job_name(p)),
+        spec: Some(CronJobSpec {
+            schedule: s.schedule.clone(),
+            time_zone: Some(s.time_zone.clone()),
+            suspend: Some(s.suspend),
+            concurrency_policy: Some(
+                match s.concurrency_policy {
+                    ConcurrencyPolicy::Forbid => "Forbid",
+                    ConcurrencyPolicy::Replace => "Replace",
+                }
+                .into(),
+            ),
+            successful_jobs_history_limit: Some(s.successful_runs_history_limit),
+            failed_jobs_history_limit: Some(s.failed_runs_history_limit),
+            starting_deadline_seconds: Some(3600),
+            job_template: JobTemplateSpec {
+                metadata: Some(ObjectMeta {
+                    labels: Some(labels(p)),
+                    ..ObjectMeta::default()
+                }),
+                spec: Some(job_spec(p, inp)),
+            },
+        }),
+        status: None,
+    }
+}
+
+/// The one-off Job for a run-now annotation value (the name is derived from it, so applying the
+/// same value twice is a no-op).
+pub fn run_now_job(p: &ArchivePolicy, inp: &ArchiverInputs, value: &str) -> Job {
+    let digest: u32 = value.bytes().fold(2_166_136_261u32, |h, b| {
+        (h ^ u32::from(b)).wrapping_mul(16_777_619)
+    });
+    Job {
+        metadata: meta(p, format!("{}-now-{digest:08x}", cron_job_name(p))),
+        spec: Some(job_spec(p, inp)),
+        status: None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::archivepolicy::{ArchivePolicySpec, Destination, GcsDestination};
+
+    fn policy() -> ArchivePolicy {
+        let spec: ArchivePolicySpec = serde_json::from_value(serde_json::json!({
+            "eventStoreRef": {"name": "orders"},
+            "schedule": "30 2 * * *",
+            "timeZone": "Europe/Berlin",
+            "hotRetention": "720h",
+            "destination": {"s3": {"bucket": "acme-archive", "prefix": "/es/orders/",
+                "endpoint": "http://minio:9000", "forcePathStyle": true,
+                "credentialsSecretRef": {"name": "archive-creds"}}},
+        }))
+        .unwrap();
+        let mut p = ArchivePolicy::new("nightly", spec);
+        p.metadata.namespace = Some("team-a".into());
+        p.metadata.uid = Some("uid-1".into());
+        p
+    }
+
+    fn inputs() -> ArchiverInputs {
+        ArchiverInputs {
+            image: "ghcr.io/allsource/store-node:0.1.0".into(),
+            source: "http://orders:8080".into(),
+            tenants: vec!["acme".into(), "globex".into()],
+            tokens_secret: "nightly-archive-tokens".into(),
+        }
+    }
+
+    #[test]
+    fn cron_job_carries_schedule_zone_and_policy() {
+        let cj = cron_job(&policy(), &inputs());
+        assert_eq!(cj.metadata.name.as_deref(), Some("nightly-archive"));
+        assert_eq!(cj.metadata.namespace.as_deref(), Some("team-a"));
+        assert_eq!(
+            cj.metadata.owner_references.as_ref().unwrap()[0].kind,
+            "ArchivePolicy"
+        );
+        let s = cj.spec.unwrap();
+        assert_eq!(s.schedule, "30 2 * * *");
+        assert_eq!(s.time_zone.as_deref(), Some("Europe/Berlin"));
+        assert_eq!(s.suspend, Some(false));
+        assert_eq!(s.concurrency_policy.as_deref(), Some("Forbid"));
+        assert_eq!(s.successful_jobs_history_limit, Some(3));
+        assert_eq!(s.failed_jobs_history_limit, Some(1));
+        let pod = s.job_template.spec.unwrap().template.spec.unwrap();
+        let c = &pod.containers[0];
+        assert_eq!(
+            c.args.clone().unwrap().join(" "),
+            "archive --source http://orders:8080 --tenant acme,globex \
+             --destination s3://acme-archive/es/orders --hot-retention 720h \
+             --tokens-dir /var/run/allsource/tokens --report-file /dev/termination-log \
+             --endpoint http://minio:9000 --force-path-style"
+        );
+        assert_eq!(
+            c.env_from.as_ref().unwrap()[0]
+                .secret_ref
+                .as_ref()
+                .unwrap()
+                .name,
+            "archive-creds"
+        );
+        assert_eq!(pod.automount_service_account_token, Some(false));
+        assert_eq!(pod.restart_policy.as_deref(), Some("Never"));
+    }
+
+    #[test]
+    fn suspend_and_gcs_propagate() {
+        let mut p = policy();
+        p.spec.suspend = true;
+        p.spec.concurrency_policy = ConcurrencyPolicy::Replace;
+        p.spec.destination = Destination {
+            s3: None,
+            gcs: Some(GcsDestination {
+                bucket: "acme-gcs".into(),
+                prefix: String::new(),
+                endpoint: None,
+                credentials_secret_ref: None,
+            }),
+        };
+        let s = cron_job(&p, &inputs()).spec.unwrap();
+        assert_eq!(s.suspend, Some(true));
+        assert_eq!(s.concurrency_policy.as_deref(), Some("Replace"));
+        let args = archiver_args(&p, &inputs()).join(" ");
+        assert!(args.contains("--destination gs://acme-gcs "), "{args}");
+        assert!(args.ends_with("--gcs-auth metadata"), "{args}");
+    }
+
+    #[test]
+    fn run_now_job_name_is_stable_per_value() {
+        let a = run_now_job(&policy(), &inputs(), "2026-11-24T14:00");
+        let b = run_now_job(&policy(), &inputs(), "2026-11-24T14:00");
+        let c = run_now_job(&policy(), &inputs(), "again");
+        assert_eq!(a.metadata.name, b.metadata.name);
+        assert_ne!(a.metadata.name, c.metadata.name);
+        assert!(a.metadata.name.unwrap().starts_with("nightly-archive-now-"));
+    }
+}

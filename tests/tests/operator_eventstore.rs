@@ -1,0 +1,464 @@
+//! The EventStore controller against the env's real control plane (kube-apiserver,
+//! kube-controller-manager, kube-scheduler, kwok nodes), one namespace per test, the operator's
+//! controllers running in-process: create -> Ready, scale through the scale subresource, image
+//! roll (Progressing then Ready), refused scale-down of a node that owns tenants, finalizer
+//! cleanup for both deletion policies, restart mid-reconcile, and zero writes on a no-op
+//! reconcile. Set ALLSOURCE_OPERATOR_SCALE=<n> to also run the opt-in scale test with n stores.
+
+mod operator_support;
+
+use std::time::{Duration, Instant};
+
+use allsource_operator::api::eventstore::EventStoreStatus;
+use allsource_operator::api::{EventStore, Phase, Tenant, FINALIZER};
+use k8s_openapi::api::apps::v1::StatefulSet;
+use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Service};
+use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
+use kube::{Client, ResourceExt};
+use operator_support::{create_volumes, delete_volumes, install_crds, wait_for, Operator};
+
+const IMAGE_A: &str = "ghcr.io/allsource/store-node:0.1.0";
+const IMAGE_B: &str = "ghcr.io/allsource/store-node:0.1.1";
+const DEADLINE: Duration = Duration::from_secs(90);
+
+fn store(name: &str, replicas: i32, deletion_policy: &str) -> EventStore {
+    serde_json::from_value(serde_json::json!({
+        "apiVersion": "allsource.io/v1alpha1",
+        "kind": "EventStore",
+        "metadata": {"name": name},
+        "spec": {
+            "backend": "selfHosted",
+            "selfHosted": {"replicas": replicas, "image": IMAGE_A, "storage": {"size": "1Gi"}},
+            "deletionPolicy": deletion_policy,
+        }
+    }))
+    .unwrap()
+}
+
+fn tenant(name: &str, store: &str) -> Tenant {
+    serde_json::from_value(serde_json::json!({
+        "apiVersion": "allsource.io/v1alpha1",
+        "kind": "Tenant",
+        "metadata": {"name": name},
+        "spec": {"eventStoreRef": {"name": store}, "tenantId": name, "quotas": {"storageBytes": "1Gi"}},
+    }))
+    .unwrap()
+}
+
+/// Waits until the store's status satisfies `pred` and returns it.
+async fn wait_status(
+    api: &Api<EventStore>,
+    name: &str,
+    what: &str,
+    pred: impl Fn(&EventStore, &EventStoreStatus) -> bool,
+) -> EventStoreStatus {
+    wait_for(what, DEADLINE, || {
+        let api = api.clone();
+        let name = name.to_string();
+        let pred = &pred;
+        async move {
+            let es = api.get(&name).await.ok()?;
+            let st = es.status.clone()?;
+            pred(&es, &st).then_some(st)
+        }
+    })
+    .await
+}
+
+fn is_ready(es: &EventStore, st: &EventStoreStatus, replicas: i32) -> bool {
+    st.phase == Some(Phase::Ready)
+        && st.ready_replicas == Some(replicas)
+        && st.observed_generation == es.metadata.generation
+}
+
+fn condition(st: &EventStoreStatus, type_: &str) -> Option<(bool, String)> {
+    st.conditions
+        .iter()
+        .find(|c| c.type_ == type_)
+        .map(|c| (c.is_true(), c.reason.clone()))
+}
+
+async fn setup(prefix: &str) -> Option<(allsource_tests::env::TestNamespace, Client)> {
+    let env = allsource_tests::env::require("kube")?;
+    let ns = env.test_namespace(prefix).await.unwrap();
+    let client = ns.client().clone();
+    install_crds(&client).await;
+    Some((ns, client))
+}
+
+#[tokio::test]
+async fn create_ready_scale_and_roll_image() {
+    let Some((ns, client)) = setup("es-lifecycle").await else {
+        return;
+    };
+    let n = ns.name().to_string();
+    let pvs = create_volumes(&client, &n, "orders", 3).await;
+    let op = Operator::start(&client, &n);
+    let es: Api<EventStore> = Api::namespaced(client.clone(), &n);
+
+    let t0 = Instant::now();
+    es.create(&PostParams::default(), &store("orders", 2, "Retain"))
+        .await
+        .unwrap();
+    let st = wait_status(&es, "orders", "orders Ready 2/2", |e, s| is_ready(e, s, 2)).await;
+    println!("apply -> Ready (2 kwok pods): {:?}", t0.elapsed());
+    assert_eq!(st.ready_text.as_deref(), Some("2/2"));
+    assert_eq!(
+        st.endpoint.as_ref().unwrap().url,
+        format!("http://orders.{n}.svc:8080")
+    );
+    assert_eq!(st.image.as_deref(), Some(IMAGE_A));
+    assert_eq!(
+        condition(&st, "Degraded"),
+        Some((false, "AsExpected".into()))
+    );
+    let live = es.get("orders").await.unwrap();
+    assert!(live.finalizers().iter().any(|f| f == FINALIZER));
+
+    // Children exist, carry an owner reference, and the headless Service is headless.
+    let sts: Api<StatefulSet> = Api::namespaced(client.clone(), &n);
+    let set = sts.get("orders").await.unwrap();
+    assert_eq!(set.owner_references()[0].uid, live.uid().unwrap());
+    let svc: Api<Service> = Api::namespaced(client.clone(), &n);
+    assert_eq!(
+        svc.get("orders-nodes")
+            .await
+            .unwrap()
+            .spec
+            .unwrap()
+            .cluster_ip
+            .as_deref(),
+        Some("None")
+    );
+    let cm: Api<ConfigMap> = Api::namespaced(client.clone(), &n);
+    assert!(cm
+        .get("orders-config")
+        .await
+        .unwrap()
+        .data
+        .unwrap()
+        .contains_key("registry.json"));
+
+    // Scale up through the scale subresource (what `kubectl scale` and an HPA use).
+    es.patch_scale(
+        "orders",
+        &PatchParams::default(),
+        &Patch::Merge(serde_json::json!({"spec": {"replicas": 3}})),
+    )
+    .await
+    .unwrap();
+    let st = wait_status(&es, "orders", "orders Ready 3/3", |e, s| is_ready(e, s, 3)).await;
+    assert_eq!(st.replicas, Some(3));
+    let scale = es.get_scale("orders").await.unwrap();
+    assert_eq!(scale.status.unwrap().replicas, 3);
+
+    // Image change: the StatefulSet template changes, status goes Progressing, then Ready on the new image.
+    let gen_before = es.get("orders").await.unwrap().metadata.generation;
+    es.patch(
+        "orders",
+        &PatchParams::default(),
+        &Patch::Merge(serde_json::json!({"spec": {"selfHosted": {"image": IMAGE_B}}})),
+    )
+    .await
+    .unwrap();
+    let st = wait_for("rolled to image B", DEADLINE, || {
+        let es = es.clone();
+        async move {
+            let e = es.get("orders").await.ok()?;
+            let s = e.status.clone()?;
+            (e.metadata.generation != gen_before
+                && is_ready(&e, &s, 3)
+                && s.image.as_deref() == Some(IMAGE_B))
+            .then_some(s)
+        }
+    })
+    .await;
+    let set = sts.get("orders").await.unwrap();
+    let image = set.spec.unwrap().template.spec.unwrap().containers[0]
+        .image
+        .clone();
+    assert_eq!(image.as_deref(), Some(IMAGE_B));
+    let sst = set.status.unwrap();
+    assert_eq!(sst.current_revision, sst.update_revision);
+    assert_eq!(condition(&st, "Progressing").map(|c| c.0), Some(false));
+    // The operator saw the roll in flight (Progressing=True) and said so in an Event.
+    let events: Api<k8s_openapi::api::events::v1::Event> = Api::namespaced(client.clone(), &n);
+    let rolled = events
+        .list(&Default::default())
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .any(|e| {
+            e.reason.as_deref() == Some("RollingUpdate")
+                && e.note.as_deref().is_some_and(|m| m.contains(IMAGE_B))
+        });
+    assert!(rolled, "no RollingUpdate event for the image change");
+
+    op.stop().await;
+    ns.cleanup().await.unwrap();
+    delete_volumes(&client, &pvs).await;
+}
+
+#[tokio::test]
+async fn scale_down_of_nodes_owning_tenants_is_refused_until_they_leave() {
+    let Some((ns, client)) = setup("es-scaledown").await else {
+        return;
+    };
+    let n = ns.name().to_string();
+    let pvs = create_volumes(&client, &n, "ledger", 3).await;
+    let op = Operator::start(&client, &n);
+    let es: Api<EventStore> = Api::namespaced(client.clone(), &n);
+    let tn: Api<Tenant> = Api::namespaced(client.clone(), &n);
+    es.create(&PostParams::default(), &store("ledger", 3, "Retain"))
+        .await
+        .unwrap();
+    for t in ["a", "b", "c"] {
+        tn.create(&PostParams::default(), &tenant(t, "ledger"))
+            .await
+            .unwrap();
+    }
+    let st = wait_status(&es, "ledger", "3 tenants placed", |e, s| {
+        is_ready(e, s, 3) && s.placement.len() == 3
+    })
+    .await;
+    assert_eq!(st.placement["a"], "ledger-0");
+    assert_eq!(st.placement["b"], "ledger-1");
+    assert_eq!(st.placement["c"], "ledger-2");
+    // The registry the nodes read has the same placement, in the store node's format.
+    let cm: Api<ConfigMap> = Api::namespaced(client.clone(), &n);
+    let reg = cm.get("ledger-config").await.unwrap().data.unwrap()["registry.json"].clone();
+    let reg: serde_json::Value = serde_json::from_str(&reg).unwrap();
+    assert_eq!(reg["tenants"][2]["id"], "c");
+    assert_eq!(reg["tenants"][2]["node"], "ledger-2");
+    assert_eq!(reg["tenants"][2]["quotas"]["storageBytes"], 1u64 << 30);
+    assert!(reg["nodes"]["ledger-2"]
+        .as_str()
+        .unwrap()
+        .starts_with("http://ledger-2.ledger-nodes."));
+
+    es.patch_scale(
+        "ledger",
+        &PatchParams::default(),
+        &Patch::Merge(serde_json::json!({"spec": {"replicas": 1}})),
+    )
+    .await
+    .unwrap();
+    let st = wait_status(&es, "ledger", "ScaleDownRefused", |_, s| {
+        condition(s, "Degraded") == Some((true, "ScaleDownRefused".into()))
+    })
+    .await;
+    assert_eq!(st.phase, Some(Phase::Degraded));
+    let msg = st
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Degraded")
+        .unwrap()
+        .message
+        .clone();
+    assert!(
+        msg.contains("ledger-1 owns b") && msg.contains("ledger-2 owns c"),
+        "{msg}"
+    );
+    let sts: Api<StatefulSet> = Api::namespaced(client.clone(), &n);
+    assert_eq!(
+        sts.get("ledger").await.unwrap().spec.unwrap().replicas,
+        Some(3)
+    );
+
+    // Tenant c leaves: the store may shrink to 2 but not to 1 (b is still on ledger-1).
+    tn.delete("c", &DeleteParams::default()).await.unwrap();
+    wait_for("StatefulSet at 2", DEADLINE, || {
+        let sts = sts.clone();
+        async move { (sts.get("ledger").await.ok()?.spec?.replicas == Some(2)).then_some(()) }
+    })
+    .await;
+    tn.delete("b", &DeleteParams::default()).await.unwrap();
+    let st = wait_status(&es, "ledger", "scaled to 1", |e, s| is_ready(e, s, 1)).await;
+    assert_eq!(
+        condition(&st, "Degraded"),
+        Some((false, "AsExpected".into()))
+    );
+    assert_eq!(st.placement.len(), 1);
+
+    op.stop().await;
+    ns.cleanup().await.unwrap();
+    delete_volumes(&client, &pvs).await;
+}
+
+async fn delete_and_check_volumes(policy: &str) -> Option<(bool, bool)> {
+    let (ns, client) = setup(&format!("es-del-{}", policy.to_lowercase())).await?;
+    let n = ns.name().to_string();
+    let pvs = create_volumes(&client, &n, "tmp", 2).await;
+    let op = Operator::start(&client, &n);
+    let es: Api<EventStore> = Api::namespaced(client.clone(), &n);
+    es.create(&PostParams::default(), &store("tmp", 2, policy))
+        .await
+        .unwrap();
+    wait_status(&es, "tmp", "Ready", |e, s| is_ready(e, s, 2)).await;
+    let pvc: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), &n);
+    assert_eq!(pvc.list(&Default::default()).await.unwrap().items.len(), 2);
+    es.delete("tmp", &DeleteParams::default()).await.unwrap();
+    wait_for("EventStore gone (finalizer removed)", DEADLINE, || {
+        let es = es.clone();
+        async move { es.get_opt("tmp").await.ok()?.is_none().then_some(()) }
+    })
+    .await;
+    let claims = pvc.list(&Default::default()).await.unwrap().items;
+    let kept = claims.len() == 2
+        && claims
+            .iter()
+            .all(|c| c.metadata.deletion_timestamp.is_none());
+    let deleting = claims
+        .iter()
+        .all(|c| c.metadata.deletion_timestamp.is_some());
+    op.stop().await;
+    ns.cleanup().await.unwrap();
+    delete_volumes(&client, &pvs).await;
+    Some((kept, deleting))
+}
+
+#[tokio::test]
+async fn delete_with_retain_keeps_volumes() {
+    let Some((kept, _)) = delete_and_check_volumes("Retain").await else {
+        return;
+    };
+    assert!(kept, "Retain must keep both PVCs");
+}
+
+#[tokio::test]
+async fn delete_with_delete_removes_volumes() {
+    let Some((kept, deleting)) = delete_and_check_volumes("Delete").await else {
+        return;
+    };
+    assert!(
+        !kept && deleting,
+        "Delete must delete the PVCs (gone or terminating)"
+    );
+}
+
+#[tokio::test]
+async fn restart_mid_reconcile_converges_and_noop_reconcile_writes_nothing() {
+    let Some((ns, client)) = setup("es-restart").await else {
+        return;
+    };
+    let n = ns.name().to_string();
+    let pvs = create_volumes(&client, &n, "r", 2).await;
+    let es: Api<EventStore> = Api::namespaced(client.clone(), &n);
+    let op = Operator::start(&client, &n);
+    es.create(&PostParams::default(), &store("r", 2, "Retain"))
+        .await
+        .unwrap();
+    // Kill the operator as soon as it has started creating children.
+    let sts: Api<StatefulSet> = Api::namespaced(client.clone(), &n);
+    let cm: Api<ConfigMap> = Api::namespaced(client.clone(), &n);
+    wait_for("first child", DEADLINE, || {
+        let cm = cm.clone();
+        async move { cm.get_opt("r-config").await.ok()?.map(|_| ()) }
+    })
+    .await;
+    op.stop().await;
+    let op = Operator::start(&client, &n);
+    wait_status(&es, "r", "Ready after restart", |e, s| is_ready(e, s, 2)).await;
+    assert!(sts.get_opt("r").await.unwrap().is_some());
+
+    // Steady state: a reconcile with nothing to change sends no write at all.
+    let reconciles = |m: &allsource_operator::telemetry::Metrics| {
+        m.render()
+            .lines()
+            .find(|l| l.starts_with("allsource_operator_reconciles_total{kind=\"EventStore\"}"))
+            .and_then(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    // Let the tail of the rollout settle (status of the StatefulSet stops changing).
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let writes_before = op.metrics.total_writes();
+    let before = reconciles(&op.metrics);
+    // Touch an annotation: a watch event and a reconcile, but nothing to change.
+    es.patch(
+        "r",
+        &PatchParams::default(),
+        &Patch::Merge(serde_json::json!({"metadata": {"annotations": {"example.com/touch": "1"}}})),
+    )
+    .await
+    .unwrap();
+    wait_for("a reconcile after the touch", DEADLINE, || {
+        let m = op.metrics.clone();
+        async move { (reconciles(&m) > before).then_some(()) }
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        op.metrics.total_writes(),
+        writes_before,
+        "no-op reconcile wrote:\n{}",
+        op.metrics.render()
+    );
+
+    op.stop().await;
+    ns.cleanup().await.unwrap();
+    delete_volumes(&client, &pvs).await;
+}
+
+/// Opt-in: ALLSOURCE_OPERATOR_SCALE=100 creates that many one-node EventStores and waits for all to be Ready.
+#[tokio::test]
+async fn many_stores_reach_ready() {
+    let Ok(count) = std::env::var("ALLSOURCE_OPERATOR_SCALE").map(|v| v.parse::<i32>().unwrap())
+    else {
+        println!("many_stores_reach_ready: set ALLSOURCE_OPERATOR_SCALE=<n> to run");
+        return;
+    };
+    let Some((ns, client)) = setup("es-scale").await else {
+        return;
+    };
+    let n = ns.name().to_string();
+    let mut pvs = Vec::new();
+    for i in 0..count {
+        pvs.extend(create_volumes(&client, &n, &format!("s{i}"), 1).await);
+    }
+    let op = Operator::start(&client, &n);
+    let es: Api<EventStore> = Api::namespaced(client.clone(), &n);
+    let t0 = Instant::now();
+    for i in 0..count {
+        es.create(
+            &PostParams::default(),
+            &store(&format!("s{i}"), 1, "Delete"),
+        )
+        .await
+        .unwrap();
+    }
+    let created = t0.elapsed();
+    wait_for("all stores Ready", Duration::from_secs(900), || {
+        let es = es.clone();
+        async move {
+            let list = es.list(&Default::default()).await.ok()?;
+            let ready = list
+                .items
+                .iter()
+                .filter(|e| e.status.as_ref().is_some_and(|s| is_ready(e, s, 1)))
+                .count();
+            (ready == count as usize).then_some(())
+        }
+    })
+    .await;
+    println!(
+        "{count} EventStores: created in {created:?}, all Ready after {:?}",
+        t0.elapsed()
+    );
+    println!(
+        "{}",
+        op.metrics
+            .render()
+            .lines()
+            .filter(
+                |l| l.starts_with("allsource_operator_reconcile_duration_seconds_bucket")
+                    || l.starts_with("allsource_operator_reconcile_duration_seconds_count")
+                    || l.starts_with("allsource_operator_api_writes_total")
+            )
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    op.stop().await;
+    ns.cleanup().await.unwrap();
+    delete_volumes(&client, &pvs).await;
+}
