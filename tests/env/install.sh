@@ -31,6 +31,7 @@ apt_missing() {
   command -v ps >/dev/null || missing+=(procps)
   command -v setsid >/dev/null || missing+=(util-linux)
   python3 -c 'import venv, ensurepip' 2>/dev/null || missing+=(python3-venv)
+  command -v promtool >/dev/null || missing+=(prometheus) # promtool checks the alert rules
   echo "${missing[@]:-}"
 }
 
