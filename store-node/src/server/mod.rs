@@ -350,6 +350,10 @@ mod tests {
     }
 
     fn state(with_store: bool) -> AppState {
+        state_with(with_store, ServerConfig::default())
+    }
+
+    fn state_with(with_store: bool, config: ServerConfig) -> AppState {
         let file = RegistryFile::parse(
             format!(
                 r#"{{"version":1,"tenants":[{{"id":"a","tokenSha256":["{}"]}}]}}"#,
@@ -360,7 +364,7 @@ mod tests {
         .unwrap();
         let st = AppState::new(
             Arc::new(Registry::fixed(&file).unwrap()),
-            ServerConfig::default(),
+            config,
             Arc::new(Metrics::new(10).unwrap()),
             CancellationToken::new(),
         );
@@ -370,7 +374,7 @@ mod tests {
         st
     }
 
-    async fn status(st: AppState, req: Request<Body>) -> StatusCode {
+    async fn status_of(st: AppState, req: Request<Body>) -> StatusCode {
         router(st).oneshot(req).await.unwrap().status()
     }
 
@@ -384,17 +388,17 @@ mod tests {
         };
         let st = state(false);
         assert_eq!(
-            status(st.clone(), get("/readyz")).await,
+            status_of(st.clone(), get("/readyz")).await,
             StatusCode::SERVICE_UNAVAILABLE
         );
-        assert_eq!(status(st.clone(), get("/healthz")).await, StatusCode::OK);
+        assert_eq!(status_of(st.clone(), get("/healthz")).await, StatusCode::OK);
         assert_eq!(
-            status(st.clone(), get("/v1/stats")).await,
+            status_of(st.clone(), get("/v1/stats")).await,
             StatusCode::SERVICE_UNAVAILABLE
         );
         st.set_store(Arc::new(MemoryStore::default()));
-        assert_eq!(status(st.clone(), get("/readyz")).await, StatusCode::OK);
-        assert_eq!(status(st, get("/v1/stats")).await, StatusCode::OK);
+        assert_eq!(status_of(st.clone(), get("/readyz")).await, StatusCode::OK);
+        assert_eq!(status_of(st, get("/v1/stats")).await, StatusCode::OK);
     }
 
     #[tokio::test]
@@ -406,7 +410,7 @@ mod tests {
             .header("content-type", "application/json")
             .body(Body::from(body))
             .unwrap();
-        assert_eq!(status(st.clone(), req).await, StatusCode::CREATED);
+        assert_eq!(status_of(st.clone(), req).await, StatusCode::CREATED);
         let req = Request::get("/v1/streams/s/events")
             .header("authorization", "Bearer t")
             .body(Body::empty())
@@ -417,5 +421,175 @@ mod tests {
             .unwrap();
         let v: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
         assert_eq!(v["events"][0]["data"]["x"], 1);
+    }
+
+    fn get(p: &str) -> Request<Body> {
+        Request::get(p)
+            .header("authorization", "Bearer t")
+            .body(Body::empty())
+            .unwrap()
+    }
+
+    async fn error_of(st: AppState, req: Request<Body>) -> (StatusCode, Option<String>, String) {
+        let resp = router(st).oneshot(req).await.unwrap();
+        let status = resp.status();
+        let retry = resp
+            .headers()
+            .get("retry-after")
+            .map(|v| v.to_str().unwrap().to_string());
+        let bytes = axum::body::to_bytes(resp.into_body(), 1 << 20)
+            .await
+            .unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+        (status, retry, v["code"].as_str().unwrap().to_string())
+    }
+
+    #[tokio::test]
+    async fn full_request_slots_answer_503_not_a_queue() {
+        let st = state_with(
+            true,
+            ServerConfig {
+                max_concurrent_requests: 1,
+                ..ServerConfig::default()
+            },
+        );
+        let held = st.inner.requests.clone().try_acquire_owned().unwrap();
+        let (status, retry, code) = error_of(st.clone(), get("/v1/stats")).await;
+        assert_eq!(
+            (status, retry.as_deref(), code.as_str()),
+            (StatusCode::SERVICE_UNAVAILABLE, Some("1"), "overloaded")
+        );
+        // operational endpoints stay reachable under overload
+        assert_eq!(status_of(st.clone(), get("/readyz")).await, StatusCode::OK);
+        drop(held);
+        assert_eq!(status_of(st, get("/v1/stats")).await, StatusCode::OK);
+    }
+
+    #[tokio::test]
+    async fn subscription_cap_answers_503() {
+        let st = state_with(
+            true,
+            ServerConfig {
+                max_subscriptions: 0,
+                ..ServerConfig::default()
+            },
+        );
+        let (status, _, code) = error_of(st, get("/v1/subscribe")).await;
+        assert_eq!(
+            (status, code.as_str()),
+            (StatusCode::SERVICE_UNAVAILABLE, "too_many_subscriptions")
+        );
+    }
+
+    /// A store whose stats never answer, to exercise the request time limit.
+    struct Stuck(MemoryStore);
+
+    #[async_trait::async_trait]
+    impl EventStore for Stuck {
+        fn capabilities(&self) -> crate::model::Capabilities {
+            self.0.capabilities()
+        }
+        async fn append(
+            &self,
+            t: &crate::TenantId,
+            s: &crate::StreamId,
+            e: crate::ExpectedVersion,
+            ev: Vec<crate::NewEvent>,
+        ) -> crate::StoreResult<crate::AppendResult> {
+            self.0.append(t, s, e, ev).await
+        }
+        async fn read_stream(
+            &self,
+            t: &crate::TenantId,
+            s: &crate::StreamId,
+            f: crate::ReadFrom,
+            d: crate::Direction,
+            l: usize,
+        ) -> crate::StoreResult<Vec<crate::RecordedEvent>> {
+            self.0.read_stream(t, s, f, d, l).await
+        }
+        async fn read_all(
+            &self,
+            t: &crate::TenantId,
+            f: u64,
+            l: usize,
+        ) -> crate::StoreResult<Vec<crate::RecordedEvent>> {
+            self.0.read_all(t, f, l).await
+        }
+        async fn subscribe(
+            &self,
+            t: &crate::TenantId,
+            g: crate::SubscriptionTarget,
+            a: Option<u64>,
+        ) -> crate::StoreResult<crate::EventSubscription> {
+            self.0.subscribe(t, g, a).await
+        }
+        async fn save_snapshot(
+            &self,
+            t: &crate::TenantId,
+            s: crate::Snapshot,
+        ) -> crate::StoreResult<()> {
+            self.0.save_snapshot(t, s).await
+        }
+        async fn load_snapshot(
+            &self,
+            t: &crate::TenantId,
+            s: &crate::StreamId,
+        ) -> crate::StoreResult<Option<crate::Snapshot>> {
+            self.0.load_snapshot(t, s).await
+        }
+        async fn list_streams(
+            &self,
+            t: &crate::TenantId,
+            a: Option<&crate::StreamId>,
+            l: usize,
+        ) -> crate::StoreResult<Vec<crate::StreamInfo>> {
+            self.0.list_streams(t, a, l).await
+        }
+        async fn count_streams(&self, t: &crate::TenantId) -> crate::StoreResult<u64> {
+            self.0.count_streams(t).await
+        }
+        async fn delete_stream(
+            &self,
+            t: &crate::TenantId,
+            s: &crate::StreamId,
+        ) -> crate::StoreResult<()> {
+            self.0.delete_stream(t, s).await
+        }
+        async fn truncate_before(
+            &self,
+            t: &crate::TenantId,
+            s: &crate::StreamId,
+            b: u64,
+        ) -> crate::StoreResult<u64> {
+            self.0.truncate_before(t, s, b).await
+        }
+        async fn trim_tenant_before(&self, t: &crate::TenantId, b: u64) -> crate::StoreResult<u64> {
+            self.0.trim_tenant_before(t, b).await
+        }
+        async fn stats(&self, _: &crate::TenantId) -> crate::StoreResult<crate::TenantStats> {
+            futures::future::pending().await
+        }
+    }
+
+    #[tokio::test]
+    async fn a_request_past_its_time_limit_answers_504() {
+        let st = state_with(
+            false,
+            ServerConfig {
+                request_timeout: Duration::from_millis(50),
+                ..ServerConfig::default()
+            },
+        );
+        st.set_store(Arc::new(Stuck(MemoryStore::default())));
+        let (status, _, code) = error_of(st.clone(), get("/v1/stats")).await;
+        assert_eq!(
+            (status, code.as_str()),
+            (StatusCode::GATEWAY_TIMEOUT, "timeout")
+        );
+        assert_eq!(
+            status_of(st, get("/v1/streams/count")).await,
+            StatusCode::OK
+        );
     }
 }
