@@ -690,3 +690,145 @@ async fn s3_archive_throughput() {
         raw as f64 / 1e6 / secs
     );
 }
+
+/// `store-node archive` against a running `store-node serve` (engine backend) over HTTP with the
+/// tenant's bearer token: events archived exactly once, then trimmed on the node.
+#[tokio::test]
+async fn s3_binary_archives_from_http_store_node() {
+    let Some(env) = require("s3") else { return };
+    let (objects, bucket) = s3_bucket(env).await;
+    let tmp = tempfile::tempdir().unwrap();
+    let token = "acme-secret-token";
+    let registry = serde_json::json!({"version": 1, "tenants": [{"id": "acme",
+        "tokenSha256": [store_node::tenant::sha256_hex(token)], "state": "active"}]});
+    std::fs::write(tmp.path().join("registry.json"), registry.to_string()).unwrap();
+    std::fs::create_dir(tmp.path().join("tokens")).unwrap();
+    std::fs::write(tmp.path().join("tokens/acme"), format!("{token}\n")).unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let base = format!("http://127.0.0.1:{port}");
+    let mut child = std::process::Command::new(binary())
+        .args([
+            "--log-format",
+            "text",
+            "serve",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+        ])
+        .arg("--registry")
+        .arg(tmp.path().join("registry.json"))
+        .arg("--data-dir")
+        .arg(tmp.path().join("data"))
+        .env_remove("POD_NAME")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    struct Kill(std::process::Child);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let http = reqwest::Client::new();
+    for _ in 0..600 {
+        if let Ok(r) = http.get(format!("{base}/readyz")).send().await {
+            if r.status().is_success() {
+                break;
+            }
+        }
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "store-node serve exited"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let _guard = Kill(child);
+    for i in 0..120u64 {
+        let body = serde_json::json!({"events": [{"eventId": uuid::Uuid::new_v4(),
+            "eventType": "OrderPlaced", "data": serde_json::from_slice::<serde_json::Value>(&payload(i)).unwrap(),
+            "metadata": {"n": i.to_string()}}]});
+        let r = http
+            .post(format!("{base}/v1/streams/order-{}/events", i % 3))
+            .bearer_auth(token)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert!(r.status().is_success(), "append: {}", r.status());
+    }
+    let page: serde_json::Value = http
+        .get(format!(
+            "{base}/v1/events?from=0&limit=1000&encoding=base64"
+        ))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(page["events"].as_array().unwrap().len(), 120);
+
+    let url = format!("s3://{bucket}/http");
+    let out = std::process::Command::new(binary())
+        .args([
+            "--log-format",
+            "text",
+            "archive",
+            "--tenant",
+            "acme",
+            "--source",
+            &base,
+        ])
+        .arg("--tokens-dir")
+        .arg(tmp.path().join("tokens"))
+        .args(["--destination", &url, "--hot-retention", "0s"])
+        .args(["--endpoint", env.s3_endpoint(), "--force-path-style"])
+        .env("AWS_ACCESS_KEY_ID", env.s3_access_key())
+        .env("AWS_SECRET_ACCESS_KEY", env.s3_secret_key())
+        .env("AWS_REGION", "us-east-1")
+        .env_remove(archive::archiver::CRASH_ENV)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "archive over HTTP failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let dest = Destination::parse(&url).unwrap();
+    let files = parquet_objects(objects.as_ref(), &dest, &tenant("acme")).await;
+    let mut positions: Vec<u64> = files
+        .iter()
+        .flat_map(|(_, r)| r.iter().map(|x| x.0))
+        .collect();
+    positions.sort_unstable();
+    assert_eq!(positions, (0..120).collect::<Vec<_>>());
+    let archived_payload = &files[0].1[5].2;
+    assert_eq!(
+        serde_json::from_slice::<serde_json::Value>(archived_payload).unwrap(),
+        serde_json::from_slice::<serde_json::Value>(&payload(5)).unwrap()
+    );
+    let m = manifest::load_tenant(objects.as_ref(), &dest, &tenant("acme"))
+        .await
+        .unwrap();
+    assert_eq!(m.watermark, 120);
+    let page: serde_json::Value = http
+        .get(format!("{base}/v1/events?from=0&limit=1000"))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        page["events"].as_array().unwrap().len(),
+        0,
+        "not trimmed on the node"
+    );
+}
