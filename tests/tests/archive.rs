@@ -521,37 +521,7 @@ async fn s3_lifecycle_round_trip_preserves_foreign_rules() {
 // ---------------------------------------------------------------------------------------------
 // The real `store-node archive` binary, killed by the fault hook at each step.
 
-fn binary() -> std::path::PathBuf {
-    use std::path::{Path, PathBuf};
-    static BIN: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
-    BIN.get_or_init(|| {
-        if let Ok(p) = std::env::var("STORE_NODE_BIN") {
-            return PathBuf::from(p);
-        }
-        // <target>/debug/deps/archive-<hash> -> <target>
-        let exe = std::env::current_exe().unwrap();
-        let profile_dir = exe.parent().unwrap().parent().unwrap().to_path_buf();
-        let target_dir = profile_dir.parent().unwrap().to_path_buf();
-        let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("../Cargo.toml");
-        let status =
-            std::process::Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-                .args([
-                    "build",
-                    "-p",
-                    "store-node",
-                    "--bin",
-                    "store-node",
-                    "--manifest-path",
-                ])
-                .arg(&manifest)
-                .env("CARGO_TARGET_DIR", &target_dir)
-                .status()
-                .expect("run cargo build for store-node");
-        assert!(status.success(), "cargo build -p store-node failed");
-        profile_dir.join("store-node")
-    })
-    .clone()
-}
+use allsource_tests::bins::store_node as binary;
 
 fn open_engine(dir: &std::path::Path) -> store_node::engine::Engine {
     store_node::engine::Engine::open(store_node::engine::EngineConfig::new(dir)).unwrap()

@@ -823,3 +823,183 @@ async fn stats(s: Store) -> Result<()> {
     }
     Ok(())
 }
+
+// ---------------------------------------------------------------------------------------------
+// Gateway: the real `store-node gateway` binary over DynamoDB Local, with a hostile tenant.
+// ---------------------------------------------------------------------------------------------
+
+use allsource_tests::bins::store_node as store_node_binary;
+
+struct Gateway {
+    child: std::process::Child,
+    base: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gateway_dynamodb_hostile_tenant() {
+    let Some(env) = allsource_tests::env::require("dynamodb") else {
+        return;
+    };
+    use allsource_tests::env::{AWS_TEST_ACCESS_KEY, AWS_TEST_REGION, AWS_TEST_SECRET_KEY};
+    use reqwest::StatusCode;
+    use serde_json::json;
+    use store_node::tenant::sha256_hex;
+
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
+    let (a, b) = (tenant(), tenant());
+    let (tok_a, tok_b) = (
+        format!("tok-{}", Uuid::new_v4()),
+        format!("tok-{}", Uuid::new_v4()),
+    );
+    let registry = json!({"version": 1, "tenants": [
+        {"id": a.as_str(), "tokenSha256": [sha256_hex(&tok_a)], "state": "active"},
+        {"id": b.as_str(), "tokenSha256": [sha256_hex(&tok_b)], "state": "active"},
+    ]});
+    let reg_path = dir.path().join("registry.json");
+    std::fs::write(&reg_path, registry.to_string()).unwrap_or_else(|e| panic!("{e}"));
+    let port = allsource_tests::bins::free_port();
+    let table = format!("gateway-{}", &Uuid::new_v4().simple().to_string()[..8]);
+    let log =
+        std::fs::File::create(dir.path().join("gateway.log")).unwrap_or_else(|e| panic!("{e}"));
+    let child = std::process::Command::new(store_node_binary())
+        .args([
+            "--log-format",
+            "text",
+            "gateway",
+            "--backend",
+            "dynamodb",
+            "--init",
+        ])
+        .arg("--listen")
+        .arg(format!("127.0.0.1:{port}"))
+        .arg("--registry")
+        .arg(&reg_path)
+        .args([
+            "--dynamodb-table",
+            &table,
+            "--dynamodb-region",
+            AWS_TEST_REGION,
+        ])
+        .args(["--dynamodb-endpoint", env.dynamodb_endpoint()])
+        .args(["--dynamodb-access-key-id", AWS_TEST_ACCESS_KEY])
+        .args(["--dynamodb-secret-access-key", AWS_TEST_SECRET_KEY])
+        .env_remove("POD_NAME")
+        .stdout(std::process::Stdio::null())
+        .stderr(log)
+        .spawn()
+        .unwrap_or_else(|e| panic!("spawn gateway: {e}"));
+    let mut gw = Gateway {
+        child,
+        base: format!("http://127.0.0.1:{port}"),
+        _dir: dir,
+    };
+    let http = reqwest::Client::new();
+    let mut ready = false;
+    for _ in 0..600 {
+        if let Ok(r) = http.get(format!("{}/readyz", gw.base)).send().await {
+            if r.status() == StatusCode::OK {
+                ready = true;
+                break;
+            }
+        }
+        if let Ok(Some(st)) = gw.child.try_wait() {
+            let log =
+                std::fs::read_to_string(gw._dir.path().join("gateway.log")).unwrap_or_default();
+            panic!("gateway exited ({st}):\n{log}");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(ready, "gateway never became ready");
+    let url = |p: &str| format!("{}{p}", gw.base);
+
+    // A writes a secret.
+    let r = http
+        .post(url("/v1/streams/secret-plans/events"))
+        .bearer_auth(&tok_a)
+        .json(&json!({"events": [{"eventId": Uuid::new_v4(), "eventType": "plan", "data": {"secret": "a-only-7f3e"}}]}))
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(r.status().is_success(), "A's append: {}", r.status());
+
+    // B, with its own valid token, tries every way in.
+    let get = |path: String, tok: String| {
+        let http = http.clone();
+        async move {
+            let r = http
+                .get(path)
+                .bearer_auth(tok)
+                .send()
+                .await
+                .unwrap_or_else(|e| panic!("{e}"));
+            let st = r.status();
+            (st, r.text().await.unwrap_or_default())
+        }
+    };
+    let (st, body) = get(url("/v1/streams/secret-plans/events"), tok_b.clone()).await;
+    assert_eq!(st, StatusCode::NOT_FOUND, "B reads A's stream name: {body}");
+    let (st, body) = get(url("/v1/events?from=0&limit=100"), tok_b.clone()).await;
+    assert!(
+        st.is_success() && !body.contains("a-only-7f3e"),
+        "B's read_all: {st} {body}"
+    );
+    let (_, body) = get(url("/v1/streams?limit=100"), tok_b.clone()).await;
+    assert!(!body.contains("secret-plans"), "B lists A's stream: {body}");
+    let (_, body) = get(url("/v1/stats"), tok_b.clone()).await;
+    assert!(body.contains("\"events\":0"), "B's stats count A: {body}");
+    // Forged tenant ids in the query or a path do not switch tenants.
+    let (_, body) = get(
+        url(&format!("/v1/events?from=0&limit=100&tenant={a}")),
+        tok_b.clone(),
+    )
+    .await;
+    assert!(
+        !body.contains("a-only-7f3e"),
+        "tenant query param leaked: {body}"
+    );
+    let (st, _) = get(
+        url(&format!("/v1/streams/{a}%23secret-plans/events")),
+        tok_b.clone(),
+    )
+    .await;
+    assert!(
+        st.is_client_error(),
+        "a key-shaped stream id was accepted: {st}"
+    );
+    // B writing under the same name creates B's own stream; A's stays untouched.
+    let r = http
+        .post(url("/v1/streams/secret-plans/events"))
+        .bearer_auth(&tok_b)
+        .json(&json!({"events": [{"eventId": Uuid::new_v4(), "eventType": "x", "data": 1}]}))
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(r.status().is_success(), "B's append: {}", r.status());
+    let r = http
+        .delete(url("/v1/streams/secret-plans"))
+        .bearer_auth(&tok_b)
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(
+        r.status().is_success(),
+        "B's delete of its own stream: {}",
+        r.status()
+    );
+    let (st, body) = get(url("/v1/streams/secret-plans/events"), tok_a.clone()).await;
+    assert!(
+        st.is_success() && body.contains("a-only-7f3e"),
+        "A's data after B's attempts: {st} {body}"
+    );
+    // No token or a wrong token: 401.
+    let (st, _) = get(url("/v1/streams/secret-plans/events"), "nope".into()).await;
+    assert_eq!(st, StatusCode::UNAUTHORIZED);
+}

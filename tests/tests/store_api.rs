@@ -8,9 +8,8 @@
 //! use (a no-op when `tests/run-tests.sh` built it already); set `STORE_NODE_BIN` to use a
 //! prebuilt one.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
@@ -21,38 +20,7 @@ use store_node::tenant::sha256_hex;
 // ---------------------------------------------------------------------------------------------
 // Harness
 
-fn binary() -> PathBuf {
-    static BIN: OnceLock<PathBuf> = OnceLock::new();
-    BIN.get_or_init(|| {
-        if let Ok(p) = std::env::var("STORE_NODE_BIN") {
-            return PathBuf::from(p);
-        }
-        // <target>/debug/deps/store_api-<hash> -> <target>
-        let exe = std::env::current_exe().unwrap();
-        let profile_dir = exe.parent().unwrap().parent().unwrap().to_path_buf();
-        let target_dir = profile_dir.parent().unwrap().to_path_buf();
-        let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("../Cargo.toml");
-        let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-            // --workspace unifies features as `cargo test --workspace` does, so this reuses its
-            // artifacts instead of rebuilding dependencies with store-node's features alone.
-            .args(["build", "--workspace", "--bins", "--manifest-path"])
-            .arg(&manifest)
-            .env("CARGO_TARGET_DIR", &target_dir)
-            .status()
-            .expect("run cargo build for store-node");
-        assert!(status.success(), "cargo build --workspace --bins failed");
-        profile_dir.join("store-node")
-    })
-    .clone()
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+use allsource_tests::bins::{free_port, store_node as binary};
 
 struct Node {
     child: Option<Child>,

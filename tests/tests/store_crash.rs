@@ -13,7 +13,7 @@
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use reqwest::StatusCode;
@@ -24,51 +24,10 @@ use uuid::Uuid;
 const TOKEN: &str = "t-crash";
 const WRITERS: u64 = 6;
 
-fn binary() -> PathBuf {
-    static BIN: OnceLock<PathBuf> = OnceLock::new();
-    BIN.get_or_init(|| {
-        if let Ok(p) = std::env::var("STORE_NODE_BIN") {
-            return PathBuf::from(p);
-        }
-        build_bin("store-node")
-    })
-    .clone()
-}
+use allsource_tests::bins::{free_port, store_node as binary, workspace_bin};
 
 fn crash_writer() -> PathBuf {
-    static BIN: OnceLock<PathBuf> = OnceLock::new();
-    BIN.get_or_init(|| build_bin("crash-writer")).clone()
-}
-
-/// Builds a binary of the store-node package into this test's target directory.
-fn build_bin(name: &str) -> PathBuf {
-    {
-        // <target>/debug/deps/store_crash-<hash> -> <target>
-        let exe = std::env::current_exe().unwrap();
-        let profile_dir = exe.parent().unwrap().parent().unwrap().to_path_buf();
-        let target_dir = profile_dir.parent().unwrap().to_path_buf();
-        let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("../Cargo.toml");
-        let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-            .args(["build", "-p", "store-node", "--bin", name])
-            .arg("--manifest-path")
-            .arg(&manifest)
-            .env("CARGO_TARGET_DIR", &target_dir)
-            .status()
-            .expect("run cargo build for store-node");
-        assert!(
-            status.success(),
-            "cargo build -p store-node --bin {name} failed"
-        );
-        profile_dir.join(name)
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    workspace_bin("crash-writer")
 }
 
 /// A tiny deterministic generator (no extra dependency); the seed is printed for replays.

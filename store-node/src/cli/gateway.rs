@@ -1,0 +1,127 @@
+//! `store-node gateway`: serves the same HTTP API as `serve` (same router, tenant registry,
+//! bearer tokens, quotas and metrics) over a cloud backend instead of the embedded engine. The
+//! gateway is stateless: any number of replicas can run in front of one database. Tenant
+//! isolation is the server's (the tenant comes from the token) plus the backend's (every key or
+//! row is prefixed by the tenant). This module only turns flags into a backend; it must never
+//! hold event data itself.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Args, ValueEnum};
+use store_node::backend::EventStore;
+use store_node::server;
+use tokio_util::sync::CancellationToken;
+
+use super::common::{cancel_on_signal, HttpArgs};
+
+/// Which cloud backend the gateway serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum GatewayBackend {
+    /// PostgreSQL (`--pg-url`, `--pg-schema`).
+    Postgres,
+    /// DynamoDB (`--dynamodb-table`, `--dynamodb-region`, optional endpoint and keys).
+    Dynamodb,
+}
+
+/// Flags of `store-node gateway`.
+#[derive(Debug, Clone, Args)]
+pub struct GatewayArgs {
+    /// HTTP flags.
+    #[command(flatten)]
+    pub http: HttpArgs,
+    /// Backend to serve.
+    #[arg(long, env = "STORE_NODE_GATEWAY_BACKEND", value_enum)]
+    pub backend: GatewayBackend,
+    /// Create missing tables/schemas at start (otherwise the operator provisions them).
+    #[arg(long, env = "STORE_NODE_GATEWAY_INIT", default_value_t = false)]
+    pub init: bool,
+    /// Subscription poll interval in milliseconds.
+    #[arg(long, env = "STORE_NODE_GATEWAY_POLL_MS", default_value_t = 100)]
+    pub poll_ms: u64,
+    /// PostgreSQL connection URL.
+    #[arg(long, env = "STORE_NODE_PG_URL")]
+    pub pg_url: Option<String>,
+    /// PostgreSQL schema of the pooled tenants.
+    #[arg(long, env = "STORE_NODE_PG_SCHEMA", default_value = "allsource")]
+    pub pg_schema: String,
+    /// PostgreSQL pool size.
+    #[arg(long, env = "STORE_NODE_PG_POOL_SIZE", default_value_t = 16)]
+    pub pg_pool_size: usize,
+    /// DynamoDB table.
+    #[arg(long, env = "STORE_NODE_DYNAMODB_TABLE", default_value = "allsource")]
+    pub dynamodb_table: String,
+    /// DynamoDB region.
+    #[arg(long, env = "AWS_REGION", default_value = "us-east-1")]
+    pub dynamodb_region: String,
+    /// DynamoDB endpoint override (e.g. DynamoDB Local).
+    #[arg(long, env = "STORE_NODE_DYNAMODB_ENDPOINT")]
+    pub dynamodb_endpoint: Option<String>,
+    /// Static access key id (otherwise the default AWS credential chain).
+    #[arg(long, env = "STORE_NODE_DYNAMODB_ACCESS_KEY_ID")]
+    pub dynamodb_access_key_id: Option<String>,
+    /// Static secret access key.
+    #[arg(
+        long,
+        env = "STORE_NODE_DYNAMODB_SECRET_ACCESS_KEY",
+        hide_env_values = true
+    )]
+    pub dynamodb_secret_access_key: Option<String>,
+}
+
+/// Builds the backend the flags describe.
+pub async fn open_backend(args: &GatewayArgs) -> anyhow::Result<Arc<dyn EventStore>> {
+    let poll = Duration::from_millis(args.poll_ms.max(10));
+    match args.backend {
+        GatewayBackend::Postgres => {
+            use store_node::backend::postgres::{PostgresConfig, PostgresStore};
+            let url = args
+                .pg_url
+                .clone()
+                .context("--pg-url is required for --backend postgres")?;
+            let mut cfg = PostgresConfig::new(url, args.pg_schema.clone());
+            cfg.pool_size = args.pg_pool_size;
+            cfg.poll_interval = poll;
+            let store = PostgresStore::connect(cfg)?;
+            if args.init {
+                store.init_schema().await.context("creating the schema")?;
+            }
+            Ok(Arc::new(store))
+        }
+        GatewayBackend::Dynamodb => {
+            use store_node::backend::dynamodb::{DynamoConfig, DynamoStore, StaticCredentials};
+            let mut cfg =
+                DynamoConfig::new(args.dynamodb_table.clone(), args.dynamodb_region.clone());
+            cfg.endpoint = args.dynamodb_endpoint.clone();
+            cfg.poll_interval = poll;
+            if let (Some(k), Some(s)) = (
+                &args.dynamodb_access_key_id,
+                &args.dynamodb_secret_access_key,
+            ) {
+                cfg.credentials = Some(StaticCredentials {
+                    access_key_id: k.clone(),
+                    secret_access_key: s.clone(),
+                });
+            }
+            let store = DynamoStore::connect(cfg).await?;
+            if args.init {
+                store.ensure_table().await.context("creating the table")?;
+            }
+            Ok(Arc::new(store))
+        }
+    }
+}
+
+/// Runs the gateway until SIGTERM/SIGINT.
+pub async fn run(args: GatewayArgs) -> anyhow::Result<()> {
+    let registry = args.http.load_registry()?;
+    let config = args.http.server_config();
+    let store = open_backend(&args).await?;
+    tracing::info!(backend = ?args.backend, "gateway backend ready");
+    let shutdown = CancellationToken::new();
+    cancel_on_signal(shutdown.clone());
+    server::serve(store, registry, config, shutdown)
+        .await
+        .map_err(Into::into)
+}
