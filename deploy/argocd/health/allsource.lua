@@ -1,7 +1,9 @@
--- Argo CD health check for allsource.io/ArchivePolicy (resource.customizations.health.allsource.io_ArchivePolicy).
+-- Argo CD health check for the allsource.io kinds EventStore, Tenant and ArchivePolicy: the same
+-- script is the value of resource.customizations.health.allsource.io_<Kind> for each kind.
 -- Suspended when spec.suspend; Progressing until the operator has observed the current generation;
 -- then Degraded / Healthy / Progressing from the Degraded, Ready and Progressing conditions.
 local hs = {}
+local kind = obj.kind or "resource"
 
 local function condition(status, ctype)
   if status == nil or status.conditions == nil then
@@ -27,7 +29,10 @@ end
 
 if obj.spec ~= nil and obj.spec.suspend == true then
   hs.status = "Suspended"
-  hs.message = "ArchivePolicy is suspended (spec.suspend: true): no archival runs"
+  hs.message = kind .. " is suspended (spec.suspend: true)"
+  if kind == "ArchivePolicy" then
+    hs.message = hs.message .. ": no archival runs"
+  end
   return hs
 end
 
@@ -35,7 +40,7 @@ local status = obj.status
 local generation = obj.metadata.generation
 if status == nil then
   hs.status = "Progressing"
-  hs.message = "Waiting for the operator to observe the ArchivePolicy"
+  hs.message = "Waiting for the operator to observe the " .. kind
   return hs
 end
 if generation ~= nil and (status.observedGeneration == nil or status.observedGeneration < generation) then
@@ -47,7 +52,7 @@ end
 local degraded = condition(status, "Degraded")
 if degraded ~= nil and degraded.status == "True" then
   hs.status = "Degraded"
-  hs.message = describe(degraded, "ArchivePolicy is degraded")
+  hs.message = describe(degraded, kind .. " is degraded")
   return hs
 end
 
@@ -55,14 +60,17 @@ local ready = condition(status, "Ready")
 local progressing = condition(status, "Progressing")
 if ready ~= nil and ready.status == "True" and (progressing == nil or progressing.status ~= "True") then
   hs.status = "Healthy"
-  hs.message = describe(ready, "ArchivePolicy is ready")
+  hs.message = describe(ready, kind .. " is ready")
   return hs
 end
 
 hs.status = "Progressing"
 if progressing ~= nil and progressing.status == "True" then
-  hs.message = describe(progressing, "ArchivePolicy is being rolled out")
+  hs.message = describe(progressing, kind .. " is being rolled out")
 else
-  hs.message = describe(ready, "Waiting for the ArchivePolicy to become ready")
+  hs.message = describe(ready, "Waiting for the " .. kind .. " to become ready")
+end
+if status.readyReplicas ~= nil and status.replicas ~= nil then
+  hs.message = hs.message .. " (" .. tostring(status.readyReplicas) .. "/" .. tostring(status.replicas) .. " nodes ready)"
 end
 return hs
