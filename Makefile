@@ -3,7 +3,7 @@
 SHELL := /bin/bash
 export CARGO_TARGET_DIR ?= $(HOME)/.cache/allsource/target
 
-.PHONY: test install-env env-up env-down run lint crds-check
+.PHONY: test install-env env-up env-down run lint crds-check fuzz
 
 ## Install + start the test servers, cargo test --workspace against them, stop them.
 test:
@@ -33,3 +33,11 @@ lint:
 ## from what is committed.
 crds-check:
 	cargo run -q -p allsource-operator -- crdgen --check
+
+## Fuzz one target for FUZZ_SECONDS (needs a nightly toolchain and `cargo install cargo-fuzz`):
+## make fuzz FUZZ_TARGET=wal_reader|http_request
+FUZZ_TARGET ?= http_request
+FUZZ_SECONDS ?= 300
+fuzz:
+	cd store-node/fuzz && CARGO_TARGET_DIR=$(HOME)/.cache/allsource/fuzz-target \
+		cargo +nightly fuzz run $(FUZZ_TARGET) -- -max_total_time=$(FUZZ_SECONDS)
