@@ -7,6 +7,7 @@
 pub mod apply;
 pub mod archivepolicy;
 pub mod eventstore;
+pub mod tenant;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -168,7 +169,8 @@ pub fn error_action(ctx: &Context, key: &str, err: &ReconcileError) -> Action {
 pub async fn run(ctx: Arc<Context>) {
     let mut set = tokio::task::JoinSet::new();
     set.spawn(eventstore::run(ctx.clone()));
-    // One line per further controller, e.g. `set.spawn(tenant::run(ctx.clone()));`
+    set.spawn(tenant::run(ctx.clone()));
+    // One line per further controller.
     if set.join_next().await.is_some() {
         tracing::error!("a controller stopped; shutting down");
     }

@@ -6,6 +6,7 @@
 
 pub mod configmap;
 pub mod pdb;
+pub mod secret;
 pub mod service;
 pub mod serviceaccount;
 pub mod statefulset;

@@ -1,0 +1,476 @@
+//! The Tenant controller: issues and rotates each tenant's bearer token, keeps it in the
+//! connection Secret `<tenant>-credentials` (format in [`crate::resources::secret`]), publishes
+//! only the token digests in `status.tokenSha256` (the EventStore controller copies them into the
+//! store nodes' registry), and reports whether the store accepts the tenant (conditions Ready,
+//! Progressing, Degraded; phase; location; usage read from the store every few minutes).
+//! Per reconcile: fetch the EventStore and the Secret, plan the token ([`token`], pure), observe
+//! the backend ([`selfhosted`] or [`cloud`]), compute the status ([`status`], pure), write the
+//! status (digests first, so the registry learns a token before clients do), then the Secret;
+//! both only when they changed, so a steady state makes zero writes. Deletion runs behind the
+//! `allsource.io/cleanup` finalizer: it waits until the registry no longer lists the tenant, then
+//! deletes the Secret. It must never log, publish or put in status a token.
+
+pub mod cloud;
+pub mod selfhosted;
+pub mod status;
+pub mod token;
+pub mod usage;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::{ConfigMap, Secret};
+use kube::api::{Api, DeleteParams, Patch, PatchParams};
+use kube::runtime::controller::{Action, Controller};
+use kube::runtime::events::EventType;
+use kube::runtime::reflector::{ObjectRef, Store};
+use kube::runtime::watcher;
+use kube::ResourceExt;
+use parking_lot::Mutex;
+use tracing::Instrument;
+
+use super::{error_action, Context, ReconcileError, Scope};
+use crate::api::eventstore::Backend;
+use crate::api::tenant::{TenantLocation, TenantStatus};
+use crate::api::{DeletionPolicy, EventStore, Tenant, FIELD_MANAGER, FINALIZER};
+use crate::resources::{secret, service, HTTP_PORT};
+use status::{Facts, Verdict};
+
+const KIND: &str = "Tenant";
+/// Periodic re-check of a settled tenant (reads only; writes happen only on change).
+const RESYNC: Duration = Duration::from_secs(600);
+/// Re-check of a tenant whose EventStore is missing (its creation also wakes the tenant).
+const MISSING_RECHECK: Duration = Duration::from_secs(60);
+/// Re-check while a deleted tenant is still in the registry.
+const CLEANUP_RECHECK: Duration = Duration::from_secs(1);
+
+/// How long a rotated-out token stays valid by default.
+pub const DEFAULT_ROTATION_GRACE: Duration = Duration::from_secs(300);
+/// Tenant annotation overriding the rotation grace period, in seconds.
+pub const ROTATION_GRACE_ANNOTATION: &str = "allsource.io/rotation-grace-seconds";
+/// How often usage is read from the store by default.
+pub const DEFAULT_USAGE_INTERVAL: Duration = Duration::from_secs(300);
+/// Tenant annotation overriding the usage refresh interval, in seconds.
+pub const USAGE_INTERVAL_ANNOTATION: &str = "allsource.io/usage-interval-seconds";
+
+/// What the backend says about a tenant (filled by [`selfhosted`] or [`cloud`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TenantOutcome {
+    /// Ready, pending, suspended or degraded.
+    pub verdict: Verdict,
+    /// Where the tenant's events live, when known.
+    pub location: Option<TenantLocation>,
+    /// Base URL to read the tenant's usage from with its token (None: no usage).
+    pub usage_url: Option<String>,
+    /// Look again this soon (None: the controller's own schedule).
+    pub requeue: Option<Duration>,
+}
+
+/// The controller's state besides the shared [`Context`].
+struct State {
+    ctx: Arc<Context>,
+    http: Option<reqwest::Client>,
+    /// Last usage read attempt per tenant, so an unreachable store is not asked on every reconcile.
+    usage_tried: Mutex<HashMap<String, Instant>>,
+}
+
+fn scoped<K>(client: &kube::Client, ns: Option<&str>) -> Api<K>
+where
+    K: kube::Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>,
+{
+    match ns {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    }
+}
+
+/// Tenants (from the controller's cache) that reference the EventStore `store` in `ns`.
+fn tenants_of(cache: &Store<Tenant>, ns: Option<String>, store: &str) -> Vec<ObjectRef<Tenant>> {
+    cache
+        .state()
+        .iter()
+        .filter(|t| t.spec.event_store_ref.name == store && t.namespace() == ns)
+        .map(|t| ObjectRef::from_obj(t.as_ref()))
+        .collect()
+}
+
+/// Runs the Tenant controller (one per watched namespace) until it stops.
+pub async fn run(ctx: Arc<Context>) {
+    let http = match usage::client() {
+        Ok(c) => Some(c),
+        Err(e) => {
+            tracing::warn!(error = %e, "no HTTP client; tenant usage is not read");
+            None
+        }
+    };
+    let state = Arc::new(State {
+        ctx: ctx.clone(),
+        http,
+        usage_tried: Mutex::new(HashMap::new()),
+    });
+    let namespaces: Vec<Option<String>> = match &ctx.scope {
+        Scope::All => vec![None],
+        Scope::Namespaces(ns) => ns.iter().cloned().map(Some).collect(),
+    };
+    let mut controllers = Vec::new();
+    for ns in namespaces {
+        let c = &ctx.client;
+        let ns = ns.as_deref();
+        let controller = Controller::new(scoped::<Tenant>(c, ns), watcher::Config::default());
+        let by_store = controller.store();
+        let by_registry = by_store.clone();
+        let credentials = watcher::Config::default().labels(&format!(
+            "app.kubernetes.io/component={}",
+            secret::COMPONENT_CREDENTIALS
+        ));
+        let managed =
+            watcher::Config::default().labels("app.kubernetes.io/managed-by=allsource-operator");
+        let run = controller
+            .owns(scoped::<Secret>(c, ns), credentials)
+            .watches(
+                scoped::<EventStore>(c, ns),
+                watcher::Config::default(),
+                move |es: EventStore| tenants_of(&by_store, es.namespace(), &es.name_any()),
+            )
+            // The registry ConfigMap: a tenant waiting for its digests to be published wakes up.
+            .watches(scoped::<ConfigMap>(c, ns), managed, move |cm: ConfigMap| {
+                let name = cm.name_any();
+                match name.strip_suffix("-config") {
+                    Some(store) => tenants_of(&by_registry, cm.namespace(), store),
+                    None => Vec::new(),
+                }
+            })
+            .shutdown_on_signal()
+            .run(reconcile, on_error, state.clone())
+            .for_each(|_| futures::future::ready(()));
+        controllers.push(run);
+    }
+    futures::future::join_all(controllers).await;
+}
+
+fn key(t: &Tenant) -> String {
+    format!("{}/{}", t.namespace().unwrap_or_default(), t.name_any())
+}
+
+fn on_error(t: Arc<Tenant>, err: &ReconcileError, state: Arc<State>) -> Action {
+    error_action(&state.ctx, &key(&t), err)
+}
+
+async fn reconcile(t: Arc<Tenant>, state: Arc<State>) -> Result<Action, ReconcileError> {
+    let span = tracing::info_span!("reconcile", kind = KIND, namespace = %t.namespace().unwrap_or_default(), name = %t.name_any(), generation = t.metadata.generation.unwrap_or(0));
+    let started = Instant::now();
+    let result = reconcile_inner(&t, &state).instrument(span).await;
+    state.ctx.metrics.reconciled(
+        KIND,
+        started.elapsed(),
+        result.as_ref().err().map(ReconcileError::class),
+    );
+    if result.is_ok() {
+        state.ctx.succeeded(&key(&t));
+    }
+    result
+}
+
+async fn reconcile_inner(t: &Tenant, state: &State) -> Result<Action, ReconcileError> {
+    let ns = t.namespace().ok_or(ReconcileError::NoNamespace)?;
+    let has_finalizer = t.finalizers().iter().any(|f| f == FINALIZER);
+    if t.metadata.deletion_timestamp.is_some() {
+        if !has_finalizer {
+            return Ok(Action::await_change());
+        }
+        if !cleanup(t, &state.ctx, &ns).await? {
+            return Ok(Action::requeue(CLEANUP_RECHECK));
+        }
+        set_finalizer(t, &state.ctx, &ns, false).await?;
+        return Ok(Action::await_change());
+    }
+    if !has_finalizer {
+        set_finalizer(t, &state.ctx, &ns, true).await?;
+    }
+    apply_tenant(t, state, &ns).await
+}
+
+/// Adds or removes our finalizer with a merge patch guarded by the resourceVersion.
+async fn set_finalizer(
+    t: &Tenant,
+    ctx: &Context,
+    ns: &str,
+    present: bool,
+) -> Result<(), ReconcileError> {
+    let mut finalizers: Vec<String> = t
+        .finalizers()
+        .iter()
+        .filter(|f| *f != FINALIZER)
+        .cloned()
+        .collect();
+    if present {
+        finalizers.push(FINALIZER.to_string());
+    }
+    let patch = serde_json::json!({
+        "metadata": {"finalizers": finalizers, "resourceVersion": t.resource_version()}
+    });
+    ctx.metrics.wrote(KIND, "PATCH");
+    Api::<Tenant>::namespaced(ctx.client.clone(), ns)
+        .patch(
+            &t.name_any(),
+            &PatchParams::default(),
+            &Patch::Merge(&patch),
+        )
+        .await?;
+    Ok(())
+}
+
+fn seconds_annotation(t: &Tenant, key: &str, default: Duration) -> Duration {
+    t.annotations()
+        .get(key)
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .map_or(default, Duration::from_secs)
+}
+
+/// Base URL clients use: the store's published endpoint, else its client Service.
+fn endpoint(es: &EventStore) -> String {
+    es.status
+        .as_ref()
+        .and_then(|s| s.endpoint.as_ref())
+        .map(|e| e.url.clone())
+        .unwrap_or_else(|| format!("http://{}:{HTTP_PORT}", service::client_dns(es)))
+}
+
+/// Now in whole seconds, like metav1.Time, so a status read back compares equal.
+fn now() -> DateTime<Utc> {
+    DateTime::from_timestamp(Utc::now().timestamp(), 0).unwrap_or_default()
+}
+
+async fn apply_tenant(t: &Tenant, state: &State, ns: &str) -> Result<Action, ReconcileError> {
+    let ctx = &state.ctx;
+    let es_name = &t.spec.event_store_ref.name;
+    let Some(es) = Api::<EventStore>::namespaced(ctx.client.clone(), ns)
+        .get_opt(es_name)
+        .await?
+    else {
+        let st = status::compute(
+            t,
+            &Verdict::EventStoreNotFound(es_name.clone()),
+            Facts::default(),
+        );
+        write_status(t, ctx, ns, st).await?;
+        return Ok(Action::requeue(MISSING_RECHECK));
+    };
+
+    // Credentials (pure plan over what the Secret and the status hold).
+    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), ns);
+    let name = secret::secret_name(t);
+    let live = secrets.get_opt(&name).await?;
+    let previous = t.status.clone().unwrap_or_default();
+    let now = now();
+    let plan = token::plan(
+        token::Observed {
+            secret_token: live
+                .as_ref()
+                .and_then(|s| secret::value(s, secret::TOKEN_KEY)),
+            handled_rotate: live.as_ref().and_then(secret::handled_rotate),
+            status_hashes: &previous.token_sha256,
+            last_rotation: previous.last_rotation,
+        },
+        t.spec
+            .credentials
+            .as_ref()
+            .and_then(|c| c.rotate.as_deref()),
+        now,
+        seconds_annotation(t, ROTATION_GRACE_ANNOTATION, DEFAULT_ROTATION_GRACE),
+        token::generate,
+    );
+    let desired = secret::build(
+        t,
+        &secret::Connection {
+            endpoint: endpoint(&es),
+            tenant_id: t.spec.tenant_id.clone(),
+            token: plan.token.clone(),
+            backend: es.spec.backend.as_str().to_string(),
+        },
+        plan.handled_rotate.as_deref(),
+    );
+
+    // What the backend says.
+    let outcome = match es.spec.backend {
+        Backend::SelfHosted => selfhosted::reconcile(t, &es, &plan.hashes, ctx, ns).await?,
+        _ => cloud::reconcile(t, &es, ctx, ns).await?,
+    };
+
+    // Usage, at most every interval, only from a store that accepts the tenant.
+    let interval = seconds_annotation(t, USAGE_INTERVAL_ANNOTATION, DEFAULT_USAGE_INTERVAL);
+    let usage = match (&outcome.usage_url, outcome.verdict == Verdict::Ready) {
+        (Some(url), true) if usage_due(state, t, &previous, interval) => {
+            read_usage(state, t, url, &plan.token, now).await
+        }
+        _ => None,
+    };
+
+    // Status first: the registry must know a digest before a client can hold its token.
+    let st = status::compute(
+        t,
+        &outcome.verdict,
+        Facts {
+            token_sha256: Some(plan.hashes.clone()),
+            last_rotation: plan.last_rotation,
+            secret_name: Some(name.clone()),
+            location: outcome.location.clone(),
+            usage,
+        },
+    );
+    write_status(t, ctx, ns, st).await?;
+    if !live
+        .as_ref()
+        .is_some_and(|l| secret::up_to_date(l, &desired))
+    {
+        ctx.metrics.wrote("Secret", "PATCH");
+        secrets
+            .patch(
+                &name,
+                &PatchParams::apply(FIELD_MANAGER).force(),
+                &Patch::Apply(&desired),
+            )
+            .await?;
+    }
+    match plan.action {
+        token::TokenAction::Rotate => {
+            let grace = plan.recheck_after.unwrap_or_default().as_secs();
+            ctx.publish(
+                t,
+                EventType::Normal,
+                "TokenRotated",
+                "Rotate",
+                format!("new token in Secret {name}; the previous one stays valid for {grace}s"),
+            )
+            .await;
+        }
+        token::TokenAction::Issue if live.is_some() => {
+            ctx.publish(
+                t,
+                EventType::Warning,
+                "TokenReissued",
+                "Issue",
+                format!("Secret {name} held no valid token; a new one was issued"),
+            )
+            .await;
+        }
+        _ => {}
+    }
+
+    let mut next = RESYNC;
+    for d in [plan.recheck_after, outcome.requeue].into_iter().flatten() {
+        next = next.min(d);
+    }
+    if outcome.verdict == Verdict::Ready && outcome.usage_url.is_some() && state.http.is_some() {
+        next = next.min(interval.max(Duration::from_secs(1)));
+    }
+    Ok(Action::requeue(next))
+}
+
+fn usage_due(state: &State, t: &Tenant, previous: &TenantStatus, interval: Duration) -> bool {
+    if state.http.is_none() {
+        return false;
+    }
+    let fresh = previous
+        .usage
+        .as_ref()
+        .and_then(|u| u.updated_at)
+        .and_then(|at| (Utc::now() - at).to_std().ok())
+        .is_some_and(|age| age < interval);
+    let tried_recently = state
+        .usage_tried
+        .lock()
+        .get(&key(t))
+        .is_some_and(|at| at.elapsed() < interval);
+    !fresh && !tried_recently
+}
+
+async fn read_usage(
+    state: &State,
+    t: &Tenant,
+    url: &str,
+    token: &str,
+    now: DateTime<Utc>,
+) -> Option<crate::api::tenant::TenantUsage> {
+    let http = state.http.as_ref()?;
+    state.usage_tried.lock().insert(key(t), Instant::now());
+    match usage::fetch(http, url, token, now).await {
+        Ok(u) => Some(u),
+        Err(e) => {
+            // Unreachable nodes are normal while pods start; keep the old figures, no flapping.
+            tracing::debug!(error = %e, url, "cannot read tenant usage");
+            None
+        }
+    }
+}
+
+/// Writes `status` with server-side apply when it differs from the live status.
+async fn write_status(
+    t: &Tenant,
+    ctx: &Context,
+    ns: &str,
+    status: TenantStatus,
+) -> Result<bool, ReconcileError> {
+    if t.status.as_ref() == Some(&status) {
+        return Ok(false);
+    }
+    let patch = serde_json::json!({
+        "apiVersion": "allsource.io/v1alpha1",
+        "kind": KIND,
+        "status": status,
+    });
+    ctx.metrics.wrote("Tenant/status", "PATCH");
+    Api::<Tenant>::namespaced(ctx.client.clone(), ns)
+        .patch_status(
+            &t.name_any(),
+            &PatchParams::apply(FIELD_MANAGER).force(),
+            &Patch::Apply(&patch),
+        )
+        .await?;
+    Ok(true)
+}
+
+/// Cleanup of a deleted Tenant; Ok(true) when the finalizer may go.
+async fn cleanup(t: &Tenant, ctx: &Context, ns: &str) -> Result<bool, ReconcileError> {
+    let es = Api::<EventStore>::namespaced(ctx.client.clone(), ns)
+        .get_opt(&t.spec.event_store_ref.name)
+        .await?;
+    if let Some(es) = &es {
+        match es.spec.backend {
+            Backend::SelfHosted => {
+                // The EventStore controller drops deleting tenants from the registry; keep the
+                // Tenant until it did, so "Tenant gone" means "access gone". A suspended or
+                // deleting store is not reconciled, so do not wait for it.
+                let store_active = !es.spec.suspend && es.metadata.deletion_timestamp.is_none();
+                if store_active && selfhosted::still_registered(t, es, ctx, ns).await? {
+                    return Ok(false);
+                }
+            }
+            _ => cloud::cleanup(t, es, ctx, ns).await?,
+        }
+    }
+    if t.spec.deletion_policy == DeletionPolicy::Delete {
+        ctx.publish(
+            t,
+            EventType::Warning,
+            "DataRetained",
+            "Cleanup",
+            "deletionPolicy Delete: the store node has no API to erase a tenant's events; they are kept on the store".to_string(),
+        )
+        .await;
+    }
+    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), ns);
+    ctx.metrics.wrote("Secret", "DELETE");
+    match secrets
+        .delete(&secret::secret_name(t), &DeleteParams::default())
+        .await
+    {
+        Ok(_) => {}
+        Err(kube::Error::Api(e)) if e.code == 404 => {}
+        Err(e) => return Err(e.into()),
+    }
+    Ok(true)
+}

@@ -1,0 +1,88 @@
+//! Reads a tenant's usage from the store (`GET /v1/stats` with the tenant's own token, so the
+//! operator needs no admin credential). One HTTP call, no retries: the caller keeps the old
+//! figures when this fails. It must never log the token.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use serde::Deserialize;
+
+use crate::api::tenant::TenantUsage;
+
+/// Time limit of one stats request.
+pub const TIMEOUT: Duration = Duration::from_secs(3);
+
+/// Why usage could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum UsageError {
+    /// Connection, timeout or body error.
+    #[error("stats request: {0}")]
+    Http(#[from] reqwest::Error),
+    /// The store answered with an error status.
+    #[error("stats request answered HTTP {0}")]
+    Status(u16),
+    /// A figure does not fit the status field.
+    #[error("stats figure out of range")]
+    Range,
+}
+
+/// The part of the store node's `StatsOut` the status needs.
+#[derive(Debug, Deserialize)]
+struct StatsOut {
+    events: u64,
+    streams: u64,
+    bytes: u64,
+}
+
+/// Builds the HTTP client used for stats requests.
+pub fn client() -> Result<reqwest::Client, UsageError> {
+    Ok(reqwest::Client::builder()
+        .timeout(TIMEOUT)
+        .connect_timeout(TIMEOUT)
+        .build()?)
+}
+
+fn to_usage(s: StatsOut, at: DateTime<Utc>) -> Result<TenantUsage, UsageError> {
+    let conv = |v: u64| i64::try_from(v).map_err(|_| UsageError::Range);
+    Ok(TenantUsage {
+        events: conv(s.events)?,
+        streams: conv(s.streams)?,
+        bytes: conv(s.bytes)?,
+        updated_at: Some(at),
+    })
+}
+
+/// Reads the usage of the tenant owning `token` from the store at `base_url`.
+pub async fn fetch(
+    client: &reqwest::Client,
+    base_url: &str,
+    token: &str,
+    at: DateTime<Utc>,
+) -> Result<TenantUsage, UsageError> {
+    let url = format!("{}/v1/stats", base_url.trim_end_matches('/'));
+    let resp = client.get(url).bearer_auth(token).send().await?;
+    if !resp.status().is_success() {
+        return Err(UsageError::Status(resp.status().as_u16()));
+    }
+    to_usage(resp.json::<StatsOut>().await?, at)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_the_store_nodes_stats() {
+        let body = r#"{"tenant":"acme","events":12,"streams":3,"bytes":4096,"nextPosition":12,"quotas":{}}"#;
+        let at = DateTime::from_timestamp(1_800_000_000, 0).unwrap();
+        let u = to_usage(serde_json::from_str(body).unwrap(), at).unwrap();
+        assert_eq!((u.events, u.streams, u.bytes), (12, 3, 4096));
+        assert_eq!(u.updated_at, Some(at));
+        let huge = StatsOut {
+            events: u64::MAX,
+            streams: 0,
+            bytes: 0,
+        };
+        assert!(to_usage(huge, at).is_err());
+    }
+}
