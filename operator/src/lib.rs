@@ -6,6 +6,7 @@ pub mod controllers;
 pub mod crdgen;
 pub mod http;
 pub mod leader;
+pub mod provision;
 pub mod rbac;
 pub mod resources;
 pub mod telemetry;

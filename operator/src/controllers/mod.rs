@@ -144,6 +144,10 @@ pub enum ReconcileError {
     /// The object has no namespace (a namespaced kind always has one).
     #[error("object has no namespace")]
     NoNamespace,
+    /// A cloud backend is unreachable or throttling; retried with backoff (the status carries
+    /// the service's error).
+    #[error("backend: {0}")]
+    Backend(#[from] crate::provision::ProvisionError),
 }
 
 impl ReconcileError {
@@ -153,6 +157,7 @@ impl ReconcileError {
             ReconcileError::Kube(_) => "Kube",
             ReconcileError::Finalizer(_) => "Finalizer",
             ReconcileError::NoNamespace => "NoNamespace",
+            ReconcileError::Backend(_) => "Backend",
         }
     }
 }

@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{child_meta, config_map_name, headless_service_name, HTTP_PORT};
 use crate::api::eventstore::{NodeLimits, SelfHostedSpec};
-use crate::api::EventStore;
+use crate::api::{EventStore, Tenant};
 
 /// File name of the node configuration inside the ConfigMap.
 pub const NODE_CONFIG_KEY: &str = "node.json";
@@ -129,6 +129,32 @@ pub fn quantity_bytes(q: &str) -> Option<u64> {
     let n: f64 = num.parse().ok()?;
     let bytes = (n * mult).round();
     (bytes.is_finite() && bytes >= 0.0 && bytes <= u64::MAX as f64).then_some(bytes as u64)
+}
+
+/// The registry entry of a Tenant served by `node`: token digests from its status, state and
+/// quotas from its spec.
+pub fn registry_tenant(t: &Tenant, node: String) -> RegistryTenant {
+    let q = t.spec.quotas.clone().unwrap_or_default();
+    let positive = |v: Option<i64>| v.and_then(|v| u64::try_from(v).ok());
+    RegistryTenant {
+        id: t.spec.tenant_id.clone(),
+        token_sha256: t
+            .status
+            .as_ref()
+            .map(|s| s.token_sha256.clone())
+            .unwrap_or_default(),
+        state: if t.spec.suspend {
+            TenantState::Suspended
+        } else {
+            TenantState::Active
+        },
+        quotas: RegistryQuotas {
+            events_per_second: positive(q.events_per_second),
+            storage_bytes: q.storage_bytes.as_deref().and_then(quantity_bytes),
+            max_streams: positive(q.max_streams),
+        },
+        node,
+    }
 }
 
 /// Node configuration of an EventStore with `replicas` nodes.

@@ -5,6 +5,7 @@
 //! hashed to skip no-op applies.
 
 pub mod configmap;
+pub mod gateway;
 pub mod pdb;
 pub mod secret;
 pub mod service;

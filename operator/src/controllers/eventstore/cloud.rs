@@ -1,18 +1,531 @@
-//! Hook for the cloud backends (dynamodb, firestore, postgres). The provisioners live in
-//! `crate::provision`; until one is wired in here, a cloud EventStore is reported honestly as
-//! not provisioned (Degraded, reason ProvisionerMissing) instead of pretending to be Ready.
-//! It must never create cloud resources itself.
+//! Reconciles a cloud-backed EventStore (postgres, dynamodb): reads the admin credentials from
+//! the Secret the spec references, runs the backend's provisioner (`crate::provision`: ensure,
+//! then observe, which corrects drift), applies the optional gateway (Deployment, Service,
+//! registry ConfigMap) and writes status only when it changed. A healthy store is re-observed
+//! every [`drift_interval`] for drift; an outage is written to status (Degraded, reason
+//! BackendUnavailable, the service's error) and retried with the controller's backoff until it
+//! recovers by itself. Firestore has no provisioner in this build and is reported as such
+//! (ProvisionerMissing). It must never log, event or store a credential.
 
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service};
+use kube::api::{Api, DeleteParams, ListParams};
 use kube::runtime::controller::Action;
+use kube::runtime::events::EventType;
+use kube::ResourceExt;
 
+use super::super::apply::apply;
 use super::super::{Context, ReconcileError};
 use super::write_status;
+use crate::api::eventstore::{Backend, Endpoint, EventStoreStatus, StatusCapabilities};
 use crate::api::{
-    set_condition, Condition, EventStore, Phase, CONDITION_DEGRADED, CONDITION_READY,
+    find_condition, set_condition, Condition, EventStore, Phase, Tenant, CONDITION_DEGRADED,
+    CONDITION_PROGRESSING, CONDITION_READY,
 };
+use crate::provision::dynamodb::{self, Access, DynamoProvisioner};
+use crate::provision::postgres::{self, PostgresProvisioner};
+use crate::provision::{Deleted, EnsureAction, Ensured, Observed, ProvisionError, Provisioner};
+use crate::resources::gateway::{self, GatewayBackend};
+use crate::resources::{configmap, service, HTTP_PORT};
+
+/// Default interval between drift checks of a healthy cloud store (reads only).
+pub const DEFAULT_DRIFT_INTERVAL: Duration = Duration::from_secs(60);
+/// Re-check interval while a table or index is still being built.
+const PENDING_INTERVAL: Duration = Duration::from_secs(3);
+
+static DRIFT_INTERVAL_SECS: AtomicU64 = AtomicU64::new(60);
+
+/// Sets the interval between drift checks (operator flag; tests shorten it).
+pub fn set_drift_interval(d: Duration) {
+    DRIFT_INTERVAL_SECS.store(d.as_secs().max(1), Ordering::Relaxed);
+}
+
+/// The interval between drift checks of a healthy cloud store.
+pub fn drift_interval() -> Duration {
+    Duration::from_secs(DRIFT_INTERVAL_SECS.load(Ordering::Relaxed))
+}
+
+/// State of the gateway Deployment, when the spec enables it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GatewayState {
+    /// Desired pods.
+    pub desired: i32,
+    /// Available pods.
+    pub available: i32,
+    /// Why the gateway cannot be built (e.g. the Secret lacks `url`).
+    pub blocked: Option<String>,
+}
+
+/// The backend, its provisioner and what the gateway needs to reach it.
+struct Target {
+    provisioner: Box<dyn Provisioner>,
+    gateway: Result<GatewayBackend, String>,
+}
+
+/// Reads a Secret's data as UTF-8 strings (never logged).
+async fn secret_data(
+    ctx: &Context,
+    ns: &str,
+    name: &str,
+) -> Result<Result<BTreeMap<String, String>, ProvisionError>, ReconcileError> {
+    let api: Api<Secret> = Api::namespaced(ctx.client.clone(), ns);
+    let Some(s) = api.get_opt(name).await? else {
+        return Ok(Err(ProvisionError::InvalidSpec(format!(
+            "Secret {name} not found in namespace {ns}"
+        ))));
+    };
+    let mut out = BTreeMap::new();
+    for (k, v) in s.data.unwrap_or_default() {
+        match String::from_utf8(v.0) {
+            Ok(v) => {
+                out.insert(k, v);
+            }
+            Err(_) => {
+                return Ok(Err(ProvisionError::InvalidSpec(format!(
+                    "key {k} of Secret {name} is not UTF-8"
+                ))))
+            }
+        }
+    }
+    Ok(Ok(out))
+}
+
+/// Builds the provisioner of `es` (Ok(Err) for a spec problem, Err for an API failure).
+async fn target(
+    es: &EventStore,
+    ctx: &Context,
+    ns: &str,
+) -> Result<Result<Target, ProvisionError>, ReconcileError> {
+    let name = es.name_any();
+    match es.spec.backend {
+        Backend::Postgres => {
+            let Some(pg) = es.spec.postgres.as_ref() else {
+                return Ok(Err(ProvisionError::InvalidSpec(
+                    "backend postgres needs spec.postgres".to_string(),
+                )));
+            };
+            let data = match secret_data(ctx, ns, &pg.connection_secret_ref.name).await? {
+                Ok(d) => d,
+                Err(e) => return Ok(Err(e)),
+            };
+            let built = postgres::schema_name(ns, &name, pg.schema.as_deref()).and_then(|schema| {
+                let cfg = postgres::connection_config(&data, pg.ssl_mode)?;
+                Ok((schema, cfg))
+            });
+            let (schema, cfg) = match built {
+                Ok(v) => v,
+                Err(e) => return Ok(Err(e)),
+            };
+            let gateway = if data.contains_key("url") {
+                Ok(GatewayBackend::Postgres {
+                    url_secret: pg.connection_secret_ref.name.clone(),
+                    schema: schema.clone(),
+                })
+            } else {
+                Err(format!(
+                    "the gateway needs key url in Secret {}",
+                    pg.connection_secret_ref.name
+                ))
+            };
+            Ok(Ok(Target {
+                provisioner: Box::new(PostgresProvisioner::new(cfg, schema)),
+                gateway,
+            }))
+        }
+        Backend::DynamoDb => {
+            let Some(d) = es.spec.dynamodb.as_ref() else {
+                return Ok(Err(ProvisionError::InvalidSpec(
+                    "backend dynamodb needs spec.dynamodb".to_string(),
+                )));
+            };
+            let keys = match &d.credentials_secret_ref {
+                None => None,
+                Some(r) => match secret_data(ctx, ns, &r.name).await? {
+                    Ok(data) => match dynamodb::keys_from_secret(&data) {
+                        Ok(k) => Some(k),
+                        Err(e) => return Ok(Err(e)),
+                    },
+                    Err(e) => return Ok(Err(e)),
+                },
+            };
+            let plan = match dynamodb::plan(ns, &name, d) {
+                Ok(p) => p,
+                Err(e) => return Ok(Err(e)),
+            };
+            let access = Access {
+                region: d.region.clone(),
+                endpoint: d.endpoint.clone(),
+                keys,
+            };
+            let gateway = Ok(GatewayBackend::Dynamodb {
+                table: plan.table.clone(),
+                region: d.region.clone(),
+                endpoint: d.endpoint.clone(),
+                credentials_secret: d.credentials_secret_ref.as_ref().map(|r| r.name.clone()),
+            });
+            let client = dynamodb::client(&access).await;
+            Ok(Ok(Target {
+                provisioner: Box::new(DynamoProvisioner::new(client, plan)),
+                gateway,
+            }))
+        }
+        Backend::Firestore | Backend::SelfHosted => Ok(Err(ProvisionError::InvalidSpec(
+            "no provisioner for this backend".to_string(),
+        ))),
+    }
+}
 
 /// Reconciles a cloud-backed EventStore.
 pub async fn reconcile(es: &EventStore, ctx: &Context, ns: &str) -> Result<Action, ReconcileError> {
+    if !matches!(es.spec.backend, Backend::Postgres | Backend::DynamoDb) {
+        return provisioner_missing(es, ctx, ns).await;
+    }
+    let previous = es.status.clone().unwrap_or_default();
+    let outcome = match target(es, ctx, ns).await? {
+        Err(e) => Err(e),
+        Ok(t) => match t.provisioner.ensure().await {
+            Err(e) => Err(e),
+            Ok(ensured) => {
+                let observed = if ensured.action == EnsureAction::Pending {
+                    Ok(Observed {
+                        pending: true,
+                        ..Observed::default()
+                    })
+                } else {
+                    t.provisioner.observe().await
+                };
+                observed.map(|o| (ensured, o, t.gateway))
+            }
+        },
+    };
+    let (result, gw_state) = match outcome {
+        Err(e) => (Err(e), None),
+        Ok((ensured, observed, gw_backend)) => {
+            let gw_state = apply_gateway(es, ctx, ns, gw_backend).await?;
+            (Ok((ensured, observed)), gw_state)
+        }
+    };
+    let status = compute(es, &result, gw_state.as_ref());
+    let changed = write_status(es, ctx, ns, status.clone()).await?;
+    if changed {
+        publish_transitions(es, ctx, &previous, &status, &result).await;
+    }
+    match result {
+        Err(e) if e.is_retryable() => Err(ReconcileError::Backend(e)),
+        Err(_) => Ok(Action::requeue(drift_interval())),
+        Ok(_) if status.phase == Some(Phase::Provisioning) => Ok(Action::requeue(PENDING_INTERVAL)),
+        Ok(_) => Ok(Action::requeue(drift_interval())),
+    }
+}
+
+async fn publish_transitions(
+    es: &EventStore,
+    ctx: &Context,
+    previous: &EventStoreStatus,
+    status: &EventStoreStatus,
+    result: &Result<(Ensured, Observed), ProvisionError>,
+) {
+    let was = |t: &str| find_condition(&previous.conditions, t).map(|c| c.reason.clone());
+    match result {
+        Err(e) => {
+            if was(CONDITION_DEGRADED).as_deref() != Some(e.reason()) {
+                ctx.publish(
+                    es,
+                    EventType::Warning,
+                    e.reason(),
+                    "Provision",
+                    e.to_string(),
+                )
+                .await;
+            }
+        }
+        Ok((ensured, observed)) => {
+            if ensured.action == EnsureAction::Created {
+                ctx.publish(
+                    es,
+                    EventType::Normal,
+                    "Created",
+                    "Provision",
+                    format!("created {}", summary(&ensured.resources)),
+                )
+                .await;
+            }
+            if !observed.corrected.is_empty() && ensured.action != EnsureAction::Created {
+                ctx.publish(
+                    es,
+                    EventType::Warning,
+                    "DriftCorrected",
+                    "Provision",
+                    observed.corrected.join("; "),
+                )
+                .await;
+            }
+            if previous.phase != Some(Phase::Ready) && status.phase == Some(Phase::Ready) {
+                ctx.publish(
+                    es,
+                    EventType::Normal,
+                    "Ready",
+                    "Reconcile",
+                    format!("{} provisioned", es.spec.backend.as_str()),
+                )
+                .await;
+            }
+        }
+    }
+}
+
+fn summary(r: &BTreeMap<String, String>) -> String {
+    r.iter()
+        .filter(|(k, _)| *k == "schema" || *k == "table")
+        .map(|(k, v)| format!("{k} {v}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Applies (or removes) the gateway objects; None when the gateway is disabled.
+async fn apply_gateway(
+    es: &EventStore,
+    ctx: &Context,
+    ns: &str,
+    backend: Result<GatewayBackend, String>,
+) -> Result<Option<GatewayState>, ReconcileError> {
+    let c = &ctx.client;
+    let deployments: Api<Deployment> = Api::namespaced(c.clone(), ns);
+    let Some(gw) = es.spec.gateway.as_ref().filter(|g| g.enabled) else {
+        // Disabled: remove what an earlier enabled spec created (owned objects only).
+        if let Some(d) = deployments.get_opt(&gateway::gateway_name(es)).await? {
+            if d.owner_references()
+                .iter()
+                .any(|o| Some(&o.uid) == es.metadata.uid.as_ref())
+            {
+                let dp = DeleteParams::default();
+                ctx.metrics.wrote("Deployment", "DELETE");
+                let _ = deployments.delete(&gateway::gateway_name(es), &dp).await;
+                let _ = Api::<Service>::namespaced(c.clone(), ns)
+                    .delete(&es.name_any(), &dp)
+                    .await;
+                let _ = Api::<ConfigMap>::namespaced(c.clone(), ns)
+                    .delete(&gateway::gateway_name(es), &dp)
+                    .await;
+            }
+        }
+        return Ok(None);
+    };
+    let backend = match backend {
+        Ok(b) => b,
+        Err(msg) => {
+            return Ok(Some(GatewayState {
+                desired: gw.replicas,
+                available: 0,
+                blocked: Some(msg),
+            }))
+        }
+    };
+    let tenants: Vec<Tenant> = Api::<Tenant>::namespaced(c.clone(), ns)
+        .list(&ListParams::default())
+        .await?
+        .items
+        .into_iter()
+        .filter(|t| {
+            t.spec.event_store_ref.name == es.name_any() && t.metadata.deletion_timestamp.is_none()
+        })
+        .collect();
+    let registry = gateway_registry(&tenants);
+    apply(
+        &Api::<ConfigMap>::namespaced(c.clone(), ns),
+        &ctx.metrics,
+        gateway::config_map(es, &registry),
+    )
+    .await?;
+    apply(
+        &Api::<Service>::namespaced(c.clone(), ns),
+        &ctx.metrics,
+        gateway::service(es),
+    )
+    .await?;
+    let d = apply(
+        &deployments,
+        &ctx.metrics,
+        gateway::deployment(es, gw, &backend),
+    )
+    .await?;
+    let available = d
+        .object
+        .status
+        .as_ref()
+        .and_then(|s| s.available_replicas)
+        .unwrap_or(0);
+    Ok(Some(GatewayState {
+        desired: gw.replicas,
+        available,
+        blocked: None,
+    }))
+}
+
+/// The gateway's registry: every tenant of the store, served by the gateway.
+pub fn gateway_registry(tenants: &[Tenant]) -> configmap::Registry {
+    let mut entries: Vec<configmap::RegistryTenant> = tenants
+        .iter()
+        .map(|t| configmap::registry_tenant(t, gateway::GATEWAY_NODE.to_string()))
+        .collect();
+    entries.sort_by(|a, b| a.id.cmp(&b.id));
+    configmap::Registry {
+        version: 1,
+        tenants: entries,
+        nodes: BTreeMap::new(),
+    }
+}
+
+/// Status of a cloud store from the provisioner's result and the gateway's state. Pure: the
+/// same observation gives an equal status (conditions keep their transition times).
+pub fn compute(
+    es: &EventStore,
+    result: &Result<(Ensured, Observed), ProvisionError>,
+    gw: Option<&GatewayState>,
+) -> EventStoreStatus {
+    let previous = es.status.clone().unwrap_or_default();
+    let mut conditions = previous.conditions.clone();
+    let mut provisioned = previous.provisioned.clone();
+    let phase;
+    match result {
+        Err(e) => {
+            let msg = e.to_string();
+            set_condition(
+                &mut conditions,
+                Condition::new(CONDITION_READY, false, e.reason(), msg.clone()),
+            );
+            set_condition(
+                &mut conditions,
+                Condition::new(
+                    CONDITION_PROGRESSING,
+                    false,
+                    e.reason(),
+                    if e.is_retryable() {
+                        "retrying with backoff"
+                    } else {
+                        "waiting for a change of the spec, Secret or backend"
+                    },
+                ),
+            );
+            set_condition(
+                &mut conditions,
+                Condition::new(CONDITION_DEGRADED, true, e.reason(), msg),
+            );
+            phase = Phase::Degraded;
+        }
+        Ok((ensured, observed)) => {
+            provisioned = ensured.resources.clone();
+            provisioned.extend(observed.resources.clone());
+            provisioned.insert("backend".to_string(), es.spec.backend.as_str().to_string());
+            let backend_ready = ensured.action != EnsureAction::Pending && !observed.pending;
+            let gw_blocked = gw.and_then(|g| g.blocked.clone());
+            let gw_ready =
+                gw.is_none_or(|g| g.blocked.is_none() && (g.desired == 0 || g.available > 0));
+            let ready = backend_ready && gw_ready;
+            let (reason, msg) = if !backend_ready {
+                (
+                    "Provisioning",
+                    "the backend is being created or corrected".to_string(),
+                )
+            } else if !gw_ready {
+                (
+                    "GatewayNotReady",
+                    gw.map(|g| format!("{}/{} gateway pods available", g.available, g.desired))
+                        .unwrap_or_default(),
+                )
+            } else {
+                (
+                    "Provisioned",
+                    format!("{} provisioned", summary(&provisioned)),
+                )
+            };
+            set_condition(
+                &mut conditions,
+                Condition::new(CONDITION_READY, ready, reason, msg.clone()),
+            );
+            set_condition(
+                &mut conditions,
+                Condition::new(
+                    CONDITION_PROGRESSING,
+                    !ready && gw_blocked.is_none(),
+                    if ready { "Provisioned" } else { reason },
+                    if ready { String::new() } else { msg },
+                ),
+            );
+            let degraded = if !observed.unsupported.is_empty() {
+                Some((
+                    "FeatureUnsupported",
+                    observed
+                        .unsupported
+                        .iter()
+                        .map(|u| format!("{}: {}", u.feature, u.message))
+                        .collect::<Vec<_>>()
+                        .join("; "),
+                ))
+            } else {
+                gw_blocked.map(|m| ("GatewayBlocked", m))
+            };
+            match &degraded {
+                Some((reason, msg)) => set_condition(
+                    &mut conditions,
+                    Condition::new(CONDITION_DEGRADED, true, reason, msg.clone()),
+                ),
+                None => set_condition(
+                    &mut conditions,
+                    Condition::new(CONDITION_DEGRADED, false, "AsExpected", ""),
+                ),
+            }
+            phase = if degraded.is_some() {
+                Phase::Degraded
+            } else if ready {
+                Phase::Ready
+            } else {
+                Phase::Provisioning
+            };
+        }
+    }
+    for c in &mut conditions {
+        c.observed_generation = es.metadata.generation;
+    }
+    let gw_on = es.spec.gateway.as_ref().is_some_and(|g| g.enabled);
+    let dns = service::client_dns(es);
+    EventStoreStatus {
+        observed_generation: es.metadata.generation,
+        conditions,
+        phase: Some(phase),
+        endpoint: gw_on.then(|| Endpoint {
+            url: format!("http://{dns}:{HTTP_PORT}"),
+            service: dns,
+            port: HTTP_PORT,
+        }),
+        replicas: gw.map(|g| g.desired),
+        ready_replicas: gw.map(|g| g.available),
+        ready_text: gw.map(|g| format!("{}/{}", g.available, g.desired)),
+        selector: None,
+        // The same capabilities store-node's PostgreSQL and DynamoDB backends declare.
+        capabilities: Some(StatusCapabilities {
+            subscriptions: true,
+            snapshots: true,
+            transactions: true,
+            archival: true,
+        }),
+        placement: BTreeMap::new(),
+        provisioned,
+        image: gw_on
+            .then(|| es.spec.gateway.as_ref().map(|g| g.image.clone()))
+            .flatten(),
+    }
+}
+
+async fn provisioner_missing(
+    es: &EventStore,
+    ctx: &Context,
+    ns: &str,
+) -> Result<Action, ReconcileError> {
     let mut status = es.status.clone().unwrap_or_default();
     status.observed_generation = es.metadata.generation;
     status.phase = Some(Phase::Degraded);
@@ -32,11 +545,166 @@ pub async fn reconcile(es: &EventStore, ctx: &Context, ns: &str) -> Result<Actio
     Ok(Action::await_change())
 }
 
-/// Cleans up a cloud-backed EventStore (nothing was provisioned by this build).
-pub async fn cleanup(
-    _es: &EventStore,
-    _ctx: &Context,
-    _ns: &str,
-) -> Result<Action, ReconcileError> {
+/// Cleans up a cloud-backed EventStore: under deletionPolicy Delete the schema or table is
+/// dropped (DynamoDB: deletion protection lifted first); under Retain nothing is touched. The
+/// gateway objects go with their owner reference. An outage keeps the finalizer and retries.
+pub async fn cleanup(es: &EventStore, ctx: &Context, ns: &str) -> Result<Action, ReconcileError> {
+    if !matches!(es.spec.backend, Backend::Postgres | Backend::DynamoDb) {
+        return Ok(Action::await_change());
+    }
+    let policy = es.spec.deletion_policy;
+    if policy == crate::api::DeletionPolicy::Retain {
+        ctx.publish(
+            es,
+            EventType::Normal,
+            "BackendRetained",
+            "Cleanup",
+            format!(
+                "deletionPolicy Retain: {} kept",
+                summary(&es.status.clone().unwrap_or_default().provisioned)
+            ),
+        )
+        .await;
+        return Ok(Action::await_change());
+    }
+    let t = match target(es, ctx, ns).await? {
+        Ok(t) => t,
+        Err(e) => return Err(ReconcileError::Backend(e)),
+    };
+    let deleted = t.provisioner.delete(policy).await?;
+    let note = match deleted {
+        Deleted::Deleted => "deletionPolicy Delete: dropped",
+        Deleted::AlreadyGone => "deletionPolicy Delete: already gone",
+        Deleted::Retained => "deletionPolicy Retain: kept",
+    };
+    ctx.publish(
+        es,
+        EventType::Normal,
+        "BackendDeleted",
+        "Cleanup",
+        format!(
+            "{note} {}",
+            summary(&es.status.clone().unwrap_or_default().provisioned)
+        ),
+    )
+    .await;
     Ok(Action::await_change())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::provision::Unsupported;
+
+    fn es() -> EventStore {
+        serde_json::from_value(serde_json::json!({
+            "apiVersion": "allsource.io/v1alpha1",
+            "kind": "EventStore",
+            "metadata": {"name": "orders", "namespace": "shop", "generation": 2},
+            "spec": {"backend": "postgres", "postgres": {"connectionSecretRef": {"name": "pg"}}}
+        }))
+        .unwrap()
+    }
+
+    fn ok(pending: bool) -> Result<(Ensured, Observed), ProvisionError> {
+        Ok((
+            Ensured {
+                action: EnsureAction::Adopted,
+                resources: BTreeMap::from([("schema".into(), "allsource_shop_orders".into())]),
+            },
+            Observed {
+                pending,
+                ..Observed::default()
+            },
+        ))
+    }
+
+    fn cond(st: &EventStoreStatus, t: &str) -> (bool, String) {
+        let c = find_condition(&st.conditions, t).unwrap();
+        (c.is_true(), c.reason.clone())
+    }
+
+    #[test]
+    fn provisioned_store_is_ready_and_stable() {
+        let mut es = es();
+        let st = compute(&es, &ok(false), None);
+        assert_eq!(st.phase, Some(Phase::Ready));
+        assert_eq!(cond(&st, CONDITION_READY), (true, "Provisioned".into()));
+        assert_eq!(cond(&st, CONDITION_DEGRADED), (false, "AsExpected".into()));
+        assert_eq!(
+            st.provisioned.get("schema").unwrap(),
+            "allsource_shop_orders"
+        );
+        assert_eq!(st.endpoint, None);
+        es.status = Some(st.clone());
+        assert_eq!(compute(&es, &ok(false), None), st);
+    }
+
+    #[test]
+    fn outage_is_degraded_with_the_service_error_and_recovers() {
+        let mut es = es();
+        es.status = Some(compute(&es, &ok(false), None));
+        let down = Err(ProvisionError::Unavailable {
+            service: "postgres",
+            message: "connection refused".into(),
+        });
+        let st = compute(&es, &down, None);
+        assert_eq!(st.phase, Some(Phase::Degraded));
+        let d = find_condition(&st.conditions, CONDITION_DEGRADED).unwrap();
+        assert_eq!(d.reason, "BackendUnavailable");
+        assert!(d.message.contains("connection refused"));
+        // What was provisioned stays visible during the outage.
+        assert!(st.provisioned.contains_key("schema"));
+        es.status = Some(st);
+        assert_eq!(compute(&es, &ok(false), None).phase, Some(Phase::Ready));
+    }
+
+    #[test]
+    fn unsupported_feature_and_gateway_states() {
+        let es = es();
+        let mut r = ok(false);
+        if let Ok((_, o)) = &mut r {
+            o.unsupported.push(Unsupported {
+                feature: "pointInTimeRecovery".into(),
+                message: "UnknownOperationException".into(),
+            });
+        }
+        let st = compute(&es, &r, None);
+        assert_eq!(st.phase, Some(Phase::Degraded));
+        assert_eq!(
+            cond(&st, CONDITION_DEGRADED),
+            (true, "FeatureUnsupported".into())
+        );
+        assert!(cond(&st, CONDITION_READY).0);
+
+        let waiting = GatewayState {
+            desired: 2,
+            available: 0,
+            blocked: None,
+        };
+        let st = compute(&es, &ok(false), Some(&waiting));
+        assert_eq!(st.phase, Some(Phase::Provisioning));
+        assert_eq!(
+            cond(&st, CONDITION_READY),
+            (false, "GatewayNotReady".into())
+        );
+        assert_eq!(st.ready_text.as_deref(), Some("0/2"));
+        assert_eq!(
+            compute(&es, &ok(true), None).phase,
+            Some(Phase::Provisioning)
+        );
+    }
+
+    #[test]
+    fn gateway_registry_serves_every_tenant_from_the_gateway() {
+        let t: Tenant = serde_json::from_value(serde_json::json!({
+            "apiVersion": "allsource.io/v1alpha1", "kind": "Tenant",
+            "metadata": {"name": "acme", "namespace": "shop"},
+            "spec": {"eventStoreRef": {"name": "orders"}, "tenantId": "acme"}
+        }))
+        .unwrap();
+        let r = gateway_registry(&[t]);
+        assert_eq!(r.tenants.len(), 1);
+        assert_eq!(r.tenants[0].node, gateway::GATEWAY_NODE);
+    }
 }

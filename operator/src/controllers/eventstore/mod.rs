@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
-use k8s_openapi::api::apps::v1::StatefulSet;
+use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::api::core::v1::{ConfigMap, Service, ServiceAccount};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::api::{Api, ListParams, Patch, PatchParams};
@@ -63,6 +63,7 @@ pub async fn run(ctx: Arc<Context>) {
             watcher::Config::default().labels("app.kubernetes.io/managed-by=allsource-operator");
         let controller = Controller::new(scoped::<EventStore>(c, ns), watcher::Config::default())
             .owns(scoped::<StatefulSet>(c, ns), owned.clone())
+            .owns(scoped::<Deployment>(c, ns), owned.clone())
             .owns(scoped::<Service>(c, ns), owned.clone())
             .owns(scoped::<ConfigMap>(c, ns), owned.clone())
             .owns(scoped::<PodDisruptionBudget>(c, ns), owned.clone())
@@ -318,30 +319,7 @@ fn registry(
         .iter()
         .filter_map(|t| {
             let node = placement.get(&t.spec.tenant_id)?;
-            let q = t.spec.quotas.clone().unwrap_or_default();
-            let positive = |v: Option<i64>| v.and_then(|v| u64::try_from(v).ok());
-            Some(configmap::RegistryTenant {
-                id: t.spec.tenant_id.clone(),
-                token_sha256: t
-                    .status
-                    .as_ref()
-                    .map(|s| s.token_sha256.clone())
-                    .unwrap_or_default(),
-                state: if t.spec.suspend {
-                    configmap::TenantState::Suspended
-                } else {
-                    configmap::TenantState::Active
-                },
-                quotas: configmap::RegistryQuotas {
-                    events_per_second: positive(q.events_per_second),
-                    storage_bytes: q
-                        .storage_bytes
-                        .as_deref()
-                        .and_then(configmap::quantity_bytes),
-                    max_streams: positive(q.max_streams),
-                },
-                node: node.clone(),
-            })
+            Some(configmap::registry_tenant(t, node.clone()))
         })
         .collect();
     entries.sort_by(|a, b| a.id.cmp(&b.id));

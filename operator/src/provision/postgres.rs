@@ -1,0 +1,586 @@
+//! PostgreSQL provisioner: one schema per EventStore with store-node's layout (tables, indexes,
+//! the tenant role map and the row-level-security policies of
+//! `store_node::backend::postgres::sql::schema_ddl`, the DDL `store-node gateway --init` runs).
+//! The expected objects are read out of that DDL, so drift detection can never disagree with the
+//! layout. Drift is corrected by re-running the idempotent DDL; a steady state only reads
+//! `pg_catalog`. RLS is enabled, not forced: the gateway connects as the owning admin role and
+//! filters by tenant itself, while tenant login roles are confined by the policies. This module
+//! must never build tenant roles (the Tenant controller does) nor print connection secrets.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use async_trait::async_trait;
+use store_node::backend::postgres::sql;
+use tokio_postgres::error::SqlState;
+use tokio_postgres::NoTls;
+
+use super::{Deleted, EnsureAction, Ensured, Observed, ProvisionError, Provisioner, CALL_TIMEOUT};
+use crate::api::eventstore::SslMode;
+use crate::api::DeletionPolicy;
+
+const SERVICE: &str = "postgres";
+/// Advisory lock store-node's `execute_all` takes too: concurrent idempotent DDL serializes.
+const DDL_LOCK: i64 = 7_406_251;
+/// Columns of the events table's primary key in the shared layout.
+pub const EVENTS_PRIMARY_KEY: [&str; 3] = ["tenant", "stream", "version"];
+
+/// Schema of an EventStore: `spec.postgres.schema`, else `allsource_<namespace>_<name>` with
+/// `-` and `.` as `_`, cut to 63 bytes.
+pub fn schema_name(
+    namespace: &str,
+    name: &str,
+    explicit: Option<&str>,
+) -> Result<String, ProvisionError> {
+    let s = match explicit {
+        Some(s) => s.to_string(),
+        None => {
+            let mut s = format!("allsource_{namespace}_{name}")
+                .to_ascii_lowercase()
+                .replace(['-', '.'], "_");
+            s.truncate(63);
+            s
+        }
+    };
+    sql::ident(&s).map_err(|e| ProvisionError::InvalidSpec(e.to_string()))?;
+    Ok(s)
+}
+
+/// Connection settings from the admin Secret's (decoded) data: key `url`, or keys `host`,
+/// `port`, `user`, `password`, `database`. The `sslmode` of the spec is applied on top.
+pub fn connection_config(
+    data: &BTreeMap<String, String>,
+    ssl_mode: SslMode,
+) -> Result<tokio_postgres::Config, ProvisionError> {
+    let mut cfg: tokio_postgres::Config = match data.get("url") {
+        Some(url) => url.parse().map_err(|_| {
+            // The parser's message may quote the URL, password included: never pass it on.
+            ProvisionError::InvalidSpec(
+                "key url of the connection Secret is not a PostgreSQL URL".to_string(),
+            )
+        })?,
+        None => {
+            let host = data.get("host").ok_or_else(|| {
+                ProvisionError::InvalidSpec(
+                    "the connection Secret needs key url, or keys host, user, password (port, database optional)"
+                        .to_string(),
+                )
+            })?;
+            let mut c = tokio_postgres::Config::new();
+            c.host(host);
+            if let Some(port) = data.get("port") {
+                let port: u16 = port.trim().parse().map_err(|_| {
+                    ProvisionError::InvalidSpec(
+                        "key port of the connection Secret is not a port number".to_string(),
+                    )
+                })?;
+                c.port(port);
+            }
+            if let Some(user) = data.get("user") {
+                c.user(user);
+            }
+            if let Some(pw) = data.get("password") {
+                c.password(pw);
+            }
+            if let Some(db) = data.get("database") {
+                c.dbname(db);
+            }
+            c
+        }
+    };
+    match ssl_mode {
+        SslMode::Disable => {
+            cfg.ssl_mode(tokio_postgres::config::SslMode::Disable);
+        }
+        SslMode::Prefer => {
+            cfg.ssl_mode(tokio_postgres::config::SslMode::Prefer);
+        }
+        SslMode::Require | SslMode::VerifyCa | SslMode::VerifyFull => {
+            return Err(ProvisionError::InvalidSpec(
+                "sslMode require/verify-ca/verify-full is not supported by this operator build (no TLS client for PostgreSQL); use prefer or disable".to_string(),
+            ))
+        }
+    }
+    cfg.connect_timeout(CALL_TIMEOUT);
+    Ok(cfg)
+}
+
+/// The objects the shared DDL creates in a schema, read out of the DDL itself.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Expected {
+    /// Tables (`CREATE TABLE IF NOT EXISTS <schema>.<table>`).
+    pub tables: BTreeSet<String>,
+    /// Named secondary indexes (`CREATE [UNIQUE] INDEX IF NOT EXISTS <name>`).
+    pub indexes: BTreeSet<String>,
+    /// Tables with row-level security enabled.
+    pub rls_tables: BTreeSet<String>,
+    /// (table, policy) pairs.
+    pub policies: BTreeSet<(String, String)>,
+    /// Functions (`CREATE OR REPLACE FUNCTION <schema>.<name>(`).
+    pub functions: BTreeSet<String>,
+}
+
+/// Identifier after `prefix` in `stmt` (quotes and a `<schema>.` qualifier removed).
+fn object_after(stmt: &str, prefix: &str) -> Option<String> {
+    let rest = stmt.trim_start().strip_prefix(prefix)?.trim_start();
+    let word: String = rest
+        .chars()
+        .take_while(|c| !c.is_whitespace() && *c != '(')
+        .collect();
+    let name = word.rsplit('.').next().unwrap_or(&word).trim_matches('"');
+    (!name.is_empty()).then(|| name.to_string())
+}
+
+/// The objects `ddl` (store-node's `schema_ddl`) creates.
+pub fn expected_from_ddl(ddl: &[String]) -> Expected {
+    let mut e = Expected::default();
+    for stmt in ddl {
+        if let Some(t) = object_after(stmt, "CREATE TABLE IF NOT EXISTS") {
+            e.tables.insert(t);
+        } else if let Some(i) = object_after(stmt, "CREATE UNIQUE INDEX IF NOT EXISTS")
+            .or_else(|| object_after(stmt, "CREATE INDEX IF NOT EXISTS"))
+        {
+            e.indexes.insert(i);
+        } else if let Some(f) = object_after(stmt, "CREATE OR REPLACE FUNCTION") {
+            e.functions.insert(f);
+        } else if let Some(t) = object_after(stmt, "ALTER TABLE") {
+            if stmt.contains("ENABLE ROW LEVEL SECURITY") {
+                e.rls_tables.insert(t);
+            }
+        } else if let Some(p) = object_after(stmt, "CREATE POLICY") {
+            if let Some((_, on)) = stmt.split_once(" ON ") {
+                if let Some(t) = object_after(on, "") {
+                    e.policies.insert((t, p));
+                }
+            }
+        }
+    }
+    e
+}
+
+/// What `pg_catalog` says about a schema.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Catalog {
+    /// The schema exists.
+    pub schema_exists: bool,
+    /// Table name to (row security enabled, row security forced).
+    pub tables: BTreeMap<String, (bool, bool)>,
+    /// Index names.
+    pub indexes: BTreeSet<String>,
+    /// (table, policy) pairs.
+    pub policies: BTreeSet<(String, String)>,
+    /// Function names.
+    pub functions: BTreeSet<String>,
+    /// Primary-key columns of the events table in key order (empty when it has none).
+    pub events_primary_key: Vec<String>,
+}
+
+/// Drift items between the expected objects and the catalog, in a stable order.
+pub fn drift(expected: &Expected, live: &Catalog, schema: &str) -> Vec<String> {
+    if !live.schema_exists {
+        return vec![format!("schema {schema} missing")];
+    }
+    let mut d = Vec::new();
+    for t in &expected.tables {
+        if !live.tables.contains_key(t) {
+            d.push(format!("table {schema}.{t} missing"));
+        }
+    }
+    for i in &expected.indexes {
+        if !live.indexes.contains(i) {
+            d.push(format!("index {schema}.{i} missing"));
+        }
+    }
+    for t in &expected.rls_tables {
+        if live.tables.get(t).is_some_and(|(enabled, _)| !enabled) {
+            d.push(format!("row-level security disabled on {schema}.{t}"));
+        }
+    }
+    for (t, p) in &expected.policies {
+        if !live.policies.contains(&(t.clone(), p.clone())) {
+            d.push(format!("policy {p} missing on {schema}.{t}"));
+        }
+    }
+    for f in &expected.functions {
+        if !live.functions.contains(f) {
+            d.push(format!("function {schema}.{f} missing"));
+        }
+    }
+    d
+}
+
+/// A conflict that forbids adopting the schema: an events table with another primary key.
+pub fn conflict(live: &Catalog, schema: &str) -> Option<String> {
+    if !live.tables.contains_key("events") {
+        return None;
+    }
+    let want: Vec<String> = EVENTS_PRIMARY_KEY.iter().map(|s| s.to_string()).collect();
+    (live.events_primary_key != want).then(|| {
+        format!(
+            "table {schema}.events exists with primary key ({}), not (tenant, stream, version); it is left untouched",
+            live.events_primary_key.join(", ")
+        )
+    })
+}
+
+/// Statement dropping the schema and everything in it (deletionPolicy Delete).
+pub fn drop_ddl(schema: &str) -> Result<String, ProvisionError> {
+    let s = sql::ident(schema).map_err(|e| ProvisionError::InvalidSpec(e.to_string()))?;
+    Ok(format!("DROP SCHEMA IF EXISTS {s} CASCADE"))
+}
+
+fn pg_err(e: tokio_postgres::Error) -> ProvisionError {
+    if let Some(db) = e.as_db_error() {
+        let code = db.code();
+        let message = format!("{}: {}", code.code(), db.message());
+        if code.code().starts_with("28") || *code == SqlState::INSUFFICIENT_PRIVILEGE {
+            return ProvisionError::Permission {
+                service: SERVICE,
+                message,
+            };
+        }
+        if *code == SqlState::INVALID_CATALOG_NAME {
+            return ProvisionError::InvalidSpec(format!("postgres {message}"));
+        }
+        if code.code().starts_with("53")
+            || code.code().starts_with("57")
+            || code.code().starts_with("08")
+            || *code == SqlState::T_R_SERIALIZATION_FAILURE
+            || *code == SqlState::T_R_DEADLOCK_DETECTED
+        {
+            return ProvisionError::Unavailable {
+                service: SERVICE,
+                message,
+            };
+        }
+        return ProvisionError::Conflict(format!("postgres {message}"));
+    }
+    ProvisionError::Unavailable {
+        service: SERVICE,
+        message: e.to_string(),
+    }
+}
+
+/// The PostgreSQL provisioner of one EventStore.
+pub struct PostgresProvisioner {
+    config: tokio_postgres::Config,
+    schema: String,
+}
+
+impl PostgresProvisioner {
+    /// A provisioner for `schema` over the admin connection `config` (no connection yet).
+    pub fn new(config: tokio_postgres::Config, schema: String) -> Self {
+        Self { config, schema }
+    }
+
+    /// The schema this provisioner manages.
+    pub fn schema(&self) -> &str {
+        &self.schema
+    }
+
+    async fn connect(&self) -> Result<tokio_postgres::Client, ProvisionError> {
+        let fut = self.config.connect(NoTls);
+        let (client, conn) = tokio::time::timeout(CALL_TIMEOUT, fut)
+            .await
+            .map_err(|_| ProvisionError::Unavailable {
+                service: SERVICE,
+                message: format!("no connection within {}s", CALL_TIMEOUT.as_secs()),
+            })?
+            .map_err(pg_err)?;
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(error = %e, "postgres admin connection ended");
+            }
+        });
+        Ok(client)
+    }
+
+    async fn catalog(&self, c: &tokio_postgres::Client) -> Result<Catalog, ProvisionError> {
+        let s = self.schema.as_str();
+        let q = |stmt: &'static str| async move {
+            tokio::time::timeout(CALL_TIMEOUT, c.query(stmt, &[&s]))
+                .await
+                .map_err(|_| ProvisionError::Unavailable {
+                    service: SERVICE,
+                    message: "catalog query timed out".to_string(),
+                })?
+                .map_err(pg_err)
+        };
+        let mut cat = Catalog {
+            schema_exists: !q("SELECT 1 FROM pg_namespace WHERE nspname = $1")
+                .await?
+                .is_empty(),
+            ..Catalog::default()
+        };
+        if !cat.schema_exists {
+            return Ok(cat);
+        }
+        for r in q("SELECT c.relname::text, c.relrowsecurity, c.relforcerowsecurity FROM pg_class c \
+                    JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = $1 AND c.relkind = 'r'")
+        .await?
+        {
+            cat.tables.insert(r.get(0), (r.get(1), r.get(2)));
+        }
+        for r in q("SELECT indexname::text FROM pg_indexes WHERE schemaname = $1").await? {
+            cat.indexes.insert(r.get(0));
+        }
+        for r in
+            q("SELECT tablename::text, policyname::text FROM pg_policies WHERE schemaname = $1")
+                .await?
+        {
+            cat.policies.insert((r.get(0), r.get(1)));
+        }
+        for r in q(
+            "SELECT p.proname::text FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace \
+                    WHERE n.nspname = $1",
+        )
+        .await?
+        {
+            cat.functions.insert(r.get(0));
+        }
+        for r in q("SELECT a.attname::text FROM pg_index i \
+                    JOIN pg_class c ON c.oid = i.indrelid JOIN pg_namespace n ON n.oid = c.relnamespace \
+                    CROSS JOIN LATERAL unnest(i.indkey) WITH ORDINALITY AS k(attnum, ord) \
+                    JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum = k.attnum \
+                    WHERE n.nspname = $1 AND c.relname = 'events' AND i.indisprimary ORDER BY k.ord")
+        .await?
+        {
+            cat.events_primary_key.push(r.get(0));
+        }
+        Ok(cat)
+    }
+
+    fn ddl(&self) -> Result<Vec<String>, ProvisionError> {
+        sql::schema_ddl(&self.schema).map_err(|e| ProvisionError::InvalidSpec(e.to_string()))
+    }
+
+    async fn run_ddl(&self, c: &mut tokio_postgres::Client) -> Result<(), ProvisionError> {
+        let ddl = self.ddl()?;
+        let work = async {
+            let tx = c.transaction().await.map_err(pg_err)?;
+            tx.execute("SELECT pg_advisory_xact_lock($1)", &[&DDL_LOCK])
+                .await
+                .map_err(pg_err)?;
+            for s in &ddl {
+                tx.batch_execute(s).await.map_err(pg_err)?;
+            }
+            tx.commit().await.map_err(pg_err)
+        };
+        tokio::time::timeout(CALL_TIMEOUT * 3, work)
+            .await
+            .map_err(|_| ProvisionError::Unavailable {
+                service: SERVICE,
+                message: "schema DDL timed out".to_string(),
+            })?
+    }
+
+    fn resources(&self) -> BTreeMap<String, String> {
+        BTreeMap::from([("schema".to_string(), self.schema.clone())])
+    }
+}
+
+#[async_trait]
+impl Provisioner for PostgresProvisioner {
+    async fn ensure(&self) -> Result<Ensured, ProvisionError> {
+        let mut c = self.connect().await?;
+        let live = self.catalog(&c).await?;
+        if let Some(msg) = conflict(&live, &self.schema) {
+            return Err(ProvisionError::Conflict(msg));
+        }
+        let action = if live.schema_exists {
+            EnsureAction::Adopted
+        } else {
+            self.run_ddl(&mut c).await?;
+            EnsureAction::Created
+        };
+        Ok(Ensured {
+            action,
+            resources: self.resources(),
+        })
+    }
+
+    async fn observe(&self) -> Result<Observed, ProvisionError> {
+        let expected = expected_from_ddl(&self.ddl()?);
+        let mut c = self.connect().await?;
+        let live = self.catalog(&c).await?;
+        let found = drift(&expected, &live, &self.schema);
+        let mut out = Observed {
+            resources: self.resources(),
+            ..Observed::default()
+        };
+        if !found.is_empty() {
+            self.run_ddl(&mut c).await?;
+            let after = self.catalog(&c).await?;
+            let left = drift(&expected, &after, &self.schema);
+            out.corrected = found
+                .iter()
+                .filter(|d| !left.contains(d))
+                .cloned()
+                .collect();
+            out.pending = !left.is_empty();
+            out.drift = found;
+        }
+        let forced = live.tables.values().filter(|(_, f)| *f).count();
+        out.resources.insert(
+            "rowLevelSecurity".to_string(),
+            format!(
+                "enabled on {} tables ({} forced)",
+                expected.rls_tables.len(),
+                forced
+            ),
+        );
+        Ok(out)
+    }
+
+    async fn delete(&self, policy: DeletionPolicy) -> Result<Deleted, ProvisionError> {
+        if policy == DeletionPolicy::Retain {
+            return Ok(Deleted::Retained);
+        }
+        let c = self.connect().await?;
+        if !self.catalog(&c).await?.schema_exists {
+            return Ok(Deleted::AlreadyGone);
+        }
+        let stmt = drop_ddl(&self.schema)?;
+        tokio::time::timeout(CALL_TIMEOUT * 3, c.batch_execute(&stmt))
+            .await
+            .map_err(|_| ProvisionError::Unavailable {
+                service: SERVICE,
+                message: "DROP SCHEMA timed out".to_string(),
+            })?
+            .map_err(pg_err)?;
+        Ok(Deleted::Deleted)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn expected() -> Expected {
+        expected_from_ddl(&sql::schema_ddl("es1").unwrap())
+    }
+
+    fn healthy() -> Catalog {
+        let e = expected();
+        Catalog {
+            schema_exists: true,
+            tables: e
+                .tables
+                .iter()
+                .map(|t| (t.clone(), (true, false)))
+                .collect(),
+            indexes: e.indexes.clone(),
+            policies: e.policies.clone(),
+            functions: e.functions.clone(),
+            events_primary_key: EVENTS_PRIMARY_KEY.iter().map(|s| s.to_string()).collect(),
+        }
+    }
+
+    #[test]
+    fn expected_objects_come_from_the_shared_ddl() {
+        let e = expected();
+        let set = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<BTreeSet<_>>();
+        assert_eq!(
+            e.tables,
+            set(&["tenants", "streams", "events", "snapshots", "tenant_roles"])
+        );
+        assert_eq!(
+            e.indexes,
+            set(&["events_tenant_position", "events_tenant_stream_event_id"])
+        );
+        assert_eq!(e.rls_tables, set(&sql::TENANT_TABLES));
+        assert_eq!(e.policies.len(), sql::TENANT_TABLES.len());
+        assert!(e
+            .policies
+            .contains(&("events".to_string(), sql::POLICY.to_string())));
+        assert_eq!(e.functions, set(&["tenant_of"]));
+    }
+
+    #[test]
+    fn healthy_schema_has_no_drift() {
+        assert!(drift(&expected(), &healthy(), "es1").is_empty());
+        assert_eq!(conflict(&healthy(), "es1"), None);
+    }
+
+    #[test]
+    fn drift_lists_each_missing_piece() {
+        let mut live = healthy();
+        live.indexes.remove("events_tenant_position");
+        live.tables.insert("streams".into(), (false, false));
+        live.policies
+            .remove(&("snapshots".to_string(), sql::POLICY.to_string()));
+        assert_eq!(
+            drift(&expected(), &live, "es1"),
+            vec![
+                "index es1.events_tenant_position missing".to_string(),
+                "row-level security disabled on es1.streams".to_string(),
+                "policy allsource_tenant_isolation missing on es1.snapshots".to_string(),
+            ]
+        );
+        let gone = Catalog::default();
+        assert_eq!(
+            drift(&expected(), &gone, "es1"),
+            vec!["schema es1 missing".to_string()]
+        );
+    }
+
+    #[test]
+    fn foreign_events_table_is_a_conflict() {
+        let mut live = healthy();
+        live.events_primary_key = vec!["id".into()];
+        let msg = conflict(&live, "es1").unwrap();
+        assert!(msg.contains("primary key (id)"), "{msg}");
+    }
+
+    #[test]
+    fn schema_names() {
+        assert_eq!(
+            schema_name("team-a", "orders.v2", None).unwrap(),
+            "allsource_team_a_orders_v2"
+        );
+        assert_eq!(schema_name("x", "y", Some("mine")).unwrap(), "mine");
+        assert!(matches!(
+            schema_name("x", "y", Some("Bad-Name")),
+            Err(ProvisionError::InvalidSpec(_))
+        ));
+        let long = "n".repeat(80);
+        assert_eq!(schema_name("ns", &long, None).unwrap().len(), 63);
+        assert_eq!(
+            drop_ddl("es1").unwrap(),
+            "DROP SCHEMA IF EXISTS \"es1\" CASCADE"
+        );
+    }
+
+    #[test]
+    fn connection_from_secret_keys() {
+        let url = BTreeMap::from([(
+            "url".to_string(),
+            "postgres://admin:s3cret@db:5433/events".to_string(),
+        )]);
+        let c = connection_config(&url, SslMode::Prefer).unwrap();
+        assert_eq!(c.get_dbname(), Some("events"));
+        assert_eq!(c.get_ports(), &[5433]);
+        let parts = BTreeMap::from([
+            ("host".to_string(), "db".to_string()),
+            ("port".to_string(), "5432".to_string()),
+            ("user".to_string(), "admin".to_string()),
+            ("password".to_string(), "pw".to_string()),
+        ]);
+        let c = connection_config(&parts, SslMode::Disable).unwrap();
+        assert_eq!(c.get_user(), Some("admin"));
+        let bad = BTreeMap::from([(
+            "url".to_string(),
+            "postgres://u:topsecret@".to_string() + "%zz",
+        )]);
+        if let Err(e) = connection_config(&bad, SslMode::Prefer) {
+            assert!(!e.to_string().contains("topsecret"));
+        }
+        assert!(matches!(
+            connection_config(&BTreeMap::new(), SslMode::Prefer),
+            Err(ProvisionError::InvalidSpec(_))
+        ));
+        assert!(matches!(
+            connection_config(&parts, SslMode::VerifyFull),
+            Err(ProvisionError::InvalidSpec(_))
+        ));
+    }
+}

@@ -1,0 +1,362 @@
+//! Builds the objects of the stateless gateway in front of a cloud EventStore: the Deployment
+//! running `store-node gateway --backend <postgres|dynamodb>`, the client Service `<name>` and
+//! the `<name>-gateway` ConfigMap with `registry.json` (the same registry format the selfHosted
+//! nodes read; the gateway serves every tenant, so each entry's node is [`GATEWAY_NODE`]).
+//! Connection secrets reach the pods only as `secretKeyRef` env vars, never as literal values.
+//! Pure: no I/O.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec};
+use k8s_openapi::api::core::v1::{
+    Capabilities, ConfigMap, ConfigMapVolumeSource, Container, ContainerPort, EnvVar, EnvVarSource,
+    HTTPGetAction, PodSecurityContext, PodSpec, PodTemplateSpec, Probe, SeccompProfile,
+    SecretKeySelector, SecurityContext, Service, ServicePort, ServiceSpec, Volume, VolumeMount,
+};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use kube::ResourceExt;
+
+use super::configmap::{Registry, REGISTRY_KEY};
+use super::{child_meta, common_labels, CONFIG_MOUNT, HTTP_PORT};
+use crate::api::eventstore::GatewaySpec;
+use crate::api::EventStore;
+
+/// Component label value of gateway pods.
+pub const COMPONENT_GATEWAY: &str = "gateway";
+/// Node name of every tenant in the gateway's registry.
+pub const GATEWAY_NODE: &str = "gateway";
+/// Name of the gateway container.
+pub const CONTAINER: &str = "gateway";
+const RUN_AS: i64 = 65532;
+
+/// How the gateway reaches its backend. Secrets are referenced by name and key only.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum GatewayBackend {
+    /// PostgreSQL: the admin Secret's `url` key and the EventStore's schema.
+    Postgres {
+        /// Name of the Secret with key `url`.
+        url_secret: String,
+        /// Schema of the pooled tenants.
+        schema: String,
+    },
+    /// DynamoDB: table, region, endpoint override and optional keys Secret (else pod identity).
+    Dynamodb {
+        /// Table name.
+        table: String,
+        /// Region.
+        region: String,
+        /// Endpoint override.
+        endpoint: Option<String>,
+        /// Secret with AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY; None uses IRSA.
+        credentials_secret: Option<String>,
+    },
+}
+
+/// Name of the gateway Deployment and ConfigMap.
+pub fn gateway_name(es: &EventStore) -> String {
+    format!("{}-gateway", es.name_any())
+}
+
+/// Labels that select the gateway pods.
+pub fn selector_labels(es: &EventStore) -> BTreeMap<String, String> {
+    let mut l = super::selector_labels(es);
+    l.insert(
+        "app.kubernetes.io/component".to_string(),
+        COMPONENT_GATEWAY.to_string(),
+    );
+    l
+}
+
+fn labels(es: &EventStore) -> BTreeMap<String, String> {
+    let mut l = common_labels(es);
+    l.extend(selector_labels(es));
+    l
+}
+
+fn meta(es: &EventStore, name: String) -> ObjectMeta {
+    let mut m = child_meta(es, name);
+    m.labels = Some(labels(es));
+    m
+}
+
+fn literal(name: &str, value: &str) -> EnvVar {
+    EnvVar {
+        name: name.to_string(),
+        value: Some(value.to_string()),
+        ..EnvVar::default()
+    }
+}
+
+fn from_secret(name: &str, secret: &str, key: &str) -> EnvVar {
+    EnvVar {
+        name: name.to_string(),
+        value_from: Some(EnvVarSource {
+            secret_key_ref: Some(SecretKeySelector {
+                name: secret.to_string(),
+                key: key.to_string(),
+                optional: Some(false),
+            }),
+            ..EnvVarSource::default()
+        }),
+        ..EnvVar::default()
+    }
+}
+
+/// Arguments and environment of the gateway container for `backend`.
+pub fn args_and_env(backend: &GatewayBackend) -> (Vec<String>, Vec<EnvVar>) {
+    let name = match backend {
+        GatewayBackend::Postgres { .. } => "postgres",
+        GatewayBackend::Dynamodb { .. } => "dynamodb",
+    };
+    let args = [
+        "gateway",
+        "--backend",
+        name,
+        "--registry",
+        &format!("{CONFIG_MOUNT}/{REGISTRY_KEY}"),
+        "--listen",
+        &format!("0.0.0.0:{HTTP_PORT}"),
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let env = match backend {
+        GatewayBackend::Postgres { url_secret, schema } => vec![
+            from_secret("STORE_NODE_PG_URL", url_secret, "url"),
+            literal("STORE_NODE_PG_SCHEMA", schema),
+        ],
+        GatewayBackend::Dynamodb {
+            table,
+            region,
+            endpoint,
+            credentials_secret,
+        } => {
+            let mut env = vec![
+                literal("STORE_NODE_DYNAMODB_TABLE", table),
+                literal("AWS_REGION", region),
+            ];
+            if let Some(ep) = endpoint {
+                env.push(literal("STORE_NODE_DYNAMODB_ENDPOINT", ep));
+            }
+            if let Some(s) = credentials_secret {
+                env.push(from_secret(
+                    "STORE_NODE_DYNAMODB_ACCESS_KEY_ID",
+                    s,
+                    "AWS_ACCESS_KEY_ID",
+                ));
+                env.push(from_secret(
+                    "STORE_NODE_DYNAMODB_SECRET_ACCESS_KEY",
+                    s,
+                    "AWS_SECRET_ACCESS_KEY",
+                ));
+            }
+            env
+        }
+    };
+    (args, env)
+}
+
+fn probe(path: &str, period: i32, failures: i32) -> Probe {
+    Probe {
+        http_get: Some(HTTPGetAction {
+            path: Some(path.to_string()),
+            port: IntOrString::String("http".to_string()),
+            ..HTTPGetAction::default()
+        }),
+        period_seconds: Some(period),
+        failure_threshold: Some(failures),
+        ..Probe::default()
+    }
+}
+
+/// The gateway Deployment.
+pub fn deployment(es: &EventStore, gw: &GatewaySpec, backend: &GatewayBackend) -> Deployment {
+    let (args, env) = args_and_env(backend);
+    let container = Container {
+        name: CONTAINER.to_string(),
+        image: Some(gw.image.clone()),
+        args: Some(args),
+        env: Some(env),
+        ports: Some(vec![ContainerPort {
+            name: Some("http".to_string()),
+            container_port: HTTP_PORT,
+            protocol: Some("TCP".to_string()),
+            ..ContainerPort::default()
+        }]),
+        readiness_probe: Some(probe("/readyz", 5, 3)),
+        liveness_probe: Some(probe("/healthz", 10, 6)),
+        volume_mounts: Some(vec![VolumeMount {
+            name: "registry".to_string(),
+            mount_path: CONFIG_MOUNT.to_string(),
+            read_only: Some(true),
+            ..VolumeMount::default()
+        }]),
+        security_context: Some(SecurityContext {
+            run_as_non_root: Some(true),
+            read_only_root_filesystem: Some(true),
+            allow_privilege_escalation: Some(false),
+            capabilities: Some(Capabilities {
+                drop: Some(vec!["ALL".to_string()]),
+                ..Capabilities::default()
+            }),
+            ..SecurityContext::default()
+        }),
+        ..Container::default()
+    };
+    Deployment {
+        metadata: meta(es, gateway_name(es)),
+        spec: Some(DeploymentSpec {
+            replicas: Some(gw.replicas),
+            selector: LabelSelector {
+                match_labels: Some(selector_labels(es)),
+                ..LabelSelector::default()
+            },
+            template: PodTemplateSpec {
+                metadata: Some(ObjectMeta {
+                    labels: Some(labels(es)),
+                    ..ObjectMeta::default()
+                }),
+                spec: Some(PodSpec {
+                    containers: vec![container],
+                    volumes: Some(vec![Volume {
+                        name: "registry".to_string(),
+                        config_map: Some(ConfigMapVolumeSource {
+                            name: gateway_name(es),
+                            ..ConfigMapVolumeSource::default()
+                        }),
+                        ..Volume::default()
+                    }]),
+                    security_context: Some(PodSecurityContext {
+                        run_as_non_root: Some(true),
+                        run_as_user: Some(RUN_AS),
+                        run_as_group: Some(RUN_AS),
+                        seccomp_profile: Some(SeccompProfile {
+                            type_: "RuntimeDefault".to_string(),
+                            ..SeccompProfile::default()
+                        }),
+                        ..PodSecurityContext::default()
+                    }),
+                    automount_service_account_token: Some(false),
+                    ..PodSpec::default()
+                }),
+            },
+            ..DeploymentSpec::default()
+        }),
+        ..Deployment::default()
+    }
+}
+
+/// The client Service `<name>` over the ready gateway pods.
+pub fn service(es: &EventStore) -> Service {
+    Service {
+        metadata: meta(es, es.name_any()),
+        spec: Some(ServiceSpec {
+            type_: Some("ClusterIP".to_string()),
+            selector: Some(selector_labels(es)),
+            ports: Some(vec![ServicePort {
+                name: Some("http".to_string()),
+                port: HTTP_PORT,
+                target_port: Some(IntOrString::String("http".to_string())),
+                protocol: Some("TCP".to_string()),
+                ..ServicePort::default()
+            }]),
+            ..ServiceSpec::default()
+        }),
+        ..Service::default()
+    }
+}
+
+/// The `<name>-gateway` ConfigMap with `registry.json` (the gateway reloads it on change).
+pub fn config_map(es: &EventStore, registry: &Registry) -> ConfigMap {
+    let mut json = serde_json::to_string_pretty(registry).unwrap_or_default();
+    json.push('\n');
+    ConfigMap {
+        metadata: meta(es, gateway_name(es)),
+        data: Some(BTreeMap::from([(REGISTRY_KEY.to_string(), json)])),
+        ..ConfigMap::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::resources::configmap::{RegistryQuotas, RegistryTenant, TenantState};
+
+    fn es(backend: &str) -> EventStore {
+        let block = match backend {
+            "postgres" => serde_json::json!({"connectionSecretRef": {"name": "pg-admin"}}),
+            _ => {
+                serde_json::json!({"region": "eu-west-1", "endpoint": "http://dynamodb.local:8000",
+                                    "credentialsSecretRef": {"name": "aws-keys"}})
+            }
+        };
+        serde_json::from_value(serde_json::json!({
+            "apiVersion": "allsource.io/v1alpha1",
+            "kind": "EventStore",
+            "metadata": {"name": "orders", "namespace": "shop", "uid": "5b0c1f9e-0000-4000-8000-000000000002", "generation": 1},
+            "spec": {"backend": backend, backend: block, "gateway": {"enabled": true, "replicas": 2, "image": "ghcr.io/allsource/store-node:0.1.0"}}
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn postgres_snapshot() {
+        let es = es("postgres");
+        let gw = es.spec.gateway.clone().unwrap();
+        let backend = GatewayBackend::Postgres {
+            url_secret: "pg-admin".into(),
+            schema: "allsource_shop_orders".into(),
+        };
+        insta::assert_yaml_snapshot!("postgres_deployment", deployment(&es, &gw, &backend));
+        insta::assert_yaml_snapshot!("service", service(&es));
+        let registry = Registry {
+            version: 1,
+            tenants: vec![RegistryTenant {
+                id: "acme".into(),
+                token_sha256: vec![
+                    "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08".into(),
+                ],
+                state: TenantState::Active,
+                quotas: RegistryQuotas::default(),
+                node: GATEWAY_NODE.into(),
+            }],
+            nodes: BTreeMap::new(),
+        };
+        insta::assert_yaml_snapshot!("config_map", config_map(&es, &registry));
+    }
+
+    #[test]
+    fn dynamodb_snapshot() {
+        let es = es("dynamodb");
+        let gw = es.spec.gateway.clone().unwrap();
+        let backend = GatewayBackend::Dynamodb {
+            table: "allsource-shop-orders".into(),
+            region: "eu-west-1".into(),
+            endpoint: Some("http://dynamodb.local:8000".into()),
+            credentials_secret: Some("aws-keys".into()),
+        };
+        insta::assert_yaml_snapshot!("dynamodb_deployment", deployment(&es, &gw, &backend));
+    }
+
+    #[test]
+    fn secrets_are_only_referenced() {
+        let (_, env) = args_and_env(&GatewayBackend::Dynamodb {
+            table: "t".into(),
+            region: "r".into(),
+            endpoint: None,
+            credentials_secret: Some("aws-keys".into()),
+        });
+        for e in env.iter().filter(|e| e.name.contains("KEY")) {
+            assert!(e.value.is_none(), "{} has a literal value", e.name);
+            assert!(e.value_from.is_some());
+        }
+        let (args, env) = args_and_env(&GatewayBackend::Postgres {
+            url_secret: "pg".into(),
+            schema: "s".into(),
+        });
+        assert_eq!(&args[..3], &["gateway", "--backend", "postgres"]);
+        let url = env.iter().find(|e| e.name == "STORE_NODE_PG_URL").unwrap();
+        assert!(url.value.is_none());
+    }
+}
