@@ -132,6 +132,18 @@ async fn conformance_dynamodb() {
     run_suite("dynamodb", Arc::new(store)).await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn conformance_firestore() {
+    let Some(env) = allsource_tests::env::require("firestore") else {
+        return;
+    };
+    use store_node::backend::firestore::{FirestoreConfig, FirestoreStore};
+    // Every case uses its own random tenants, so the shared emulator database needs no reset.
+    let cfg = FirestoreConfig::emulator(env.firestore_project(), env.firestore_emulator_host());
+    let store = FirestoreStore::connect(cfg).unwrap_or_else(|e| panic!("firestore client: {e}"));
+    run_suite("firestore", Arc::new(store)).await;
+}
+
 // ---------------------------------------------------------------------------------------------
 // Helpers
 // ---------------------------------------------------------------------------------------------

@@ -9,6 +9,8 @@ use futures::stream::BoxStream;
 pub mod cloud;
 #[cfg(feature = "dynamodb")]
 pub mod dynamodb;
+#[cfg(feature = "firestore")]
+pub mod firestore;
 pub mod memory;
 #[cfg(feature = "postgres")]
 pub mod postgres;

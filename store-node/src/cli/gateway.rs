@@ -1,6 +1,7 @@
 //! `store-node gateway`: serves the same HTTP API as `serve` (same router, tenant registry,
-//! bearer tokens, quotas and metrics) over a cloud backend instead of the embedded engine. The
-//! gateway is stateless: any number of replicas can run in front of one database. Tenant
+//! bearer tokens, quotas and metrics) over a cloud backend (PostgreSQL, DynamoDB, Firestore)
+//! instead of the embedded engine. The gateway is stateless: any number of replicas can run in
+//! front of one database. Tenant
 //! isolation is the server's (the tenant comes from the token) plus the backend's (every key or
 //! row is prefixed by the tenant). This module only turns flags into a backend; it must never
 //! hold event data itself.
@@ -23,6 +24,8 @@ pub enum GatewayBackend {
     Postgres,
     /// DynamoDB (`--dynamodb-table`, `--dynamodb-region`, optional endpoint and keys).
     Dynamodb,
+    /// Firestore (`--firestore-project`, optional database, emulator host or bearer token).
+    Firestore,
 }
 
 /// Flags of `store-node gateway`.
@@ -68,6 +71,24 @@ pub struct GatewayArgs {
         hide_env_values = true
     )]
     pub dynamodb_secret_access_key: Option<String>,
+    /// Firestore project id.
+    #[arg(long, env = "STORE_NODE_FIRESTORE_PROJECT")]
+    pub firestore_project: Option<String>,
+    /// Firestore database id.
+    #[arg(
+        long,
+        env = "STORE_NODE_FIRESTORE_DATABASE",
+        default_value = "(default)"
+    )]
+    pub firestore_database: String,
+    /// Firestore emulator `host:port`; when set, calls go there over plain HTTP with the
+    /// emulator's `owner` token (unless `--firestore-token` is given).
+    #[arg(long, env = "FIRESTORE_EMULATOR_HOST")]
+    pub firestore_emulator_host: Option<String>,
+    /// Bearer token for Firestore (production: a Google OAuth access token, e.g. from the
+    /// metadata server under workload identity, refreshed by whoever starts the gateway).
+    #[arg(long, env = "STORE_NODE_FIRESTORE_TOKEN", hide_env_values = true)]
+    pub firestore_token: Option<String>,
 }
 
 /// Builds the backend the flags describe.
@@ -107,6 +128,37 @@ pub async fn open_backend(args: &GatewayArgs) -> anyhow::Result<Arc<dyn EventSto
             let store = DynamoStore::connect(cfg).await?;
             if args.init {
                 store.ensure_table().await.context("creating the table")?;
+            }
+            Ok(Arc::new(store))
+        }
+        GatewayBackend::Firestore => {
+            use store_node::backend::firestore::{FirestoreConfig, FirestoreStore};
+            let project = args
+                .firestore_project
+                .clone()
+                .context("--firestore-project is required for --backend firestore")?;
+            let mut cfg = match &args.firestore_emulator_host {
+                Some(host) => FirestoreConfig::emulator(project, host),
+                None => FirestoreConfig::new(project, None),
+            };
+            if let Some(t) = &args.firestore_token {
+                cfg.token = Some(t.clone());
+            }
+            anyhow::ensure!(
+                cfg.token.is_some(),
+                "--firestore-token is required without --firestore-emulator-host"
+            );
+            cfg.database = args.firestore_database.clone();
+            cfg.poll_interval = poll;
+            let store = FirestoreStore::connect(cfg)?;
+            if args.init {
+                let outcomes = store
+                    .ensure_indexes()
+                    .await
+                    .context("creating the indexes and TTL policies")?;
+                for o in outcomes {
+                    tracing::info!(outcome = ?o, "firestore admin request");
+                }
             }
             Ok(Arc::new(store))
         }

@@ -40,8 +40,8 @@ pub enum LogFormat {
 pub enum Command {
     /// Serve the HTTP API over the embedded engine (WAL + Parquet) in a data directory.
     Serve(serve::ServeArgs),
-    /// Serve the HTTP API over a cloud backend (PostgreSQL, DynamoDB) as a stateless gateway.
-    Gateway(gateway::GatewayArgs),
+    /// Serve the HTTP API over a cloud backend (PostgreSQL, DynamoDB, Firestore) as a stateless gateway.
+    Gateway(Box<gateway::GatewayArgs>),
     /// Archive cold events of tenants to S3 or GCS as Parquet, verify, then trim the store.
     #[cfg(feature = "archive")]
     Archive(archive::ArchiveArgs),
@@ -65,7 +65,7 @@ fn init_logging(format: LogFormat) {
 async fn dispatch(command: Command) -> anyhow::Result<()> {
     match command {
         Command::Serve(args) => serve::run(args).await,
-        Command::Gateway(args) => gateway::run(args).await,
+        Command::Gateway(args) => gateway::run(*args).await,
         #[cfg(feature = "archive")]
         Command::Archive(args) => archive::run(args).await,
     }
