@@ -119,7 +119,7 @@ pub struct Quotas {
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct CredentialsSpec {
-    /// Any new value rotates the tenant's token (e.g. a timestamp); the old token stops working.
+    /// Any new value (e.g. a timestamp) rotates the tenant's token: the connection Secret gets a new token and the previous one stays valid for a grace period (5 minutes; the Tenant annotation allsource.io/rotation-grace-seconds overrides it), then stops working.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 253))]
     pub rotate: Option<String>,
