@@ -12,7 +12,7 @@ use kube::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use super::common::{Condition, EventStoreRef, SecretRef};
+use super::common::{Condition, EventStoreRef, Phase, SecretRef};
 
 /// Desired state of an ArchivePolicy. Annotate the resource with `allsource.io/run-now=<any new value>` to start a run immediately.
 #[derive(CustomResource, Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
@@ -51,6 +51,24 @@ use super::common::{Condition, EventStoreRef, SecretRef};
         type_ = "string",
         json_path = ".status.lastResult",
         description = "Result of the last run"
+    ),
+    printcolumn(
+        name = "Last Success",
+        type_ = "date",
+        json_path = ".status.lastSuccessTime",
+        description = "End of the last successful run"
+    ),
+    printcolumn(
+        name = "Events",
+        type_ = "integer",
+        json_path = ".status.eventsArchived",
+        description = "Events archived by the last run"
+    ),
+    printcolumn(
+        name = "Phase",
+        type_ = "string",
+        json_path = ".status.phase",
+        description = "Summary of the conditions"
     ),
     printcolumn(
         name = "Age",
@@ -264,6 +282,24 @@ pub struct ArchivePolicyStatus {
     /// CronJob that runs the archiver.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cron_job_name: Option<String>,
+    /// Summary of the conditions for kubectl get: Ready, Degraded or Suspended.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phase: Option<Phase>,
+    /// Error of the last run (or of the last failed setup step), empty after a success.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
+    /// Job whose result the run fields (lastRunTime, lastResult, eventsArchived ...) report.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_job_name: Option<String>,
+    /// Jobs of this policy that are running now.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub active_jobs: Vec<String>,
+    /// The allsource.io/run-now annotation value last acted on (a Job was created or the run refused).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run_now_handled: Option<String>,
+    /// Hash of the bucket lifecycle rules last applied for this policy (rules are re-applied only when it changes, and re-checked hourly for drift).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lifecycle_hash: Option<String>,
 }
 
 /// Result of an archive run.

@@ -174,6 +174,7 @@ pub fn error_action(ctx: &Context, key: &str, err: &ReconcileError) -> Action {
 pub async fn run(ctx: Arc<Context>) {
     let mut set = tokio::task::JoinSet::new();
     set.spawn(eventstore::run(ctx.clone()));
+    set.spawn(archivepolicy::run(ctx.clone()));
     set.spawn(tenant::run(ctx.clone()));
     // One line per further controller.
     if set.join_next().await.is_some() {

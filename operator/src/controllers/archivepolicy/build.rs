@@ -12,9 +12,11 @@ use std::collections::BTreeMap;
 use k8s_openapi::api::batch::v1::{CronJob, CronJobSpec, Job, JobSpec, JobTemplateSpec};
 use k8s_openapi::api::core::v1::{
     Capabilities, Container, EnvFromSource, PodSecurityContext, PodSpec, PodTemplateSpec,
-    SeccompProfile, SecretEnvSource, SecretVolumeSource, SecurityContext, Volume, VolumeMount,
+    SeccompProfile, Secret, SecretEnvSource, SecretVolumeSource, SecurityContext, Volume,
+    VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use k8s_openapi::ByteString;
 use kube::{Resource, ResourceExt};
 
 use crate::api::archivepolicy::ConcurrencyPolicy;
@@ -243,6 +245,26 @@ pub fn cron_job(p: &ArchivePolicy, inp: &ArchiverInputs) -> CronJob {
             },
         }),
         status: None,
+    }
+}
+
+/// Name of the Secret holding the selected tenants' bearer tokens (one key per tenant id).
+pub fn tokens_secret_name(p: &ArchivePolicy) -> String {
+    format!("{}-archive-tokens", p.name_any())
+}
+
+/// The tokens Secret of a policy, mounted read-only into the archiver pod at [`TOKENS_DIR`].
+pub fn tokens_secret(p: &ArchivePolicy, tokens: &BTreeMap<String, String>) -> Secret {
+    Secret {
+        metadata: meta(p, tokens_secret_name(p)),
+        type_: Some("Opaque".into()),
+        data: Some(
+            tokens
+                .iter()
+                .map(|(k, v)| (k.clone(), ByteString(v.clone().into_bytes())))
+                .collect(),
+        ),
+        ..Secret::default()
     }
 }
 
