@@ -837,7 +837,8 @@ async fn stats(s: Store) -> Result<()> {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Gateway: the real `store-node gateway` binary over DynamoDB Local, with a hostile tenant.
+// Gateway: the real `store-node gateway` binary over DynamoDB Local and the Firestore emulator,
+// with a hostile tenant.
 // ---------------------------------------------------------------------------------------------
 
 use allsource_tests::bins::store_node as store_node_binary;
@@ -861,6 +862,47 @@ async fn gateway_dynamodb_hostile_tenant() {
         return;
     };
     use allsource_tests::env::{AWS_TEST_ACCESS_KEY, AWS_TEST_REGION, AWS_TEST_SECRET_KEY};
+    let table = format!("gateway-{}", &Uuid::new_v4().simple().to_string()[..8]);
+    let args = [
+        "--backend",
+        "dynamodb",
+        "--init",
+        "--dynamodb-table",
+        &table,
+        "--dynamodb-region",
+        AWS_TEST_REGION,
+        "--dynamodb-endpoint",
+        env.dynamodb_endpoint(),
+        "--dynamodb-access-key-id",
+        AWS_TEST_ACCESS_KEY,
+        "--dynamodb-secret-access-key",
+        AWS_TEST_SECRET_KEY,
+    ];
+    hostile_tenant_through_gateway(&args).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gateway_firestore_hostile_tenant() {
+    let Some(env) = allsource_tests::env::require("firestore") else {
+        return;
+    };
+    // `--init` on the emulator: its missing Admin API must not stop the gateway (see
+    // store_node::backend::firestore::admin).
+    let args = [
+        "--backend",
+        "firestore",
+        "--init",
+        "--firestore-project",
+        env.firestore_project(),
+        "--firestore-emulator-host",
+        env.firestore_emulator_host(),
+    ];
+    hostile_tenant_through_gateway(&args).await;
+}
+
+/// Starts the real `store-node gateway` with `backend_args` and two tenants A and B with their
+/// own tokens, then B tries every way into A's data over HTTP.
+async fn hostile_tenant_through_gateway(backend_args: &[&str]) {
     use reqwest::StatusCode;
     use serde_json::json;
     use store_node::tenant::sha256_hex;
@@ -878,32 +920,17 @@ async fn gateway_dynamodb_hostile_tenant() {
     let reg_path = dir.path().join("registry.json");
     std::fs::write(&reg_path, registry.to_string()).unwrap_or_else(|e| panic!("{e}"));
     let port = allsource_tests::bins::free_port();
-    let table = format!("gateway-{}", &Uuid::new_v4().simple().to_string()[..8]);
     let log =
         std::fs::File::create(dir.path().join("gateway.log")).unwrap_or_else(|e| panic!("{e}"));
     let child = std::process::Command::new(store_node_binary())
-        .args([
-            "--log-format",
-            "text",
-            "gateway",
-            "--backend",
-            "dynamodb",
-            "--init",
-        ])
+        .args(["--log-format", "text", "gateway"])
+        .args(backend_args)
         .arg("--listen")
         .arg(format!("127.0.0.1:{port}"))
         .arg("--registry")
         .arg(&reg_path)
-        .args([
-            "--dynamodb-table",
-            &table,
-            "--dynamodb-region",
-            AWS_TEST_REGION,
-        ])
-        .args(["--dynamodb-endpoint", env.dynamodb_endpoint()])
-        .args(["--dynamodb-access-key-id", AWS_TEST_ACCESS_KEY])
-        .args(["--dynamodb-secret-access-key", AWS_TEST_SECRET_KEY])
         .env_remove("POD_NAME")
+        .env_remove("FIRESTORE_EMULATOR_HOST")
         .stdout(std::process::Stdio::null())
         .stderr(log)
         .spawn()
@@ -985,6 +1012,18 @@ async fn gateway_dynamodb_hostile_tenant() {
     assert!(
         st.is_client_error(),
         "a key-shaped stream id was accepted: {st}"
+    );
+    // The same with a document path (Firestore names are `tenants/{t}/streams/{s}`).
+    let (st, _) = get(
+        url(&format!(
+            "/v1/streams/..%2F..%2F{a}%2Fstreams%2Fsecret-plans/events"
+        )),
+        tok_b.clone(),
+    )
+    .await;
+    assert!(
+        st.is_client_error(),
+        "a path-shaped stream id was accepted: {st}"
     );
     // B writing under the same name creates B's own stream; A's stays untouched.
     let r = http
