@@ -96,13 +96,33 @@ pub async fn run(ctx: Arc<Context>) {
         let labelled = watcher::Config::default().labels(POLICY_LABEL);
         // CronJob-made Jobs are owned by the CronJob, so Jobs and Pods map back through the label.
         let controller =
-            Controller::new(scoped::<ArchivePolicy>(c, ns), watcher::Config::default())
-                .owns(scoped::<CronJob>(c, ns), labelled.clone())
-                .watches(scoped::<Job>(c, ns), labelled.clone(), by_label)
-                .watches(scoped::<Pod>(c, ns), labelled, by_label)
-                .shutdown_on_signal()
-                .run(reconcile, on_error, state.clone())
-                .for_each(|_| futures::future::ready(()));
+            Controller::new(scoped::<ArchivePolicy>(c, ns), watcher::Config::default());
+        // A Tenant change (new tenant, token issued or rotated) wakes the policies of its store.
+        let policies = controller.store();
+        let to_policies = move |t: Tenant| {
+            let ns = t.namespace();
+            policies
+                .state()
+                .into_iter()
+                .filter(|p| {
+                    p.namespace() == ns
+                        && p.spec.event_store_ref.name == t.spec.event_store_ref.name
+                })
+                .map(|p| ObjectRef::from_obj(p.as_ref()))
+                .collect::<Vec<_>>()
+        };
+        let controller = controller
+            .owns(scoped::<CronJob>(c, ns), labelled.clone())
+            .watches(scoped::<Job>(c, ns), labelled.clone(), by_label)
+            .watches(scoped::<Pod>(c, ns), labelled, by_label)
+            .watches(
+                scoped::<Tenant>(c, ns),
+                watcher::Config::default(),
+                to_policies,
+            )
+            .shutdown_on_signal()
+            .run(reconcile, on_error, state.clone())
+            .for_each(|_| futures::future::ready(()));
         controllers.push(controller);
     }
     futures::future::join_all(controllers).await;

@@ -1,0 +1,603 @@
+//! The ArchivePolicy controller against the env's real control plane (kube-apiserver,
+//! kube-controller-manager with the Job, CronJob and garbage-collector controllers, scheduler,
+//! kwok nodes), moto S3 and fake-gcs-server, with the operator's controllers running in-process
+//! for one namespace per test: a policy becomes a CronJob with its schedule, time zone and
+//! suspend; schedule and suspend changes follow; the S3 bucket gets lifecycle rules matching the
+//! tiers while a foreign rule stays, and deleting the policy removes only its own rule; a missing
+//! bucket degrades the policy until the bucket exists; run-now creates exactly one Job per
+//! annotation value, which the real Job controller runs (on kwok) to completion and the status
+//! reports, and a run-now is refused under Forbid while another run is active; a GCS policy
+//! applies its lifecycle through the JSON API.
+//! Not covered here: fake-gcs-server accepts and drops bucket lifecycle, so GCS rules cannot be
+//! read back; kwok completes Job pods without running the archiver, so the termination-message
+//! report is exercised by the controller's unit tests, not end to end.
+
+mod operator_support;
+
+use std::time::Duration;
+
+use allsource_operator::api::archivepolicy::{ArchivePolicyStatus, RunResult};
+use allsource_operator::api::{ArchivePolicy, EventStore, Phase, Tenant, FINALIZER};
+use aws_sdk_s3::types::{
+    BucketLifecycleConfiguration, ExpirationStatus, LifecycleExpiration, LifecycleRule,
+    LifecycleRuleFilter,
+};
+use k8s_openapi::api::batch::v1::{CronJob, Job};
+use k8s_openapi::api::core::v1::Secret;
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::{Client, ResourceExt};
+use operator_support::{install_crds, wait_for, Operator};
+use serde_json::json;
+
+const DEADLINE: Duration = Duration::from_secs(90);
+
+struct Setup {
+    ns: allsource_tests::env::TestNamespace,
+    client: Client,
+    op: Operator,
+}
+
+impl Setup {
+    fn name(&self) -> String {
+        self.ns.name().to_string()
+    }
+
+    async fn finish(self) {
+        self.op.stop().await;
+        self.ns.cleanup().await.unwrap();
+    }
+}
+
+/// A namespace with the CRDs, the operator, an EventStore `orders`, a Tenant `acme` (label
+/// `archive=true`) whose credentials the Tenant controller has issued, and the S3/GCS secrets.
+async fn setup(prefix: &str) -> Option<Setup> {
+    let env = allsource_tests::env::require("kube")?;
+    allsource_tests::env::require("s3")?;
+    let ns = env.test_namespace(prefix).await.unwrap();
+    let client = ns.client().clone();
+    install_crds(&client).await;
+    let n = ns.name().to_string();
+    let op = Operator::start(&client, &n);
+    let es: EventStore = serde_json::from_value(json!({
+        "apiVersion": "allsource.io/v1alpha1", "kind": "EventStore",
+        "metadata": {"name": "orders"},
+        "spec": {"backend": "selfHosted",
+                 "selfHosted": {"replicas": 1, "image": "ghcr.io/allsource/store-node:0.1.0",
+                                "storage": {"size": "1Gi"}}},
+    }))
+    .unwrap();
+    Api::<EventStore>::namespaced(client.clone(), &n)
+        .create(&PostParams::default(), &es)
+        .await
+        .unwrap();
+    let tn: Tenant = serde_json::from_value(json!({
+        "apiVersion": "allsource.io/v1alpha1", "kind": "Tenant",
+        "metadata": {"name": "acme", "labels": {"archive": "true"}},
+        "spec": {"eventStoreRef": {"name": "orders"}, "tenantId": "acme"},
+    }))
+    .unwrap();
+    let tenants = Api::<Tenant>::namespaced(client.clone(), &n);
+    tenants.create(&PostParams::default(), &tn).await.unwrap();
+    wait_for("tenant credentials issued", DEADLINE, || {
+        let tenants = tenants.clone();
+        async move { tenants.get("acme").await.ok()?.status?.secret_name }
+    })
+    .await;
+    let secrets = Api::<Secret>::namespaced(client.clone(), &n);
+    let s3: Secret = serde_json::from_value(json!({
+        "metadata": {"name": "s3-creds"},
+        "stringData": {"AWS_ACCESS_KEY_ID": env.s3_access_key(),
+                       "AWS_SECRET_ACCESS_KEY": env.s3_secret_key()},
+    }))
+    .unwrap();
+    secrets.create(&PostParams::default(), &s3).await.unwrap();
+    let gcs: Secret = serde_json::from_value(json!({
+        "metadata": {"name": "gcs-creds"},
+        // fake-gcs-server ignores the token; a real one comes from Workload Identity or a key.
+        "stringData": {"GCS_OAUTH_TOKEN": "test-token"},
+    }))
+    .unwrap();
+    secrets.create(&PostParams::default(), &gcs).await.unwrap();
+    Some(Setup { ns, client, op })
+}
+
+fn s3_policy(name: &str, bucket: &str) -> ArchivePolicy {
+    let env = allsource_tests::env::require("s3").unwrap();
+    serde_json::from_value(json!({
+        "apiVersion": "allsource.io/v1alpha1", "kind": "ArchivePolicy",
+        "metadata": {"name": name},
+        "spec": {
+            "eventStoreRef": {"name": "orders"},
+            "schedule": "0 2 * * *",
+            "timeZone": "Europe/Berlin",
+            "hotRetention": "30d",
+            "tenantSelector": {"matchLabels": {"archive": "true"}},
+            "destination": {"s3": {"bucket": bucket, "prefix": "orders/",
+                "endpoint": env.s3_endpoint(), "region": "us-east-1", "forcePathStyle": true,
+                "credentialsSecretRef": {"name": "s3-creds"}}},
+            "tiers": [{"after": "90d", "storageClass": "GLACIER_IR"},
+                      {"after": "365d", "storageClass": "DEEP_ARCHIVE"}],
+            "expireAfter": "3650d",
+        }
+    }))
+    .unwrap()
+}
+
+async fn wait_status(
+    api: &Api<ArchivePolicy>,
+    name: &str,
+    what: &str,
+    pred: impl Fn(&ArchivePolicy, &ArchivePolicyStatus) -> bool,
+) -> ArchivePolicyStatus {
+    wait_for(what, DEADLINE, || {
+        let api = api.clone();
+        let pred = &pred;
+        async move {
+            let p = api.get(name).await.ok()?;
+            let st = p.status.clone()?;
+            pred(&p, &st).then_some(st)
+        }
+    })
+    .await
+}
+
+fn degraded(st: &ArchivePolicyStatus) -> Option<(bool, String, String)> {
+    st.conditions
+        .iter()
+        .find(|c| c.type_ == "Degraded")
+        .map(|c| (c.is_true(), c.reason.clone(), c.message.clone()))
+}
+
+async fn cron_job_where(
+    api: &Api<CronJob>,
+    name: &str,
+    what: &str,
+    pred: impl Fn(&k8s_openapi::api::batch::v1::CronJobSpec) -> bool,
+) -> CronJob {
+    wait_for(what, DEADLINE, || {
+        let api = api.clone();
+        let pred = &pred;
+        async move {
+            let cj = api.get(name).await.ok()?;
+            pred(cj.spec.as_ref()?).then_some(cj)
+        }
+    })
+    .await
+}
+
+/// The bucket's rules by id (empty when the bucket has no lifecycle configuration).
+async fn s3_rules(s3: &aws_sdk_s3::Client, bucket: &str) -> Vec<LifecycleRule> {
+    match s3
+        .get_bucket_lifecycle_configuration()
+        .bucket(bucket)
+        .send()
+        .await
+    {
+        Ok(o) => o.rules().to_vec(),
+        Err(_) => Vec::new(),
+    }
+}
+
+fn rule<'a>(rules: &'a [LifecycleRule], id: &str) -> Option<&'a LifecycleRule> {
+    rules.iter().find(|r| r.id() == Some(id))
+}
+
+fn transitions(r: &LifecycleRule) -> Vec<(i32, String)> {
+    r.transitions()
+        .iter()
+        .map(|t| {
+            (
+                t.days().unwrap_or_default(),
+                t.storage_class()
+                    .map(|c| c.as_str().to_string())
+                    .unwrap_or_default(),
+            )
+        })
+        .collect()
+}
+
+async fn delete_bucket(s3: &aws_sdk_s3::Client, bucket: &str) {
+    let _ = s3.delete_bucket_lifecycle().bucket(bucket).send().await;
+    let _ = s3.delete_bucket().bucket(bucket).send().await;
+}
+
+#[tokio::test]
+async fn policy_drives_cron_job_and_s3_lifecycle_keeping_foreign_rules() {
+    let Some(t) = setup("ap-s3").await else {
+        return;
+    };
+    let n = t.name();
+    let env = allsource_tests::env::require("s3").unwrap();
+    let s3 = env.s3_client();
+    let bucket = allsource_tests::env::unique_name("ap-archive");
+    s3.create_bucket().bucket(&bucket).send().await.unwrap();
+    // A rule someone else owns on the same bucket.
+    let foreign = LifecycleRule::builder()
+        .id("team-logs")
+        .status(ExpirationStatus::Enabled)
+        .filter(LifecycleRuleFilter::builder().prefix("logs/").build())
+        .expiration(LifecycleExpiration::builder().days(7).build())
+        .build()
+        .unwrap();
+    s3.put_bucket_lifecycle_configuration()
+        .bucket(&bucket)
+        .lifecycle_configuration(
+            BucketLifecycleConfiguration::builder()
+                .rules(foreign.clone())
+                .build()
+                .unwrap(),
+        )
+        .send()
+        .await
+        .unwrap();
+
+    let aps: Api<ArchivePolicy> = Api::namespaced(t.client.clone(), &n);
+    aps.create(&PostParams::default(), &s3_policy("nightly", &bucket))
+        .await
+        .unwrap();
+    let st = wait_status(&aps, "nightly", "policy Ready", |p, s| {
+        s.phase == Some(Phase::Ready) && s.observed_generation == p.metadata.generation
+    })
+    .await;
+    assert_eq!(st.cron_job_name.as_deref(), Some("nightly-archive"));
+    // 02:00 in Berlin is 01:00 UTC in winter and 00:00 UTC in summer.
+    let next = st.next_run_time.expect("nextRunTime");
+    assert!(next > chrono::Utc::now());
+    assert!(
+        next.format("%M:%S").to_string() == "00:00"
+            && ["00", "01"].contains(&next.format("%H").to_string().as_str()),
+        "nextRunTime {next} is not 02:00 Europe/Berlin"
+    );
+    let live = aps.get("nightly").await.unwrap();
+    assert!(live.finalizers().iter().any(|f| f == FINALIZER));
+
+    // The CronJob: schedule, zone, suspend, concurrency, owner, the selected tenant.
+    let cjs: Api<CronJob> = Api::namespaced(t.client.clone(), &n);
+    let cj = cjs.get("nightly-archive").await.unwrap();
+    let spec = cj.spec.clone().unwrap();
+    assert_eq!(spec.schedule, "0 2 * * *");
+    assert_eq!(spec.time_zone.as_deref(), Some("Europe/Berlin"));
+    assert_eq!(spec.suspend, Some(false));
+    assert_eq!(spec.concurrency_policy.as_deref(), Some("Forbid"));
+    assert_eq!(cj.owner_references()[0].uid, live.uid().unwrap());
+    let args = spec
+        .job_template
+        .spec
+        .unwrap()
+        .template
+        .spec
+        .unwrap()
+        .containers[0]
+        .args
+        .clone()
+        .unwrap()
+        .join(" ");
+    assert!(args.contains("--tenant acme "), "{args}");
+    assert!(
+        args.contains(&format!("--destination s3://{bucket}/orders ")),
+        "{args}"
+    );
+    assert!(
+        args.contains(&format!("--source http://orders.{n}.svc:8080 ")),
+        "{args}"
+    );
+    // The tokens Secret holds the tenant's token under its id.
+    let tokens = Api::<Secret>::namespaced(t.client.clone(), &n)
+        .get("nightly-archive-tokens")
+        .await
+        .unwrap();
+    assert!(!tokens.data.unwrap()["acme"].0.is_empty());
+
+    // Lifecycle: ours matches the tiers, the foreign rule is untouched.
+    let our_id = format!("allsource-{n}-nightly-archive");
+    let rules = s3_rules(&s3, &bucket).await;
+    assert_eq!(rule(&rules, "team-logs"), Some(&foreign));
+    let ours = rule(&rules, &our_id).expect("our lifecycle rule");
+    assert_eq!(
+        ours.filter().and_then(|f| f.prefix()),
+        Some("orders/"),
+        "rule scoped to the prefix"
+    );
+    assert_eq!(
+        transitions(ours),
+        vec![(90, "GLACIER_IR".into()), (365, "DEEP_ARCHIVE".into())]
+    );
+    assert_eq!(ours.expiration().and_then(|e| e.days()), Some(3650));
+
+    // Change schedule and tiers: the CronJob and our rule follow.
+    aps.patch(
+        "nightly",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"spec": {"schedule": "30 3 * * 1",
+            "tiers": [{"after": "60d", "storageClass": "STANDARD_IA"}]}})),
+    )
+    .await
+    .unwrap();
+    cron_job_where(&cjs, "nightly-archive", "schedule updated", |s| {
+        s.schedule == "30 3 * * 1"
+    })
+    .await;
+    wait_for("tiers applied to the bucket", DEADLINE, || {
+        let s3 = s3.clone();
+        let (bucket, our_id) = (bucket.clone(), our_id.clone());
+        async move {
+            let rules = s3_rules(&s3, &bucket).await;
+            let ours = rule(&rules, &our_id)?;
+            (transitions(ours) == vec![(60, "STANDARD_IA".to_string())]).then_some(())
+        }
+    })
+    .await;
+    assert_eq!(
+        rule(&s3_rules(&s3, &bucket).await, "team-logs"),
+        Some(&foreign)
+    );
+
+    // Suspend: the CronJob is suspended, no next run.
+    aps.patch(
+        "nightly",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"spec": {"suspend": true}})),
+    )
+    .await
+    .unwrap();
+    cron_job_where(&cjs, "nightly-archive", "CronJob suspended", |s| {
+        s.suspend == Some(true)
+    })
+    .await;
+    let st = wait_status(&aps, "nightly", "phase Suspended", |p, s| {
+        s.phase == Some(Phase::Suspended) && s.observed_generation == p.metadata.generation
+    })
+    .await;
+    assert_eq!(st.next_run_time, None);
+
+    // Delete: our rule leaves the bucket, the foreign one stays, the CronJob is collected.
+    aps.delete("nightly", &DeleteParams::default())
+        .await
+        .unwrap();
+    wait_for("policy gone", DEADLINE, || {
+        let aps = aps.clone();
+        async move { aps.get_opt("nightly").await.ok()?.is_none().then_some(()) }
+    })
+    .await;
+    let rules = s3_rules(&s3, &bucket).await;
+    assert!(rule(&rules, &our_id).is_none(), "our rule removed");
+    assert_eq!(rule(&rules, "team-logs"), Some(&foreign));
+    wait_for("CronJob garbage-collected", DEADLINE, || {
+        let cjs = cjs.clone();
+        async move {
+            cjs.get_opt("nightly-archive")
+                .await
+                .ok()?
+                .is_none()
+                .then_some(())
+        }
+    })
+    .await;
+
+    delete_bucket(&s3, &bucket).await;
+    t.finish().await;
+}
+
+#[tokio::test]
+async fn missing_bucket_degrades_until_it_exists() {
+    let Some(t) = setup("ap-nobucket").await else {
+        return;
+    };
+    let n = t.name();
+    let env = allsource_tests::env::require("s3").unwrap();
+    let s3 = env.s3_client();
+    let bucket = allsource_tests::env::unique_name("ap-late");
+    let aps: Api<ArchivePolicy> = Api::namespaced(t.client.clone(), &n);
+    aps.create(&PostParams::default(), &s3_policy("late", &bucket))
+        .await
+        .unwrap();
+    let st = wait_status(&aps, "late", "Degraded LifecycleFailed", |_, s| {
+        degraded(s).is_some_and(|(on, reason, _)| on && reason == "LifecycleFailed")
+    })
+    .await;
+    assert_eq!(st.phase, Some(Phase::Degraded));
+    let (_, _, message) = degraded(&st).unwrap();
+    assert!(message.contains(&bucket), "{message}");
+    // The CronJob exists anyway: runs do not depend on the lifecycle rules.
+    Api::<CronJob>::namespaced(t.client.clone(), &n)
+        .get("late-archive")
+        .await
+        .unwrap();
+
+    // The bucket appears: the policy recovers by itself (backoff retry), rules in place.
+    s3.create_bucket().bucket(&bucket).send().await.unwrap();
+    wait_status(&aps, "late", "recovered", |_, s| {
+        s.phase == Some(Phase::Ready) && degraded(s).is_some_and(|(on, _, _)| !on)
+    })
+    .await;
+    let rules = s3_rules(&s3, &bucket).await;
+    assert!(rule(&rules, &format!("allsource-{n}-late-archive")).is_some());
+
+    aps.delete("late", &DeleteParams::default()).await.unwrap();
+    wait_for("policy gone", DEADLINE, || {
+        let aps = aps.clone();
+        async move { aps.get_opt("late").await.ok()?.is_none().then_some(()) }
+    })
+    .await;
+    delete_bucket(&s3, &bucket).await;
+    t.finish().await;
+}
+
+#[tokio::test]
+async fn run_now_creates_one_job_per_value_and_respects_forbid() {
+    let Some(t) = setup("ap-runnow").await else {
+        return;
+    };
+    let n = t.name();
+    let env = allsource_tests::env::require("s3").unwrap();
+    let s3 = env.s3_client();
+    let bucket = allsource_tests::env::unique_name("ap-runnow");
+    s3.create_bucket().bucket(&bucket).send().await.unwrap();
+    let aps: Api<ArchivePolicy> = Api::namespaced(t.client.clone(), &n);
+    aps.create(&PostParams::default(), &s3_policy("nightly", &bucket))
+        .await
+        .unwrap();
+    wait_status(&aps, "nightly", "policy Ready", |_, s| {
+        s.phase == Some(Phase::Ready)
+    })
+    .await;
+    let jobs: Api<Job> = Api::namespaced(t.client.clone(), &n);
+    let by_policy = ListParams::default().labels("allsource.io/archive-policy=nightly");
+    let annotate = |v: &str| {
+        let aps = aps.clone();
+        let v = v.to_string();
+        async move {
+            aps.patch(
+                "nightly",
+                &PatchParams::default(),
+                &Patch::Merge(json!({"metadata": {"annotations": {"allsource.io/run-now": v}}})),
+            )
+            .await
+            .unwrap();
+        }
+    };
+
+    // run-now: one Job, which the real Job controller runs (kwok completes the pod); the status
+    // records the run as the last one, succeeded.
+    annotate("first").await;
+    let st = wait_status(&aps, "nightly", "run-now recorded as succeeded", |_, s| {
+        s.run_now_handled.as_deref() == Some("first") && s.last_result == Some(RunResult::Succeeded)
+    })
+    .await;
+    let listed = jobs.list(&by_policy).await.unwrap().items;
+    assert_eq!(listed.len(), 1, "exactly one Job for one value");
+    let job = &listed[0];
+    assert!(job.name_any().starts_with("nightly-archive-now-"));
+    assert_eq!(st.last_job_name.as_deref(), Some(job.name_any().as_str()));
+    assert!(st.last_success_time.is_some() && st.last_run_time.is_some());
+    assert!(st.active_jobs.is_empty());
+    let cond = st.conditions.iter().find(|c| c.type_ == "RunNow").unwrap();
+    assert_eq!((cond.is_true(), cond.reason.as_str()), (true, "JobCreated"));
+
+    // A run that is still going (a Job of this policy that has not finished) blocks a new
+    // run-now under concurrencyPolicy Forbid: refused, no Job.
+    let mut blocker: Job = serde_json::from_value(json!({
+        "metadata": {"name": "nightly-archive-manual",
+                     "labels": {"allsource.io/archive-policy": "nightly"}},
+        "spec": {"suspend": true, "template": {"spec": {"restartPolicy": "Never",
+            "containers": [{"name": "archiver", "image": "ghcr.io/allsource/store-node:0.1.0"}]}}},
+    }))
+    .unwrap();
+    blocker.metadata.namespace = Some(n.clone());
+    jobs.create(&PostParams::default(), &blocker).await.unwrap();
+    annotate("second").await;
+    let st = wait_status(&aps, "nightly", "run-now refused", |_, s| {
+        s.run_now_handled.as_deref() == Some("second")
+    })
+    .await;
+    let cond = st.conditions.iter().find(|c| c.type_ == "RunNow").unwrap();
+    assert_eq!((cond.is_true(), cond.reason.as_str()), (false, "Refused"));
+    assert!(
+        cond.message.contains("nightly-archive-manual"),
+        "{}",
+        cond.message
+    );
+    assert_eq!(st.active_jobs, vec!["nightly-archive-manual".to_string()]);
+    let names: Vec<String> = jobs
+        .list(&by_policy)
+        .await
+        .unwrap()
+        .items
+        .iter()
+        .map(|j| j.name_any())
+        .collect();
+    assert_eq!(names.len(), 2, "no Job for a refused run-now: {names:?}");
+
+    aps.delete("nightly", &DeleteParams::default())
+        .await
+        .unwrap();
+    wait_for("policy gone", DEADLINE, || {
+        let aps = aps.clone();
+        async move { aps.get_opt("nightly").await.ok()?.is_none().then_some(()) }
+    })
+    .await;
+    delete_bucket(&s3, &bucket).await;
+    t.finish().await;
+}
+
+#[tokio::test]
+async fn gcs_policy_applies_its_lifecycle_and_schedules() {
+    let Some(t) = setup("ap-gcs").await else {
+        return;
+    };
+    let Some(env) = allsource_tests::env::require("gcs") else {
+        return;
+    };
+    let n = t.name();
+    let bucket = allsource_tests::env::unique_name("ap-gcs");
+    let http = reqwest::Client::new();
+    http.post(format!(
+        "{}/storage/v1/b?project=allsource-test",
+        env.gcs_endpoint()
+    ))
+    .json(&json!({"name": bucket}))
+    .send()
+    .await
+    .unwrap()
+    .error_for_status()
+    .unwrap();
+    let policy: ArchivePolicy = serde_json::from_value(json!({
+        "apiVersion": "allsource.io/v1alpha1", "kind": "ArchivePolicy",
+        "metadata": {"name": "to-gcs"},
+        "spec": {
+            "eventStoreRef": {"name": "orders"},
+            "schedule": "@daily",
+            "hotRetention": "720h",
+            "destination": {"gcs": {"bucket": bucket, "prefix": "orders",
+                "endpoint": env.gcs_endpoint(), "credentialsSecretRef": {"name": "gcs-creds"}}},
+            "tiers": [{"after": "90d", "storageClass": "COLDLINE"},
+                      {"after": "365d", "storageClass": "ARCHIVE"}],
+        }
+    }))
+    .unwrap();
+    let aps: Api<ArchivePolicy> = Api::namespaced(t.client.clone(), &n);
+    aps.create(&PostParams::default(), &policy).await.unwrap();
+    let st = wait_status(&aps, "to-gcs", "GCS policy Ready", |_, s| {
+        s.phase == Some(Phase::Ready) && s.lifecycle_hash.is_some()
+    })
+    .await;
+    assert_eq!(degraded(&st).map(|d| d.0), Some(false));
+    let cj = Api::<CronJob>::namespaced(t.client.clone(), &n)
+        .get("to-gcs-archive")
+        .await
+        .unwrap();
+    let spec = cj.spec.unwrap();
+    assert_eq!(spec.schedule, "@daily");
+    assert_eq!(spec.time_zone.as_deref(), Some("UTC"));
+    let args = spec
+        .job_template
+        .spec
+        .unwrap()
+        .template
+        .spec
+        .unwrap()
+        .containers[0]
+        .args
+        .clone()
+        .unwrap()
+        .join(" ");
+    assert!(
+        args.contains(&format!("--destination gs://{bucket}/orders ")),
+        "{args}"
+    );
+    assert!(args.ends_with("--gcs-auth token"), "{args}");
+
+    aps.delete("to-gcs", &DeleteParams::default())
+        .await
+        .unwrap();
+    wait_for("policy gone", DEADLINE, || {
+        let aps = aps.clone();
+        async move { aps.get_opt("to-gcs").await.ok()?.is_none().then_some(()) }
+    })
+    .await;
+    let _ = http
+        .delete(format!("{}/storage/v1/b/{bucket}", env.gcs_endpoint()))
+        .send()
+        .await;
+    t.finish().await;
+}
