@@ -160,8 +160,10 @@ pub struct LiveTable {
     pub status: String,
     /// Key schema as (attribute, HASH|RANGE).
     pub key_schema: Vec<(String, String)>,
-    /// Global secondary index names.
+    /// Global secondary index names (without those being deleted).
     pub indexes: BTreeSet<String>,
+    /// Global secondary indexes being deleted (recreated once they are gone).
+    pub indexes_deleting: BTreeSet<String>,
     /// Streams on with NEW_AND_OLD_IMAGES.
     pub streams: bool,
     /// Deletion protection on.
@@ -228,7 +230,7 @@ pub fn table_drift(p: &TablePlan, live: &LiveTable) -> Vec<TableDrift> {
         .unwrap_or_default()
         .iter()
         .map(|g| g.index_name().to_string())
-        .filter(|n| !live.indexes.contains(n))
+        .filter(|n| !live.indexes.contains(n) && !live.indexes_deleting.contains(n))
         .map(TableDrift::MissingIndex)
         .collect();
     if !live.streams {
@@ -269,6 +271,13 @@ fn live_table(t: &aws_sdk_dynamodb::types::TableDescription) -> LiveTable {
         indexes: t
             .global_secondary_indexes()
             .iter()
+            .filter(|g| g.index_status().map(|s| s.as_str()) != Some("DELETING"))
+            .filter_map(|g| g.index_name().map(str::to_string))
+            .collect(),
+        indexes_deleting: t
+            .global_secondary_indexes()
+            .iter()
+            .filter(|g| g.index_status().map(|s| s.as_str()) == Some("DELETING"))
             .filter_map(|g| g.index_name().map(str::to_string))
             .collect(),
         streams: t.stream_specification().is_some_and(|s| {
@@ -720,7 +729,7 @@ impl Provisioner for DynamoProvisioner {
             resources: self.resources(Some(&live)),
             ..Observed::default()
         };
-        out.pending = live.status != "ACTIVE";
+        out.pending = live.status != "ACTIVE" || !live.indexes_deleting.is_empty();
         for d in table_drift(&self.plan, &live) {
             out.drift.push(d.to_string());
             match self.correct(&d).await {
@@ -831,6 +840,7 @@ mod tests {
             streams: true,
             deletion_protection: p.deletion_protection,
             billing: Some(p.billing),
+            indexes_deleting: BTreeSet::new(),
             arn: Some("arn:aws:dynamodb:eu-west-1:1:table/t".into()),
             stream_arn: None,
         }
@@ -897,6 +907,12 @@ mod tests {
         assert!(table_drift(&p, &healthy(&p)).is_empty());
         let mut live = healthy(&p);
         live.indexes.remove(table::BY_POSITION);
+        let mut deleting = live.clone();
+        deleting
+            .indexes_deleting
+            .insert(table::BY_POSITION.to_string());
+        // An index still being deleted is recreated only once it is gone.
+        assert!(table_drift(&p, &deleting).is_empty());
         live.streams = false;
         live.deletion_protection = false;
         live.billing = Some(Billing::Provisioned { read: 1, write: 1 });

@@ -254,9 +254,14 @@ fn pg_err(e: tokio_postgres::Error) -> ProvisionError {
         }
         return ProvisionError::Conflict(format!("postgres {message}"));
     }
+    // "error connecting to server" alone hides the cause (refused, timed out, DNS ...).
+    let message = match std::error::Error::source(&e) {
+        Some(src) => format!("{e}: {src}"),
+        None => e.to_string(),
+    };
     ProvisionError::Unavailable {
         service: SERVICE,
-        message: e.to_string(),
+        message,
     }
 }
 

@@ -211,9 +211,7 @@ pub async fn reconcile(es: &EventStore, ctx: &Context, ns: &str) -> Result<Actio
     };
     let status = compute(es, &result, gw_state.as_ref());
     let changed = write_status(es, ctx, ns, status.clone()).await?;
-    if changed {
-        publish_transitions(es, ctx, &previous, &status, &result).await;
-    }
+    publish_transitions(es, ctx, changed, &previous, &status, &result).await;
     match result {
         Err(e) if e.is_retryable() => Err(ReconcileError::Backend(e)),
         Err(_) => Ok(Action::requeue(drift_interval())),
@@ -222,9 +220,12 @@ pub async fn reconcile(es: &EventStore, ctx: &Context, ns: &str) -> Result<Actio
     }
 }
 
+/// Events for notable transitions (status changes) and for every drift correction (which may
+/// leave the status as it was).
 async fn publish_transitions(
     es: &EventStore,
     ctx: &Context,
+    changed: bool,
     previous: &EventStoreStatus,
     status: &EventStoreStatus,
     result: &Result<(Ensured, Observed), ProvisionError>,
@@ -232,7 +233,7 @@ async fn publish_transitions(
     let was = |t: &str| find_condition(&previous.conditions, t).map(|c| c.reason.clone());
     match result {
         Err(e) => {
-            if was(CONDITION_DEGRADED).as_deref() != Some(e.reason()) {
+            if changed && was(CONDITION_DEGRADED).as_deref() != Some(e.reason()) {
                 ctx.publish(
                     es,
                     EventType::Warning,
@@ -264,7 +265,8 @@ async fn publish_transitions(
                 )
                 .await;
             }
-            if previous.phase != Some(Phase::Ready) && status.phase == Some(Phase::Ready) {
+            if changed && previous.phase != Some(Phase::Ready) && status.phase == Some(Phase::Ready)
+            {
                 ctx.publish(
                     es,
                     EventType::Normal,
