@@ -7,10 +7,12 @@
 //! bucket degrades the policy until the bucket exists; run-now creates exactly one Job per
 //! annotation value, which the real Job controller runs (on kwok) to completion and the status
 //! reports, and a run-now is refused under Forbid while another run is active; a GCS policy
-//! applies its lifecycle through the JSON API.
+//! applies its lifecycle through the JSON API; a run of the CronJob's template, the test playing
+//! the kubelet with the real `store-node archive` against a real `store-node serve` and moto S3,
+//! ends in the status (events, bytes, watermark) from the pod's termination message, with the
+//! Parquet rows in the bucket equal to the events.
 //! Not covered here: fake-gcs-server accepts and drops bucket lifecycle, so GCS rules cannot be
-//! read back; kwok completes Job pods without running the archiver, so the termination-message
-//! report is exercised by the controller's unit tests, not end to end.
+//! read back (only that the apply succeeded).
 
 mod operator_support;
 
@@ -599,5 +601,290 @@ async fn gcs_policy_applies_its_lifecycle_and_schedules() {
         .delete(format!("{}/storage/v1/b/{bucket}", env.gcs_endpoint()))
         .send()
         .await;
+    t.finish().await;
+}
+
+/// Kills the child process on drop.
+struct Kill(std::process::Child);
+
+impl Drop for Kill {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A real `store-node serve` (engine) on loopback whose registry admits `tenant` with `token`.
+async fn store_node_serving(dir: &std::path::Path, tenant: &str, token: &str) -> (Kill, String) {
+    let registry = json!({"version": 1, "tenants": [{"id": tenant,
+        "tokenSha256": [store_node::tenant::sha256_hex(token)], "state": "active"}]});
+    std::fs::write(dir.join("registry.json"), registry.to_string()).unwrap();
+    let port = allsource_tests::bins::free_port();
+    let base = format!("http://127.0.0.1:{port}");
+    let child = std::process::Command::new(allsource_tests::bins::store_node())
+        .args(["--log-format", "text", "serve", "--listen"])
+        .arg(format!("127.0.0.1:{port}"))
+        .arg("--registry")
+        .arg(dir.join("registry.json"))
+        .arg("--data-dir")
+        .arg(dir.join("data"))
+        .env_remove("POD_NAME")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut guard = Kill(child);
+    let http = reqwest::Client::new();
+    wait_for("store-node serve ready", DEADLINE, || {
+        let http = http.clone();
+        let url = format!("{base}/readyz");
+        async move {
+            let r = http.get(url).send().await.ok()?;
+            r.status().is_success().then_some(())
+        }
+    })
+    .await;
+    assert!(
+        guard.0.try_wait().unwrap().is_none(),
+        "store-node serve exited"
+    );
+    (guard, base)
+}
+
+/// Registers a Node nobody else runs pods on (tainted NoSchedule, not managed by kwok): the test
+/// plays its kubelet for the archiver pod bound to it.
+async fn test_node(client: &Client, name: &str) {
+    let nodes: Api<k8s_openapi::api::core::v1::Node> = Api::all(client.clone());
+    let node = serde_json::from_value(json!({
+        "metadata": {"name": name, "labels": {"allsource.io/test-kubelet": "true"}},
+        "spec": {"taints": [{"key": "allsource.io/test-kubelet", "effect": "NoSchedule"}]},
+    }))
+    .unwrap();
+    nodes.create(&PostParams::default(), &node).await.unwrap();
+    let now = k8s_openapi::jiff::Timestamp::now()
+        .round(k8s_openapi::jiff::Unit::Second)
+        .unwrap()
+        .to_string();
+    nodes
+        .patch_status(
+            name,
+            &PatchParams::default(),
+            &Patch::Merge(
+                json!({"status": {"conditions": [{"type": "Ready", "status": "True",
+                "reason": "TestKubelet", "lastHeartbeatTime": now, "lastTransitionTime": now}]}}),
+            ),
+        )
+        .await
+        .unwrap();
+}
+
+/// The value following `flag` in `args` replaced by `value`.
+fn set_flag(args: &mut [String], flag: &str, value: &str) {
+    let i = args
+        .iter()
+        .position(|a| a == flag)
+        .unwrap_or_else(|| panic!("{flag} missing from {args:?}"));
+    args[i + 1] = value.to_string();
+}
+
+/// Run of the policy's CronJob end to end, the test playing the kubelet: a Job made from the
+/// CronJob's template (as `kubectl create job --from=cronjob/...` does) is run by the real Job
+/// controller; its pod's `store-node archive` runs for real with the pod's own arguments (source,
+/// tokens dir and report file pointed at loopback / local files), the tokens from the operator's
+/// tokens Secret and the credentials from the destination Secret, against a real store node and
+/// moto S3; the report goes into the pod's termination message; the operator reads it into status.
+#[tokio::test]
+async fn scheduled_run_reports_its_result_from_the_termination_message() {
+    let Some(t) = setup("ap-e2e").await else {
+        return;
+    };
+    let n = t.name();
+    let env = allsource_tests::env::require("s3").unwrap();
+    let s3 = env.s3_client();
+    let bucket = allsource_tests::env::unique_name("ap-e2e");
+    s3.create_bucket().bucket(&bucket).send().await.unwrap();
+    let mut policy = s3_policy("nightly", &bucket);
+    policy.spec.hot_retention = "0h".into();
+    policy.spec.tiers.clear();
+    policy.spec.expire_after = None;
+    let aps: Api<ArchivePolicy> = Api::namespaced(t.client.clone(), &n);
+    aps.create(&PostParams::default(), &policy).await.unwrap();
+    wait_status(&aps, "nightly", "policy Ready", |_, s| {
+        s.phase == Some(Phase::Ready)
+    })
+    .await;
+
+    // The tenant's token as the operator delivered it to the archiver.
+    let secrets = Api::<Secret>::namespaced(t.client.clone(), &n);
+    let tokens = secrets.get("nightly-archive-tokens").await.unwrap();
+    let token = String::from_utf8(tokens.data.unwrap()["acme"].0.clone()).unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let (_server, base) = store_node_serving(tmp.path(), "acme", &token).await;
+    let http = reqwest::Client::new();
+    for i in 0..50u64 {
+        let body = json!({"events": [{"eventId": uuid::Uuid::new_v4(), "eventType": "OrderPlaced",
+            "data": {"n": i}}]});
+        let r = http
+            .post(format!("{base}/v1/streams/order-{}/events", i % 4))
+            .bearer_auth(&token)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert!(r.status().is_success(), "append: {}", r.status());
+    }
+
+    // A run of the CronJob, bound to the test's node.
+    let node = format!("kubelet-{n}");
+    test_node(&t.client, &node).await;
+    let cjs: Api<CronJob> = Api::namespaced(t.client.clone(), &n);
+    let cj = cjs.get("nightly-archive").await.unwrap();
+    let tmpl = cj.spec.clone().unwrap().job_template;
+    let mut spec = tmpl.spec.unwrap();
+    spec.template.spec.as_mut().unwrap().node_name = Some(node.clone());
+    let job = Job {
+        metadata: kube::api::ObjectMeta {
+            name: Some("nightly-archive-manual".into()),
+            labels: tmpl.metadata.and_then(|m| m.labels),
+            owner_references: Some(vec![
+                k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference {
+                    api_version: "batch/v1".into(),
+                    kind: "CronJob".into(),
+                    name: cj.name_any(),
+                    uid: cj.uid().unwrap(),
+                    controller: Some(true),
+                    ..Default::default()
+                },
+            ]),
+            ..Default::default()
+        },
+        spec: Some(spec),
+        status: None,
+    };
+    let jobs: Api<Job> = Api::namespaced(t.client.clone(), &n);
+    jobs.create(&PostParams::default(), &job).await.unwrap();
+    let pods: Api<k8s_openapi::api::core::v1::Pod> = Api::namespaced(t.client.clone(), &n);
+    let pod = wait_for("the Job's pod", DEADLINE, || {
+        let pods = pods.clone();
+        async move {
+            let lp = ListParams::default().labels("job-name=nightly-archive-manual");
+            pods.list(&lp).await.ok()?.items.into_iter().next()
+        }
+    })
+    .await;
+
+    // Play the kubelet: the pod's command with loopback source and local files.
+    let c = &pod.spec.as_ref().unwrap().containers[0];
+    let mut args = c.args.clone().unwrap();
+    let tokens_dir = tmp.path().join("tokens");
+    std::fs::create_dir(&tokens_dir).unwrap();
+    std::fs::write(tokens_dir.join("acme"), &token).unwrap();
+    let report = tmp.path().join("termination-log");
+    set_flag(&mut args, "--source", &base);
+    set_flag(&mut args, "--tokens-dir", tokens_dir.to_str().unwrap());
+    set_flag(&mut args, "--report-file", report.to_str().unwrap());
+    let creds = secrets.get("s3-creds").await.unwrap();
+    let cred = |k: &str| String::from_utf8(creds.data.as_ref().unwrap()[k].0.clone()).unwrap();
+    let started = k8s_openapi::jiff::Timestamp::now()
+        .round(k8s_openapi::jiff::Unit::Second)
+        .unwrap()
+        .to_string();
+    let out = std::process::Command::new(allsource_tests::bins::store_node())
+        .args(["--log-format", "text"])
+        .args(&args)
+        .env("AWS_ACCESS_KEY_ID", cred("AWS_ACCESS_KEY_ID"))
+        .env("AWS_SECRET_ACCESS_KEY", cred("AWS_SECRET_ACCESS_KEY"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "store-node archive failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let message = std::fs::read_to_string(&report).unwrap();
+    let finished = k8s_openapi::jiff::Timestamp::now()
+        .round(k8s_openapi::jiff::Unit::Second)
+        .unwrap()
+        .to_string();
+    pods.patch_status(
+        &pod.name_any(),
+        &PatchParams::default(),
+        &Patch::Merge(
+            json!({"status": {"phase": "Succeeded", "containerStatuses": [{
+            "name": "archiver", "image": c.image, "imageID": "", "ready": false,
+            "restartCount": 0, "started": false,
+            "state": {"terminated": {"exitCode": 0, "reason": "Completed", "message": message,
+                "startedAt": started, "finishedAt": finished}}}]}}),
+        ),
+    )
+    .await
+    .unwrap();
+
+    // The Job controller completes the Job; the operator reports the run.
+    let st = wait_status(&aps, "nightly", "run recorded", |_, s| {
+        s.last_job_name.as_deref() == Some("nightly-archive-manual")
+    })
+    .await;
+    assert_eq!(st.last_result, Some(RunResult::Succeeded), "{st:?}");
+    assert_eq!(st.events_archived, Some(50));
+    assert!(st.bytes_archived.unwrap() > 0);
+    assert!(st.last_success_time.is_some());
+    assert_eq!(st.last_error, None);
+    let acme = st.tenants.iter().find(|x| x.tenant_id == "acme").unwrap();
+    assert_eq!(acme.watermark, 50);
+
+    // The bucket holds Parquet files with exactly the 50 events.
+    let listed = s3
+        .list_objects_v2()
+        .bucket(&bucket)
+        .prefix("orders/")
+        .send()
+        .await
+        .unwrap();
+    let mut rows = 0usize;
+    for o in listed.contents() {
+        let key = o.key().unwrap();
+        if !key.ends_with(".parquet") {
+            continue;
+        }
+        let body = s3
+            .get_object()
+            .bucket(&bucket)
+            .key(key)
+            .send()
+            .await
+            .unwrap()
+            .body
+            .collect()
+            .await
+            .unwrap()
+            .into_bytes();
+        let reader =
+            parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(body).unwrap();
+        rows += usize::try_from(reader.metadata().file_metadata().num_rows()).unwrap();
+    }
+    assert_eq!(rows, 50, "Parquet rows in the bucket");
+
+    let _ = Api::<k8s_openapi::api::core::v1::Node>::all(t.client.clone())
+        .delete(&node, &DeleteParams::default())
+        .await;
+    aps.delete("nightly", &DeleteParams::default())
+        .await
+        .unwrap();
+    wait_for("policy gone", DEADLINE, || {
+        let aps = aps.clone();
+        async move { aps.get_opt("nightly").await.ok()?.is_none().then_some(()) }
+    })
+    .await;
+    let listed = s3.list_objects_v2().bucket(&bucket).send().await.unwrap();
+    for o in listed.contents() {
+        let _ = s3
+            .delete_object()
+            .bucket(&bucket)
+            .key(o.key().unwrap())
+            .send()
+            .await;
+    }
+    delete_bucket(&s3, &bucket).await;
     t.finish().await;
 }
