@@ -752,3 +752,183 @@ async fn outage_is_degraded_then_recovers_without_action() {
     op.stop().await;
     ns.cleanup().await.unwrap();
 }
+
+fn pooled_tenant(name: &str, store: &str) -> allsource_operator::api::Tenant {
+    serde_json::from_value(serde_json::json!({
+        "apiVersion": "allsource.io/v1alpha1", "kind": "Tenant",
+        "metadata": {"name": name},
+        "spec": {"eventStoreRef": {"name": store}, "tenantId": name, "placement": "pooled"},
+    }))
+    .unwrap()
+}
+
+/// Waits for a tenant's `<tenant>-postgres` login Secret and returns its data.
+async fn login(client: &Client, ns: &str, tenant: &str) -> BTreeMap<String, String> {
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), ns);
+    wait_for(&format!("{tenant}-postgres Secret"), DEADLINE, || {
+        let secrets = secrets.clone();
+        async move {
+            let s = secrets
+                .get_opt(&format!("{tenant}-postgres"))
+                .await
+                .ok()??;
+            Some(
+                s.data?
+                    .into_iter()
+                    .map(|(k, v)| (k, String::from_utf8(v.0).unwrap()))
+                    .collect(),
+            )
+        }
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_tenant_role_sees_only_its_rows() {
+    let Some((env, ns, client, op)) = setup("tn-pg", &["postgres"]).await else {
+        return;
+    };
+    let n = ns.name().to_string();
+    secret(
+        &client,
+        &n,
+        "pg-admin",
+        BTreeMap::from([("url", env.pg_url().to_string())]),
+    )
+    .await;
+    let schema = format!("allsource_r_{}", suffix());
+    let es: Api<EventStore> = Api::namespaced(client.clone(), &n);
+    es.create(
+        &PostParams::default(),
+        &pg_store("orders", &schema, "Delete", false),
+    )
+    .await
+    .unwrap();
+    wait_status(&es, "orders", "postgres store Ready", ready).await;
+    // Tenant ids unique per run: login roles are cluster-wide in PostgreSQL.
+    let (a, b) = (format!("acme-{}", suffix()), format!("globex-{}", suffix()));
+    let tenants: Api<allsource_operator::api::Tenant> = Api::namespaced(client.clone(), &n);
+    for t in [&a, &b] {
+        tenants
+            .create(&PostParams::default(), &pooled_tenant(t, "orders"))
+            .await
+            .unwrap();
+    }
+    let login_a = login(&client, &n, &a).await;
+    let login_b = login(&client, &n, &b).await;
+    assert_eq!(login_a["schema"], schema);
+    assert_ne!(login_a["password"], login_b["password"]);
+    let role_a = login_a["user"].clone();
+
+    // Rows of both tenants, written by the admin.
+    let admin = pg(env.pg_url()).await;
+    admin
+        .batch_execute(&format!(
+            "INSERT INTO \"{schema}\".tenants (tenant, events) VALUES ('{a}', 1), ('{b}', 2)"
+        ))
+        .await
+        .unwrap();
+
+    // As tenant a's own login (host/port from the Secret, i.e. the admin's server).
+    let url = format!(
+        "postgres://{}:{}@{}:{}/{}",
+        login_a["user"], login_a["password"], login_a["host"], login_a["port"], login_a["database"]
+    );
+    assert_eq!(url, login_a["url"]);
+    let ca = pg(&url).await;
+    let me: String = ca
+        .query_one("SELECT current_user::text", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(me, role_a);
+    let bypass: bool = admin
+        .query_one(
+            "SELECT rolbypassrls FROM pg_roles WHERE rolname = $1",
+            &[&role_a],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(!bypass);
+    let seen: Vec<String> = ca
+        .query(&format!("SELECT tenant FROM \"{schema}\".tenants"), &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(seen, vec![a.clone()], "tenant a must see only its own row");
+    // Writing another tenant's rows is refused or touches nothing.
+    let insert = ca
+        .batch_execute(&format!(
+            "INSERT INTO \"{schema}\".tenants (tenant) VALUES ('{b}-2')"
+        ))
+        .await;
+    let err = insert.expect_err("insert of another tenant's row was accepted");
+    assert!(
+        err.as_db_error()
+            .is_some_and(|d| d.message().contains("row-level security")),
+        "{err:?}"
+    );
+    let updated = ca
+        .execute(
+            &format!("UPDATE \"{schema}\".tenants SET events = 99 WHERE tenant = $1"),
+            &[&b],
+        )
+        .await
+        .unwrap();
+    assert_eq!(updated, 0, "tenant a updated tenant b's row");
+    let deleted = ca
+        .execute(
+            &format!("DELETE FROM \"{schema}\".tenants WHERE tenant = $1"),
+            &[&b],
+        )
+        .await
+        .unwrap();
+    assert_eq!(deleted, 0, "tenant a deleted tenant b's row");
+    // The role map is not readable by tenants.
+    assert!(ca
+        .query(&format!("SELECT * FROM \"{schema}\".tenant_roles"), &[])
+        .await
+        .is_err());
+    let b_events: i64 = admin
+        .query_one(
+            &format!("SELECT events FROM \"{schema}\".tenants WHERE tenant = $1"),
+            &[&b],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(b_events, 2);
+    drop(ca);
+
+    // Deleting the tenant drops its login role.
+    tenants.delete(&a, &DeleteParams::default()).await.unwrap();
+    wait_for("role of a dropped", DEADLINE, || {
+        let admin = &admin;
+        let role_a = &role_a;
+        async move {
+            let n: i64 = admin
+                .query_one(
+                    "SELECT count(*) FROM pg_roles WHERE rolname = $1",
+                    &[role_a],
+                )
+                .await
+                .ok()?
+                .get(0);
+            (n == 0).then_some(())
+        }
+    })
+    .await;
+    tenants.delete(&b, &DeleteParams::default()).await.unwrap();
+    wait_for("tenant b gone", DEADLINE, || {
+        let tenants = tenants.clone();
+        let b = b.clone();
+        async move { tenants.get_opt(&b).await.ok()?.is_none().then_some(()) }
+    })
+    .await;
+    delete_and_wait_gone(&es, "orders").await;
+    op.stop().await;
+    ns.cleanup().await.unwrap();
+}

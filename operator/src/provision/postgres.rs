@@ -360,27 +360,124 @@ impl PostgresProvisioner {
 
     async fn run_ddl(&self, c: &mut tokio_postgres::Client) -> Result<(), ProvisionError> {
         let ddl = self.ddl()?;
-        let work = async {
-            let tx = c.transaction().await.map_err(pg_err)?;
-            tx.execute("SELECT pg_advisory_xact_lock($1)", &[&DDL_LOCK])
-                .await
-                .map_err(pg_err)?;
-            for s in &ddl {
-                tx.batch_execute(s).await.map_err(pg_err)?;
-            }
-            tx.commit().await.map_err(pg_err)
-        };
-        tokio::time::timeout(CALL_TIMEOUT * 3, work)
-            .await
-            .map_err(|_| ProvisionError::Unavailable {
-                service: SERVICE,
-                message: "schema DDL timed out".to_string(),
-            })?
+        run(c, &ddl).await
     }
 
     fn resources(&self) -> BTreeMap<String, String> {
         BTreeMap::from([("schema".to_string(), self.schema.clone())])
     }
+
+    /// Creates (or, with `force`, updates the password of) a pooled tenant's login role with
+    /// store-node's `tenant_role_ddl`: privileges on the tenant tables, mapped to `tenant` in
+    /// `tenant_roles`, confined to its rows by the RLS policies. Returns whether it ran DDL
+    /// (without `force`, only when the role or its mapping is missing).
+    pub async fn ensure_tenant_role(
+        &self,
+        role: &str,
+        tenant: &str,
+        password: &str,
+        force: bool,
+    ) -> Result<bool, ProvisionError> {
+        let ddl = sql::tenant_role_ddl(&self.schema, role, tenant, password)
+            .map_err(|e| ProvisionError::InvalidSpec(e.to_string()))?;
+        let mut c = self.connect().await?;
+        if !force {
+            let s =
+                sql::ident(&self.schema).map_err(|e| ProvisionError::InvalidSpec(e.to_string()))?;
+            let mapped = format!(
+                "SELECT 1 FROM pg_roles r JOIN {s}.tenant_roles t ON t.role = r.rolname \
+                 WHERE r.rolname = $1 AND t.tenant = $2"
+            );
+            let rows = tokio::time::timeout(CALL_TIMEOUT, c.query(&mapped, &[&role, &tenant]))
+                .await
+                .map_err(|_| ProvisionError::Unavailable {
+                    service: SERVICE,
+                    message: "role lookup timed out".to_string(),
+                })?
+                .map_err(pg_err)?;
+            if !rows.is_empty() {
+                return Ok(false);
+            }
+        }
+        run(&mut c, &ddl).await?;
+        Ok(true)
+    }
+
+    /// Removes a pooled tenant's login role and its mapping (its rows too when `drop_data`).
+    /// Without the schema (already dropped) only the role is dropped.
+    pub async fn drop_tenant_role(
+        &self,
+        role: &str,
+        tenant: &str,
+        drop_data: bool,
+    ) -> Result<(), ProvisionError> {
+        let mut c = self.connect().await?;
+        let ddl = if self.catalog(&c).await?.schema_exists {
+            sql::drop_tenant_role_ddl(&self.schema, role, tenant, drop_data)
+                .map_err(|e| ProvisionError::InvalidSpec(e.to_string()))?
+        } else {
+            let r = sql::ident(role).map_err(|e| ProvisionError::InvalidSpec(e.to_string()))?;
+            vec![format!("DROP ROLE IF EXISTS {r}")]
+        };
+        run(&mut c, &ddl).await
+    }
+}
+
+/// Runs `statements` in one transaction under store-node's DDL advisory lock.
+async fn run(c: &mut tokio_postgres::Client, statements: &[String]) -> Result<(), ProvisionError> {
+    let work = async {
+        let tx = c.transaction().await.map_err(pg_err)?;
+        tx.execute("SELECT pg_advisory_xact_lock($1)", &[&DDL_LOCK])
+            .await
+            .map_err(pg_err)?;
+        for s in statements {
+            tx.batch_execute(s).await.map_err(pg_err)?;
+        }
+        tx.commit().await.map_err(pg_err)
+    };
+    tokio::time::timeout(CALL_TIMEOUT * 3, work)
+        .await
+        .map_err(|_| ProvisionError::Unavailable {
+            service: SERVICE,
+            message: "DDL timed out".to_string(),
+        })?
+}
+
+/// What a pooled tenant's own PostgreSQL login needs (the keys of its `<tenant>-postgres`
+/// Secret): `host`, `port`, `database`, `schema`, `user`, `password` and `url`. Host, port and
+/// database are the admin connection's.
+pub fn tenant_login(
+    admin: &tokio_postgres::Config,
+    schema: &str,
+    role: &str,
+    password: &str,
+) -> BTreeMap<String, String> {
+    let host = admin
+        .get_hosts()
+        .iter()
+        .find_map(|h| match h {
+            tokio_postgres::config::Host::Tcp(h) => Some(h.clone()),
+            _ => None,
+        })
+        .unwrap_or_else(|| "localhost".to_string());
+    let port = admin.get_ports().first().copied().unwrap_or(5432);
+    let db = admin
+        .get_dbname()
+        .map(str::to_string)
+        .or_else(|| admin.get_user().map(str::to_string))
+        .unwrap_or_else(|| "postgres".to_string());
+    BTreeMap::from([
+        ("host".to_string(), host.clone()),
+        ("port".to_string(), port.to_string()),
+        ("database".to_string(), db.clone()),
+        ("schema".to_string(), schema.to_string()),
+        ("user".to_string(), role.to_string()),
+        ("password".to_string(), password.to_string()),
+        (
+            "url".to_string(),
+            format!("postgres://{role}:{password}@{host}:{port}/{db}"),
+        ),
+    ])
 }
 
 #[async_trait]

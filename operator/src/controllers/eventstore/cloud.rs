@@ -66,8 +66,9 @@ struct Target {
     gateway: Result<GatewayBackend, String>,
 }
 
-/// Reads a Secret's data as UTF-8 strings (never logged).
-async fn secret_data(
+/// Reads a Secret's data as UTF-8 strings (never logged); Ok(Err) when it is missing or not
+/// text, Err when the API call failed.
+pub(crate) async fn secret_data(
     ctx: &Context,
     ns: &str,
     name: &str,

@@ -1,47 +1,268 @@
 //! Hook for Tenants of cloud-backed EventStores (dynamodb, firestore, postgres). The token and
 //! connection Secret are handled by the caller for every backend (the gateway authenticates by
-//! token too); this module decides what the backend itself says about the tenant. Until a
-//! provisioner from `crate::provision` is wired in here, the tenant is reported honestly as not
-//! provisioned (Degraded, reason ProvisionerMissing) instead of pretending to be Ready.
-//! It must never touch the connection Secret or the token.
+//! token too); this module decides what the backend itself says about the tenant.
+//!
+//! PostgreSQL, pooled placement: the tenant gets its own login role in the EventStore's schema
+//! (store-node's `tenant_role_ddl`: data privileges on the tenant tables, mapped to the tenant in
+//! `tenant_roles`, so the row-level-security policies confine it to its own rows) and a Secret
+//! `<tenant>-postgres` owned by the Tenant with the keys of
+//! [`crate::provision::postgres::tenant_login`]: `host`, `port`, `database`, `schema`, `user`,
+//! `password`, `url`. The password is generated once and kept in that Secret. Other backends and
+//! siloed PostgreSQL tenants are reported honestly as not provisioned (Degraded, reason
+//! ProvisionerMissing). It must never touch the `<tenant>-credentials` Secret or the token, and
+//! never log a password.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::Secret;
+use kube::api::{Api, ObjectMeta, Patch, PatchParams};
+use kube::{Resource, ResourceExt};
+use store_node::backend::postgres::sql;
 
 use super::status::Verdict;
 use super::TenantOutcome;
-use crate::api::{EventStore, Tenant};
+use crate::api::eventstore::Backend;
+use crate::api::tenant::{LocationKind, Placement, TenantLocation};
+use crate::api::{DeletionPolicy, EventStore, Tenant, FIELD_MANAGER};
+use crate::controllers::eventstore::cloud::secret_data;
 use crate::controllers::{Context, ReconcileError};
+use crate::provision::postgres::{self, PostgresProvisioner};
+use crate::provision::ProvisionError;
 
 /// Reason used while no provisioner handles the backend.
 pub const PROVISIONER_MISSING: &str = "ProvisionerMissing";
+/// Re-check interval while the EventStore's schema is not there yet or the database is down.
+const RETRY: Duration = Duration::from_secs(5);
 
-/// Ensures the tenant's table / schema / collection exists on a cloud backend and reports where
-/// it lives. Called on every reconcile of a live Tenant; must be idempotent.
-pub async fn reconcile(
-    _tenant: &Tenant,
-    es: &EventStore,
-    _ctx: &Context,
-    _ns: &str,
-) -> Result<TenantOutcome, ReconcileError> {
-    Ok(TenantOutcome {
+/// Name of a pooled PostgreSQL tenant's login Secret.
+pub fn login_secret_name(t: &Tenant) -> String {
+    format!("{}-postgres", t.name_any())
+}
+
+/// The `<tenant>-postgres` Secret with the tenant's login (owned by the Tenant). Pure.
+pub fn login_secret(t: &Tenant, data: BTreeMap<String, String>) -> Secret {
+    Secret {
+        metadata: ObjectMeta {
+            name: Some(login_secret_name(t)),
+            namespace: t.namespace(),
+            labels: Some(BTreeMap::from([
+                (
+                    "app.kubernetes.io/managed-by".to_string(),
+                    "allsource-operator".to_string(),
+                ),
+                (
+                    "app.kubernetes.io/component".to_string(),
+                    "tenant-postgres-login".to_string(),
+                ),
+                ("app.kubernetes.io/instance".to_string(), t.name_any()),
+            ])),
+            owner_references: t.controller_owner_ref(&()).map(|o| vec![o]),
+            ..ObjectMeta::default()
+        },
+        type_: Some("Opaque".to_string()),
+        string_data: Some(data),
+        ..Secret::default()
+    }
+}
+
+/// Login role of a pooled tenant: `<schema>_<tenant id>` (store-node's naming), cut to 63 bytes.
+pub fn role_name(schema: &str, tenant_id: &str) -> String {
+    sql::tenant_role(schema, tenant_id)
+}
+
+fn missing(es: &EventStore, what: &str) -> TenantOutcome {
+    TenantOutcome {
         verdict: Verdict::BackendDegraded(
             PROVISIONER_MISSING.to_string(),
             format!(
-                "this operator build has no provisioner for backend {}",
+                "this operator build has no provisioner for {what} on backend {}",
                 es.spec.backend.as_str()
             ),
         ),
         location: None,
         usage_url: None,
         requeue: None,
+    }
+}
+
+fn degraded(e: &ProvisionError) -> TenantOutcome {
+    TenantOutcome {
+        verdict: Verdict::BackendDegraded(e.reason().to_string(), e.to_string()),
+        location: None,
+        usage_url: None,
+        requeue: e.is_retryable().then_some(RETRY),
+    }
+}
+
+/// The admin provisioner of the store's schema and its connection settings.
+type Admin = (PostgresProvisioner, tokio_postgres::Config);
+
+/// The admin provisioner of the store's schema, or why there is none yet.
+async fn admin(
+    es: &EventStore,
+    ctx: &Context,
+    ns: &str,
+) -> Result<Result<Admin, Result<TenantOutcome, ProvisionError>>, ReconcileError> {
+    let Some(pg) = es.spec.postgres.as_ref() else {
+        return Ok(Err(Err(ProvisionError::InvalidSpec(
+            "backend postgres needs spec.postgres".to_string(),
+        ))));
+    };
+    let Some(schema) = es
+        .status
+        .as_ref()
+        .and_then(|s| s.provisioned.get("schema"))
+        .cloned()
+    else {
+        return Ok(Err(Ok(TenantOutcome {
+            verdict: Verdict::EventStoreNotReady(
+                "the EventStore's schema is not provisioned yet".to_string(),
+            ),
+            location: None,
+            usage_url: None,
+            requeue: Some(RETRY),
+        })));
+    };
+    let data = match secret_data(ctx, ns, &pg.connection_secret_ref.name).await? {
+        Ok(d) => d,
+        Err(e) => return Ok(Err(Err(e))),
+    };
+    Ok(postgres::connection_config(&data, pg.ssl_mode)
+        .map(|cfg| (PostgresProvisioner::new(cfg.clone(), schema), cfg))
+        .map_err(Err))
+}
+
+/// Ensures the tenant's place on a cloud backend exists and reports where it lives. Called on
+/// every reconcile of a live Tenant; idempotent, and a steady state runs no DDL.
+pub async fn reconcile(
+    tenant: &Tenant,
+    es: &EventStore,
+    ctx: &Context,
+    ns: &str,
+) -> Result<TenantOutcome, ReconcileError> {
+    if es.spec.backend != Backend::Postgres {
+        return Ok(missing(es, "tenants"));
+    }
+    if tenant.spec.placement != Placement::Pooled {
+        return Ok(missing(es, "siloed tenants"));
+    }
+    let (prov, admin_cfg) = match admin(es, ctx, ns).await? {
+        Ok(p) => p,
+        Err(Ok(outcome)) => return Ok(outcome),
+        Err(Err(e)) => return Ok(degraded(&e)),
+    };
+    let schema = prov.schema().to_string();
+    let role = role_name(&schema, &tenant.spec.tenant_id);
+
+    // The password lives only in the tenant's login Secret: reuse it, or issue one.
+    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), ns);
+    let live = secrets.get_opt(&login_secret_name(tenant)).await?;
+    let live_data: BTreeMap<String, String> = live
+        .and_then(|s| s.data)
+        .unwrap_or_default()
+        .into_iter()
+        .filter_map(|(k, v)| String::from_utf8(v.0).ok().map(|v| (k, v)))
+        .collect();
+    let password = live_data
+        .get("password")
+        .filter(|p| !p.is_empty())
+        .cloned()
+        .unwrap_or_else(super::token::generate);
+    let desired = postgres::tenant_login(&admin_cfg, &schema, &role, &password);
+    let secret_changed = live_data != desired;
+    if secret_changed {
+        ctx.metrics.wrote("Secret", "PATCH");
+        secrets
+            .patch(
+                &login_secret_name(tenant),
+                &PatchParams::apply(FIELD_MANAGER).force(),
+                &Patch::Apply(&login_secret(tenant, desired)),
+            )
+            .await?;
+    }
+    // A new or changed Secret (re)sets the role's password; otherwise only a missing role or
+    // mapping runs DDL.
+    if let Err(e) = prov
+        .ensure_tenant_role(&role, &tenant.spec.tenant_id, &password, secret_changed)
+        .await
+    {
+        return Ok(degraded(&e));
+    }
+    Ok(TenantOutcome {
+        verdict: Verdict::Ready,
+        location: Some(TenantLocation {
+            kind: LocationKind::Schema,
+            name: schema,
+        }),
+        usage_url: es
+            .status
+            .as_ref()
+            .and_then(|s| s.endpoint.as_ref())
+            .map(|e| e.url.clone()),
+        requeue: None,
     })
 }
 
-/// Removes what [`reconcile`] provisioned when the Tenant is deleted (its data only under
-/// `deletionPolicy: Delete`). Ok means done: the finalizer is removed afterwards.
+/// Removes what [`reconcile`] provisioned when the Tenant is deleted: the login role and its
+/// mapping (its rows too under `deletionPolicy: Delete`). The login Secret goes with its owner
+/// reference. Ok means done: the finalizer is removed afterwards; an outage retries.
 pub async fn cleanup(
-    _tenant: &Tenant,
-    _es: &EventStore,
-    _ctx: &Context,
-    _ns: &str,
+    tenant: &Tenant,
+    es: &EventStore,
+    ctx: &Context,
+    ns: &str,
 ) -> Result<(), ReconcileError> {
+    if es.spec.backend != Backend::Postgres || tenant.spec.placement != Placement::Pooled {
+        return Ok(());
+    }
+    let (prov, _) = match admin(es, ctx, ns).await? {
+        Ok(p) => p,
+        // Nothing was provisioned for a store without a schema.
+        Err(Ok(_)) => return Ok(()),
+        Err(Err(e)) => return Err(ReconcileError::Backend(e)),
+    };
+    let role = role_name(prov.schema(), &tenant.spec.tenant_id);
+    prov.drop_tenant_role(
+        &role,
+        &tenant.spec.tenant_id,
+        tenant.spec.deletion_policy == DeletionPolicy::Delete,
+    )
+    .await?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn login_secret_is_owned_and_named() {
+        let t: Tenant = serde_json::from_value(serde_json::json!({
+            "apiVersion": "allsource.io/v1alpha1", "kind": "Tenant",
+            "metadata": {"name": "acme", "namespace": "shop", "uid": "5b0c1f9e-0000-4000-8000-000000000003"},
+            "spec": {"eventStoreRef": {"name": "orders"}, "tenantId": "acme-1"}
+        }))
+        .unwrap();
+        let s = login_secret(&t, BTreeMap::from([("user".into(), "u".into())]));
+        assert_eq!(s.metadata.name.as_deref(), Some("acme-postgres"));
+        assert_eq!(s.metadata.owner_references.unwrap()[0].name, "acme");
+        assert_eq!(
+            role_name("allsource_shop_orders", "acme-1"),
+            "allsource_shop_orders_acme_1"
+        );
+    }
+
+    #[test]
+    fn tenant_login_keys() {
+        let admin: tokio_postgres::Config =
+            "postgres://admin:x@db.example:5433/events".parse().unwrap();
+        let l = postgres::tenant_login(&admin, "s", "s_acme", "pw");
+        assert_eq!(
+            l.keys().cloned().collect::<Vec<_>>(),
+            vec!["database", "host", "password", "port", "schema", "url", "user"]
+        );
+        assert_eq!(l["url"], "postgres://s_acme:pw@db.example:5433/events");
+        assert!(!l.values().any(|v| v.contains("admin")));
+    }
 }
