@@ -400,7 +400,52 @@ async fn restart_mid_reconcile_converges_and_noop_reconcile_writes_nothing() {
     delete_volumes(&client, &pvs).await;
 }
 
-/// Opt-in: ALLSOURCE_OPERATOR_SCALE=100 creates that many one-node EventStores and waits for all to be Ready.
+/// Upper bound of the bucket holding quantile `q` of a Prometheus histogram, per label set
+/// (`kind="EventStore"` ...), from the text exposition.
+fn histogram_quantiles(text: &str, metric: &str, q: f64) -> Vec<(String, String)> {
+    let mut by_kind: std::collections::BTreeMap<String, Vec<(f64, f64)>> = Default::default();
+    for line in text
+        .lines()
+        .filter(|l| l.starts_with(&format!("{metric}_bucket{{")))
+    {
+        let labels = &line[line.find('{').unwrap() + 1..line.find('}').unwrap()];
+        let kind = labels
+            .split(',')
+            .find(|l| l.starts_with("kind="))
+            .unwrap_or("kind=?")
+            .to_string();
+        let le = labels
+            .split(',')
+            .find_map(|l| l.strip_prefix("le=\""))
+            .map(|v| v.trim_end_matches('"'))
+            .unwrap();
+        let le = if le == "+Inf" {
+            f64::INFINITY
+        } else {
+            le.parse().unwrap()
+        };
+        let count: f64 = line.rsplit(' ').next().unwrap().parse().unwrap();
+        by_kind.entry(kind).or_default().push((le, count));
+    }
+    by_kind
+        .into_iter()
+        .map(|(kind, mut buckets)| {
+            buckets.sort_by(|a, b| a.0.total_cmp(&b.0));
+            let total = buckets.last().map(|b| b.1).unwrap_or(0.0);
+            let bound = buckets
+                .iter()
+                .find(|(_, c)| *c >= q * total)
+                .map(|(le, _)| format!("<= {le} s"))
+                .unwrap_or_default();
+            (kind, format!("{bound} (of {total} reconciles)"))
+        })
+        .collect()
+}
+
+/// Opt-in: ALLSOURCE_OPERATOR_SCALE=100 creates that many one-node EventStores and waits for all
+/// to be Ready; ALLSOURCE_OPERATOR_SCALE_TENANTS=1000 also spreads that many Tenants over them and
+/// waits for all to be Ready; then the operator is left alone for ALLSOURCE_OPERATOR_QUIET_SECS
+/// (default 60) and the writes it sent in that quiet period are printed and must be zero.
 #[tokio::test]
 async fn many_stores_reach_ready() {
     let Ok(count) = std::env::var("ALLSOURCE_OPERATOR_SCALE").map(|v| v.parse::<i32>().unwrap())
@@ -445,19 +490,74 @@ async fn many_stores_reach_ready() {
         "{count} EventStores: created in {created:?}, all Ready after {:?}",
         t0.elapsed()
     );
+    let tenants: usize = std::env::var("ALLSOURCE_OPERATOR_SCALE_TENANTS")
+        .map(|v| v.parse().unwrap())
+        .unwrap_or(0);
+    if tenants > 0 {
+        let tn: Api<Tenant> = Api::namespaced(client.clone(), &n);
+        let t1 = Instant::now();
+        for i in 0..tenants {
+            let store_name = format!("s{}", i % count as usize);
+            tn.create(
+                &PostParams::default(),
+                &tenant(&format!("t{i}"), &store_name),
+            )
+            .await
+            .unwrap();
+        }
+        let created = t1.elapsed();
+        wait_for("all tenants Ready", Duration::from_secs(900), || {
+            let tn = tn.clone();
+            async move {
+                let list = tn.list(&Default::default()).await.ok()?;
+                let ready = list
+                    .items
+                    .iter()
+                    .filter(|t| {
+                        t.status
+                            .as_ref()
+                            .is_some_and(|s| s.phase == Some(Phase::Ready))
+                    })
+                    .count();
+                (ready == tenants).then_some(())
+            }
+        })
+        .await;
+        println!(
+            "{tenants} Tenants: created in {created:?}, all Ready after {:?}",
+            t1.elapsed()
+        );
+    }
+    // Quiet period: nothing changes, so the operator must not write anything.
+    let quiet: u64 = std::env::var("ALLSOURCE_OPERATOR_QUIET_SECS")
+        .map(|v| v.parse().unwrap())
+        .unwrap_or(60);
+    // Let the tail of the rollout settle first (StatefulSet status updates, usage refreshes).
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    let before = op.metrics.total_writes();
+    tokio::time::sleep(Duration::from_secs(quiet)).await;
+    let quiet_writes = op.metrics.total_writes() - before;
+    println!("quiet {quiet} s with {count} stores and {tenants} tenants: {quiet_writes} operator API writes");
+    for (kind, p) in histogram_quantiles(
+        &op.metrics.render(),
+        "allsource_operator_reconcile_duration_seconds",
+        0.99,
+    ) {
+        println!("reconcile p99 {kind}: {p}");
+    }
     println!(
         "{}",
         op.metrics
             .render()
             .lines()
             .filter(
-                |l| l.starts_with("allsource_operator_reconcile_duration_seconds_bucket")
-                    || l.starts_with("allsource_operator_reconcile_duration_seconds_count")
+                |l| l.starts_with("allsource_operator_reconcile_duration_seconds_count")
                     || l.starts_with("allsource_operator_api_writes_total")
             )
             .collect::<Vec<_>>()
             .join("\n")
     );
+    assert_eq!(quiet_writes, 0, "the operator wrote during a quiet period");
     op.stop().await;
     ns.cleanup().await.unwrap();
     delete_volumes(&client, &pvs).await;
