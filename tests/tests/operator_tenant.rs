@@ -1,0 +1,527 @@
+//! The Tenant controller against the env's real control plane, one namespace per test, the
+//! operator's controllers running in-process: token issued into the `<tenant>-credentials` Secret
+//! with only its SHA-256 in status and in the store nodes' registry, zero writes when nothing
+//! changed, rotation with both tokens valid for the (test-shortened) grace period, suspend and
+//! resume reflected in the registry, deletion removing the registry entry and the Secret, a Tenant
+//! whose EventStore appears later, and, with the pod runner playing the kubelet for real
+//! store-node processes, an append and read with the Secret's token that another tenant's token
+//! cannot see.
+
+mod operator_support;
+// The pod runner's loop, run in-process on a Node of its own (the binary is `pod-runner`).
+#[allow(dead_code)]
+#[path = "../src/podrunner/mod.rs"]
+mod podrunner;
+
+use std::time::Duration;
+
+use allsource_operator::api::tenant::TenantStatus;
+use allsource_operator::api::{EventStore, Phase, Tenant, FINALIZER};
+use allsource_operator::resources::configmap::{Registry, TenantState};
+use k8s_openapi::api::core::v1::{ConfigMap, Node, Pod, Secret};
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::{Client, ResourceExt};
+use operator_support::{create_volumes, delete_volumes, install_crds, wait_for, Operator};
+use store_node::tenant::registry::sha256_hex;
+
+const DEADLINE: Duration = Duration::from_secs(90);
+
+fn store(name: &str) -> EventStore {
+    serde_json::from_value(serde_json::json!({
+        "apiVersion": "allsource.io/v1alpha1",
+        "kind": "EventStore",
+        "metadata": {"name": name},
+        "spec": {
+            "backend": "selfHosted",
+            "selfHosted": {"replicas": 1, "image": "ghcr.io/allsource/store-node:0.1.0", "storage": {"size": "1Gi"}},
+        }
+    }))
+    .unwrap()
+}
+
+fn tenant(name: &str, store: &str) -> Tenant {
+    serde_json::from_value(serde_json::json!({
+        "apiVersion": "allsource.io/v1alpha1",
+        "kind": "Tenant",
+        "metadata": {"name": name, "annotations": {"allsource.io/rotation-grace-seconds": "4"}},
+        "spec": {"eventStoreRef": {"name": store}, "tenantId": name},
+    }))
+    .unwrap()
+}
+
+fn value(s: &Secret, key: &str) -> Option<String> {
+    let v = s.data.as_ref()?.get(key)?;
+    String::from_utf8(v.0.clone()).ok()
+}
+
+fn condition(st: &TenantStatus, type_: &str) -> Option<(bool, String)> {
+    st.conditions
+        .iter()
+        .find(|c| c.type_ == type_)
+        .map(|c| (c.is_true(), c.reason.clone()))
+}
+
+async fn setup(prefix: &str) -> Option<(allsource_tests::env::TestNamespace, Client)> {
+    let env = allsource_tests::env::require("kube")?;
+    let ns = env.test_namespace(prefix).await.unwrap();
+    let client = ns.client().clone();
+    install_crds(&client).await;
+    Some((ns, client))
+}
+
+/// Waits until the Tenant's status satisfies `pred` and returns it.
+async fn wait_tenant(
+    api: &Api<Tenant>,
+    name: &str,
+    what: &str,
+    pred: impl Fn(&Tenant, &TenantStatus) -> bool,
+) -> TenantStatus {
+    wait_for(what, DEADLINE, || {
+        let api = api.clone();
+        let pred = &pred;
+        let name = name.to_string();
+        async move {
+            let t = api.get(&name).await.ok()?;
+            let st = t.status.clone()?;
+            pred(&t, &st).then_some(st)
+        }
+    })
+    .await
+}
+
+async fn registry(cms: &Api<ConfigMap>, store: &str) -> Option<Registry> {
+    let cm = cms.get_opt(&format!("{store}-config")).await.ok()??;
+    serde_json::from_str(cm.data?.get("registry.json")?).ok()
+}
+
+/// The registry entry of `id`: (token digests, state).
+async fn entry(cms: &Api<ConfigMap>, store: &str, id: &str) -> Option<(Vec<String>, TenantState)> {
+    let r = registry(cms, store).await?;
+    let t = r.tenants.into_iter().find(|t| t.id == id)?;
+    Some((t.token_sha256, t.state))
+}
+
+async fn secret_token(secrets: &Api<Secret>, name: &str) -> Option<String> {
+    value(&secrets.get_opt(name).await.ok()??, "token")
+}
+
+/// Deletes every Tenant and EventStore of `ns` while the operator still runs (their finalizers
+/// need it), so the namespace can go once the test stops the operator.
+async fn remove_all(client: &Client, ns: &str) {
+    let tenants: Api<Tenant> = Api::namespaced(client.clone(), ns);
+    let stores: Api<EventStore> = Api::namespaced(client.clone(), ns);
+    for t in tenants.list(&ListParams::default()).await.unwrap().items {
+        let _ = tenants
+            .delete(&t.name_any(), &DeleteParams::default())
+            .await;
+    }
+    for es in stores.list(&ListParams::default()).await.unwrap().items {
+        let _ = stores
+            .delete(&es.name_any(), &DeleteParams::default())
+            .await;
+    }
+    wait_for("Tenants and EventStores gone", DEADLINE, || {
+        let (tenants, stores) = (tenants.clone(), stores.clone());
+        async move {
+            let left = tenants.list(&ListParams::default()).await.ok()?.items.len()
+                + stores.list(&ListParams::default()).await.ok()?.items.len();
+            (left == 0).then_some(())
+        }
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn token_secret_registry_noop_rotation_suspend_and_delete() {
+    let Some((ns, client)) = setup("tn-life").await else {
+        return;
+    };
+    let n = ns.name().to_string();
+    let pvs = create_volumes(&client, &n, "orders", 1).await;
+    let op = Operator::start(&client, &n);
+    let stores: Api<EventStore> = Api::namespaced(client.clone(), &n);
+    let tenants: Api<Tenant> = Api::namespaced(client.clone(), &n);
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), &n);
+    let cms: Api<ConfigMap> = Api::namespaced(client.clone(), &n);
+    stores
+        .create(&PostParams::default(), &store("orders"))
+        .await
+        .unwrap();
+    tenants
+        .create(&PostParams::default(), &tenant("acme", "orders"))
+        .await
+        .unwrap();
+
+    // Issue: the token only in the Secret, its digest in status and in the registry.
+    let st = wait_tenant(&tenants, "acme", "acme Ready", |_, s| {
+        s.phase == Some(Phase::Ready)
+    })
+    .await;
+    let secret = secrets.get("acme-credentials").await.unwrap();
+    let token = value(&secret, "token").unwrap();
+    assert_eq!(token.len(), 64, "32 random bytes, hex");
+    assert_eq!(st.token_sha256, vec![sha256_hex(&token)]);
+    assert_eq!(st.secret_name.as_deref(), Some("acme-credentials"));
+    assert_eq!(
+        value(&secret, "endpoint").as_deref(),
+        Some(format!("http://orders.{n}.svc:8080").as_str())
+    );
+    assert_eq!(value(&secret, "tenantId").as_deref(), Some("acme"));
+    assert_eq!(value(&secret, "backend").as_deref(), Some("selfHosted"));
+    let live = tenants.get("acme").await.unwrap();
+    assert_eq!(secret.owner_references()[0].uid, live.uid().unwrap());
+    assert!(live.finalizers().iter().any(|f| f == FINALIZER));
+    assert_eq!(
+        st.location.as_ref().map(|l| l.name.as_str()),
+        Some("orders-0")
+    );
+    assert_eq!(condition(&st, "Ready"), Some((true, "Ready".into())));
+    assert_eq!(
+        condition(&st, "Degraded"),
+        Some((false, "AsExpected".into()))
+    );
+    let status_json = serde_json::to_string(&live.status).unwrap();
+    assert!(
+        !status_json.contains(&token),
+        "the token leaked into status"
+    );
+    let (hashes, state) = entry(&cms, "orders", "acme").await.unwrap();
+    assert_eq!(hashes, vec![sha256_hex(&token)]);
+    assert_eq!(state, TenantState::Active);
+
+    // No-op: waking the controller (a label on the EventStore it watches) writes nothing.
+    let tenant_rv = live.resource_version();
+    let secret_rv = secret.resource_version();
+    stores
+        .patch(
+            "orders",
+            &PatchParams::default(),
+            &Patch::Merge(serde_json::json!({"metadata": {"labels": {"touched": "1"}}})),
+        )
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert_eq!(
+        tenants.get("acme").await.unwrap().resource_version(),
+        tenant_rv
+    );
+    assert_eq!(
+        secrets
+            .get("acme-credentials")
+            .await
+            .unwrap()
+            .resource_version(),
+        secret_rv
+    );
+    assert_eq!(
+        secret_token(&secrets, "acme-credentials").await.unwrap(),
+        token
+    );
+
+    // Rotation: a new token, both digests valid during the grace period (4 s here), then one.
+    tenants
+        .patch(
+            "acme",
+            &PatchParams::default(),
+            &Patch::Merge(serde_json::json!({"spec": {"credentials": {"rotate": "r1"}}})),
+        )
+        .await
+        .unwrap();
+    let new_token = wait_for("rotated token in the Secret", DEADLINE, || {
+        let secrets = secrets.clone();
+        let old = token.clone();
+        async move {
+            let t = secret_token(&secrets, "acme-credentials").await?;
+            (t != old).then_some(t)
+        }
+    })
+    .await;
+    let both = vec![sha256_hex(&new_token), sha256_hex(&token)];
+    let st = tenants.get("acme").await.unwrap().status.unwrap();
+    assert!(st.last_rotation.is_some());
+    assert!(
+        st.token_sha256 == both || st.token_sha256 == vec![sha256_hex(&new_token)],
+        "digests after rotation: {:?}",
+        st.token_sha256
+    );
+    wait_tenant(&tenants, "acme", "only the new digest", |_, s| {
+        s.token_sha256 == vec![sha256_hex(&new_token)] && s.phase == Some(Phase::Ready)
+    })
+    .await;
+    wait_for("registry has only the new digest", DEADLINE, || {
+        let cms = cms.clone();
+        let want = vec![sha256_hex(&new_token)];
+        async move { (entry(&cms, "orders", "acme").await?.0 == want).then_some(()) }
+    })
+    .await;
+
+    // Suspend, then resume.
+    let set_suspend = |v: bool| {
+        let tenants = tenants.clone();
+        async move {
+            tenants
+                .patch(
+                    "acme",
+                    &PatchParams::default(),
+                    &Patch::Merge(serde_json::json!({"spec": {"suspend": v}})),
+                )
+                .await
+                .unwrap();
+        }
+    };
+    set_suspend(true).await;
+    let st = wait_tenant(&tenants, "acme", "acme Suspended", |t, s| {
+        s.phase == Some(Phase::Suspended) && s.observed_generation == t.metadata.generation
+    })
+    .await;
+    assert_eq!(condition(&st, "Ready"), Some((false, "Suspended".into())));
+    assert_eq!(
+        entry(&cms, "orders", "acme").await.unwrap().1,
+        TenantState::Suspended
+    );
+    set_suspend(false).await;
+    wait_tenant(&tenants, "acme", "acme Ready again", |t, s| {
+        s.phase == Some(Phase::Ready) && s.observed_generation == t.metadata.generation
+    })
+    .await;
+    assert_eq!(
+        entry(&cms, "orders", "acme").await.unwrap().1,
+        TenantState::Active
+    );
+
+    // Delete: once the Tenant is gone, its registry entry and its Secret are gone too.
+    tenants
+        .delete("acme", &DeleteParams::default())
+        .await
+        .unwrap();
+    wait_for("Tenant gone", DEADLINE, || {
+        let tenants = tenants.clone();
+        async move { tenants.get_opt("acme").await.ok()?.is_none().then_some(()) }
+    })
+    .await;
+    let reg = registry(&cms, "orders").await.unwrap();
+    assert!(
+        reg.tenants.iter().all(|t| t.id != "acme"),
+        "deleted tenant still in the registry"
+    );
+    wait_for("Secret gone", DEADLINE, || {
+        let secrets = secrets.clone();
+        async move {
+            let s = secrets.get_opt("acme-credentials").await.ok()?;
+            s.is_none_or(|s| s.metadata.deletion_timestamp.is_some())
+                .then_some(())
+        }
+    })
+    .await;
+
+    remove_all(&client, &n).await;
+    op.stop().await;
+    ns.cleanup().await.unwrap();
+    delete_volumes(&client, &pvs).await;
+}
+
+#[tokio::test]
+async fn missing_store_is_degraded_until_it_appears() {
+    let Some((ns, client)) = setup("tn-missing").await else {
+        return;
+    };
+    let n = ns.name().to_string();
+    let pvs = create_volumes(&client, &n, "later", 1).await;
+    let op = Operator::start(&client, &n);
+    let stores: Api<EventStore> = Api::namespaced(client.clone(), &n);
+    let tenants: Api<Tenant> = Api::namespaced(client.clone(), &n);
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), &n);
+    tenants
+        .create(&PostParams::default(), &tenant("early", "later"))
+        .await
+        .unwrap();
+    let st = wait_tenant(&tenants, "early", "Degraded EventStoreNotFound", |_, s| {
+        s.phase == Some(Phase::Degraded)
+    })
+    .await;
+    assert_eq!(
+        condition(&st, "Degraded"),
+        Some((true, "EventStoreNotFound".into()))
+    );
+    assert_eq!(
+        condition(&st, "Ready"),
+        Some((false, "EventStoreNotFound".into()))
+    );
+    assert!(secrets
+        .get_opt("early-credentials")
+        .await
+        .unwrap()
+        .is_none());
+
+    stores
+        .create(&PostParams::default(), &store("later"))
+        .await
+        .unwrap();
+    let st = wait_tenant(
+        &tenants,
+        "early",
+        "Ready after the store appears",
+        |_, s| s.phase == Some(Phase::Ready),
+    )
+    .await;
+    assert_eq!(
+        condition(&st, "Degraded"),
+        Some((false, "AsExpected".into()))
+    );
+    let token = secret_token(&secrets, "early-credentials").await.unwrap();
+    assert_eq!(st.token_sha256, vec![sha256_hex(&token)]);
+
+    remove_all(&client, &n).await;
+    op.stop().await;
+    ns.cleanup().await.unwrap();
+    delete_volumes(&client, &pvs).await;
+}
+
+/// Starts the pod runner in-process on its own Node; returns the task and the node name.
+fn start_runner(client: &Client, ns: &str) -> (tokio::task::JoinHandle<()>, String) {
+    let state_dir = std::env::temp_dir().join(format!("allsource-{ns}-runner"));
+    let node = format!("runner-{ns}");
+    let cfg = podrunner::RunnerConfig {
+        node_name: node.clone(),
+        binary: allsource_tests::bins::store_node(),
+        image_match: "store-node".into(),
+        state_dir,
+    };
+    let client = client.clone();
+    let task = tokio::spawn(async move {
+        if let Err(e) = podrunner::run(client, cfg).await {
+            eprintln!("pod runner stopped: {e}");
+        }
+    });
+    (task, node)
+}
+
+#[tokio::test]
+async fn real_store_node_accepts_the_secret_token_and_isolates_tenants() {
+    let Some((ns, client)) = setup("tn-e2e").await else {
+        return;
+    };
+    let n = ns.name().to_string();
+    let pvs = create_volumes(&client, &n, "orders", 1).await;
+    let (runner, node) = start_runner(&client, &n);
+    let op = Operator::start(&client, &n);
+    let stores: Api<EventStore> = Api::namespaced(client.clone(), &n);
+    let tenants: Api<Tenant> = Api::namespaced(client.clone(), &n);
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), &n);
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &n);
+    let mut es = store("orders");
+    es.spec.self_hosted.as_mut().unwrap().pod_template = Some(
+        serde_json::from_value(serde_json::json!({
+            "nodeSelector": {"kubernetes.io/hostname": node, "allsource.io/pod-runner": "true"}
+        }))
+        .unwrap(),
+    );
+    stores.create(&PostParams::default(), &es).await.unwrap();
+    for name in ["alice", "mallory"] {
+        tenants
+            .create(&PostParams::default(), &tenant(name, "orders"))
+            .await
+            .unwrap();
+    }
+    for name in ["alice", "mallory"] {
+        wait_tenant(&tenants, name, &format!("{name} Ready"), |_, s| {
+            s.phase == Some(Phase::Ready)
+        })
+        .await;
+    }
+    let alice = secret_token(&secrets, "alice-credentials").await.unwrap();
+    let mallory = secret_token(&secrets, "mallory-credentials").await.unwrap();
+
+    // The pod runner publishes each pod's loopback port (the Secret's endpoint is in-cluster DNS).
+    let port: u16 = wait_for("runner port of orders-0", DEADLINE, || {
+        let pods = pods.clone();
+        async move {
+            let p = pods.get_opt("orders-0").await.ok()??;
+            p.annotations()
+                .get(podrunner::PORT_ANNOTATION)?
+                .parse()
+                .ok()
+        }
+    })
+    .await;
+    let url = format!("http://127.0.0.1:{port}");
+    let http = reqwest::Client::new();
+    let body = serde_json::json!({"events": [{
+        "eventId": "00000000-0000-4000-8000-000000000001",
+        "eventType": "OrderPlaced",
+        "data": {"total": 42}
+    }]});
+    // The node reloads the registry within a few seconds of the ConfigMap change.
+    wait_for("append with alice's token", DEADLINE, || {
+        let (http, url, alice, body) = (http.clone(), url.clone(), alice.clone(), body.clone());
+        async move {
+            let r = http
+                .post(format!("{url}/v1/streams/order-1/events"))
+                .bearer_auth(&alice)
+                .json(&body)
+                .send()
+                .await
+                .ok()?;
+            (r.status().as_u16() == 201).then_some(())
+        }
+    })
+    .await;
+    let read = |token: String| {
+        let (http, url) = (http.clone(), url.clone());
+        async move {
+            let r = http
+                .get(format!("{url}/v1/streams/order-1/events"))
+                .bearer_auth(token)
+                .send()
+                .await
+                .unwrap();
+            let code = r.status().as_u16();
+            (code, r.text().await.unwrap_or_default())
+        }
+    };
+    let (code, text) = read(alice.clone()).await;
+    assert_eq!(code, 200, "{text}");
+    assert!(text.contains("OrderPlaced"), "{text}");
+    let (code, text) = read(mallory.clone()).await;
+    assert!(
+        !text.contains("OrderPlaced"),
+        "mallory read alice's event: {code} {text}"
+    );
+    let (code, _) = read("not-a-token".to_string()).await;
+    assert_eq!(code, 401);
+
+    // Deleting alice's Tenant takes her token away on the node.
+    tenants
+        .delete("alice", &DeleteParams::default())
+        .await
+        .unwrap();
+    wait_for("alice's token rejected", DEADLINE, || {
+        let read = &read;
+        let alice = alice.clone();
+        async move { (read(alice).await.0 == 401).then_some(()) }
+    })
+    .await;
+
+    // Stop the pods while the runner still plays their kubelet, then the runner and its Node.
+    remove_all(&client, &n).await;
+    wait_for("pods gone", DEADLINE, || {
+        let pods = pods.clone();
+        async move {
+            pods.list(&ListParams::default())
+                .await
+                .ok()?
+                .items
+                .is_empty()
+                .then_some(())
+        }
+    })
+    .await;
+    op.stop().await;
+    runner.abort();
+    let _ = runner.await;
+    let _ = Api::<Node>::all(client.clone())
+        .delete(&node, &DeleteParams::default())
+        .await;
+    ns.cleanup().await.unwrap();
+    delete_volumes(&client, &pvs).await;
+}
