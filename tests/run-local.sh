@@ -73,19 +73,15 @@ kubectl patch es orders -n "$ns" --type merge \
   -p '{"spec":{"selfHosted":{"podTemplate":{"nodeSelector":{"allsource.io/pod-runner":"true"}}}}}' >/dev/null
 kubectl apply -n "$ns" --server-side -f config/samples/tenant-pooled.yaml >/dev/null
 
-# Tenant credentials: the Tenant controller is not built yet, so this script plays its part:
-# a random token, its SHA-256 in the Tenant's status (the operator copies hashes into the store
-# nodes' registry), the token itself only in a local file.
-token_file=$state/run/acme.token
-[ -s "$token_file" ] || head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n' >"$token_file"
-token=$(cat "$token_file")
-hash=$(printf '%s' "$token" | sha256sum | cut -d' ' -f1)
-kubectl patch tenant acme -n "$ns" --subresource=status --type merge \
-  -p "{\"status\":{\"tokenSha256\":[\"$hash\"]}}" >/dev/null
-
 step "waiting for EventStore orders to be Ready"
 kubectl wait es/orders -n "$ns" --for=condition=Ready --timeout=180s >/dev/null
+# The Tenant controller issues the token into the Tenant's connection Secret (keys endpoint,
+# tenantId, token, backend) and only its SHA-256 into the status and the store nodes' registry.
+step "waiting for Tenant acme to be Ready; its token comes from Secret acme-credentials"
+kubectl wait tn/acme -n "$ns" --for=condition=Ready --timeout=180s >/dev/null
 kubectl get es,tn -n "$ns"
+token=$(kubectl get secret acme-credentials -n "$ns" -o jsonpath='{.data.token}' | base64 -d)
+[ -n "$token" ] || { echo "no token in Secret acme-credentials" >&2; exit 1; }
 
 node=$(kubectl get es orders -n "$ns" -o jsonpath='{.status.placement.acme}')
 port=""
@@ -116,7 +112,7 @@ AllSource is running locally (namespace $ns).
   kubectl get es,tn,ap -A
   kubectl describe es orders -n $ns
   kubectl scale es orders -n $ns --replicas=2     # refused while a tenant lives on the removed node
-  TOKEN=\$(cat $token_file)
+  TOKEN=\$(kubectl get secret acme-credentials -n $ns -o jsonpath='{.data.token}' | base64 -d)
   curl -s $url/v1/streams/order-1/events -H "Authorization: Bearer \$TOKEN"
   curl -s $url/v1/stats -H "Authorization: Bearer \$TOKEN"
   curl -s $url/metrics | grep allsource_
