@@ -211,6 +211,93 @@ mod tests {
         assert_eq!(all[4].body, json!({"ttlConfig": {}}));
     }
 
+    /// What the recording server saw: method, path with query, authorization, body.
+    type Seen = std::sync::Arc<std::sync::Mutex<Vec<(String, String, String, Value)>>>;
+
+    /// A real HTTP server on loopback that records every request and answers `index_status`
+    /// to index creation (`POST`) and 200 to field updates.
+    async fn recording_server(index_status: u16) -> (String, Seen) {
+        use axum::http::{HeaderMap, Method as M, StatusCode, Uri};
+        let seen: Seen = Default::default();
+        let rec = seen.clone();
+        let app = axum::Router::new().fallback(
+            move |method: M, uri: Uri, headers: HeaderMap, body: axum::body::Bytes| {
+                let rec = rec.clone();
+                async move {
+                    let auth = headers
+                        .get("authorization")
+                        .and_then(|v| v.to_str().ok())
+                        .unwrap_or_default()
+                        .to_string();
+                    let body: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+                    let path = uri.path_and_query().map(|p| p.to_string());
+                    let post = method == M::POST;
+                    if let Ok(mut r) = rec.lock() {
+                        r.push((method.to_string(), path.unwrap_or_default(), auth, body));
+                    }
+                    let status = if post { index_status } else { 200 };
+                    let code = StatusCode::from_u16(status).unwrap_or(StatusCode::OK);
+                    (code, r#"{"name":"operations/op-1"}"#)
+                }
+            },
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        (format!("http://{addr}"), seen)
+    }
+
+    #[tokio::test]
+    async fn sends_exactly_the_built_requests() {
+        let (endpoint, seen) = recording_server(200).await;
+        let built = requests("proj-1", "(default)");
+        let out = send(&endpoint, Some("tok-1"), &built).await.unwrap();
+        assert_eq!(out.len(), built.len());
+        assert!(out.iter().all(|o| matches!(o, Outcome::Applied { .. })));
+        // reqwest may percent-encode the parentheses of "(default)"; compare decoded paths.
+        let norm = |p: &str| p.replace("%28", "(").replace("%29", ")");
+        let seen: Vec<_> = seen
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(m, p, a, b)| (m.clone(), norm(p), a.clone(), b.clone()))
+            .collect();
+        let want: Vec<_> = built
+            .iter()
+            .map(|r| {
+                let m = match r.method {
+                    Method::Post => "POST",
+                    Method::Patch => "PATCH",
+                };
+                let path = format!("/v1/{}", r.path);
+                (
+                    m.to_string(),
+                    path,
+                    "Bearer tok-1".to_string(),
+                    r.body.clone(),
+                )
+            })
+            .collect();
+        assert_eq!(seen, want);
+    }
+
+    #[tokio::test]
+    async fn existing_index_is_fine_refusal_stops() {
+        let (endpoint, _) = recording_server(409).await;
+        let out = send(&endpoint, None, &requests("p", "(default)"))
+            .await
+            .unwrap();
+        assert!(matches!(out[0], Outcome::AlreadyExists { .. }));
+        let (endpoint, seen) = recording_server(403).await;
+        let err = send(&endpoint, None, &requests("p", "(default)")).await;
+        assert!(matches!(err, Err(AdminError::Refused { status: 403, .. })));
+        assert_eq!(
+            seen.lock().unwrap().len(),
+            1,
+            "nothing is sent after a refusal"
+        );
+    }
+
     #[test]
     fn classifies_answers() {
         assert_eq!(

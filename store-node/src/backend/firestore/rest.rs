@@ -65,10 +65,13 @@ pub fn classify(http: u16, body: &str) -> RestError {
         .and_then(Value::as_str)
         .map_or_else(|| body.chars().take(300).collect(), str::to_string);
     let lower = message.to_ascii_lowercase();
+    // Production says "exceeds the maximum allowed size", the emulator "is longer than".
     let too_big = [
         "too big",
         "too large",
         "exceeds the maximum",
+        "longer than",
+        "writes allowed",
         "maximum size",
     ]
     .iter()
@@ -267,6 +270,8 @@ mod tests {
             ),
             RestError::TooLarge(_)
         ));
+        let emulator = r#"{"error":{"code":400,"message":"The value of property \"p\" is longer than 1048487 bytes.","status":"INVALID_ARGUMENT"}}"#;
+        assert!(matches!(classify(400, emulator), RestError::TooLarge(_)));
         assert!(matches!(
             classify(503, "gateway down"),
             RestError::Unavailable(_)
