@@ -54,7 +54,9 @@ impl Verdict {
             Verdict::Suspended => {
                 "spec.suspend is true; the store rejects the tenant's requests".to_string()
             }
-            Verdict::Ready => "the tenant's token in its Secret is accepted by the store".into(),
+            Verdict::Ready => {
+                "the digests of the tenant's tokens are published to the store".into()
+            }
         }
     }
 
