@@ -571,6 +571,38 @@ async fn dynamodb_provision_drift_unsupported_and_delete() {
     println!("dynamodb: deleted table -> recreated: {:?}", t2.elapsed());
     wait_status(&es, "orders", "Ready after recreation", ready).await;
 
+    // A pooled tenant gets its IAM policy document (LeadingKeys pinned to its keys).
+    let tenants: Api<allsource_operator::api::Tenant> = Api::namespaced(client.clone(), &n);
+    tenants
+        .create(&PostParams::default(), &pooled_tenant("acme", "orders"))
+        .await
+        .unwrap();
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), &n);
+    let access = wait_for("acme-dynamodb Secret", DEADLINE, || {
+        let secrets = secrets.clone();
+        async move { secrets.get_opt("acme-dynamodb").await.ok()? }
+    })
+    .await;
+    let data = access.data.unwrap();
+    let policy: serde_json::Value = serde_json::from_slice(&data["iamPolicy.json"].0).unwrap();
+    assert_eq!(
+        policy["Statement"][0]["Condition"]["ForAllValues:StringLike"]["dynamodb:LeadingKeys"],
+        serde_json::json!(["acme#*", "acme"])
+    );
+    assert_eq!(
+        policy["Statement"][0]["Resource"][0].as_str(),
+        st.provisioned.get("tableArn").map(String::as_str)
+    );
+    tenants
+        .delete("acme", &DeleteParams::default())
+        .await
+        .unwrap();
+    wait_for("tenant acme gone", DEADLINE, || {
+        let tenants = tenants.clone();
+        async move { tenants.get_opt("acme").await.ok()?.is_none().then_some(()) }
+    })
+    .await;
+
     // Point-in-time recovery: DynamoDB Local refuses the call; the store says so.
     es.patch(
         "orders",

@@ -141,6 +141,9 @@ pub async fn reconcile(
     ctx: &Context,
     ns: &str,
 ) -> Result<TenantOutcome, ReconcileError> {
+    if es.spec.backend == Backend::DynamoDb && tenant.spec.placement == Placement::Pooled {
+        return dynamodb_tenant(tenant, es, ctx, ns).await;
+    }
     if es.spec.backend != Backend::Postgres {
         return Ok(missing(es, "tenants"));
     }
@@ -204,6 +207,102 @@ pub async fn reconcile(
     })
 }
 
+/// Name of a pooled DynamoDB tenant's access Secret.
+pub fn dynamodb_secret_name(t: &Tenant) -> String {
+    format!("{}-dynamodb", t.name_any())
+}
+
+/// Key of the IAM policy document in the `<tenant>-dynamodb` Secret.
+pub const IAM_POLICY_KEY: &str = "iamPolicy.json";
+
+/// What the platform's IAM tooling needs for a pooled DynamoDB tenant (keys of its
+/// `<tenant>-dynamodb` Secret): `table`, `tableArn`, `region` and [`IAM_POLICY_KEY`], the policy
+/// document whose `dynamodb:LeadingKeys` condition confines credentials to the tenant's items
+/// (store-node's `tenant_iam_policy`). Pure.
+pub fn dynamodb_access(
+    table: &str,
+    table_arn: &str,
+    region: &str,
+    tenant_id: &str,
+) -> BTreeMap<String, String> {
+    let policy = store_node::backend::dynamodb::table::tenant_iam_policy(table_arn, tenant_id);
+    let mut policy = serde_json::to_string_pretty(&policy).unwrap_or_default();
+    policy.push('\n');
+    BTreeMap::from([
+        ("table".to_string(), table.to_string()),
+        ("tableArn".to_string(), table_arn.to_string()),
+        ("region".to_string(), region.to_string()),
+        (IAM_POLICY_KEY.to_string(), policy),
+    ])
+}
+
+/// A pooled DynamoDB tenant lives in the store's table; its IAM policy document goes to the
+/// Tenant-owned `<tenant>-dynamodb` Secret (written only when it changed).
+async fn dynamodb_tenant(
+    tenant: &Tenant,
+    es: &EventStore,
+    ctx: &Context,
+    ns: &str,
+) -> Result<TenantOutcome, ReconcileError> {
+    let provisioned = es.status.as_ref().map(|s| &s.provisioned);
+    let (Some(table), Some(arn), Some(d)) = (
+        provisioned.and_then(|p| p.get("table")),
+        provisioned.and_then(|p| p.get("tableArn")),
+        es.spec.dynamodb.as_ref(),
+    ) else {
+        return Ok(TenantOutcome {
+            verdict: Verdict::EventStoreNotReady(
+                "the EventStore's table is not provisioned yet".to_string(),
+            ),
+            location: None,
+            usage_url: None,
+            requeue: Some(RETRY),
+        });
+    };
+    let desired = dynamodb_access(table, arn, &d.region, &tenant.spec.tenant_id);
+    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), ns);
+    let name = dynamodb_secret_name(tenant);
+    let live: BTreeMap<String, String> = secrets
+        .get_opt(&name)
+        .await?
+        .and_then(|s| s.data)
+        .unwrap_or_default()
+        .into_iter()
+        .filter_map(|(k, v)| String::from_utf8(v.0).ok().map(|v| (k, v)))
+        .collect();
+    if live != desired {
+        let mut secret = login_secret(tenant, desired);
+        secret.metadata.name = Some(name.clone());
+        if let Some(l) = secret.metadata.labels.as_mut() {
+            l.insert(
+                "app.kubernetes.io/component".to_string(),
+                "tenant-dynamodb-access".to_string(),
+            );
+        }
+        ctx.metrics.wrote("Secret", "PATCH");
+        secrets
+            .patch(
+                &name,
+                &PatchParams::apply(FIELD_MANAGER).force(),
+                &Patch::Apply(&secret),
+            )
+            .await?;
+    }
+    Ok(TenantOutcome {
+        verdict: Verdict::Ready,
+        location: Some(TenantLocation {
+            kind: LocationKind::Table,
+            name: table.clone(),
+        }),
+        usage_url: es
+            .status
+            .as_ref()
+            .and_then(|s| s.endpoint.as_ref())
+            .map(|e| e.url.clone()),
+        requeue: None,
+    })
+}
+
 /// Removes what [`reconcile`] provisioned when the Tenant is deleted: the login role and its
 /// mapping (its rows too under `deletionPolicy: Delete`). The login Secret goes with its owner
 /// reference. Ok means done: the finalizer is removed afterwards; an outage retries.
@@ -251,6 +350,22 @@ mod tests {
             role_name("allsource_shop_orders", "acme-1"),
             "allsource_shop_orders_acme_1"
         );
+    }
+
+    #[test]
+    fn dynamodb_policy_pins_the_tenant() {
+        let a = dynamodb_access(
+            "t",
+            "arn:aws:dynamodb:us-east-1:1:table/t",
+            "us-east-1",
+            "acme",
+        );
+        let p: serde_json::Value = serde_json::from_str(&a[IAM_POLICY_KEY]).unwrap();
+        assert_eq!(
+            p["Statement"][0]["Condition"]["ForAllValues:StringLike"]["dynamodb:LeadingKeys"],
+            serde_json::json!(["acme#*", "acme"])
+        );
+        assert_eq!(a["table"], "t");
     }
 
     #[test]
