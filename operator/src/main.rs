@@ -61,6 +61,9 @@ struct RunArgs {
     /// Seconds a Lease stays valid without renewal.
     #[arg(long, default_value_t = 30)]
     lease_duration_seconds: u64,
+    /// Seconds between drift checks of a healthy cloud EventStore's table or schema (reads only).
+    #[arg(long, env = "ALLSOURCE_DRIFT_INTERVAL_SECONDS", default_value_t = 60)]
+    drift_interval_seconds: u64,
 }
 
 fn main() -> ExitCode {
@@ -138,6 +141,9 @@ fn run(args: RunArgs) -> ExitCode {
 async fn run_async(args: RunArgs) -> Result<(), Box<dyn std::error::Error>> {
     use allsource_operator::{controllers, http, leader, telemetry};
     let metrics = telemetry::Metrics::new()?;
+    controllers::eventstore::cloud::set_drift_interval(std::time::Duration::from_secs(
+        args.drift_interval_seconds,
+    ));
     let ready = Arc::new(AtomicBool::new(false));
     let state = http::HttpState {
         metrics: metrics.clone(),
