@@ -43,7 +43,7 @@ fn parse_args() -> anyhow::Result<Args> {
             "--backend" => a.backend = val,
             "--durability" => a.durability = val,
             other => {
-                bail!("unknown flag {other} (flags: --events N --requests N --backend engine|memory --durability fsync|fdatasync|none)")
+                bail!("unknown flag {other} (flags: --events N --requests N --backend engine|memory|postgres|dynamodb|firestore --durability fsync|fdatasync|none)")
             }
         }
     }
@@ -126,6 +126,39 @@ async fn main() -> anyhow::Result<()> {
             let e = Arc::new(Engine::open(cfg)?);
             engine = Some(e.clone());
             e
+        }
+        // Cloud backends on the servers of tests/env (`set -a; . tests/env/.env`), each run in
+        // its own schema / table; Firestore runs on the emulator, which is not production
+        // Firestore (one JVM process, pessimistic locks, no network).
+        "postgres" => {
+            use store_node::backend::postgres::{PostgresConfig, PostgresStore};
+            let url = std::env::var("PG_URL").context("PG_URL")?;
+            let schema = format!("http_bench_{}", std::process::id());
+            let s = PostgresStore::connect(PostgresConfig::new(url, schema))?;
+            s.init_schema().await?;
+            Arc::new(s)
+        }
+        "dynamodb" => {
+            use store_node::backend::dynamodb::{DynamoConfig, DynamoStore, StaticCredentials};
+            let table = format!("http-bench-{}", std::process::id());
+            let mut cfg = DynamoConfig::new(table, "us-east-1");
+            cfg.endpoint = Some(std::env::var("DYNAMODB_ENDPOINT").context("DYNAMODB_ENDPOINT")?);
+            cfg.credentials = Some(StaticCredentials {
+                access_key_id: "test".into(),
+                secret_access_key: "test".into(),
+            });
+            let s = DynamoStore::connect(cfg).await?;
+            s.ensure_table().await?;
+            Arc::new(s)
+        }
+        "firestore" => {
+            use store_node::backend::firestore::{FirestoreConfig, FirestoreStore};
+            let host =
+                std::env::var("FIRESTORE_EMULATOR_HOST").context("FIRESTORE_EMULATOR_HOST")?;
+            let project = std::env::var("FIRESTORE_PROJECT").unwrap_or_else(|_| "bench".into());
+            Arc::new(FirestoreStore::connect(FirestoreConfig::emulator(
+                project, &host,
+            ))?)
         }
         other => bail!("unknown backend {other}"),
     };
