@@ -203,6 +203,34 @@ async fn delete_bucket(s3: &aws_sdk_s3::Client, bucket: &str) {
     let _ = s3.delete_bucket().bucket(bucket).send().await;
 }
 
+/// Writes of the ArchivePolicy controller (its status, CronJob, Jobs, bucket lifecycle) and its
+/// reconcile count, from the operator's metrics.
+fn ap_counts(m: &allsource_operator::telemetry::Metrics) -> (u64, u64) {
+    let value = |l: &str| l.rsplit(' ').next().and_then(|v| v.parse::<u64>().ok());
+    let text = m.render();
+    let writes = text
+        .lines()
+        .filter(|l| l.starts_with("allsource_operator_api_writes_total{"))
+        .filter(|l| {
+            [
+                "resource=\"ArchivePolicy/status\"",
+                "resource=\"CronJob\"",
+                "resource=\"Job\"",
+                "resource=\"BucketLifecycle\"",
+            ]
+            .iter()
+            .any(|r| l.contains(r))
+        })
+        .filter_map(value)
+        .sum();
+    let reconciles = text
+        .lines()
+        .find(|l| l.starts_with("allsource_operator_reconciles_total{kind=\"ArchivePolicy\"}"))
+        .and_then(value)
+        .unwrap_or(0);
+    (writes, reconciles)
+}
+
 #[tokio::test]
 async fn policy_drives_cron_job_and_s3_lifecycle_keeping_foreign_rules() {
     let Some(t) = setup("ap-s3").await else {
@@ -305,6 +333,28 @@ async fn policy_drives_cron_job_and_s3_lifecycle_keeping_foreign_rules() {
         vec![(90, "GLACIER_IR".into()), (365, "DEEP_ARCHIVE".into())]
     );
     assert_eq!(ours.expiration().and_then(|e| e.days()), Some(3650));
+
+    // Steady state: a reconcile with nothing to change writes nothing (no status, no CronJob,
+    // no bucket call that writes).
+    let (writes_before, reconciles_before) = ap_counts(&t.op.metrics);
+    aps.patch(
+        "nightly",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"metadata": {"annotations": {"example.com/touch": "1"}}})),
+    )
+    .await
+    .unwrap();
+    wait_for("a reconcile after the touch", DEADLINE, || {
+        let m = t.op.metrics.clone();
+        async move { (ap_counts(&m).1 > reconciles_before).then_some(()) }
+    })
+    .await;
+    assert_eq!(
+        ap_counts(&t.op.metrics).0,
+        writes_before,
+        "no-op reconcile wrote:\n{}",
+        t.op.metrics.render()
+    );
 
     // Change schedule and tiers: the CronJob and our rule follow.
     aps.patch(

@@ -180,6 +180,13 @@ async fn write_status(
         return Ok(false);
     }
     let api: Api<ArchivePolicy> = Api::namespaced(ctx.client.clone(), ns);
+    // The cached object can predate our own last write (a watch event of a child arrives first):
+    // compare with the live status so that the same status is never written twice.
+    if let Some(live) = api.get_opt(&p.name_any()).await? {
+        if live.status.as_ref() == Some(status) {
+            return Ok(false);
+        }
+    }
     let patch = serde_json::json!({
         "apiVersion": "allsource.io/v1alpha1",
         "kind": KIND,
