@@ -354,15 +354,63 @@ impl TestNamespace {
     }
 }
 
+/// The operator's kinds (plural names), whose finalizers a test namespace's deletion removes.
+const ALLSOURCE_KINDS: [(&str, &str); 3] = [
+    ("EventStore", "eventstores"),
+    ("Tenant", "tenants"),
+    ("ArchivePolicy", "archivepolicies"),
+];
+
+/// Deletes the namespace, then drops the `allsource.io` finalizers of what is left in it: a test
+/// has usually stopped its in-process operator by then, and nothing else would ever remove
+/// them (the namespace would stay Terminating). Objects are already marked deleted at that
+/// point, so a still-running operator can no longer add a finalizer back.
 async fn delete_namespace(client: kube::Client, name: &str) -> Result<(), EnvError> {
-    match Api::<Namespace>::all(client)
+    match Api::<Namespace>::all(client.clone())
         .delete(name, &DeleteParams::background())
         .await
     {
-        Ok(_) => Ok(()),
-        Err(kube::Error::Api(status)) if status.code == 404 => Ok(()),
-        Err(e) => Err(e.into()),
+        Ok(_) => {}
+        Err(kube::Error::Api(status)) if status.code == 404 => return Ok(()),
+        Err(e) => return Err(e.into()),
     }
+    for (kind, plural) in ALLSOURCE_KINDS {
+        let resource = kube::discovery::ApiResource {
+            group: "allsource.io".into(),
+            version: "v1alpha1".into(),
+            api_version: "allsource.io/v1alpha1".into(),
+            kind: kind.into(),
+            plural: plural.into(),
+        };
+        let api: Api<kube::core::DynamicObject> =
+            Api::namespaced_with(client.clone(), name, &resource);
+        // The CRDs may not be installed (404): nothing to do then.
+        let Ok(list) = api.list(&Default::default()).await else {
+            continue;
+        };
+        for obj in list.items {
+            if obj.metadata.finalizers.as_ref().is_none_or(Vec::is_empty) {
+                continue;
+            }
+            let Some(obj_name) = obj.metadata.name.as_deref() else {
+                continue;
+            };
+            let patch = serde_json::json!({"metadata": {"finalizers": null}});
+            if let Err(e) = api
+                .patch(
+                    obj_name,
+                    &kube::api::PatchParams::default(),
+                    &kube::api::Patch::Merge(&patch),
+                )
+                .await
+            {
+                eprintln!(
+                    "warning: could not drop the finalizers of {kind} {name}/{obj_name}: {e}"
+                );
+            }
+        }
+    }
+    Ok(())
 }
 
 impl Drop for TestNamespace {
