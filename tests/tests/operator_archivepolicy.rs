@@ -319,7 +319,7 @@ async fn policy_drives_cron_job_and_s3_lifecycle_keeping_foreign_rules() {
     assert!(!tokens.data.unwrap()["acme"].0.is_empty());
 
     // Lifecycle: ours matches the tiers, the foreign rule is untouched.
-    let our_id = format!("allsource-{n}-nightly-archive");
+    let our_id = format!("allsource-{n}.nightly-archive");
     let rules = s3_rules(&s3, &bucket).await;
     assert_eq!(rule(&rules, "team-logs"), Some(&foreign));
     let ours = rule(&rules, &our_id).expect("our lifecycle rule");
@@ -463,7 +463,7 @@ async fn missing_bucket_degrades_until_it_exists() {
     })
     .await;
     let rules = s3_rules(&s3, &bucket).await;
-    assert!(rule(&rules, &format!("allsource-{n}-late-archive")).is_some());
+    assert!(rule(&rules, &format!("allsource-{n}.late-archive")).is_some());
 
     aps.delete("late", &DeleteParams::default()).await.unwrap();
     wait_for("policy gone", DEADLINE, || {

@@ -347,7 +347,7 @@ pub struct DynamoDbSpec {
     /// Endpoint override (DynamoDB Local, a VPC endpoint); the regional AWS endpoint when unset.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub endpoint: Option<String>,
-    /// Table name; derived as allsource-<namespace>-<name> when unset, recorded in status.provisioned. Immutable once set.
+    /// Table name; derived as allsource-<namespace>-<name>-<8 hex digits of a hash of namespace/name> when unset, recorded in status.provisioned. Immutable once set.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(regex(pattern = r"^[a-zA-Z0-9_.-]{3,255}$"))]
     pub table_name: Option<String>,
@@ -428,7 +428,7 @@ fn default_firestore_database() -> String {
 pub struct PostgresSpec {
     /// Secret with an admin connection: key `url` (postgres://...) or keys host, port, user, password, database.
     pub connection_secret_ref: SecretRef,
-    /// Schema that holds the event tables; derived as allsource_<namespace>_<name> when unset. Immutable once set.
+    /// Schema that holds the event tables; derived as allsource_<namespace>_<name>_<8 hex digits of a hash of namespace/name> when unset. Immutable once set.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(regex(pattern = r"^[a-z_][a-z0-9_]{0,62}$"))]
     pub schema: Option<String>,

@@ -62,13 +62,16 @@ pub struct TablePlan {
     pub tags: BTreeMap<String, String>,
 }
 
-/// Table of an EventStore: `spec.dynamodb.tableName`, else `allsource-<namespace>-<name>`.
+/// Table of an EventStore: `spec.dynamodb.tableName`, else `allsource-<namespace>-<name>-<hash>`
+/// ([`super::identity_suffix`], so no two stores derive the same table).
 pub fn table_name(namespace: &str, name: &str, explicit: Option<&str>) -> String {
     match explicit {
         Some(t) => t.to_string(),
         None => {
             let mut t = format!("allsource-{namespace}-{name}");
-            t.truncate(255);
+            t.truncate(255 - 9);
+            t.push('-');
+            t.push_str(&super::identity_suffix(namespace, name));
             t
         }
     }
@@ -849,7 +852,16 @@ mod tests {
     #[test]
     fn plan_defaults_and_names() {
         let p = plan("shop", "orders", &spec()).unwrap();
-        assert_eq!(p.table, "allsource-shop-orders");
+        let want = format!(
+            "allsource-shop-orders-{}",
+            super::super::identity_suffix("shop", "orders")
+        );
+        assert_eq!(p.table, want);
+        assert_ne!(
+            plan("a", "b-c", &spec()).unwrap().table,
+            plan("a-b", "c", &spec()).unwrap().table,
+            "two stores must never share a derived table"
+        );
         assert_eq!(p.billing, Billing::OnDemand);
         assert!(p.deletion_protection && p.point_in_time_recovery);
         assert_eq!(p.ttl_attribute.as_deref(), Some("expires_at"));
@@ -871,7 +883,8 @@ mod tests {
     fn create_input_has_the_shared_layout() {
         let p = plan("shop", "orders", &spec()).unwrap();
         let i = create_table_input(&p).unwrap();
-        assert_eq!(i.table_name(), Some("allsource-shop-orders"));
+        assert_eq!(i.table_name(), Some(p.table.as_str()));
+        assert!(p.table.starts_with("allsource-shop-orders-"));
         let keys: Vec<_> = i
             .key_schema()
             .iter()

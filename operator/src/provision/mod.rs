@@ -132,6 +132,15 @@ pub trait Provisioner: Send + Sync {
     async fn delete(&self, policy: DeletionPolicy) -> Result<Deleted, ProvisionError>;
 }
 
+/// Eight hex digits of SHA-256(`<namespace>/<name>`), appended to names derived from an
+/// EventStore's namespace and name: `-`/`.` folding and length cuts could otherwise map two
+/// stores (namespace `a` store `b-c`, namespace `a-b` store `c`) to one table or schema.
+pub fn identity_suffix(namespace: &str, name: &str) -> String {
+    use sha2::Digest;
+    let digest = sha2::Sha256::digest(format!("{namespace}/{name}").as_bytes());
+    hex::encode(&digest[..4])
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

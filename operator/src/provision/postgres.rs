@@ -25,7 +25,7 @@ const DDL_LOCK: i64 = 7_406_251;
 pub const EVENTS_PRIMARY_KEY: [&str; 3] = ["tenant", "stream", "version"];
 
 /// Schema of an EventStore: `spec.postgres.schema`, else `allsource_<namespace>_<name>` with
-/// `-` and `.` as `_`, cut to 63 bytes.
+/// `-` and `.` as `_`, cut to 54 bytes, then `_` and [`super::identity_suffix`] (63 bytes at most).
 pub fn schema_name(
     namespace: &str,
     name: &str,
@@ -37,7 +37,9 @@ pub fn schema_name(
             let mut s = format!("allsource_{namespace}_{name}")
                 .to_ascii_lowercase()
                 .replace(['-', '.'], "_");
-            s.truncate(63);
+            s.truncate(63 - 9);
+            s.push('_');
+            s.push_str(&super::identity_suffix(namespace, name));
             s
         }
     };
@@ -635,9 +637,15 @@ mod tests {
 
     #[test]
     fn schema_names() {
-        assert_eq!(
-            schema_name("team-a", "orders.v2", None).unwrap(),
-            "allsource_team_a_orders_v2"
+        let derived = schema_name("team-a", "orders.v2", None).unwrap();
+        assert!(
+            derived.starts_with("allsource_team_a_orders_v2_"),
+            "{derived}"
+        );
+        assert_ne!(
+            schema_name("a", "b-c", None).unwrap(),
+            schema_name("a-b", "c", None).unwrap(),
+            "two stores must never share a derived schema"
         );
         assert_eq!(schema_name("x", "y", Some("mine")).unwrap(), "mine");
         assert!(matches!(

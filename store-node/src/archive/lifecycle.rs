@@ -164,10 +164,10 @@ pub fn s3_rules(spec: &LifecycleSpec) -> ArchiveResult<Vec<aws_sdk_s3::types::Li
     Ok(vec![rule])
 }
 
-/// True when the S3 rule belongs to `policy`.
+/// True when the S3 rule belongs to `policy`: its id is exactly the policy's rule id (a prefix
+/// match would let policy `a` claim the rule of policy `a-b`).
 pub fn owns_s3_rule(policy: &str, rule: &aws_sdk_s3::types::LifecycleRule) -> bool {
-    rule.id()
-        .is_some_and(|id| id.starts_with(&format!("allsource-{policy}-")))
+    rule.id() == Some(format!("allsource-{policy}-archive").as_str())
 }
 
 /// Merges: every existing rule not owned by `policy`, then `ours`.
@@ -455,5 +455,25 @@ mod tests {
         assert_eq!(days_ceil(std::time::Duration::from_secs(86_400)), 1);
         assert_eq!(days_ceil(std::time::Duration::from_secs(86_401)), 2);
         assert_eq!(days_ceil(std::time::Duration::from_secs(720 * 3600)), 30);
+    }
+
+    #[test]
+    fn a_policy_never_claims_the_rule_of_a_policy_whose_name_it_prefixes() {
+        let rule = |id: &str| {
+            aws_sdk_s3::types::LifecycleRule::builder()
+                .id(id)
+                .status(aws_sdk_s3::types::ExpirationStatus::Enabled)
+                .filter(
+                    aws_sdk_s3::types::LifecycleRuleFilter::builder()
+                        .prefix("p/")
+                        .build(),
+                )
+                .build()
+                .unwrap()
+        };
+        assert!(owns_s3_rule("x-a", &rule("allsource-x-a-archive")));
+        assert!(!owns_s3_rule("x-a", &rule("allsource-x-a-b-archive")));
+        assert!(!owns_s3_rule("x-a-b", &rule("allsource-x-a-archive")));
+        assert!(!owns_s3_rule("x-a", &rule("allsource-x-a-archive-old")));
     }
 }

@@ -2,7 +2,7 @@
 //! destination's credentials Secret, connects to S3 (aws-sdk-s3, endpoint override, path style) or
 //! GCS (JSON API), and applies or removes the policy's own rules through the archiver's
 //! merge-and-apply functions in `store_node::archive::lifecycle` (S3 rules by id
-//! `allsource-<namespace>-<policy>-archive`, GCS rules by `matchesPrefix == [<prefix>/]`), which
+//! `allsource-<namespace>.<policy>-archive`, GCS rules by `matchesPrefix == [<prefix>/]`), which
 //! keep every rule the policy does not own and write nothing when the bucket already matches.
 //! [`desired_hash`] lets the controller skip bucket calls entirely in the steady state. This
 //! module must never touch objects in the bucket, only its lifecycle configuration.

@@ -27,10 +27,12 @@ pub struct Valid {
     pub lifecycle: LifecycleSpec,
 }
 
-/// Name the policy's lifecycle rules are derived from: `<namespace>-<name>`, so that two policies
+/// Name the policy's lifecycle rules are derived from: `<namespace>.<name>`, so that two policies
 /// of the same name in different namespaces writing to one bucket never claim each other's rule.
 pub fn lifecycle_owner(p: &ArchivePolicy) -> String {
-    format!("{}-{}", p.namespace().unwrap_or_default(), p.name_any())
+    // A namespace is a DNS label (no dot): `<namespace>.<name>` can never be the owner of
+    // another policy (with `-`, namespace `x` policy `a-b` and namespace `x-a` policy `b` clash).
+    format!("{}.{}", p.namespace().unwrap_or_default(), p.name_any())
 }
 
 /// Days of a `<n>d` field.
@@ -112,7 +114,7 @@ mod tests {
         let v = validate(&p).unwrap();
         assert_eq!(v.provider, Provider::S3);
         assert_eq!(v.bucket, "arch");
-        assert_eq!(v.lifecycle.policy, "team-a-nightly");
+        assert_eq!(v.lifecycle.policy, "team-a.nightly");
         assert_eq!(v.lifecycle.prefix, "orders");
         assert_eq!(v.lifecycle.hot_retention_days, 30);
         assert_eq!(v.lifecycle.tiers[1].after_days, 365);
