@@ -802,3 +802,38 @@ async fn s3_binary_archives_from_http_store_node() {
         "not trimmed on the node"
     );
 }
+
+/// An archiver that fails before it has a report (here: the store node is unreachable) still
+/// leaves the reason in `--report-file`, which the operator shows as the policy's lastError.
+#[tokio::test]
+async fn early_failure_leaves_its_reason_in_the_report_file() {
+    let Some(env) = allsource_tests::env::require("s3") else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(tmp.path().join("tokens")).unwrap();
+    std::fs::write(tmp.path().join("tokens").join("acme"), "t").unwrap();
+    let report = tmp.path().join("termination-log");
+    std::fs::write(&report, "").unwrap();
+    let closed = format!("http://127.0.0.1:{}", allsource_tests::bins::free_port());
+    let out = std::process::Command::new(binary())
+        .args(["--log-format", "text", "archive", "--tenant", "acme"])
+        .args(["--source", &closed])
+        .arg("--tokens-dir")
+        .arg(tmp.path().join("tokens"))
+        .args(["--destination", "s3://no-such-bucket-for-this-test/x"])
+        .args(["--hot-retention", "0s"])
+        .args(["--endpoint", env.s3_endpoint(), "--force-path-style"])
+        .arg("--report-file")
+        .arg(&report)
+        .env("AWS_ACCESS_KEY_ID", env.s3_access_key())
+        .env("AWS_SECRET_ACCESS_KEY", env.s3_secret_key())
+        .env("AWS_REGION", "us-east-1")
+        .env_remove(archive::archiver::CRASH_ENV)
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "archiving from a closed port succeeded");
+    let text = std::fs::read_to_string(&report).unwrap();
+    assert!(text.starts_with("archival failed: "), "report file: {text:?}");
+    assert!(text.len() < 4096, "termination messages are cut at 4 KiB");
+}

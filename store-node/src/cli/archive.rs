@@ -127,6 +127,33 @@ fn summary(report: &ArchiveReport) -> String {
 
 /// Runs `store-node archive`.
 pub async fn run(args: ArchiveArgs) -> anyhow::Result<()> {
+    let report_file = args.report_file.clone();
+    let mut reported = false;
+    let result = archive_and_report(args, &mut reported).await;
+    if let (Err(e), Some(path), false) = (&result, &report_file, reported) {
+        // Failed before any report (bad flags, unreachable bucket or store, missing token): the
+        // operator still gets the reason, as plain text, in the termination message.
+        if let Err(w) = std::fs::write(path, failure_message(e)) {
+            tracing::warn!(error = %w, path = %path.display(), "could not write the failure report");
+        }
+    }
+    result
+}
+
+/// Plain-text failure summary for `--report-file`, under the 4 KiB termination-message limit.
+fn failure_message(e: &anyhow::Error) -> String {
+    let mut m = format!("archival failed: {e:#}");
+    if m.len() > 3000 {
+        let mut cut = 3000;
+        while !m.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        m.truncate(cut);
+    }
+    m
+}
+
+async fn archive_and_report(args: ArchiveArgs, reported: &mut bool) -> anyhow::Result<()> {
     let dest = Destination::parse(&args.destination)?;
     let tenants = args
         .tenants
@@ -181,6 +208,7 @@ pub async fn run(args: ArchiveArgs) -> anyhow::Result<()> {
     if let Some(path) = &args.report_file {
         std::fs::write(path, summary(&report))
             .with_context(|| format!("writing {}", path.display()))?;
+        *reported = true;
     }
     if !report.ok() {
         bail!("archival failed for some tenants (see the report)");
