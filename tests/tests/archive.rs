@@ -832,8 +832,14 @@ async fn early_failure_leaves_its_reason_in_the_report_file() {
         .env_remove(archive::archiver::CRASH_ENV)
         .output()
         .unwrap();
-    assert!(!out.status.success(), "archiving from a closed port succeeded");
+    assert!(
+        !out.status.success(),
+        "archiving from a closed port succeeded"
+    );
     let text = std::fs::read_to_string(&report).unwrap();
-    assert!(text.starts_with("archival failed: "), "report file: {text:?}");
+    assert!(
+        text.starts_with("archival failed: "),
+        "report file: {text:?}"
+    );
     assert!(text.len() < 4096, "termination messages are cut at 4 KiB");
 }
