@@ -389,7 +389,20 @@ async fn apply_policy(p: &ArchivePolicy, st: &State, ns: &str) -> Result<Action,
     let mut conditions_extra: Option<Condition> = None;
     let mut run_now_handled = previous.run_now_handled.clone();
     if let Some(value) = p.annotations().get(RUN_NOW_ANNOTATION).cloned() {
-        if previous.run_now_handled.as_deref() != Some(value.as_str()) {
+        let job = build::run_now_job(p, &inputs, &value);
+        // The Job of this value exists already: a reconcile on a cached policy older than our
+        // status write sees the value as new, and must neither create a second Job nor refuse
+        // because of the very run it started.
+        let started = jobs.iter().any(|j| j.name_any() == job.name_any());
+        if started && previous.run_now_handled.as_deref() != Some(value.as_str()) {
+            conditions_extra = Some(Condition::new(
+                CONDITION_RUN_NOW,
+                true,
+                "JobCreated",
+                format!("Job {}", job.name_any()),
+            ));
+            run_now_handled = Some(value.clone());
+        } else if previous.run_now_handled.as_deref() != Some(value.as_str()) {
             let active: Vec<&status::JobRun> = runs.iter().filter(|r| r.active()).collect();
             let refusal = if tokens.is_empty() {
                 suspended.clone()
@@ -423,7 +436,6 @@ async fn apply_policy(p: &ArchivePolicy, st: &State, ns: &str) -> Result<Action,
                                 .await?;
                         }
                     }
-                    let job = build::run_now_job(p, &inputs, &value);
                     let name = job.name_any();
                     ctx.metrics.wrote("Job", "POST");
                     match jobs_api.create(&PostParams::default(), &job).await {
