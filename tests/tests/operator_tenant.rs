@@ -377,9 +377,14 @@ async fn missing_store_is_degraded_until_it_appears() {
     delete_volumes(&client, &pvs).await;
 }
 
+/// Where the pod runner of the test in namespace `ns` keeps the pods' files.
+fn runner_state_dir(ns: &str) -> std::path::PathBuf {
+    std::env::temp_dir().join(format!("allsource-{ns}-runner"))
+}
+
 /// Starts the pod runner in-process on its own Node; returns the task and the node name.
 fn start_runner(client: &Client, ns: &str) -> (tokio::task::JoinHandle<()>, String) {
-    let state_dir = std::env::temp_dir().join(format!("allsource-{ns}-runner"));
+    let state_dir = runner_state_dir(ns);
     let node = format!("runner-{ns}");
     let cfg = podrunner::RunnerConfig {
         node_name: node.clone(),
@@ -522,6 +527,8 @@ async fn real_store_node_accepts_the_secret_token_and_isolates_tenants() {
     let _ = Api::<Node>::all(client.clone())
         .delete(&node, &DeleteParams::default())
         .await;
+    // The pod runner's state (the pods' data dirs and logs) must not outlive the test.
+    let _ = std::fs::remove_dir_all(runner_state_dir(&n));
     ns.cleanup().await.unwrap();
     delete_volumes(&client, &pvs).await;
 }
