@@ -8,6 +8,7 @@ pub mod apply;
 pub mod archivepolicy;
 pub mod eventstore;
 pub mod tenant;
+pub mod trigger;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -148,6 +149,9 @@ pub enum ReconcileError {
     /// the service's error).
     #[error("backend: {0}")]
     Backend(#[from] crate::provision::ProvisionError),
+    /// The watch feeding a cache of this kind stopped (the operator is shutting down).
+    #[error("the {0} cache is closed")]
+    CacheClosed(&'static str),
 }
 
 impl ReconcileError {
@@ -158,6 +162,7 @@ impl ReconcileError {
             ReconcileError::Finalizer(_) => "Finalizer",
             ReconcileError::NoNamespace => "NoNamespace",
             ReconcileError::Backend(_) => "Backend",
+            ReconcileError::CacheClosed(_) => "CacheClosed",
         }
     }
 }

@@ -1,4 +1,6 @@
-//! The EventStore controller: for selfHosted stores it fetches the Tenants of the store, plans
+//! The EventStore controller: for selfHosted stores it reads the Tenants of the store from a
+//! cache (one watch, [`crate::controllers::trigger`]; only changes of what the registry reads
+//! wake a store, so Tenant usage or condition updates cost nothing here), plans
 //! placement (pure), builds the ServiceAccount, ConfigMap, Services, PodDisruptionBudget and
 //! StatefulSet (pure builders), applies them with server-side apply (skipping no-ops), and
 //! writes status only when it changed. Deletion runs behind the `allsource.io/cleanup` finalizer.
@@ -9,6 +11,7 @@ pub mod cloud;
 pub mod placement;
 pub mod status;
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -16,16 +19,18 @@ use futures::StreamExt;
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::api::core::v1::{ConfigMap, Service, ServiceAccount};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
-use kube::api::{Api, ListParams, Patch, PatchParams};
+use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::EventType;
 use kube::runtime::finalizer::{finalizer, Event as FinalizerEvent};
-use kube::runtime::reflector::ObjectRef;
+use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::watcher;
 use kube::ResourceExt;
+use parking_lot::Mutex;
 use tracing::Instrument;
 
 use super::apply::apply;
+use super::trigger::{hash_json, reflected_changes};
 use super::{error_action, Context, ReconcileError};
 use crate::api::eventstore::{Backend, EventStoreStatus};
 use crate::api::{
@@ -49,6 +54,44 @@ where
     }
 }
 
+/// What one EventStore controller (one namespace, or all of them) reconciles with.
+pub(crate) struct State {
+    /// Shared operator context.
+    pub ctx: Arc<Context>,
+    /// Every Tenant of the watched namespace(s), kept by the controller's Tenant watch.
+    tenants: Store<Tenant>,
+}
+
+/// What of a Tenant the registry and placement of its store read: a change of anything else
+/// (usage, conditions, phase) must not wake the EventStore controller.
+fn registry_inputs(t: &Tenant) -> u64 {
+    hash_json(&(
+        &t.spec,
+        t.status.as_ref().map(|s| &s.token_sha256),
+        t.metadata.deletion_timestamp.is_some(),
+    ))
+}
+
+/// The stores a Tenant event concerns: its store, and the one it referenced before when
+/// `spec.eventStoreRef` changed (that store must drop it). `previous` remembers the last store
+/// of each Tenant.
+fn stores_of(
+    t: &Tenant,
+    previous: &mut HashMap<ObjectRef<Tenant>, String>,
+) -> Vec<ObjectRef<EventStore>> {
+    let Some(ns) = t.namespace() else {
+        return Vec::new();
+    };
+    let store = t.spec.event_store_ref.name.clone();
+    let mut out = vec![ObjectRef::<EventStore>::new(&store).within(&ns)];
+    if let Some(old) = previous.insert(ObjectRef::from_obj(t), store.clone()) {
+        if old != store {
+            out.push(ObjectRef::<EventStore>::new(&old).within(&ns));
+        }
+    }
+    out
+}
+
 /// Runs the EventStore controller (one per watched namespace) until it stops.
 pub async fn run(ctx: Arc<Context>) {
     let namespaces: Vec<Option<String>> = match &ctx.scope {
@@ -61,6 +104,16 @@ pub async fn run(ctx: Arc<Context>) {
         let ns = ns.as_deref();
         let owned =
             watcher::Config::default().labels("app.kubernetes.io/managed-by=allsource-operator");
+        let (tenants, tenant_changes) = reflected_changes(
+            scoped::<Tenant>(c, ns),
+            watcher::Config::default(),
+            registry_inputs,
+        );
+        let previous = Mutex::new(HashMap::new());
+        let state = Arc::new(State {
+            ctx: ctx.clone(),
+            tenants,
+        });
         let controller = Controller::new(scoped::<EventStore>(c, ns), watcher::Config::default())
             .owns(scoped::<StatefulSet>(c, ns), owned.clone())
             .owns(scoped::<Deployment>(c, ns), owned.clone())
@@ -68,16 +121,11 @@ pub async fn run(ctx: Arc<Context>) {
             .owns(scoped::<ConfigMap>(c, ns), owned.clone())
             .owns(scoped::<PodDisruptionBudget>(c, ns), owned.clone())
             .owns(scoped::<ServiceAccount>(c, ns), owned)
-            .watches(
-                scoped::<Tenant>(c, ns),
-                watcher::Config::default(),
-                |t: Tenant| {
-                    let ns = t.namespace()?;
-                    Some(ObjectRef::<EventStore>::new(&t.spec.event_store_ref.name).within(&ns))
-                },
-            )
+            .watches_stream(tenant_changes, move |t: Tenant| {
+                stores_of(&t, &mut previous.lock())
+            })
             .shutdown_on_signal()
-            .run(reconcile, on_error, ctx.clone())
+            .run(reconcile, on_error, state)
             .for_each(|_| futures::future::ready(()));
         controllers.push(controller);
     }
@@ -88,16 +136,15 @@ fn key(es: &EventStore) -> String {
     format!("{}/{}", es.namespace().unwrap_or_default(), es.name_any())
 }
 
-fn on_error(es: Arc<EventStore>, err: &ReconcileError, ctx: Arc<Context>) -> Action {
-    error_action(&ctx, &key(&es), err)
+fn on_error(es: Arc<EventStore>, err: &ReconcileError, state: Arc<State>) -> Action {
+    error_action(&state.ctx, &key(&es), err)
 }
 
-async fn reconcile(es: Arc<EventStore>, ctx: Arc<Context>) -> Result<Action, ReconcileError> {
+async fn reconcile(es: Arc<EventStore>, state: Arc<State>) -> Result<Action, ReconcileError> {
+    let ctx = state.ctx.clone();
     let span = tracing::info_span!("reconcile", kind = KIND, namespace = %es.namespace().unwrap_or_default(), name = %es.name_any(), generation = es.metadata.generation.unwrap_or(0));
     let started = Instant::now();
-    let result = reconcile_inner(es.clone(), ctx.clone())
-        .instrument(span)
-        .await;
+    let result = reconcile_inner(es.clone(), &state).instrument(span).await;
     ctx.metrics.reconciled(
         KIND,
         started.elapsed(),
@@ -109,13 +156,14 @@ async fn reconcile(es: Arc<EventStore>, ctx: Arc<Context>) -> Result<Action, Rec
     result
 }
 
-async fn reconcile_inner(es: Arc<EventStore>, ctx: Arc<Context>) -> Result<Action, ReconcileError> {
+async fn reconcile_inner(es: Arc<EventStore>, state: &State) -> Result<Action, ReconcileError> {
+    let ctx = &state.ctx;
     let ns = es.namespace().ok_or(ReconcileError::NoNamespace)?;
     let api: Api<EventStore> = Api::namespaced(ctx.client.clone(), &ns);
     finalizer(&api, FINALIZER, es, |event| async {
         match event {
-            FinalizerEvent::Apply(es) => apply_store(&es, &ctx, &ns).await,
-            FinalizerEvent::Cleanup(es) => cleanup::run(&es, &ctx, &ns).await,
+            FinalizerEvent::Apply(es) => apply_store(&es, state, &ns).await,
+            FinalizerEvent::Cleanup(es) => cleanup::run(&es, ctx, &ns).await,
         }
     })
     .await
@@ -152,7 +200,8 @@ pub(crate) async fn write_status(
     Ok(true)
 }
 
-async fn apply_store(es: &EventStore, ctx: &Context, ns: &str) -> Result<Action, ReconcileError> {
+async fn apply_store(es: &EventStore, state: &State, ns: &str) -> Result<Action, ReconcileError> {
+    let ctx = &*state.ctx;
     if es.spec.suspend {
         let mut status = es.status.clone().unwrap_or_default();
         status.phase = Some(Phase::Suspended);
@@ -192,16 +241,23 @@ async fn apply_store(es: &EventStore, ctx: &Context, ns: &str) -> Result<Action,
         };
     };
 
-    // Fetch: the tenants of this store.
-    let tenant_api: Api<Tenant> = Api::namespaced(ctx.client.clone(), ns);
-    let tenants: Vec<Tenant> = tenant_api
-        .list(&ListParams::default())
-        .await?
-        .items
-        .into_iter()
+    // Fetch: the tenants of this store, from the cache. Until the first list is complete the
+    // registry would miss tenants (and take their access away): wait for it.
+    state
+        .tenants
+        .wait_until_ready()
+        .await
+        .map_err(|_| ReconcileError::CacheClosed("Tenant"))?;
+    let tenants: Vec<Tenant> = state
+        .tenants
+        .state()
+        .iter()
         .filter(|t| {
-            t.spec.event_store_ref.name == es.name_any() && t.metadata.deletion_timestamp.is_none()
+            t.namespace().as_deref() == Some(ns)
+                && t.spec.event_store_ref.name == es.name_any()
+                && t.metadata.deletion_timestamp.is_none()
         })
+        .map(|t| Tenant::clone(t))
         .collect();
     let requests: Vec<TenantRequest> = tenants
         .iter()

@@ -11,6 +11,8 @@
 //! deletes the Secret. It must never log, publish or put in status a token.
 
 pub mod cloud;
+pub mod fanout;
+pub mod firestore;
 pub mod selfhosted;
 pub mod status;
 pub mod token;
@@ -32,6 +34,7 @@ use kube::ResourceExt;
 use parking_lot::Mutex;
 use tracing::Instrument;
 
+use super::trigger::{hash_json, reflected_changes};
 use super::{error_action, Context, ReconcileError, Scope};
 use crate::api::eventstore::Backend;
 use crate::api::tenant::{TenantLocation, TenantStatus};
@@ -69,12 +72,48 @@ pub struct TenantOutcome {
     pub requeue: Option<Duration>,
 }
 
-/// The controller's state besides the shared [`Context`].
+/// The controller's state besides the shared [`Context`] (one per watched namespace, or one for
+/// all of them).
 struct State {
     ctx: Arc<Context>,
     http: Option<reqwest::Client>,
     /// Last usage read attempt per tenant, so an unreachable store is not asked on every reconcile.
     usage_tried: Mutex<HashMap<String, Instant>>,
+    /// EventStores, kept by the controller's EventStore watch.
+    stores: Store<EventStore>,
+    /// The operator's ConfigMaps (registries among them), kept by the ConfigMap watch.
+    configs: Store<ConfigMap>,
+}
+
+impl State {
+    /// The EventStore `name` in `ns` from the cache (None: it does not exist).
+    async fn event_store(
+        &self,
+        ns: &str,
+        name: &str,
+    ) -> Result<Option<Arc<EventStore>>, ReconcileError> {
+        self.stores
+            .wait_until_ready()
+            .await
+            .map_err(|_| ReconcileError::CacheClosed("EventStore"))?;
+        Ok(self.stores.get(&ObjectRef::new(name).within(ns)))
+    }
+
+    /// The registry the nodes of the selfHosted store `es` read, from the cache.
+    async fn registry(
+        &self,
+        es: &EventStore,
+        ns: &str,
+    ) -> Result<Option<crate::resources::configmap::Registry>, ReconcileError> {
+        self.configs
+            .wait_until_ready()
+            .await
+            .map_err(|_| ReconcileError::CacheClosed("ConfigMap"))?;
+        let cm = self
+            .configs
+            .get(&ObjectRef::new(&crate::resources::config_map_name(es)).within(ns));
+        Ok(cm.as_deref().and_then(selfhosted::parse_registry))
+    }
 }
 
 fn scoped<K>(client: &kube::Client, ns: Option<&str>) -> Api<K>
@@ -87,14 +126,15 @@ where
     }
 }
 
-/// Tenants (from the controller's cache) that reference the EventStore `store` in `ns`.
-fn tenants_of(cache: &Store<Tenant>, ns: Option<String>, store: &str) -> Vec<ObjectRef<Tenant>> {
-    cache
-        .state()
-        .iter()
-        .filter(|t| t.spec.event_store_ref.name == store && t.namespace() == ns)
-        .map(|t| ObjectRef::from_obj(t.as_ref()))
-        .collect()
+/// The Tenants of `store` a change selects (from the controller's Tenant cache).
+fn wake(
+    cache: &Store<Tenant>,
+    ns: Option<String>,
+    store: &str,
+    wake: &fanout::Wake,
+) -> Vec<ObjectRef<Tenant>> {
+    let all = cache.state();
+    fanout::select(all.iter().map(|t| t.as_ref()), ns.as_deref(), store, wake)
 }
 
 /// Runs the Tenant controller (one per watched namespace) until it stops.
@@ -106,11 +146,6 @@ pub async fn run(ctx: Arc<Context>) {
             None
         }
     };
-    let state = Arc::new(State {
-        ctx: ctx.clone(),
-        http,
-        usage_tried: Mutex::new(HashMap::new()),
-    });
     let namespaces: Vec<Option<String>> = match &ctx.scope {
         Scope::All => vec![None],
         Scope::Namespaces(ns) => ns.iter().cloned().map(Some).collect(),
@@ -128,23 +163,49 @@ pub async fn run(ctx: Arc<Context>) {
         ));
         let managed =
             watcher::Config::default().labels("app.kubernetes.io/managed-by=allsource-operator");
+        let (stores, store_changes) = reflected_changes(
+            scoped::<EventStore>(c, ns),
+            watcher::Config::default(),
+            |es| {
+                hash_json(&(
+                    &es.spec,
+                    &es.status,
+                    es.metadata.deletion_timestamp.is_some(),
+                ))
+            },
+        );
+        let (configs, config_changes) =
+            reflected_changes(scoped::<ConfigMap>(c, ns), managed, |cm| {
+                hash_json(&(&cm.data, cm.metadata.deletion_timestamp.is_some()))
+            });
+        let state = Arc::new(State {
+            ctx: ctx.clone(),
+            http: http.clone(),
+            usage_tried: Mutex::new(HashMap::new()),
+            stores,
+            configs,
+        });
+        let store_memory = Mutex::new(fanout::Memory::<EventStore>::default());
+        let config_memory = Mutex::new(fanout::Memory::<ConfigMap>::default());
         let run = controller
             .owns(scoped::<Secret>(c, ns), credentials)
-            .watches(
-                scoped::<EventStore>(c, ns),
-                watcher::Config::default(),
-                move |es: EventStore| tenants_of(&by_store, es.namespace(), &es.name_any()),
-            )
+            // A store change wakes the tenants whose part of it changed.
+            .watches_stream(store_changes, move |es: EventStore| {
+                let w = store_memory.lock().observe(&es, fanout::store_view(&es));
+                wake(&by_store, es.namespace(), &es.name_any(), &w)
+            })
             // The registry ConfigMap: a tenant waiting for its digests to be published wakes up.
-            .watches(scoped::<ConfigMap>(c, ns), managed, move |cm: ConfigMap| {
-                let name = cm.name_any();
-                match name.strip_suffix("-config") {
-                    Some(store) => tenants_of(&by_registry, cm.namespace(), store),
-                    None => Vec::new(),
-                }
+            .watches_stream(config_changes, move |cm: ConfigMap| {
+                let Some(store) = fanout::registry_store(&cm) else {
+                    return Vec::new();
+                };
+                let w = config_memory
+                    .lock()
+                    .observe(&cm, fanout::registry_view(&cm));
+                wake(&by_registry, cm.namespace(), &store, &w)
             })
             .shutdown_on_signal()
-            .run(reconcile, on_error, state.clone())
+            .run(reconcile, on_error, state)
             .for_each(|_| futures::future::ready(()));
         controllers.push(run);
     }
@@ -247,10 +308,7 @@ fn now() -> DateTime<Utc> {
 async fn apply_tenant(t: &Tenant, state: &State, ns: &str) -> Result<Action, ReconcileError> {
     let ctx = &state.ctx;
     let es_name = &t.spec.event_store_ref.name;
-    let Some(es) = Api::<EventStore>::namespaced(ctx.client.clone(), ns)
-        .get_opt(es_name)
-        .await?
-    else {
+    let Some(es) = state.event_store(ns, es_name).await? else {
         let st = status::compute(
             t,
             &Verdict::EventStoreNotFound(es_name.clone()),
@@ -296,7 +354,10 @@ async fn apply_tenant(t: &Tenant, state: &State, ns: &str) -> Result<Action, Rec
 
     // What the backend says.
     let outcome = match es.spec.backend {
-        Backend::SelfHosted => selfhosted::reconcile(t, &es, &plan.hashes, ctx, ns).await?,
+        Backend::SelfHosted => {
+            let reg = state.registry(&es, ns).await?;
+            selfhosted::judge(t, &es, reg.as_ref(), &plan.hashes)
+        }
         _ => cloud::reconcile(t, &es, ctx, ns).await?,
     };
 

@@ -21,21 +21,26 @@ use crate::resources::configmap::{Registry, TenantState, REGISTRY_KEY};
 /// How soon to look again while the registry lags the Tenant.
 pub const PENDING_RECHECK: Duration = Duration::from_secs(2);
 
-/// Reads the registry of `es` (None: no ConfigMap yet or unreadable content).
+/// The registry a ConfigMap carries (None: unreadable content). Pure.
+pub fn parse_registry(cm: &ConfigMap) -> Option<Registry> {
+    cm.data
+        .as_ref()
+        .and_then(|d| d.get(REGISTRY_KEY))
+        .and_then(|raw| serde_json::from_str(raw).ok())
+}
+
+/// Reads the registry of `es` from the API (None: no ConfigMap yet or unreadable content).
 pub async fn registry(
     es: &EventStore,
     ctx: &Context,
     ns: &str,
 ) -> Result<Option<Registry>, ReconcileError> {
     let api: Api<ConfigMap> = Api::namespaced(ctx.client.clone(), ns);
-    let Some(cm) = api.get_opt(&config_map_name(es)).await? else {
-        return Ok(None);
-    };
-    Ok(cm
-        .data
+    Ok(api
+        .get_opt(&config_map_name(es))
+        .await?
         .as_ref()
-        .and_then(|d| d.get(REGISTRY_KEY))
-        .and_then(|raw| serde_json::from_str(raw).ok()))
+        .and_then(parse_registry))
 }
 
 /// The verdict for `tenant`, whose valid digests are `hashes`, given the store and its registry.
@@ -86,18 +91,6 @@ pub fn judge(
     }
 }
 
-/// Observes a selfHosted store for `tenant`.
-pub async fn reconcile(
-    tenant: &Tenant,
-    es: &EventStore,
-    hashes: &[String],
-    ctx: &Context,
-    ns: &str,
-) -> Result<TenantOutcome, ReconcileError> {
-    let reg = registry(es, ctx, ns).await?;
-    Ok(judge(tenant, es, reg.as_ref(), hashes))
-}
-
 /// Whether the store nodes can still authenticate `tenant` (its entry is still in the registry).
 pub async fn still_registered(
     tenant: &Tenant,
@@ -145,6 +138,7 @@ mod tests {
                 state,
                 quotas: RegistryQuotas::default(),
                 node: "orders-0".into(),
+                location: None,
             }],
             nodes: [("orders-0".to_string(), "http://orders-0.x:8080".to_string())].into(),
         }
