@@ -77,6 +77,26 @@ pub fn table_name(namespace: &str, name: &str, explicit: Option<&str>) -> String
     }
 }
 
+/// Table of a siloed tenant of the store whose table is `store_table`:
+/// `<store table>--<tenant id>`, cut to 246 bytes, then `-` and the hash of
+/// `<store table>/<tenant id>` ([`super::identity_suffix`]), 255 bytes at most.
+pub fn silo_table_name(store_table: &str, tenant_id: &str) -> String {
+    let mut t = format!("{store_table}--{tenant_id}");
+    t.truncate(255 - 9);
+    t.push('-');
+    t.push_str(&super::identity_suffix(store_table, tenant_id));
+    t
+}
+
+/// The plan of a siloed tenant's table: the store's plan (billing, deletion protection,
+/// point-in-time recovery, TTL, tags) under the tenant's table name. Pure.
+pub fn silo_plan(store: &TablePlan, tenant_id: &str) -> TablePlan {
+    TablePlan {
+        table: silo_table_name(&store.table, tenant_id),
+        ..store.clone()
+    }
+}
+
 /// The plan of an EventStore's table from its spec.
 pub fn plan(namespace: &str, name: &str, spec: &DynamoDbSpec) -> Result<TablePlan, ProvisionError> {
     let billing = match spec.billing_mode {
@@ -877,6 +897,37 @@ mod tests {
         let p = plan("shop", "orders", &s).unwrap();
         assert_eq!(p.billing, Billing::Provisioned { read: 5, write: 3 });
         assert_eq!(p.table, "mine");
+    }
+
+    #[test]
+    fn silo_plan_is_the_store_plan_under_the_tenant_table() {
+        let store = plan("shop", "orders", &spec()).unwrap();
+        let silo = silo_plan(&store, "acme");
+        assert!(
+            silo.table.starts_with(&format!("{}--acme-", store.table)),
+            "{}",
+            silo.table
+        );
+        assert_eq!(
+            TablePlan {
+                table: store.table.clone(),
+                ..silo.clone()
+            },
+            store,
+            "billing, protection, PITR, TTL and tags are the store's"
+        );
+        assert_ne!(silo.table, silo_plan(&store, "acme2").table);
+        let long = "t".repeat(255);
+        let (a, b) = (silo_table_name(&long, "a"), silo_table_name(&long, "b"));
+        assert_eq!(a.len(), 255);
+        assert_ne!(a, b, "cut names stay apart");
+        assert_eq!(
+            create_table_input(&silo)
+                .unwrap()
+                .global_secondary_indexes()
+                .len(),
+            2
+        );
     }
 
     #[test]

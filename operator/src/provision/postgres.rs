@@ -47,6 +47,20 @@ pub fn schema_name(
     Ok(s)
 }
 
+/// Schema of a siloed tenant of the store whose schema is `store_schema`, also the name of the
+/// tenant's login role: `<store schema>__<tenant id with '-' as '_'>`, cut to 54 bytes, then `_`
+/// and the hash of `<store schema>/<tenant id>` ([`super::identity_suffix`]), 63 bytes at most.
+/// The `__` keeps it apart from pooled login roles (`<store schema>_<tenant>`, and a tenant id
+/// never starts with `-`), the hash from any other store's or tenant's cut name.
+pub fn silo_schema_name(store_schema: &str, tenant_id: &str) -> String {
+    let mut s =
+        format!("{store_schema}__{}", tenant_id.replace(['-', '.'], "_")).to_ascii_lowercase();
+    s.truncate(63 - 9);
+    s.push('_');
+    s.push_str(&super::identity_suffix(store_schema, tenant_id));
+    s
+}
+
 /// Connection settings from the admin Secret's (decoded) data: key `url`, or keys `host`,
 /// `port`, `user`, `password`, `database`. The `sslmode` of the spec is applied on top.
 pub fn connection_config(
@@ -658,6 +672,39 @@ mod tests {
             drop_ddl("es1").unwrap(),
             "DROP SCHEMA IF EXISTS \"es1\" CASCADE"
         );
+    }
+
+    #[test]
+    fn silo_schema_names() {
+        let s = silo_schema_name("allsource_shop_orders_1a2b3c4d", "acme-1");
+        assert!(
+            s.starts_with("allsource_shop_orders_1a2b3c4d__acme_1_"),
+            "{s}"
+        );
+        assert!(sql::ident(&s).is_ok(), "{s}");
+        assert_eq!(
+            s,
+            silo_schema_name("allsource_shop_orders_1a2b3c4d", "acme-1")
+        );
+        // Never a pooled tenant's role name in the same store (`<schema>_<tenant>`, the tenant
+        // starting with a letter or digit), whatever that tenant's id.
+        let store = "allsource_shop_orders_1a2b3c4d";
+        assert_eq!(&s[store.len()..store.len() + 2], "__");
+        assert!(sql::tenant_role(store, "x")
+            .as_bytes()
+            .get(store.len() + 1)
+            .is_some_and(u8::is_ascii_alphanumeric));
+        // Cut names stay apart: long store schema, tenants differing only past the cut.
+        let long = "s".repeat(63);
+        let (a, b) = (
+            silo_schema_name(&long, &format!("{}-a", "t".repeat(40))),
+            silo_schema_name(&long, &format!("{}-b", "t".repeat(40))),
+        );
+        assert_eq!((a.len(), b.len()), (63, 63));
+        assert_ne!(a, b);
+        assert!(sql::ident(&a).is_ok());
+        // Two stores never share a tenant's silo.
+        assert_ne!(silo_schema_name("a", "t"), silo_schema_name("b", "t"));
     }
 
     #[test]

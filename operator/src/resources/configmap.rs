@@ -7,9 +7,12 @@ use std::collections::BTreeMap;
 use k8s_openapi::api::core::v1::ConfigMap;
 use serde::{Deserialize, Serialize};
 
+use super::gateway::GatewayBackend;
 use super::{child_meta, config_map_name, headless_service_name, HTTP_PORT};
 use crate::api::eventstore::{NodeLimits, SelfHostedSpec};
+use crate::api::tenant::Placement;
 use crate::api::{EventStore, Tenant};
+use crate::provision::{dynamodb, postgres};
 
 /// File name of the node configuration inside the ConfigMap.
 pub const NODE_CONFIG_KEY: &str = "node.json";
@@ -73,6 +76,45 @@ pub struct RegistryTenant {
     pub quotas: RegistryQuotas,
     /// Node (pod name, a key of `nodes`) that owns the tenant's data.
     pub node: String,
+    /// A siloed tenant's own schema or table on a cloud store (gateway registry only); absent
+    /// for pooled tenants and on selfHosted stores.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub location: Option<RegistryLocation>,
+}
+
+/// Where the gateway serves a siloed tenant from (store-node `LocationEntry`): exactly one key.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct RegistryLocation {
+    /// The tenant's own PostgreSQL schema.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schema: Option<String>,
+    /// The tenant's own DynamoDB table.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub table: Option<String>,
+}
+
+/// The registry location of a siloed tenant of a cloud store served by `backend`: the schema
+/// ([`postgres::silo_schema_name`]) or table ([`dynamodb::silo_table_name`]) the Tenant
+/// controller provisions for it. None for pooled tenants. Pure: derived from the spec alone, so
+/// the gateway routes a tenant the same way from its first registry entry on.
+pub fn silo_location(t: &Tenant, backend: &GatewayBackend) -> Option<RegistryLocation> {
+    if t.spec.placement != Placement::Siloed {
+        return None;
+    }
+    if let GatewayBackend::Postgres { schema, .. } = backend {
+        return Some(RegistryLocation {
+            schema: Some(postgres::silo_schema_name(schema, &t.spec.tenant_id)),
+            table: None,
+        });
+    }
+    if let GatewayBackend::Dynamodb { table, .. } = backend {
+        return Some(RegistryLocation {
+            schema: None,
+            table: Some(dynamodb::silo_table_name(table, &t.spec.tenant_id)),
+        });
+    }
+    None
 }
 
 /// The tenant registry every node reads and polls for changes (store-node `RegistryFile`, version 1).
@@ -154,6 +196,7 @@ pub fn registry_tenant(t: &Tenant, node: String) -> RegistryTenant {
             max_streams: positive(q.max_streams),
         },
         node,
+        location: None,
     }
 }
 
@@ -211,10 +254,54 @@ mod tests {
                     max_streams: None,
                 },
                 node: "orders-1".into(),
+                location: None,
             }],
             nodes: node_urls(&es, 3),
         };
         insta::assert_yaml_snapshot!(build(&es, &node_config(&es, &sh, 3), &registry));
+    }
+
+    fn tenant(placement: &str) -> Tenant {
+        serde_json::from_value(serde_json::json!({
+            "apiVersion": "allsource.io/v1alpha1", "kind": "Tenant",
+            "metadata": {"name": "acme", "namespace": "shop"},
+            "spec": {"eventStoreRef": {"name": "orders"}, "tenantId": "acme", "placement": placement},
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn siloed_tenants_get_their_own_location() {
+        let pg = GatewayBackend::Postgres {
+            url_secret: "pg".into(),
+            schema: "allsource_shop_orders_1a2b3c4d".into(),
+        };
+        let ddb = GatewayBackend::Dynamodb {
+            table: "orders".into(),
+            region: "us-east-1".into(),
+            endpoint: None,
+            credentials_secret: None,
+        };
+        assert_eq!(silo_location(&tenant("pooled"), &pg), None);
+        assert_eq!(silo_location(&tenant("pooled"), &ddb), None);
+        let l = silo_location(&tenant("siloed"), &pg).unwrap();
+        assert_eq!(
+            l.schema.as_deref(),
+            Some(postgres::silo_schema_name("allsource_shop_orders_1a2b3c4d", "acme").as_str())
+        );
+        assert_eq!(l.table, None);
+        let l = silo_location(&tenant("siloed"), &ddb).unwrap();
+        assert_eq!(l.table, Some(dynamodb::silo_table_name("orders", "acme")));
+        // The entry as store-node reads it: one key, absent for pooled tenants.
+        let mut e = registry_tenant(&tenant("siloed"), "gateway".into());
+        let pooled = serde_json::to_string(&e).unwrap();
+        assert!(!pooled.contains("location"), "{pooled}");
+        e.location = Some(l);
+        let json = serde_json::to_string(&e).unwrap();
+        assert!(
+            json.contains(r#""location":{"table":"orders--acme-"#),
+            "{json}"
+        );
     }
 
     #[test]
@@ -238,6 +325,7 @@ mod tests {
                 state: TenantState::Suspended,
                 quotas: RegistryQuotas::default(),
                 node: "orders-0".into(),
+                location: None,
             }],
             nodes: node_urls(&es, 1),
         };

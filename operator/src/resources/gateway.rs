@@ -320,6 +320,7 @@ mod tests {
                 state: TenantState::Active,
                 quotas: RegistryQuotas::default(),
                 node: GATEWAY_NODE.into(),
+                location: None,
             }],
             nodes: BTreeMap::new(),
         };

@@ -337,7 +337,7 @@ async fn apply_gateway(
             t.spec.event_store_ref.name == es.name_any() && t.metadata.deletion_timestamp.is_none()
         })
         .collect();
-    let registry = gateway_registry(&tenants);
+    let registry = gateway_registry(&tenants, &backend);
     apply(
         &Api::<ConfigMap>::namespaced(c.clone(), ns),
         &ctx.metrics,
@@ -369,11 +369,15 @@ async fn apply_gateway(
     }))
 }
 
-/// The gateway's registry: every tenant of the store, served by the gateway.
-pub fn gateway_registry(tenants: &[Tenant]) -> configmap::Registry {
+/// The gateway's registry: every tenant of the store, served by the gateway; siloed tenants
+/// with the location of their own schema or table ([`configmap::silo_location`]).
+pub fn gateway_registry(tenants: &[Tenant], backend: &GatewayBackend) -> configmap::Registry {
     let mut entries: Vec<configmap::RegistryTenant> = tenants
         .iter()
-        .map(|t| configmap::registry_tenant(t, gateway::GATEWAY_NODE.to_string()))
+        .map(|t| configmap::RegistryTenant {
+            location: configmap::silo_location(t, backend),
+            ..configmap::registry_tenant(t, gateway::GATEWAY_NODE.to_string())
+        })
         .collect();
     entries.sort_by(|a, b| a.id.cmp(&b.id));
     configmap::Registry {
@@ -706,8 +710,13 @@ mod tests {
             "spec": {"eventStoreRef": {"name": "orders"}, "tenantId": "acme"}
         }))
         .unwrap();
-        let r = gateway_registry(&[t]);
+        let backend = GatewayBackend::Postgres {
+            url_secret: "pg".into(),
+            schema: "s".into(),
+        };
+        let r = gateway_registry(&[t], &backend);
         assert_eq!(r.tenants.len(), 1);
         assert_eq!(r.tenants[0].node, gateway::GATEWAY_NODE);
+        assert_eq!(r.tenants[0].location, None, "pooled");
     }
 }
