@@ -456,6 +456,11 @@ impl EventStore for MemoryStore {
         Ok(dropped.len() as u64)
     }
 
+    async fn purge_tenant(&self, tenant: &TenantId) -> StoreResult<()> {
+        self.inner.lock().tenants.remove(tenant);
+        Ok(())
+    }
+
     async fn stats(&self, tenant: &TenantId) -> StoreResult<TenantStats> {
         let inner = self.inner.lock();
         Ok(inner

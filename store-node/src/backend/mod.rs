@@ -14,6 +14,7 @@ pub mod firestore;
 pub mod memory;
 #[cfg(feature = "postgres")]
 pub mod postgres;
+pub mod routing;
 
 use crate::error::StoreError;
 use crate::model::{
@@ -124,4 +125,14 @@ pub trait EventStore: Send + Sync + 'static {
 
     /// Usage of a tenant.
     async fn stats(&self, tenant: &TenantId) -> StoreResult<TenantStats>;
+
+    /// Erases every stream, event, snapshot and counter of a tenant, durably: once this
+    /// returns, no restart brings any of it back and the files that held it are deleted.
+    /// Idempotent; a tenant with no data is a no-op. Backends whose tenants are erased by the
+    /// operator (the cloud gateways) answer [`StoreError::Unsupported`].
+    async fn purge_tenant(&self, tenant: &TenantId) -> StoreResult<()> {
+        Err(StoreError::Unsupported(format!(
+            "purging tenant {tenant} is not supported by this backend"
+        )))
+    }
 }

@@ -37,6 +37,10 @@ impl<K: std::hash::Hash + Eq + Clone, V: Clone> Lru<K, V> {
         self.order.push_back(k.clone());
         Some(v)
     }
+    fn retain(&mut self, keep: impl Fn(&K) -> bool) {
+        self.map.retain(|k, _| keep(k));
+        self.order.retain(|k| keep(k));
+    }
     fn put(&mut self, k: K, v: V) {
         if self.map.insert(k.clone(), v).is_none() {
             self.order.push_back(k);
@@ -81,6 +85,13 @@ impl RowGroupCache {
             groups: Mutex::new(Lru::new(cap)),
             files: Mutex::new(Lru::new(2)),
         }
+    }
+
+    /// Drops everything cached from files under `dir` (a purged tenant's segment directory,
+    /// whose file names are reused once its positions start again at 0).
+    pub fn forget_under(&self, dir: &Path) {
+        self.groups.lock().retain(|(p, _)| !p.starts_with(dir));
+        self.files.lock().retain(|p| !p.starts_with(dir));
     }
 
     /// The rows of one row group of a segment file.

@@ -82,10 +82,14 @@ pub fn remove_orphans(
     dirs: &Dirs,
     tenants: &HashMap<TenantId, Arc<Tenant>>,
 ) -> Result<(), EngineError> {
-    let Ok(dirs_list) = fs.list(&dirs.segments) else {
-        return Ok(());
-    };
-    for name in dirs_list {
+    // Known tenants too: a file system may not list directories (SimFs does not).
+    let mut names: std::collections::BTreeSet<String> = fs
+        .list(&dirs.segments)
+        .unwrap_or_default()
+        .into_iter()
+        .collect();
+    names.extend(tenants.keys().map(|t| t.as_str().to_string()));
+    for name in names {
         let Ok(id) = TenantId::new(name.clone()) else {
             continue;
         };
@@ -180,6 +184,52 @@ impl Inner {
         }))
     }
 
+    /// Deletes the segment files of a purged tenant (every file its state no longer names),
+    /// before the checkpoint writes new ones: positions restart at 0 after a purge, so a new
+    /// segment may get the name of an erased one. Deleting before the manifest drops them is
+    /// safe: the purge record is durable, so a restart replays it and never reads them.
+    fn sweep_purged(
+        &self,
+        dirs: &Dirs,
+        id: &TenantId,
+        t: &Tenant,
+        ck: &mut CheckpointState,
+    ) -> Result<(), EngineError> {
+        let keep: Vec<String> = {
+            let mut st = t.state.write();
+            if !std::mem::take(&mut st.sweep) {
+                return Ok(());
+            }
+            st.segments.iter().map(|s| s.file.clone()).collect()
+        };
+        let dir = dirs.segments.join(id.as_str());
+        let result = (|| -> Result<usize, EngineError> {
+            let mut removed = 0;
+            for f in self.fs.list(&dir).unwrap_or_default() {
+                if !keep.contains(&f) {
+                    self.fs.remove(&dir.join(&f))?;
+                    removed += 1;
+                }
+            }
+            if removed > 0 {
+                self.fs.sync_dir(&dir)?;
+            }
+            Ok(removed)
+        })();
+        match result {
+            Ok(removed) => {
+                ck.graveyard.retain(|p| !p.starts_with(&dir));
+                self.cache.forget_under(&dir);
+                tracing::info!(tenant = %id, files = removed, "purged tenant's segment files deleted");
+                Ok(())
+            }
+            Err(e) => {
+                t.state.write().sweep = true;
+                Err(e)
+            }
+        }
+    }
+
     pub(crate) fn checkpoint(&self) -> Result<CheckpointReport, EngineError> {
         let mut ck = self.ckpt.lock();
         let dirs = self.dirs.clone();
@@ -198,6 +248,9 @@ impl Inner {
             checkpoint_lsn: lsn,
             tenants: BTreeMap::new(),
         };
+        for (id, t) in &tenants {
+            self.sweep_purged(&dirs, id, t, &mut ck)?;
+        }
         let mut flushed = Vec::new();
         let mut report = CheckpointReport {
             checkpoint_lsn: lsn,
@@ -310,13 +363,22 @@ impl Inner {
             {
                 let mut st = t.state.write();
                 let start = st.segments.iter().position(|s| s == &small[0]);
-                let Some(start) = start else { continue };
-                let end = start + small.len();
-                if st.segments.get(start..end) != Some(&small[..]) {
-                    continue;
+                let end = start.map(|s| s + small.len());
+                match (start, end) {
+                    (Some(start), Some(end)) if st.segments.get(start..end) == Some(&small[..]) => {
+                        st.segments.splice(start..end, new_meta.clone());
+                        manifest_tenants = st.to_manifest(None);
+                    }
+                    _ => {
+                        // The segments changed meanwhile (a trim or a purge): the merged copy
+                        // must not stay behind as an unlisted file holding their rows.
+                        drop(st);
+                        if let Some(m) = &new_meta {
+                            self.fs.remove(&dirs.segment_path(&id, &m.file))?;
+                        }
+                        continue;
+                    }
                 }
-                st.segments.splice(start..end, new_meta.clone());
-                manifest_tenants = st.to_manifest(None);
             }
             let mut m = load_manifest(self.fs.as_ref(), &dirs)?;
             m.tenants.insert(

@@ -140,7 +140,6 @@ impl Engine {
             let st = TenantState::from_manifest(id.clone(), tm);
             map.insert(id.clone(), new_tenant(id, st, buffer));
         }
-        checkpoint::remove_orphans(fs.as_ref(), &dirs, &map)?;
         let rec = crate::wal::recover(fs.as_ref(), &dirs.wal, checkpoint_lsn, |lsn, r| {
             let t = map
                 .entry(r.tenant().clone())
@@ -154,6 +153,8 @@ impl Engine {
                 .clone();
             t.state.write().apply(lsn, r, true);
         })?;
+        // After replay, so that the files of tenants purged since the manifest go too.
+        checkpoint::remove_orphans(fs.as_ref(), &dirs, &map)?;
         tracing::info!(
             tenants = map.len(),
             replayed_records = rec.records,
@@ -363,6 +364,7 @@ impl Inner {
         let body = record::encode_record(&rec);
         let lsn = {
             let mut st = t.state.write();
+            st.check_not_purging()?;
             check(&st)?;
             if let WalRecord::Delete { stream, .. } = &rec {
                 if let Some(e) = st.streams.get_mut(stream) {
@@ -373,6 +375,29 @@ impl Inner {
         };
         self.wal.wait(lsn).await?;
         Ok(())
+    }
+
+    /// Makes a purge of `tenant` durable (see [`WalRecord::PurgeTenant`]); false when this
+    /// node holds nothing of the tenant. The files go with the next checkpoint.
+    async fn submit_purge(&self, tenant: &TenantId) -> StoreResult<bool> {
+        self.check_writable()?;
+        let Some(t) = self.tenant(tenant) else {
+            return Ok(false);
+        };
+        let rec = WalRecord::PurgeTenant {
+            tenant: tenant.clone(),
+        };
+        let body = record::encode_record(&rec);
+        let lsn = {
+            let mut st = t.state.write();
+            // Under the tenant lock, like every reservation: a write reserved before this
+            // point has a lower LSN and is applied (then erased) before the purge.
+            let lsn = self.wal.submit(Vec::new(), body, (t.clone(), rec))?;
+            st.purge_pending = true;
+            lsn
+        };
+        self.wal.wait(lsn).await?;
+        Ok(true)
     }
 
     /// A retry whose events were already flushed out of the idempotency window: with an
@@ -721,6 +746,20 @@ impl crate::backend::EventStore for Engine {
         Ok(n)
     }
 
+    async fn purge_tenant(&self, tenant: &TenantId) -> StoreResult<()> {
+        if !self.inner.submit_purge(tenant).await? {
+            return Ok(());
+        }
+        // The checkpoint deletes the tenant's segment files, writes a manifest without its
+        // data and drops the WAL files that held it.
+        let inner = self.inner.clone();
+        tokio::task::spawn_blocking(move || inner.checkpoint())
+            .await
+            .map_err(|e| StoreError::Internal(format!("purge checkpoint task: {e}")))??;
+        tracing::info!(%tenant, "tenant purged");
+        Ok(())
+    }
+
     async fn stats(&self, tenant: &TenantId) -> StoreResult<TenantStats> {
         Ok(self
             .inner
@@ -735,5 +774,7 @@ pub fn layout(data_dir: &std::path::Path) -> (PathBuf, PathBuf, PathBuf) {
     (d.wal, d.segments, d.manifest)
 }
 
+#[cfg(test)]
+mod purge_tests;
 #[cfg(test)]
 mod tests;

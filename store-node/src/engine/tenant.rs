@@ -89,6 +89,12 @@ pub struct TenantState {
     pub events: u64,
     /// Approximate bytes of visible events.
     pub bytes: u64,
+    /// A purge record is in the WAL but not applied yet: new reservations are refused, so
+    /// nothing reserved against the old state can be applied after the reset.
+    pub purge_pending: bool,
+    /// A purge was applied: the tenant's segment directory may hold files of the erased data,
+    /// which the next checkpoint deletes before it writes any new segment of the tenant.
+    pub sweep: bool,
 }
 
 impl TenantState {
@@ -119,6 +125,8 @@ impl TenantState {
             snapshots: m.snapshots,
             events: m.events,
             bytes: m.bytes,
+            purge_pending: false,
+            sweep: false,
         }
     }
 
@@ -148,6 +156,17 @@ impl TenantState {
         }
     }
 
+    /// Refuses new work while a purge of the tenant waits for its fsync.
+    pub fn check_not_purging(&self) -> Result<(), StoreError> {
+        if self.purge_pending {
+            return Err(StoreError::Unavailable(format!(
+                "tenant {} is being purged",
+                self.id
+            )));
+        }
+        Ok(())
+    }
+
     /// Checks idempotency and the expected version, and reserves coordinates for `events`.
     pub fn reserve_append(
         &mut self,
@@ -155,6 +174,7 @@ impl TenantState {
         expected: ExpectedVersion,
         events: &[NewEvent],
     ) -> Result<Reservation, StoreError> {
+        self.check_not_purging()?;
         let n = events.len() as u64;
         let entry = self.streams.get(stream);
         if let Some(e) = entry {
@@ -314,7 +334,21 @@ impl TenantState {
                 self.snapshots.insert(snapshot.stream.clone(), snapshot);
                 None
             }
+            WalRecord::PurgeTenant { .. } => {
+                self.purge();
+                None
+            }
         }
+    }
+
+    /// Forgets everything of the tenant: streams, indexes, hot events, snapshots, segments and
+    /// counters; positions start again at 0. Reservations cannot be outstanding here (they are
+    /// refused while `purge_pending`), so restarting the numbering is safe.
+    fn purge(&mut self) {
+        let applied_lsn = self.applied_lsn;
+        *self = Self::new(self.id.clone());
+        self.applied_lsn = applied_lsn;
+        self.sweep = true;
     }
 
     /// Hides a stream's versions below `before` and updates the counters.

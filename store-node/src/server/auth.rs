@@ -10,6 +10,7 @@ use axum::http::{header, StatusCode};
 use serde_json::json;
 
 use super::error::ApiError;
+use super::purge::PurgeStatus;
 use super::AppState;
 use crate::tenant::{TenantInfo, TenantState};
 
@@ -28,6 +29,34 @@ fn bearer(parts: &Parts) -> Option<&str> {
         .eq_ignore_ascii_case("bearer")
         .then(|| token.trim())
         .filter(|t| !t.is_empty())
+}
+
+/// 410 for a tenant being deleted with its data; the code tells whether this node finished.
+fn purging(st: &AppState, tenant: &TenantInfo) -> ApiError {
+    match st.purges().status(&tenant.id) {
+        PurgeStatus::Done => ApiError::new(
+            StatusCode::GONE,
+            "tenant_purged",
+            format!(
+                "tenant {} is deleted and its data erased on this node",
+                tenant.id
+            ),
+        ),
+        PurgeStatus::Pending(last_error) => ApiError::new(
+            StatusCode::GONE,
+            "tenant_purging",
+            match last_error {
+                Some(e) => format!(
+                    "tenant {} is being deleted; erasing its data failed and is retried: {e}",
+                    tenant.id
+                ),
+                None => format!(
+                    "tenant {} is being deleted; its data is being erased",
+                    tenant.id
+                ),
+            },
+        ),
+    }
 }
 
 impl FromRequestParts<AppState> for Authed {
@@ -79,6 +108,10 @@ impl FromRequestParts<AppState> for Authed {
                 e.location = Some(location);
                 return Err(e);
             }
+        }
+        if tenant.state == TenantState::Purging {
+            metrics.auth_failure("purging");
+            return Err(purging(st, &tenant));
         }
         Ok(Authed(tenant))
     }

@@ -12,6 +12,7 @@ pub mod error;
 mod handlers;
 mod middleware;
 mod ops;
+pub mod purge;
 mod subscribe;
 
 use std::net::SocketAddr;
@@ -111,6 +112,7 @@ struct Shared {
     shutdown: CancellationToken,
     requests: Arc<Semaphore>,
     subscriptions: Arc<Semaphore>,
+    purges: purge::Purges,
 }
 
 impl AppState {
@@ -135,6 +137,7 @@ impl AppState {
                 metrics,
                 limiter: RateLimiter::default(),
                 shutdown,
+                purges: purge::Purges::default(),
             }),
         }
     }
@@ -173,6 +176,11 @@ impl AppState {
     /// The configuration.
     pub fn config(&self) -> &ServerConfig {
         &self.inner.config
+    }
+
+    /// Outcomes of the purges of tenants marked `purging` in the registry.
+    pub fn purges(&self) -> &purge::Purges {
+        &self.inner.purges
     }
 
     fn limiter(&self) -> &RateLimiter {
@@ -287,6 +295,7 @@ pub async fn run(state: AppState, listener: TcpListener) -> Result<(), ServerErr
             },
         )
     };
+    let purger = tokio::spawn(purge::run(state.clone(), shutdown.clone()));
     if let Ok(addr) = listener.local_addr() {
         tracing::info!(%addr, "store-node HTTP API listening");
     }
@@ -303,6 +312,7 @@ pub async fn run(state: AppState, listener: TcpListener) -> Result<(), ServerErr
     };
     shutdown.cancel();
     poller.abort();
+    purger.abort();
     result
 }
 

@@ -35,6 +35,10 @@ pub enum TenantState {
     Active,
     /// Every request answers 403.
     Suspended,
+    /// The tenant is being deleted with its data: every request answers 410 Gone, and the
+    /// node erases the tenant's data once (code `tenant_purging` until done, then
+    /// `tenant_purged`).
+    Purging,
 }
 
 /// Per-tenant quotas; `None` means unlimited.
@@ -70,6 +74,64 @@ pub struct TenantEntry {
     /// Owning node (key of `nodes`), if placement is used.
     #[serde(default)]
     pub node: Option<String>,
+    /// Where a siloed tenant's data lives on a cloud backend (its own schema or table); absent
+    /// for pooled tenants, which use the gateway's own schema or table.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub location: Option<LocationEntry>,
+}
+
+/// A siloed tenant's own place as written in the file: exactly one key, `{"schema": "..."}`
+/// (PostgreSQL) or `{"table": "..."}` (DynamoDB).
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct LocationEntry {
+    /// PostgreSQL schema of the tenant.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schema: Option<String>,
+    /// DynamoDB table of the tenant.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub table: Option<String>,
+}
+
+/// A siloed tenant's own place, checked: what the gateway routes the tenant's calls to.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Location {
+    /// A PostgreSQL schema with the shared layout.
+    Schema(String),
+    /// A DynamoDB table with the shared layout.
+    Table(String),
+}
+
+impl Location {
+    /// The checked form of an entry: exactly one of `schema`/`table`, a name of 1 to 255 bytes
+    /// of `[A-Za-z0-9_.-]` (the backend checks its own stricter rules when it opens it).
+    pub fn from_entry(e: &LocationEntry) -> Result<Self, String> {
+        let loc = match (&e.schema, &e.table) {
+            (Some(s), None) => Location::Schema(s.clone()),
+            (None, Some(t)) => Location::Table(t.clone()),
+            _ => return Err("location needs exactly one of schema, table".to_string()),
+        };
+        let name = loc.name();
+        let ok = !name.is_empty()
+            && name.len() <= 255
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'));
+        if ok {
+            Ok(loc)
+        } else {
+            Err(format!(
+                "location name {name:?} is not a schema or table name"
+            ))
+        }
+    }
+
+    /// The schema or table name.
+    pub fn name(&self) -> &str {
+        match self {
+            Location::Schema(n) | Location::Table(n) => n,
+        }
+    }
 }
 
 /// The whole registry file.
@@ -139,6 +201,10 @@ impl RegistryFile {
                     )));
                 }
             }
+            if let Some(l) = &t.location {
+                Location::from_entry(l)
+                    .map_err(|e| RegistryError::Invalid(format!("tenant {}: {e}", t.id)))?;
+            }
             if let Some(n) = &t.node {
                 if !self.nodes.contains_key(n) {
                     return Err(RegistryError::Invalid(format!(
@@ -167,10 +233,45 @@ mod tests {
 
     #[test]
     fn parses_yaml() {
-        let y = "version: 1\ntenants:\n- id: acme\n  tokenSha256: []\n  state: suspended\n";
+        let y = "version: 1\ntenants:\n- id: acme\n  tokenSha256: []\n  state: suspended\n- id: gone\n  state: purging\n";
         let f = RegistryFile::parse(y.as_bytes()).unwrap();
         assert_eq!(f.tenants[0].state, TenantState::Suspended);
+        assert_eq!(f.tenants[1].state, TenantState::Purging);
         assert_eq!(f.tenants[0].quotas, Quotas::default());
+    }
+
+    #[test]
+    fn location_is_optional_and_pooled_by_default() {
+        // A file written before locations existed still parses; its tenants are pooled.
+        let f = RegistryFile::parse(SAMPLE.as_bytes()).unwrap();
+        assert_eq!(f.tenants[0].location, None);
+        let j = r#"{"version":1,"tenants":[{"id":"a","location":{"schema":"s_t_a"}},{"id":"b","location":{"table":"orders--b-1a2b3c4d"}}]}"#;
+        let f = RegistryFile::parse(j.as_bytes()).unwrap();
+        let locs: Vec<Location> = f
+            .tenants
+            .iter()
+            .map(|t| Location::from_entry(t.location.as_ref().unwrap()).unwrap())
+            .collect();
+        assert_eq!(
+            locs,
+            vec![
+                Location::Schema("s_t_a".into()),
+                Location::Table("orders--b-1a2b3c4d".into())
+            ]
+        );
+        let y = "version: 1\ntenants:\n- id: a\n  location:\n    table: t1\n";
+        let f = RegistryFile::parse(y.as_bytes()).unwrap();
+        assert_eq!(
+            f.tenants[0]
+                .location
+                .as_ref()
+                .and_then(|l| l.table.as_deref()),
+            Some("t1")
+        );
+        // Written back, a pooled entry has no location key at all.
+        let pooled =
+            serde_json::to_string(&RegistryFile::parse(SAMPLE.as_bytes()).unwrap()).unwrap();
+        assert!(!pooled.contains("location"), "{pooled}");
     }
 
     #[test]
@@ -186,6 +287,10 @@ mod tests {
             ),
             r#"{"version":1,"tenants":[{"id":"a","node":"n"}]}"#.to_string(),
             r#"{"version":1,"tenants":[{"id":"a","state":"gone"}]}"#.to_string(),
+            r#"{"version":1,"tenants":[{"id":"a","location":{}}]}"#.to_string(),
+            r#"{"version":1,"tenants":[{"id":"a","location":{"schema":"s","table":"t"}}]}"#
+                .to_string(),
+            r#"{"version":1,"tenants":[{"id":"a","location":{"table":"a b"}}]}"#.to_string(),
             "{not json".to_string(),
         ] {
             assert!(

@@ -22,12 +22,20 @@
 //! - `id`: a tenant id (DNS label). Ids must be unique.
 //! - `tokenSha256`: lowercase or uppercase hex SHA-256 digests of the bearer tokens; every listed
 //!   token is valid (two during a rotation). A digest may belong to one tenant only.
-//! - `state`: `active` (default) or `suspended` (every request answers 403).
+//! - `state`: `active` (default), `suspended` (every request answers 403) or `purging` (the
+//!   tenant is being deleted with its data: the node erases everything of the tenant once, and
+//!   every request with its token answers **410 Gone**, code `tenant_purging` until the data is
+//!   erased, then `tenant_purged`; the operator polls `GET /v1/stats` for that code).
 //! - `quotas`: each key optional; an absent key means unlimited.
 //! - `node` / `nodes`: placement. When a tenant names a node and this process runs as a different
 //!   node (`--node-name` / `POD_NAME`), requests answer **421 Misdirected Request** with the owner's
 //!   base URL in the JSON body (`owner`, `location`) and in a `Location` header. A `node` must be a
 //!   key of `nodes`.
+//!
+//! - `location`: optional, for a siloed tenant of a cloud store: `{"schema": "<schema>"}`
+//!   (PostgreSQL) or `{"table": "<table>"}` (DynamoDB), exactly one key. The gateway serves the
+//!   tenant's calls from that schema or table; without it the tenant is pooled (the gateway's own
+//!   schema or table).
 //!
 //! Unknown keys are ignored so that newer operators can add fields. A file that fails to parse or
 //! validate is rejected as a whole and the previous registry stays in force.
@@ -36,6 +44,8 @@ pub mod file;
 pub mod quota;
 pub mod registry;
 
-pub use file::{Quotas, RegistryError, RegistryFile, TenantEntry, TenantState};
+pub use file::{
+    Location, LocationEntry, Quotas, RegistryError, RegistryFile, TenantEntry, TenantState,
+};
 pub use quota::RateLimiter;
 pub use registry::{sha256_hex, Registry, RegistrySnapshot, TenantInfo};

@@ -9,7 +9,7 @@ use parking_lot::{Mutex, RwLock};
 use sha2::{Digest, Sha256};
 use tokio_util::sync::CancellationToken;
 
-use super::file::{Quotas, RegistryError, RegistryFile, TenantState};
+use super::file::{Location, Quotas, RegistryError, RegistryFile, TenantState};
 use crate::model::TenantId;
 
 /// Hex SHA-256 of a token, the form the registry file stores.
@@ -30,6 +30,8 @@ pub struct TenantInfo {
     pub node: Option<String>,
     /// Base URL of the owning node, if placed.
     pub node_url: Option<String>,
+    /// A siloed tenant's own schema or table (None: pooled).
+    pub location: Option<Location>,
 }
 
 /// One immutable version of the registry.
@@ -61,6 +63,12 @@ impl RegistrySnapshot {
                 quotas: t.quotas,
                 node: t.node.clone(),
                 node_url: t.node.as_ref().and_then(|n| file.nodes.get(n).cloned()),
+                location: t
+                    .location
+                    .as_ref()
+                    .map(Location::from_entry)
+                    .transpose()
+                    .map_err(|e| RegistryError::Invalid(format!("tenant {}: {e}", t.id)))?,
             }));
             for d in &t.token_sha256 {
                 let mut raw = [0u8; 32];
@@ -98,6 +106,15 @@ impl RegistrySnapshot {
     /// True when no tenant is registered.
     pub fn is_empty(&self) -> bool {
         self.tenants.is_empty()
+    }
+
+    /// Ids of the tenants marked `purging`, in file order.
+    pub fn purging(&self) -> Vec<TenantId> {
+        self.tenants
+            .iter()
+            .filter(|t| t.state == TenantState::Purging)
+            .map(|t| t.id.clone())
+            .collect()
     }
 
     /// Tenant ids, in file order.
@@ -212,6 +229,7 @@ mod tests {
                     state: TenantState::Active,
                     quotas: Quotas::default(),
                     node: None,
+                    location: None,
                 })
                 .collect(),
             nodes: Default::default(),

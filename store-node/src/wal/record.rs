@@ -21,6 +21,7 @@ const KIND_DELETE: u8 = 2;
 const KIND_TRUNCATE: u8 = 3;
 const KIND_TRIM: u8 = 4;
 const KIND_SNAPSHOT: u8 = 5;
+const KIND_PURGE: u8 = 6;
 
 /// Why a record could not be decoded.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -87,6 +88,12 @@ pub enum WalRecord {
         /// The snapshot.
         snapshot: Snapshot,
     },
+    /// Erase everything of a tenant (streams, events, snapshots, counters): replay of the
+    /// records before it then leaves nothing behind.
+    PurgeTenant {
+        /// Tenant.
+        tenant: TenantId,
+    },
 }
 
 impl WalRecord {
@@ -97,7 +104,8 @@ impl WalRecord {
             | Self::Delete { tenant, .. }
             | Self::Truncate { tenant, .. }
             | Self::TrimTenant { tenant, .. }
-            | Self::Snapshot { tenant, .. } => tenant,
+            | Self::Snapshot { tenant, .. }
+            | Self::PurgeTenant { tenant } => tenant,
         }
     }
 }
@@ -207,6 +215,11 @@ pub fn encode_record(rec: &WalRecord) -> Vec<u8> {
             out.extend_from_slice(&snapshot.timestamp_ms.to_le_bytes());
             put_bytes32(&mut out, &snapshot.payload);
             put_meta(&mut out, &snapshot.metadata);
+            out
+        }
+        WalRecord::PurgeTenant { tenant } => {
+            let mut out = vec![KIND_PURGE];
+            put_str16(&mut out, tenant.as_str());
             out
         }
     }
@@ -394,6 +407,9 @@ pub fn decode_record(body: &[u8]) -> Result<WalRecord, DecodeError> {
                 },
             }
         }
+        KIND_PURGE => WalRecord::PurgeTenant {
+            tenant: c.tenant()?,
+        },
         _ => return Err(DecodeError::Malformed("unknown record kind")),
     };
     if !c.buf.is_empty() {
@@ -444,7 +460,7 @@ mod tests {
                 before: 1000,
             },
             WalRecord::Snapshot {
-                tenant: t,
+                tenant: t.clone(),
                 snapshot: Snapshot {
                     stream: s,
                     version: 4,
@@ -453,6 +469,7 @@ mod tests {
                     timestamp_ms: -5,
                 },
             },
+            WalRecord::PurgeTenant { tenant: t },
         ]
     }
 
@@ -495,6 +512,18 @@ mod tests {
         let mut b = Vec::new();
         frame_into(&mut b, 1, &[&encode_record(rec)]);
         assert_eq!(a, b);
+    }
+
+    #[test]
+    fn purge_record_layout_is_kind_then_tenant() {
+        let rec = WalRecord::PurgeTenant {
+            tenant: TenantId::new("acme").unwrap(),
+        };
+        assert_eq!(encode_record(&rec), b"\x06\x04\x00acme".to_vec());
+        // A purge record with trailing bytes or a cut tenant id is corruption, not a purge.
+        assert!(decode_record(b"\x06\x04\x00acmeX").is_err());
+        assert!(decode_record(b"\x06\x04\x00acm").is_err());
+        assert!(decode_record(b"\x06\x01\x00A").is_err());
     }
 
     #[test]
