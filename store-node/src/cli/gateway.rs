@@ -3,7 +3,9 @@
 //! instead of the embedded engine. The gateway is stateless: any number of replicas can run in
 //! front of one database. Tenant
 //! isolation is the server's (the tenant comes from the token) plus the backend's (every key or
-//! row is prefixed by the tenant). This module only turns flags into a backend; it must never
+//! row is prefixed by the tenant). A siloed tenant (registry entry with a `location`) is served
+//! from its own schema or table through [`RoutingStore`]; the rest share the flags' schema or
+//! table. This module only turns flags into a backend; it must never
 //! hold event data itself.
 
 use std::sync::Arc;
@@ -11,8 +13,11 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Args, ValueEnum};
+use store_node::backend::routing::{Opener, RoutingStore};
 use store_node::backend::EventStore;
+use store_node::error::StoreError;
 use store_node::server;
+use store_node::tenant::{Location, Registry};
 use tokio_util::sync::CancellationToken;
 
 use super::common::{cancel_on_signal, HttpArgs};
@@ -91,46 +96,98 @@ pub struct GatewayArgs {
     pub firestore_token: Option<String>,
 }
 
+/// Builds the backend the flags describe, routing siloed tenants (registry `location`) of a
+/// PostgreSQL or DynamoDB store to their own schema or table.
+pub async fn open_routed(
+    args: &GatewayArgs,
+    registry: Arc<Registry>,
+) -> anyhow::Result<Arc<dyn EventStore>> {
+    let poll = Duration::from_millis(args.poll_ms.max(10));
+    let (pooled, open): (Arc<dyn EventStore>, Opener) = match args.backend {
+        GatewayBackend::Postgres => {
+            let base = postgres_store(args, poll)?;
+            if args.init {
+                base.init_schema().await.context("creating the schema")?;
+            }
+            let pooled = Arc::new(base.clone());
+            let open: Opener = Arc::new(move |loc: &Location| match loc {
+                Location::Schema(s) => Ok(Arc::new(base.with_schema(s)?) as Arc<dyn EventStore>),
+                Location::Table(_) => Err(unroutable(loc, "postgres")),
+            });
+            (pooled, open)
+        }
+        GatewayBackend::Dynamodb => {
+            let base = dynamodb_store(args, poll).await?;
+            let pooled = Arc::new(base.clone());
+            let open: Opener = Arc::new(move |loc: &Location| match loc {
+                Location::Table(t) => Ok(Arc::new(base.with_table(t)) as Arc<dyn EventStore>),
+                Location::Schema(_) => Err(unroutable(loc, "dynamodb")),
+            });
+            (pooled, open)
+        }
+        // No siloed placement on Firestore in this build: the store as the flags describe it.
+        GatewayBackend::Firestore => return open_backend(args).await,
+    };
+    Ok(Arc::new(RoutingStore::new(pooled, registry, open)))
+}
+
+fn unroutable(loc: &Location, backend: &str) -> StoreError {
+    StoreError::Internal(format!(
+        "the registry places this tenant in {loc:?}, which a {backend} gateway cannot serve"
+    ))
+}
+
+fn postgres_store(
+    args: &GatewayArgs,
+    poll: Duration,
+) -> anyhow::Result<store_node::backend::postgres::PostgresStore> {
+    use store_node::backend::postgres::{PostgresConfig, PostgresStore};
+    let url = args
+        .pg_url
+        .clone()
+        .context("--pg-url is required for --backend postgres")?;
+    let mut cfg = PostgresConfig::new(url, args.pg_schema.clone());
+    cfg.pool_size = args.pg_pool_size;
+    cfg.poll_interval = poll;
+    Ok(PostgresStore::connect(cfg)?)
+}
+
+async fn dynamodb_store(
+    args: &GatewayArgs,
+    poll: Duration,
+) -> anyhow::Result<store_node::backend::dynamodb::DynamoStore> {
+    use store_node::backend::dynamodb::{DynamoConfig, DynamoStore, StaticCredentials};
+    let mut cfg = DynamoConfig::new(args.dynamodb_table.clone(), args.dynamodb_region.clone());
+    cfg.endpoint = args.dynamodb_endpoint.clone();
+    cfg.poll_interval = poll;
+    if let (Some(k), Some(s)) = (
+        &args.dynamodb_access_key_id,
+        &args.dynamodb_secret_access_key,
+    ) {
+        cfg.credentials = Some(StaticCredentials {
+            access_key_id: k.clone(),
+            secret_access_key: s.clone(),
+        });
+    }
+    let store = DynamoStore::connect(cfg).await?;
+    if args.init {
+        store.ensure_table().await.context("creating the table")?;
+    }
+    Ok(store)
+}
+
 /// Builds the backend the flags describe.
 pub async fn open_backend(args: &GatewayArgs) -> anyhow::Result<Arc<dyn EventStore>> {
     let poll = Duration::from_millis(args.poll_ms.max(10));
     match args.backend {
         GatewayBackend::Postgres => {
-            use store_node::backend::postgres::{PostgresConfig, PostgresStore};
-            let url = args
-                .pg_url
-                .clone()
-                .context("--pg-url is required for --backend postgres")?;
-            let mut cfg = PostgresConfig::new(url, args.pg_schema.clone());
-            cfg.pool_size = args.pg_pool_size;
-            cfg.poll_interval = poll;
-            let store = PostgresStore::connect(cfg)?;
+            let store = postgres_store(args, poll)?;
             if args.init {
                 store.init_schema().await.context("creating the schema")?;
             }
             Ok(Arc::new(store))
         }
-        GatewayBackend::Dynamodb => {
-            use store_node::backend::dynamodb::{DynamoConfig, DynamoStore, StaticCredentials};
-            let mut cfg =
-                DynamoConfig::new(args.dynamodb_table.clone(), args.dynamodb_region.clone());
-            cfg.endpoint = args.dynamodb_endpoint.clone();
-            cfg.poll_interval = poll;
-            if let (Some(k), Some(s)) = (
-                &args.dynamodb_access_key_id,
-                &args.dynamodb_secret_access_key,
-            ) {
-                cfg.credentials = Some(StaticCredentials {
-                    access_key_id: k.clone(),
-                    secret_access_key: s.clone(),
-                });
-            }
-            let store = DynamoStore::connect(cfg).await?;
-            if args.init {
-                store.ensure_table().await.context("creating the table")?;
-            }
-            Ok(Arc::new(store))
-        }
+        GatewayBackend::Dynamodb => Ok(Arc::new(dynamodb_store(args, poll).await?)),
         GatewayBackend::Firestore => {
             use store_node::backend::firestore::{FirestoreConfig, FirestoreStore};
             let project = args
@@ -169,7 +226,7 @@ pub async fn open_backend(args: &GatewayArgs) -> anyhow::Result<Arc<dyn EventSto
 pub async fn run(args: GatewayArgs) -> anyhow::Result<()> {
     let registry = args.http.load_registry()?;
     let config = args.http.server_config();
-    let store = open_backend(&args).await?;
+    let store = open_routed(&args, registry.clone()).await?;
     tracing::info!(backend = ?args.backend, "gateway backend ready");
     let shutdown = CancellationToken::new();
     cancel_on_signal(shutdown.clone());

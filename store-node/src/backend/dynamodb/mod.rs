@@ -252,6 +252,15 @@ impl DynamoStore {
         }
     }
 
+    /// The same store over another table with the shared layout (a siloed tenant's), sharing
+    /// this store's client.
+    pub fn with_table(&self, table: &str) -> Self {
+        let mut config = DynamoConfig::new(table, "");
+        config.event_ttl = self.inner.event_ttl;
+        config.poll_interval = self.inner.poll_interval;
+        Self::with_client(self.inner.client.clone(), config)
+    }
+
     /// Creates the table and its indexes if missing, waits until it is active, enables TTL.
     pub async fn ensure_table(&self) -> StoreResult<()> {
         let c = &self.inner.client;

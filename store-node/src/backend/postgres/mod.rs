@@ -175,6 +175,21 @@ impl PostgresStore {
         })
     }
 
+    /// The same store over another schema with the shared layout (a siloed tenant's), sharing
+    /// this store's connection pool.
+    pub fn with_schema(&self, schema: &str) -> StoreResult<Self> {
+        Ok(Self {
+            inner: Arc::new(Inner {
+                pool: self.inner.pool.clone(),
+                schema: schema.to_string(),
+                queries: Queries::new(schema)?,
+                silos: BTreeMap::new(),
+                limits: self.inner.limits.clone(),
+                poll_interval: self.inner.poll_interval,
+            }),
+        })
+    }
+
     fn q(&self, tenant: &TenantId) -> &Queries {
         self.inner
             .silos
