@@ -70,7 +70,7 @@ step "applying config/samples/eventstore-selfhosted.yaml (pods pinned to the pod
 sed -e "s/^  deletionPolicy: Retain/  deletionPolicy: Delete/" config/samples/eventstore-selfhosted.yaml |
   kubectl apply -n "$ns" --server-side -f - >/dev/null
 kubectl patch es orders -n "$ns" --type merge \
-  -p '{"spec":{"selfHosted":{"podTemplate":{"nodeSelector":{"allsource.io/pod-runner":"true"}}}}}' >/dev/null
+  -p '{"spec":{"selfHosted":{"podTemplate":{"nodeSelector":{"allsource.io/pod-runner":"true"},"tolerations":[{"key":"allsource.io/pod-runner","operator":"Equal","value":"true","effect":"NoSchedule"}]}}}}' >/dev/null
 kubectl apply -n "$ns" --server-side -f config/samples/tenant-pooled.yaml >/dev/null
 
 step "waiting for EventStore orders to be Ready"

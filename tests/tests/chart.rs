@@ -11,6 +11,10 @@ use std::process::{Command, Output};
 use serde::Deserialize;
 use serde_json::Value;
 
+#[path = "../src/podrunner/mod.rs"]
+#[allow(dead_code)]
+mod podrunner;
+
 /// Repository root (the parent of the `tests` crate).
 fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -1032,28 +1036,294 @@ mod e2e {
         files
     }
 
-    /// Samples pointed at the env's servers where the sample names a real cloud endpoint.
-    fn samples_for_env(env: &TestEnv) -> Vec<Value> {
-        let mut docs = kustomize("config/samples");
-        for d in docs.iter_mut() {
-            if kind(d) == "Secret" && name(d) == "orders-postgres-admin" && env.has("postgres") {
-                d["stringData"]["url"] = Value::from(env.pg_url());
-            }
-            if kind(d) == "EventStore" {
-                match d["spec"]["backend"].as_str() {
-                    Some("dynamodb") if env.has("dynamodb") => {
-                        d["spec"]["dynamodb"]["endpoint"] = Value::from(env.dynamodb_endpoint());
-                    }
-                    Some("firestore") if env.has("firestore") => {
-                        d["spec"]["firestore"]["endpoint"] =
-                            Value::from(env.firestore_emulator_host());
-                        d["spec"]["firestore"]["projectId"] = Value::from(env.firestore_project());
-                    }
-                    _ => {}
-                }
+    /// Fresh places in the env's servers for the cloud samples of one run: a PostgreSQL database,
+    /// a DynamoDB table name, an S3 and a GCS bucket (so runs never share state).
+    struct Fixtures {
+        pg: env::TestDatabase,
+        table: String,
+        s3_bucket: String,
+        gcs_bucket: String,
+    }
+
+    impl Fixtures {
+        async fn create(env: &TestEnv) -> Self {
+            let pg = env.pg_test_database().await.expect("PostgreSQL database");
+            let s3_bucket = env::unique_name("e2e-archive");
+            env.s3_client()
+                .create_bucket()
+                .bucket(&s3_bucket)
+                .send()
+                .await
+                .expect("S3 bucket");
+            let gcs_bucket = env::unique_name("e2e-archive");
+            reqwest::Client::new()
+                .post(format!(
+                    "{}/storage/v1/b?project=allsource-test",
+                    env.gcs_endpoint()
+                ))
+                .json(&serde_json::json!({"name": gcs_bucket}))
+                .send()
+                .await
+                .and_then(|r| r.error_for_status())
+                .expect("GCS bucket");
+            Fixtures {
+                pg,
+                table: env::unique_name("e2e-orders"),
+                s3_bucket,
+                gcs_bucket,
             }
         }
+
+        /// Removes the table (deletion protection lifted first), the buckets and the database.
+        async fn remove(&self, env: &TestEnv) {
+            let ddb = env.dynamodb_client();
+            let _ = ddb
+                .update_table()
+                .table_name(&self.table)
+                .deletion_protection_enabled(false)
+                .send()
+                .await;
+            let _ = ddb.delete_table().table_name(&self.table).send().await;
+            let s3 = env.s3_client();
+            if let Ok(list) = s3.list_objects_v2().bucket(&self.s3_bucket).send().await {
+                for o in list.contents() {
+                    if let Some(k) = o.key() {
+                        let _ = s3
+                            .delete_object()
+                            .bucket(&self.s3_bucket)
+                            .key(k)
+                            .send()
+                            .await;
+                    }
+                }
+            }
+            let _ = s3.delete_bucket().bucket(&self.s3_bucket).send().await;
+            let _ = reqwest::Client::new()
+                .delete(format!(
+                    "{}/storage/v1/b/{}",
+                    env.gcs_endpoint(),
+                    self.gcs_bucket
+                ))
+                .send()
+                .await;
+            if let Ok((client, conn)) =
+                tokio_postgres::connect(env.pg_url(), tokio_postgres::NoTls).await
+            {
+                let conn = tokio::spawn(conn);
+                let _ = client
+                    .batch_execute(&format!(
+                        "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+                        self.pg.name
+                    ))
+                    .await;
+                drop(client);
+                let _ = conn.await;
+            }
+        }
+    }
+
+    /// Secret with AWS-style keys, as the samples' credentialsSecretRef expect.
+    fn aws_keys_secret(name: &str, access: &str, secret: &str) -> Value {
+        serde_json::json!({
+            "apiVersion": "v1", "kind": "Secret",
+            "metadata": {"name": name}, "type": "Opaque",
+            "stringData": {"AWS_ACCESS_KEY_ID": access, "AWS_SECRET_ACCESS_KEY": secret},
+        })
+    }
+
+    /// The samples of config/samples pointed at the env's servers and at this run's fixtures:
+    /// what a user edits in them (connection URL, endpoints, table and bucket names, credential
+    /// Secrets), nothing else. The selfHosted store nodes run on `runner_node` (the pod runner).
+    fn samples_for_env(env: &TestEnv, fx: &Fixtures, runner_node: &str) -> Vec<Value> {
+        let mut docs = kustomize("config/samples");
+        for d in docs.iter_mut() {
+            let (k, n) = (kind(d).to_string(), name(d).to_string());
+            if k == "Secret" && n == "orders-postgres-admin" {
+                d["stringData"]["url"] = Value::from(fx.pg.url.clone());
+            }
+            let Some(spec) = d.get_mut("spec") else {
+                continue;
+            };
+            match (k.as_str(), n.as_str()) {
+                ("EventStore", _) => match spec["backend"].as_str() {
+                    Some("selfHosted") => {
+                        spec["selfHosted"]["podTemplate"] = serde_json::json!({
+                            "nodeSelector": {"kubernetes.io/hostname": runner_node},
+                            "tolerations": [podrunner::toleration()],
+                        });
+                    }
+                    Some("dynamodb") => {
+                        let ddb = &mut spec["dynamodb"];
+                        ddb["endpoint"] = Value::from(env.dynamodb_endpoint());
+                        ddb["tableName"] = Value::from(fx.table.clone());
+                        ddb["credentialsSecretRef"] =
+                            serde_json::json!({"name": "e2e-dynamodb-keys"});
+                    }
+                    Some("firestore") => {
+                        spec["firestore"]["endpoint"] = Value::from(env.firestore_emulator_host());
+                        spec["firestore"]["projectId"] = Value::from(env.firestore_project());
+                    }
+                    _ => {}
+                },
+                ("ArchivePolicy", _) => {
+                    let dest = &mut spec["destination"];
+                    if dest.get("s3").is_some() {
+                        let s3 = &mut dest["s3"];
+                        s3["bucket"] = Value::from(fx.s3_bucket.clone());
+                        s3["endpoint"] = Value::from(env.s3_endpoint());
+                        s3["forcePathStyle"] = Value::from(true);
+                        s3["credentialsSecretRef"] = serde_json::json!({"name": "e2e-s3-keys"});
+                    }
+                    if dest.get("gcs").is_some() {
+                        dest["gcs"]["bucket"] = Value::from(fx.gcs_bucket.clone());
+                        dest["gcs"]["endpoint"] = Value::from(env.gcs_endpoint());
+                        dest["gcs"]["credentialsSecretRef"] =
+                            serde_json::json!({"name": "e2e-gcs-token"});
+                    }
+                }
+                _ => {}
+            }
+        }
+        docs.insert(
+            0,
+            aws_keys_secret(
+                "e2e-dynamodb-keys",
+                env::AWS_TEST_ACCESS_KEY,
+                env::AWS_TEST_SECRET_KEY,
+            ),
+        );
+        docs.insert(
+            0,
+            aws_keys_secret("e2e-s3-keys", env.s3_access_key(), env.s3_secret_key()),
+        );
+        // fake-gcs-server ignores the token; a real one comes from Workload Identity or a key.
+        docs.insert(
+            0,
+            serde_json::json!({
+                "apiVersion": "v1", "kind": "Secret",
+                "metadata": {"name": "e2e-gcs-token"}, "type": "Opaque",
+                "stringData": {"GCS_OAUTH_TOKEN": "e2e-token"},
+            }),
+        );
         docs
+    }
+
+    /// Waits until every sample of kind EventStore, Tenant or ArchivePolicy in `ns` reports
+    /// Ready=True at its generation; prints the time each got there.
+    async fn wait_all_ready(
+        client: &kube::Client,
+        ns: &str,
+        docs: &[Value],
+        t0: Instant,
+        op: &Operator,
+    ) {
+        let deadline = Instant::now() + WAIT;
+        for d in docs
+            .iter()
+            .filter(|d| matches!(kind(d), "EventStore" | "Tenant" | "ArchivePolicy"))
+        {
+            let res = ApiResource {
+                kind: kind(d).into(),
+                plural: format!("{}s", kind(d).to_lowercase()).replace("policys", "policies"),
+                ..eventstores()
+            };
+            let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), ns, &res);
+            loop {
+                let obj = api.get(name(d)).await.expect("sample object");
+                let observed = obj.data["status"]["observedGeneration"].as_i64();
+                if observed == obj.metadata.generation
+                    && condition(&obj, "Ready").is_some_and(|c| c["status"] == "True")
+                {
+                    eprintln!(
+                        "{} {} Ready at {:?} after install",
+                        kind(d),
+                        name(d),
+                        t0.elapsed()
+                    );
+                    break;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "{} {} not Ready: {}\noperator log:\n{}",
+                    kind(d),
+                    name(d),
+                    obj.data["status"],
+                    op.log_tail()
+                );
+                tokio::time::sleep(Duration::from_millis(300)).await;
+            }
+        }
+    }
+
+    /// Appends an event and reads it back through the store node that holds `tenant`, with the
+    /// token of its `<tenant>-credentials` Secret (the pod runner publishes each pod's loopback
+    /// port; the Secret's endpoint is the in-cluster Service name).
+    async fn append_with_tenant_secret(client: &kube::Client, ns: &str, tenant: &str) {
+        let secret = Api::<Secret>::namespaced(client.clone(), ns)
+            .get(&format!("{tenant}-credentials"))
+            .await
+            .expect("credentials Secret");
+        let data = secret.data.unwrap_or_default();
+        let token = String::from_utf8(data["token"].0.clone()).expect("token");
+        let tenants = ApiResource {
+            kind: "Tenant".into(),
+            plural: "tenants".into(),
+            ..eventstores()
+        };
+        let t = Api::<DynamicObject>::namespaced_with(client.clone(), ns, &tenants)
+            .get(tenant)
+            .await
+            .expect("Tenant");
+        let pod_name = t.data["status"]["location"]["name"]
+            .as_str()
+            .expect("status.location.name")
+            .to_string();
+        let pod = Api::<k8s_openapi::api::core::v1::Pod>::namespaced(client.clone(), ns)
+            .get(&pod_name)
+            .await
+            .expect("store-node pod");
+        let port = pod
+            .metadata
+            .annotations
+            .unwrap_or_default()
+            .get(podrunner::PORT_ANNOTATION)
+            .cloned()
+            .expect("runner port annotation");
+        let url = format!("http://127.0.0.1:{port}");
+        let http = reqwest::Client::new();
+        let body = serde_json::json!({"events": [{
+            "eventId": "00000000-0000-4000-8000-00000000e2e1",
+            "eventType": "OrderPlaced",
+            "data": {"total": 42}
+        }]});
+        let deadline = Instant::now() + WAIT;
+        loop {
+            // The node reloads the registry a few seconds after the ConfigMap changed.
+            let code = http
+                .post(format!("{url}/v1/streams/order-e2e/events"))
+                .bearer_auth(&token)
+                .json(&body)
+                .send()
+                .await
+                .map(|r| r.status().as_u16())
+                .unwrap_or(0);
+            if code == 201 {
+                break;
+            }
+            assert!(Instant::now() < deadline, "append as {tenant}: HTTP {code}");
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+        let read: Value = http
+            .get(format!("{url}/v1/streams/order-e2e/events"))
+            .bearer_auth(&token)
+            .send()
+            .await
+            .expect("read")
+            .json()
+            .await
+            .expect("json");
+        assert_eq!(read["events"][0]["eventType"], "OrderPlaced", "{read}");
+        eprintln!("store node {pod_name} took an event from tenant {tenant}");
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1061,6 +1331,11 @@ mod e2e {
         let Some(env) = env::require("kube") else {
             return;
         };
+        let services = ["postgres", "dynamodb", "s3", "gcs", "firestore"];
+        if let Some(missing) = services.iter().find(|s| !env.has(s)) {
+            eprintln!("skipped: the samples need every test server; {missing} is not running");
+            return;
+        }
         let admin = env.kube_client().await.expect("admin client");
         let release_ns = env.test_namespace("chart-op").await.expect("namespace");
         let watched = env.test_namespace("chart-watch").await.expect("namespace");
@@ -1087,6 +1362,8 @@ mod e2e {
                 .args(["install", RELEASE])
                 .arg(chart_dir())
                 .args(["--set", &format!("watchNamespaces={{{wns}}}")])
+                // The operator's own pods go to the kwok nodes, never to the pod runner's.
+                .args(["--set", "nodeSelector.type=kwok"])
                 .args(["--wait", "--timeout", "180s"]),
         );
         let installed = t0.elapsed();
@@ -1228,8 +1505,25 @@ mod e2e {
             );
         }
 
-        // 4. Samples: every one is accepted by the CRD schema; the selfHosted EventStore gets Ready.
-        let docs = samples_for_env(env);
+        // 4. Samples, pointed at this run's fixtures in the env's servers: every one gets Ready.
+        // The selfHosted store nodes are real store-node processes run by the pod runner.
+        let fx = Fixtures::create(env).await;
+        let runner_node = format!("runner-{wns}");
+        let runner = {
+            let cfg = podrunner::RunnerConfig {
+                node_name: runner_node.clone(),
+                binary: allsource_tests::bins::store_node(),
+                image_match: "store-node".into(),
+                state_dir: tmp.path().join("pods"),
+            };
+            let client = admin.clone();
+            tokio::spawn(async move {
+                if let Err(e) = podrunner::run(client, cfg).await {
+                    eprintln!("pod runner stopped: {e}");
+                }
+            })
+        };
+        let docs = samples_for_env(env, &fx, &runner_node);
         let files = apply_samples(env, &wns, tmp.path(), &docs);
         let selfhosted: Vec<String> = docs
             .iter()
@@ -1244,9 +1538,7 @@ mod e2e {
             loop {
                 bind_pending_claims(&admin, &wns, &mut pvs).await;
                 let obj = stores.get(es).await.expect("EventStore");
-                let gen = obj.metadata.generation;
-                let observed = obj.data["status"]["observedGeneration"].as_i64();
-                if observed == gen
+                if obj.data["status"]["observedGeneration"].as_i64() == obj.metadata.generation
                     && condition(&obj, "Ready").is_some_and(|c| c["status"] == "True")
                 {
                     break;
@@ -1260,33 +1552,27 @@ mod e2e {
                 tokio::time::sleep(Duration::from_millis(300)).await;
             }
         }
-        eprintln!(
-            "samples: selfHosted EventStore(s) {selfhosted:?} Ready at {:?} after install",
-            t0.elapsed()
-        );
-        // Every EventStore (cloud ones too) is observed by the operator at its generation.
-        for d in docs.iter().filter(|d| kind(d) == "EventStore") {
-            let deadline = Instant::now() + WAIT;
-            loop {
-                let obj = stores.get(name(d)).await.expect("EventStore");
-                if obj.data["status"]["observedGeneration"].as_i64() == obj.metadata.generation {
-                    let ready = condition(&obj, "Ready")
-                        .map(|c| format!("{}/{}", c["status"], c["reason"]));
-                    eprintln!(
-                        "EventStore {} ({}): Ready={ready:?}",
-                        name(d),
-                        d["spec"]["backend"]
-                    );
-                    break;
-                }
-                assert!(
-                    Instant::now() < deadline,
-                    "EventStore {} never observed",
-                    name(d)
-                );
-                tokio::time::sleep(Duration::from_millis(300)).await;
-            }
+        wait_all_ready(&admin, &wns, &docs, t0, &op).await;
+        let backends: Vec<String> = docs
+            .iter()
+            .filter(|d| kind(d) == "EventStore")
+            .map(|d| {
+                d["spec"]["backend"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string()
+            })
+            .collect();
+        for b in ["selfHosted", "postgres", "dynamodb", "firestore"] {
+            assert!(
+                backends.iter().any(|x| x == b),
+                "no {b} sample: {backends:?}"
+            );
         }
+        eprintln!("all samples Ready at {:?} after install", t0.elapsed());
+
+        // A real store node takes an event with the pooled tenant's credentials Secret.
+        append_with_tenant_secret(&admin, &wns, "acme").await;
 
         // What NOTES.txt tells the user to run lists every sample through the short names.
         let listed = stdout_ok(kubectl(env).args(["get", "es,tn,ap", "-n", &wns, "-o", "name"]));
@@ -1423,6 +1709,16 @@ mod e2e {
                     .await;
             }
         }
+        // Stop the store-node pods while the runner still plays their kubelet, then the runner.
+        let _ = Api::<k8s_openapi::api::core::v1::Pod>::namespaced(admin.clone(), &wns)
+            .delete_collection(&DeleteParams::default(), &ListParams::default())
+            .await;
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        runner.abort();
+        let _ = Api::<k8s_openapi::api::core::v1::Node>::all(admin.clone())
+            .delete(&runner_node, &DeleteParams::default())
+            .await;
+        fx.remove(env).await;
         let pv_api: Api<PersistentVolume> = Api::all(admin.clone());
         for pv in pvs {
             let _ = pv_api.delete(&pv, &DeleteParams::default()).await;

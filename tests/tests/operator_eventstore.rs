@@ -538,6 +538,16 @@ async fn many_stores_reach_ready() {
     tokio::time::sleep(Duration::from_secs(quiet)).await;
     let quiet_writes = op.metrics.total_writes() - before;
     println!("quiet {quiet} s with {count} stores and {tenants} tenants: {quiet_writes} operator API writes");
+    // The operator runs in this process: its memory is at most the process's.
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let mem: Vec<&str> = status
+        .lines()
+        .filter(|l| l.starts_with("VmRSS") || l.starts_with("VmHWM"))
+        .collect();
+    println!(
+        "test process with the in-process operator: {}",
+        mem.join(", ")
+    );
     for (kind, p) in histogram_quantiles(
         &op.metrics.render(),
         "allsource_operator_reconcile_duration_seconds",

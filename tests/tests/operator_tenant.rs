@@ -16,7 +16,7 @@ mod podrunner;
 use std::time::Duration;
 
 use allsource_operator::api::tenant::TenantStatus;
-use allsource_operator::api::{EventStore, Phase, Tenant, FINALIZER};
+use allsource_operator::api::{DeletionPolicy, EventStore, Phase, Tenant, FINALIZER};
 use allsource_operator::resources::configmap::{Registry, TenantState};
 use k8s_openapi::api::core::v1::{ConfigMap, Node, Pod, Secret};
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
@@ -417,7 +417,8 @@ async fn real_store_node_accepts_the_secret_token_and_isolates_tenants() {
     let mut es = store("orders");
     es.spec.self_hosted.as_mut().unwrap().pod_template = Some(
         serde_json::from_value(serde_json::json!({
-            "nodeSelector": {"kubernetes.io/hostname": node, "allsource.io/pod-runner": "true"}
+            "nodeSelector": {"kubernetes.io/hostname": node, "allsource.io/pod-runner": "true"},
+            "tolerations": [podrunner::toleration()]
         }))
         .unwrap(),
     );
@@ -528,6 +529,236 @@ async fn real_store_node_accepts_the_secret_token_and_isolates_tenants() {
         .delete(&node, &DeleteParams::default())
         .await;
     // The pod runner's state (the pods' data dirs and logs) must not outlive the test.
+    let _ = std::fs::remove_dir_all(runner_state_dir(&n));
+    ns.cleanup().await.unwrap();
+    delete_volumes(&client, &pvs).await;
+}
+
+/// One event for an append body.
+fn one_event(id: u128) -> serde_json::Value {
+    serde_json::json!({"events": [{
+        "eventId": uuid::Uuid::from_u128(id),
+        "eventType": "OrderPlaced",
+        "data": {"n": id}
+    }]})
+}
+
+/// Appends one event with `token` once the node accepts the token (registry reload).
+async fn append_when_accepted(http: &reqwest::Client, url: &str, token: &str, id: u128) {
+    wait_for("append accepted", DEADLINE, || {
+        let (http, url, token) = (http.clone(), url.to_string(), token.to_string());
+        async move {
+            let r = http
+                .post(format!("{url}/v1/streams/order-{id}/events"))
+                .bearer_auth(&token)
+                .json(&one_event(id))
+                .send()
+                .await
+                .ok()?;
+            (r.status().as_u16() == 201).then_some(())
+        }
+    })
+    .await;
+}
+
+/// How many events the node serves to `token`, once it accepts the token.
+async fn events_when_accepted(http: &reqwest::Client, url: &str, token: &str) -> usize {
+    wait_for("read accepted", DEADLINE, || {
+        let (http, url, token) = (http.clone(), url.to_string(), token.to_string());
+        async move {
+            let r = http
+                .get(format!("{url}/v1/events?from=0&limit=100"))
+                .bearer_auth(&token)
+                .send()
+                .await
+                .ok()?;
+            if r.status().as_u16() != 200 {
+                return None;
+            }
+            let v: serde_json::Value = r.json().await.ok()?;
+            Some(v["events"].as_array()?.len())
+        }
+    })
+    .await
+}
+
+async fn create_tenant(tenants: &Api<Tenant>, name: &str, policy: DeletionPolicy) -> Tenant {
+    let mut t = tenant(name, "orders");
+    t.spec.deletion_policy = policy;
+    tenants.create(&PostParams::default(), &t).await.unwrap()
+}
+
+async fn delete_and_wait_gone(tenants: &Api<Tenant>, name: &str) {
+    tenants
+        .delete(name, &DeleteParams::default())
+        .await
+        .unwrap();
+    wait_for(&format!("Tenant {name} gone"), DEADLINE, || {
+        let tenants = tenants.clone();
+        let name = name.to_string();
+        async move { tenants.get_opt(&name).await.ok()?.is_none().then_some(()) }
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn deletion_policy_delete_erases_the_tenants_events_on_the_node_and_retain_keeps_them() {
+    let Some((ns, client)) = setup("tn-purge").await else {
+        return;
+    };
+    let n = ns.name().to_string();
+    let pvs = create_volumes(&client, &n, "orders", 1).await;
+    let (runner, node) = start_runner(&client, &n);
+    let op = Operator::start(&client, &n);
+    let stores: Api<EventStore> = Api::namespaced(client.clone(), &n);
+    let tenants: Api<Tenant> = Api::namespaced(client.clone(), &n);
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), &n);
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &n);
+    let cms: Api<ConfigMap> = Api::namespaced(client.clone(), &n);
+    let mut es = store("orders");
+    es.spec.self_hosted.as_mut().unwrap().pod_template = Some(
+        serde_json::from_value(serde_json::json!({
+            "nodeSelector": {"kubernetes.io/hostname": node, "allsource.io/pod-runner": "true"},
+            "tolerations": [{"key": "allsource.io/pod-runner", "operator": "Equal", "value": "true", "effect": "NoSchedule"}]
+        }))
+        .unwrap(),
+    );
+    stores.create(&PostParams::default(), &es).await.unwrap();
+    create_tenant(&tenants, "alice", DeletionPolicy::Delete).await;
+    create_tenant(&tenants, "bob", DeletionPolicy::Delete).await;
+    create_tenant(&tenants, "carol", DeletionPolicy::Retain).await;
+    for name in ["alice", "bob", "carol"] {
+        wait_tenant(&tenants, name, &format!("{name} Ready"), |_, s| {
+            s.phase == Some(Phase::Ready)
+        })
+        .await;
+    }
+    let port: u16 = wait_for("runner port of orders-0", DEADLINE, || {
+        let pods = pods.clone();
+        async move {
+            let p = pods.get_opt("orders-0").await.ok()??;
+            p.annotations()
+                .get(podrunner::PORT_ANNOTATION)?
+                .parse()
+                .ok()
+        }
+    })
+    .await;
+    let url = format!("http://127.0.0.1:{port}");
+    let published = registry(&cms, "orders").await.unwrap().nodes["orders-0"].clone();
+    let http = reqwest::Client::new();
+    let mut tokens = std::collections::HashMap::new();
+    for (i, name) in ["alice", "bob", "carol"].into_iter().enumerate() {
+        let token = secret_token(&secrets, &format!("{name}-credentials"))
+            .await
+            .unwrap();
+        for k in 0..3 {
+            append_when_accepted(&http, &url, &token, (i * 10 + k) as u128).await;
+        }
+        assert_eq!(events_when_accepted(&http, &url, &token).await, 3);
+        tokens.insert(name, token);
+    }
+
+    // Delete with the node out of the operator's reach: the Tenant stays and says why.
+    let dead = format!("http://127.0.0.1:{}", allsource_tests::bins::free_port());
+    op.ctx.set_node_url(&published, &dead);
+    tenants
+        .delete("alice", &DeleteParams::default())
+        .await
+        .unwrap();
+    wait_tenant(
+        &tenants,
+        "alice",
+        "alice waits for an unreachable node",
+        |_, s| condition(s, "Degraded") == Some((true, "NodeUnreachable".to_string())),
+    )
+    .await;
+    // The node refuses her token with 410 (once it reloaded the registry) while the Tenant waits.
+    wait_for("alice's token answered 410", DEADLINE, || {
+        let (http, url, token) = (http.clone(), url.clone(), tokens["alice"].clone());
+        async move {
+            let r = http
+                .get(format!("{url}/v1/stats"))
+                .bearer_auth(&token)
+                .send()
+                .await
+                .ok()?;
+            (r.status().as_u16() == 410).then_some(())
+        }
+    })
+    .await;
+    assert!(tenants.get_opt("alice").await.unwrap().is_some());
+
+    // Reachable again: the node reports the purge done and the Tenant goes.
+    op.ctx.set_node_url(&published, &url);
+    wait_for("Tenant alice gone", DEADLINE, || {
+        let tenants = tenants.clone();
+        async move { tenants.get_opt("alice").await.ok()?.is_none().then_some(()) }
+    })
+    .await;
+    assert_eq!(
+        events_when_accepted(&http, &url, &tokens["bob"]).await,
+        3,
+        "another tenant's events must stay"
+    );
+    // A Tenant with the same tenantId starts empty: nothing of alice's events is left.
+    create_tenant(&tenants, "alice", DeletionPolicy::Delete).await;
+    let alice2 = wait_for("alice's new token", DEADLINE, || {
+        let (secrets, old) = (secrets.clone(), tokens["alice"].clone());
+        async move {
+            secret_token(&secrets, "alice-credentials")
+                .await
+                .filter(|t| *t != old)
+        }
+    })
+    .await;
+    assert_eq!(events_when_accepted(&http, &url, &alice2).await, 0);
+    let stats: serde_json::Value = http
+        .get(format!("{url}/v1/stats"))
+        .bearer_auth(&alice2)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(stats["events"], 0, "{stats}");
+    assert_eq!(stats["streams"], 0, "{stats}");
+
+    // Retain: the Tenant goes at once, its events stay and come back with the tenantId.
+    delete_and_wait_gone(&tenants, "carol").await;
+    create_tenant(&tenants, "carol", DeletionPolicy::Retain).await;
+    let carol2 = wait_for("carol's new token", DEADLINE, || {
+        let (secrets, old) = (secrets.clone(), tokens["carol"].clone());
+        async move {
+            secret_token(&secrets, "carol-credentials")
+                .await
+                .filter(|t| *t != old)
+        }
+    })
+    .await;
+    assert_eq!(events_when_accepted(&http, &url, &carol2).await, 3);
+    assert_eq!(events_when_accepted(&http, &url, &tokens["bob"]).await, 3);
+
+    remove_all(&client, &n).await;
+    wait_for("pods gone", DEADLINE, || {
+        let pods = pods.clone();
+        async move {
+            pods.list(&ListParams::default())
+                .await
+                .ok()?
+                .items
+                .is_empty()
+                .then_some(())
+        }
+    })
+    .await;
+    op.stop().await;
+    runner.abort();
+    let _ = runner.await;
+    let _ = Api::<Node>::all(client.clone())
+        .delete(&node, &DeleteParams::default())
+        .await;
     let _ = std::fs::remove_dir_all(runner_state_dir(&n));
     ns.cleanup().await.unwrap();
     delete_volumes(&client, &pvs).await;

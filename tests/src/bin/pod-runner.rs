@@ -28,8 +28,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let client = kube::Client::try_default().await?;
     eprintln!(
-        "pod-runner: node {} runs pods with images matching {:?}",
-        cfg.node_name, cfg.image_match
+        "pod-runner: node {} runs pods with images matching {:?} that tolerate {}",
+        cfg.node_name,
+        cfg.image_match,
+        podrunner::toleration()
     );
     podrunner::run(client, cfg).await
 }

@@ -21,6 +21,12 @@ use tokio::process::{Child, Command};
 
 /// Label of the runner's Node; EventStores select it with `podTemplate.nodeSelector`.
 pub const NODE_LABEL: &str = "allsource.io/pod-runner";
+/// The toleration a pod needs to be scheduled on a runner's Node (which carries the taint
+/// `allsource.io/pod-runner=true:NoSchedule`), as JSON for a pod template.
+pub fn toleration() -> serde_json::Value {
+    json!({"key": NODE_LABEL, "operator": "Equal", "value": "true", "effect": "NoSchedule"})
+}
+
 /// Pod annotation with the loopback port of the pod's HTTP listener.
 pub const PORT_ANNOTATION: &str = "allsource.io/runner-port";
 
@@ -60,6 +66,8 @@ pub async fn heartbeat(client: &Client, name: &str) -> Result<(), kube::Error> {
         let node: Node = serde_json::from_value(json!({
             "apiVersion": "v1", "kind": "Node",
             "metadata": {"name": name, "labels": {NODE_LABEL: "true", "kubernetes.io/hostname": name, "kubernetes.io/os": "linux"}},
+            // Only pods that tolerate it land here: the runner plays the kubelet for one test.
+            "spec": {"taints": [{"key": NODE_LABEL, "value": "true", "effect": "NoSchedule"}]},
         }))
         .map_err(kube::Error::SerdeError)?;
         api.create(&PostParams::default(), &node).await?;
