@@ -223,6 +223,23 @@ fn helm_lint_is_clean_with_default_and_namespaced_values() {
 fn default_render_is_hardened_least_privilege_and_ships_crds() {
     let objs = helm_template(&["--include-crds"]);
     let kinds: BTreeSet<&str> = objs.iter().map(kind).collect();
+    // For the report: what a default install creates, and every permission it grants.
+    eprintln!("helm template (default values): {} objects", objs.len());
+    for role in objs
+        .iter()
+        .filter(|o| matches!(kind(o), "Role" | "ClusterRole"))
+    {
+        for rule in role["rules"].as_array().into_iter().flatten() {
+            eprintln!(
+                "  {} {}: apiGroups={:?} resources={:?} verbs={:?}",
+                kind(role),
+                name(role),
+                strings(&rule["apiGroups"]),
+                strings(&rule["resources"]),
+                strings(&rule["verbs"])
+            );
+        }
+    }
     for k in [
         "CustomResourceDefinition",
         "ServiceAccount",
