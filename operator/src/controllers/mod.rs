@@ -72,6 +72,9 @@ pub struct Context {
     pub scope: Scope,
     recorder: Recorder,
     failures: Mutex<HashMap<String, u32>>,
+    /// Base URLs of store nodes the operator cannot reach by their in-cluster name (an operator
+    /// run outside the cluster), mapped to addresses it can reach; empty in a cluster.
+    node_urls: parking_lot::RwLock<HashMap<String, String>>,
 }
 
 impl Context {
@@ -87,7 +90,25 @@ impl Context {
             metrics,
             scope,
             failures: Mutex::new(HashMap::new()),
+            node_urls: parking_lot::RwLock::new(HashMap::new()),
         }
+    }
+
+    /// Makes the operator reach the store node published as `published` (a base URL of the
+    /// registry's `nodes`) at `reachable` instead.
+    pub fn set_node_url(&self, published: &str, reachable: &str) {
+        self.node_urls
+            .write()
+            .insert(published.to_string(), reachable.to_string());
+    }
+
+    /// The base URL to call a store node published as `published` at.
+    pub fn node_url(&self, published: &str) -> String {
+        self.node_urls
+            .read()
+            .get(published)
+            .cloned()
+            .unwrap_or_else(|| published.to_string())
     }
 
     /// Publishes a Kubernetes Event about `obj` (best effort: a failure is logged, not returned).

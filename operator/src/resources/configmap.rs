@@ -5,6 +5,7 @@
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::ConfigMap;
+use kube::ResourceExt;
 use serde::{Deserialize, Serialize};
 
 use super::gateway::GatewayBackend;
@@ -42,6 +43,9 @@ pub enum TenantState {
     Active,
     /// The node answers 403.
     Suspended,
+    /// The Tenant is deleted under `deletionPolicy: Delete`: the nodes erase its data once and
+    /// answer 410 (code `tenant_purging`, then `tenant_purged`).
+    Purging,
 }
 
 /// Per-tenant quotas in the registry; `None` is unlimited.
@@ -173,6 +177,14 @@ pub fn quantity_bytes(q: &str) -> Option<u64> {
     (bytes.is_finite() && bytes >= 0.0 && bytes <= u64::MAX as f64).then_some(bytes as u64)
 }
 
+/// Whether a Tenant is deleted with its data (`deletionPolicy: Delete`): it keeps a registry
+/// entry in state `purging` until its finalizer saw the nodes erase the data.
+pub fn purging(t: &Tenant) -> bool {
+    t.metadata.deletion_timestamp.is_some()
+        && t.spec.deletion_policy == crate::api::DeletionPolicy::Delete
+        && t.finalizers().iter().any(|f| f == crate::api::FINALIZER)
+}
+
 /// The registry entry of a Tenant served by `node`: token digests from its status, state and
 /// quotas from its spec.
 pub fn registry_tenant(t: &Tenant, node: String) -> RegistryTenant {
@@ -185,7 +197,9 @@ pub fn registry_tenant(t: &Tenant, node: String) -> RegistryTenant {
             .as_ref()
             .map(|s| s.token_sha256.clone())
             .unwrap_or_default(),
-        state: if t.spec.suspend {
+        state: if purging(t) {
+            TenantState::Purging
+        } else if t.spec.suspend {
             TenantState::Suspended
         } else {
             TenantState::Active
@@ -301,6 +315,35 @@ mod tests {
         assert!(
             json.contains(r#""location":{"table":"orders--acme-"#),
             "{json}"
+        );
+    }
+
+    #[test]
+    fn deleted_tenant_is_purging_only_under_delete() {
+        let mut t: Tenant = serde_json::from_value(serde_json::json!({
+            "apiVersion": "allsource.io/v1alpha1", "kind": "Tenant",
+            "metadata": {"name": "acme", "namespace": "shop", "finalizers": [crate::api::FINALIZER],
+                         "deletionTimestamp": "2026-01-01T00:00:00Z"},
+            "spec": {"eventStoreRef": {"name": "orders"}, "tenantId": "acme", "suspend": true,
+                     "deletionPolicy": "Delete"},
+        }))
+        .unwrap();
+        assert_eq!(
+            registry_tenant(&t, "orders-0".into()).state,
+            TenantState::Purging
+        );
+        let json = serde_json::to_string(&registry_tenant(&t, "orders-0".into())).unwrap();
+        assert!(json.contains(r#""state":"purging""#), "{json}");
+        t.spec.deletion_policy = crate::api::DeletionPolicy::Retain;
+        assert_eq!(
+            registry_tenant(&t, "orders-0".into()).state,
+            TenantState::Suspended
+        );
+        t.spec.deletion_policy = crate::api::DeletionPolicy::Delete;
+        t.metadata.deletion_timestamp = None;
+        assert_eq!(
+            registry_tenant(&t, "orders-0".into()).state,
+            TenantState::Suspended
         );
     }
 

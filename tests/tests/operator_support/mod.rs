@@ -63,6 +63,8 @@ pub async fn install_crds(client: &Client) {
 /// A running in-process operator (all controllers) for one namespace.
 pub struct Operator {
     pub metrics: Metrics,
+    /// The controllers' context (tests point it at store nodes' loopback ports).
+    pub ctx: Arc<Context>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -76,8 +78,8 @@ impl Operator {
             Scope::Namespaces(vec![ns.to_string()]),
             Some(format!("test-{ns}")),
         ));
-        let task = tokio::spawn(controllers::run(ctx));
-        Self { metrics, task }
+        let task = tokio::spawn(controllers::run(ctx.clone()));
+        Self { metrics, ctx, task }
     }
 
     /// Stops the controllers (like a crash: no graceful shutdown).

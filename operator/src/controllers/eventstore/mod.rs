@@ -255,7 +255,9 @@ async fn apply_store(es: &EventStore, state: &State, ns: &str) -> Result<Action,
         .filter(|t| {
             t.namespace().as_deref() == Some(ns)
                 && t.spec.event_store_ref.name == es.name_any()
-                && t.metadata.deletion_timestamp.is_none()
+                // A Tenant deleted with its data stays placed, as `purging`, until its
+                // finalizer saw the nodes erase it.
+                && (t.metadata.deletion_timestamp.is_none() || configmap::purging(t))
         })
         .map(|t| Tenant::clone(t))
         .collect();

@@ -7,12 +7,14 @@
 //! the backend ([`selfhosted`] or [`cloud`]), compute the status ([`status`], pure), write the
 //! status (digests first, so the registry learns a token before clients do), then the Secret;
 //! both only when they changed, so a steady state makes zero writes. Deletion runs behind the
-//! `allsource.io/cleanup` finalizer: it waits until the registry no longer lists the tenant, then
-//! deletes the Secret. It must never log, publish or put in status a token.
+//! `allsource.io/cleanup` finalizer: for a selfHosted store it waits until the registry no
+//! longer lists the tenant (Retain) or its node erased the tenant's data (Delete, [`purge`]),
+//! then deletes the Secret. It must never log, publish or put in status a token.
 
 pub mod cloud;
 pub mod fanout;
 pub mod firestore;
+pub mod purge;
 pub mod selfhosted;
 pub mod status;
 pub mod token;
@@ -501,19 +503,20 @@ async fn cleanup(t: &Tenant, ctx: &Context, ns: &str) -> Result<bool, ReconcileE
         .await?;
     if let Some(es) = &es {
         match es.spec.backend {
+            // Retain: wait until the registry drops the tenant ("Tenant gone" means "access
+            // gone"); Delete: until its node erased the data ([`purge`]).
             Backend::SelfHosted => {
-                // The EventStore controller drops deleting tenants from the registry; keep the
-                // Tenant until it did, so "Tenant gone" means "access gone". A suspended or
-                // deleting store is not reconciled, so do not wait for it.
-                let store_active = !es.spec.suspend && es.metadata.deletion_timestamp.is_none();
-                if store_active && selfhosted::still_registered(t, es, ctx, ns).await? {
+                if !purge::cleanup(t, es, ctx, ns).await? {
                     return Ok(false);
                 }
             }
             _ => cloud::cleanup(t, es, ctx, ns).await?,
         }
     }
-    if t.spec.deletion_policy == DeletionPolicy::Delete {
+    let self_hosted = es
+        .as_ref()
+        .is_some_and(|es| es.spec.backend == Backend::SelfHosted);
+    if t.spec.deletion_policy == DeletionPolicy::Delete && !self_hosted {
         ctx.publish(
             t,
             EventType::Warning,
