@@ -964,3 +964,628 @@ async fn postgres_tenant_role_sees_only_its_rows() {
     op.stop().await;
     ns.cleanup().await.unwrap();
 }
+
+// ---- Firestore (the env's emulator; a project id per test isolates its documents) ----
+
+mod firestore_cases {
+    //! Firestore EventStores on the env's emulator: create -> marker document and Ready with the
+    //! emulator's Admin API limit in the Ready message and a NotVerified event; pooled tenants in
+    //! `tenants/<id>` (events appended through store-node's backend), a siloed one reported as
+    //! SiloedUnsupported; tenant and store deletion under Delete remove exactly their documents,
+    //! Retain keeps them. The outage runs through a loopback forwarder the test can cut (the
+    //! shared emulator must keep running; a private gcloud emulator takes a JVM start); the Admin
+    //! API flow runs against a recording server that serves the Admin API from memory and
+    //! forwards the data API to the emulator.
+
+    use super::*;
+    use allsource_operator::api::tenant::{LocationKind, TenantStatus};
+    use allsource_operator::api::Tenant;
+    use store_node::backend::firestore::{admin, FirestoreConfig, FirestoreStore};
+    use store_node::backend::EventStore as _;
+    use store_node::model::{ExpectedVersion, NewEvent, StreamId, TenantId};
+
+    /// A project id of its own (the emulator keeps projects apart).
+    fn project(env: &TestEnv) -> String {
+        format!("{}-{}", env.firestore_project(), suffix())
+    }
+
+    fn fs_store(name: &str, project: &str, endpoint: &str, policy: &str) -> EventStore {
+        serde_json::from_value(serde_json::json!({
+            "apiVersion": "allsource.io/v1alpha1", "kind": "EventStore",
+            "metadata": {"name": name},
+            "spec": {
+                "backend": "firestore",
+                "firestore": {"projectId": project, "endpoint": endpoint, "ttlField": "expires_at"},
+                "deletionPolicy": policy,
+            }
+        }))
+        .unwrap()
+    }
+
+    fn tenant(name: &str, store: &str, placement: &str, policy: &str) -> Tenant {
+        serde_json::from_value(serde_json::json!({
+            "apiVersion": "allsource.io/v1alpha1", "kind": "Tenant",
+            "metadata": {"name": name},
+            "spec": {"eventStoreRef": {"name": store}, "tenantId": name,
+                     "placement": placement, "deletionPolicy": policy},
+        }))
+        .unwrap()
+    }
+
+    fn backend(env: &TestEnv, project: &str) -> FirestoreStore {
+        FirestoreStore::connect(FirestoreConfig::emulator(
+            project,
+            env.firestore_emulator_host(),
+        ))
+        .unwrap()
+    }
+
+    async fn append(b: &FirestoreStore, tenant: &str, n: usize) {
+        let events = (0..n)
+            .map(|i| NewEvent {
+                event_id: uuid::Uuid::new_v4(),
+                event_type: "Created".into(),
+                payload: format!("{{\"i\":{i}}}").into_bytes(),
+                metadata: Default::default(),
+            })
+            .collect();
+        b.append(
+            &TenantId::new(tenant).unwrap(),
+            &StreamId::new("order-1").unwrap(),
+            ExpectedVersion::Any,
+            events,
+        )
+        .await
+        .unwrap();
+    }
+
+    async fn events_of(b: &FirestoreStore, tenant: &str) -> u64 {
+        let t = TenantId::new(tenant).unwrap();
+        b.read_all(&t, 0, 1000).await.unwrap().len() as u64
+    }
+
+    /// Whether a document exists, read over the emulator's REST API.
+    async fn doc_exists(env: &TestEnv, project: &str, path: &str) -> bool {
+        let url = format!(
+            "http://{}/v1/projects/{project}/databases/(default)/documents/{path}",
+            env.firestore_emulator_host()
+        );
+        let r = reqwest::Client::new()
+            .get(url)
+            .bearer_auth("owner")
+            .send()
+            .await
+            .unwrap();
+        r.status().is_success()
+    }
+
+    async fn wait_tenant(
+        api: &Api<Tenant>,
+        name: &str,
+        what: &str,
+        pred: impl Fn(&TenantStatus) -> bool,
+    ) -> TenantStatus {
+        wait_for(what, DEADLINE, || {
+            let api = api.clone();
+            let pred = &pred;
+            async move {
+                let st = api.get(name).await.ok()?.status?;
+                pred(&st).then_some(st)
+            }
+        })
+        .await
+    }
+
+    fn tenant_cond(st: &TenantStatus, t: &str) -> Option<(bool, String, String)> {
+        st.conditions
+            .iter()
+            .find(|c| c.type_ == t)
+            .map(|c| (c.is_true(), c.reason.clone(), c.message.clone()))
+    }
+
+    async fn delete_tenant(api: &Api<Tenant>, name: &str) {
+        api.delete(name, &DeleteParams::default()).await.unwrap();
+        wait_for(&format!("tenant {name} gone"), DEADLINE, || {
+            let api = api.clone();
+            async move { api.get_opt(name).await.ok()?.is_none().then_some(()) }
+        })
+        .await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn firestore_provision_tenants_and_deletion_policies() {
+        let Some((env, ns, client, op)) = setup("es-fs", &["firestore"]).await else {
+            return;
+        };
+        let n = ns.name().to_string();
+        let project = project(env);
+        let host = env.firestore_emulator_host().to_string();
+        let es: Api<EventStore> = Api::namespaced(client.clone(), &n);
+
+        let t0 = Instant::now();
+        es.create(
+            &PostParams::default(),
+            &fs_store("orders", &project, &host, "Delete"),
+        )
+        .await
+        .unwrap();
+        let st = wait_status(&es, "orders", "firestore store Ready", ready).await;
+        println!("firestore: apply -> Ready: {:?}", t0.elapsed());
+        assert_eq!(st.provisioned.get("projectId"), Some(&project));
+        assert_eq!(
+            st.provisioned.get("databaseId").map(String::as_str),
+            Some("(default)")
+        );
+        assert_eq!(
+            st.provisioned.get("rootCollection").map(String::as_str),
+            Some("tenants")
+        );
+        // The emulator answers 404 to the Admin API: said, and Ready anyway (emulator rule).
+        assert_eq!(
+            st.provisioned.get("indexes").map(String::as_str),
+            Some("not verified")
+        );
+        let (ready_on, _, msg) = condition(&st, "Ready").unwrap();
+        assert!(ready_on);
+        let note = format!("admin API unavailable at http://{host}: indexes and TTL not verified");
+        assert!(msg.contains(&note), "{msg}");
+        assert_eq!(condition(&st, "Degraded").map(|c| c.0), Some(false));
+        let marker = format!("allsource/{n}.orders");
+        assert!(doc_exists(env, &project, &marker).await, "marker document");
+        let events: Api<k8s_openapi::api::events::v1::Event> = Api::namespaced(client.clone(), &n);
+        let all = events.list(&Default::default()).await.unwrap().items;
+        assert!(
+            all.iter()
+                .any(|e| e.reason.as_deref() == Some("NotVerified")
+                    && e.note.as_deref() == Some(note.as_str())),
+            "NotVerified event"
+        );
+
+        // Pooled tenants live in tenants/<id>; a siloed one is reported, not pretended.
+        let tenants: Api<Tenant> = Api::namespaced(client.clone(), &n);
+        for (name, placement, policy) in [
+            ("acme", "pooled", "Retain"),
+            ("beta", "pooled", "Delete"),
+            ("solo", "siloed", "Delete"),
+        ] {
+            tenants
+                .create(
+                    &PostParams::default(),
+                    &tenant(name, "orders", placement, policy),
+                )
+                .await
+                .unwrap();
+        }
+        for name in ["acme", "beta"] {
+            let st = wait_tenant(&tenants, name, "pooled tenant Ready", |s| {
+                s.phase == Some(Phase::Ready)
+            })
+            .await;
+            let loc = st.location.unwrap();
+            assert_eq!(loc.kind, LocationKind::Collection);
+            assert_eq!(loc.name, format!("tenants/{name}"));
+            assert!(doc_exists(env, &project, &format!("{marker}/members/{name}")).await);
+        }
+        let solo = wait_tenant(&tenants, "solo", "siloed tenant reported", |s| {
+            tenant_cond(s, "Degraded").is_some_and(|c| c.0)
+        })
+        .await;
+        let (_, reason, msg) = tenant_cond(&solo, "Degraded").unwrap();
+        assert_eq!(reason, "SiloedUnsupported", "{msg}");
+        assert!(solo.location.is_none());
+
+        // The data path: store-node's Firestore backend writes both tenants' events.
+        let b = backend(env, &project);
+        append(&b, "acme", 3).await;
+        append(&b, "beta", 2).await;
+        assert_eq!(events_of(&b, "acme").await, 3);
+        assert_eq!(events_of(&b, "beta").await, 2);
+
+        // Tenant beta under Delete: its documents go, acme's stay.
+        delete_tenant(&tenants, "beta").await;
+        assert_eq!(events_of(&b, "beta").await, 0);
+        assert!(!doc_exists(env, &project, "tenants/beta").await);
+        assert!(!doc_exists(env, &project, "tenants/beta/streams/order-1").await);
+        assert!(!doc_exists(env, &project, &format!("{marker}/members/beta")).await);
+        assert_eq!(events_of(&b, "acme").await, 3);
+
+        // A second store with Retain in its own project keeps its documents.
+        let kept_project = project_of_retained(env);
+        es.create(
+            &PostParams::default(),
+            &fs_store("kept", &kept_project, &host, "Retain"),
+        )
+        .await
+        .unwrap();
+        wait_status(&es, "kept", "retained store Ready", ready).await;
+        tenants
+            .create(
+                &PostParams::default(),
+                &tenant("keep", "kept", "pooled", "Retain"),
+            )
+            .await
+            .unwrap();
+        wait_tenant(&tenants, "keep", "keep Ready", |s| {
+            s.phase == Some(Phase::Ready)
+        })
+        .await;
+        let kb = backend(env, &kept_project);
+        append(&kb, "keep", 2).await;
+        delete_tenant(&tenants, "keep").await;
+        delete_and_wait_gone(&es, "kept").await;
+        assert_eq!(events_of(&kb, "keep").await, 2, "Retain keeps the events");
+        assert!(doc_exists(env, &kept_project, &format!("allsource/{n}.kept")).await);
+
+        // The store under Delete removes its tenants' documents (acme's Retain is the tenant's
+        // own policy; the store's Delete takes its data with it) and the marker.
+        delete_tenant(&tenants, "solo").await;
+        delete_and_wait_gone(&es, "orders").await;
+        assert_eq!(events_of(&b, "acme").await, 0);
+        assert!(!doc_exists(env, &project, "tenants/acme").await);
+        assert!(!doc_exists(env, &project, &marker).await);
+        let _ = tenants.delete("acme", &DeleteParams::default()).await;
+
+        op.stop().await;
+        ns.cleanup().await.unwrap();
+    }
+
+    fn project_of_retained(env: &TestEnv) -> String {
+        format!("{}-k{}", env.firestore_project(), &suffix()[..6])
+    }
+
+    /// A loopback TCP forwarder that can be cut (listener and every open connection) and
+    /// started again on the same port.
+    struct Forwarder {
+        port: u16,
+        target: String,
+        task: Option<tokio::task::JoinHandle<()>>,
+    }
+
+    impl Forwarder {
+        fn new(port: u16, target: String) -> Self {
+            Self {
+                port,
+                target,
+                task: None,
+            }
+        }
+
+        async fn start(&mut self) {
+            let listener = tokio::net::TcpListener::bind(("127.0.0.1", self.port))
+                .await
+                .unwrap();
+            let target = self.target.clone();
+            self.task = Some(tokio::spawn(async move {
+                let mut conns = tokio::task::JoinSet::new();
+                while let Ok((mut inbound, _)) = listener.accept().await {
+                    let target = target.clone();
+                    conns.spawn(async move {
+                        if let Ok(mut out) = tokio::net::TcpStream::connect(&target).await {
+                            let _ = tokio::io::copy_bidirectional(&mut inbound, &mut out).await;
+                        }
+                    });
+                }
+            }));
+        }
+
+        /// Cuts the listener and all connections (the JoinSet aborts them when dropped).
+        async fn stop(&mut self) {
+            if let Some(t) = self.task.take() {
+                t.abort();
+                let _ = t.await;
+            }
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn firestore_outage_is_degraded_then_recovers() {
+        let Some((env, ns, client, op)) = setup("es-fs-outage", &["firestore"]).await else {
+            return;
+        };
+        let n = ns.name().to_string();
+        let project = project(env);
+        let port = closed_port();
+        let es: Api<EventStore> = Api::namespaced(client.clone(), &n);
+        es.create(
+            &PostParams::default(),
+            &fs_store("fs", &project, &format!("127.0.0.1:{port}"), "Delete"),
+        )
+        .await
+        .unwrap();
+        let down = |_: &EventStore, s: &EventStoreStatus| {
+            condition(s, "Degraded").is_some_and(|c| c.0 && c.1 == "BackendUnavailable")
+        };
+        let st = wait_status(&es, "fs", "Degraded before the emulator is reachable", down).await;
+        println!("firestore: closed port -> {:?}", condition(&st, "Degraded"));
+
+        let mut fwd = Forwarder::new(port, env.firestore_emulator_host().to_string());
+        let t0 = Instant::now();
+        fwd.start().await;
+        wait_status(&es, "fs", "Ready once reachable", ready).await;
+        println!("firestore: listener up -> Ready: {:?}", t0.elapsed());
+
+        // The emulator "stops": the store becomes Degraded with the error, then Ready by itself.
+        fwd.stop().await;
+        let st = wait_status(&es, "fs", "Degraded during the outage", down).await;
+        let (_, _, msg) = condition(&st, "Degraded").unwrap();
+        println!("firestore: outage -> Degraded: {msg}");
+        assert!(msg.contains("firestore unavailable"), "{msg}");
+        assert_eq!(st.phase, Some(Phase::Degraded));
+        let t1 = Instant::now();
+        fwd.start().await;
+        wait_status(&es, "fs", "Ready after the outage", ready).await;
+        println!("firestore: emulator back -> Ready: {:?}", t1.elapsed());
+
+        delete_and_wait_gone(&es, "fs").await;
+        fwd.stop().await;
+        op.stop().await;
+        ns.cleanup().await.unwrap();
+    }
+
+    /// What the recording server saw: method, decoded path with query, authorization, body.
+    type Seen = std::sync::Arc<std::sync::Mutex<Vec<(String, String, String, serde_json::Value)>>>;
+
+    /// In-memory Admin API state: composite indexes and field configurations.
+    #[derive(Default)]
+    struct AdminState {
+        indexes: Vec<serde_json::Value>,
+        fields: BTreeMap<String, serde_json::Value>,
+    }
+
+    type State = std::sync::Arc<std::sync::Mutex<AdminState>>;
+
+    /// A loopback server that records and serves the Admin API (`/collectionGroups/` paths)
+    /// from memory and forwards every other request (the data API) to the emulator.
+    async fn recording_server(emulator: String) -> (String, Seen, State) {
+        use axum::http::{HeaderMap, Method, StatusCode, Uri};
+        let seen: Seen = Default::default();
+        let state: State = Default::default();
+        let (rec, st) = (seen.clone(), state.clone());
+        let http = reqwest::Client::new();
+        let app = axum::Router::new().fallback(
+            move |method: Method, uri: Uri, headers: HeaderMap, body: axum::body::Bytes| {
+                let (rec, st, http, emulator) =
+                    (rec.clone(), st.clone(), http.clone(), emulator.clone());
+                async move {
+                    let raw = uri
+                        .path_and_query()
+                        .map(|p| p.to_string())
+                        .unwrap_or_default();
+                    let path = raw.replace("%28", "(").replace("%29", ")");
+                    let auth = headers
+                        .get("authorization")
+                        .and_then(|v| v.to_str().ok())
+                        .unwrap_or_default()
+                        .to_string();
+                    if !path.contains("/collectionGroups/") {
+                        let mut req = http
+                            .request(method, format!("http://{emulator}{raw}"))
+                            .body(body.to_vec());
+                        for h in ["authorization", "content-type"] {
+                            if let Some(v) = headers.get(h) {
+                                req = req.header(h, v.clone());
+                            }
+                        }
+                        let Ok(resp) = req.send().await else {
+                            return (StatusCode::BAD_GATEWAY, String::new());
+                        };
+                        let code = StatusCode::from_u16(resp.status().as_u16()).unwrap();
+                        return (code, resp.text().await.unwrap_or_default());
+                    }
+                    let json: serde_json::Value =
+                        serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null);
+                    rec.lock().unwrap().push((
+                        method.to_string(),
+                        path.clone(),
+                        auth,
+                        json.clone(),
+                    ));
+                    let mut s = st.lock().unwrap();
+                    let (base, query) = path.split_once('?').unwrap_or((&path, ""));
+                    let answer = match (method.as_str(), base.ends_with("/indexes")) {
+                        ("GET", true) => serde_json::json!({"indexes": s.indexes}),
+                        ("POST", true) => {
+                            let mut idx = json.clone();
+                            idx["state"] = "READY".into();
+                            s.indexes.push(idx);
+                            serde_json::json!({"name": "operations/index-1"})
+                        }
+                        ("GET", false) => s.fields.get(base).cloned().unwrap_or_else(|| {
+                            serde_json::json!({"name": base, "indexConfig": {
+                                "usesAncestorConfig": true,
+                                "indexes": [{"order": "ASCENDING", "queryScope": "COLLECTION"}]}})
+                        }),
+                        ("PATCH", false) => {
+                            let f = s
+                                .fields
+                                .entry(base.to_string())
+                                .or_insert_with(|| serde_json::json!({"name": base}));
+                            if query.contains("ttlConfig") {
+                                f["ttlConfig"] = serde_json::json!({"state": "ACTIVE"});
+                            } else {
+                                f["indexConfig"] = json["indexConfig"].clone();
+                            }
+                            serde_json::json!({"name": "operations/field-1"})
+                        }
+                        _ => return (StatusCode::METHOD_NOT_ALLOWED, String::new()),
+                    };
+                    (StatusCode::OK, answer.to_string())
+                }
+            },
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        (format!("127.0.0.1:{}", addr.port()), seen, state)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn firestore_admin_requests_of_ensure_and_drift() {
+        let Some((env, ns, client, op)) = setup("es-fs-admin", &["firestore"]).await else {
+            return;
+        };
+        let n = ns.name().to_string();
+        let project = project(env);
+        let (endpoint, seen, state) =
+            recording_server(env.firestore_emulator_host().to_string()).await;
+        let es: Api<EventStore> = Api::namespaced(client.clone(), &n);
+        es.create(
+            &PostParams::default(),
+            &fs_store("orders", &project, &endpoint, "Delete"),
+        )
+        .await
+        .unwrap();
+        let st = wait_status(&es, "orders", "Ready with the Admin API served", ready).await;
+        assert_eq!(
+            st.provisioned.get("indexes").map(String::as_str),
+            Some("ready")
+        );
+        assert_eq!(
+            st.provisioned.get("ttlField").map(String::as_str),
+            Some("expires_at")
+        );
+        let (_, _, msg) = condition(&st, "Ready").unwrap();
+        assert!(!msg.contains("not verified"), "{msg}");
+
+        // Exactly store-node's requests were sent to create what was missing, once each, with
+        // the emulator token; everything else was a GET.
+        let want: Vec<(String, String, serde_json::Value)> = admin::requests(&project, "(default)")
+            .into_iter()
+            .map(|r| {
+                let m = match r.method {
+                    admin::Method::Post => "POST",
+                    admin::Method::Patch => "PATCH",
+                };
+                (m.to_string(), format!("/v1/{}", r.path), r.body)
+            })
+            .collect();
+        let writes = |seen: &Seen| -> Vec<(String, String, serde_json::Value)> {
+            seen.lock()
+                .unwrap()
+                .iter()
+                .filter(|(m, ..)| m != "GET")
+                .map(|(m, p, _, b)| (m.clone(), p.clone(), b.clone()))
+                .collect()
+        };
+        assert_eq!(writes(&seen), want);
+        assert!(seen
+            .lock()
+            .unwrap()
+            .iter()
+            .all(|(_, _, auth, _)| auth == "Bearer owner"));
+        let gets: Vec<String> = seen
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(m, ..)| m == "GET")
+            .map(|(_, p, ..)| p.clone())
+            .collect();
+        assert!(gets.contains(&format!(
+            "/v1/projects/{project}/databases/(default)/collectionGroups/events/indexes"
+        )));
+
+        // Steady state: two more full rounds of reads (every item each) write nothing.
+        let before = writes(&seen).len();
+        let reads = |seen: &Seen| {
+            seen.lock()
+                .unwrap()
+                .iter()
+                .filter(|(m, ..)| m == "GET")
+                .count()
+        };
+        let target = reads(&seen) + 2 * want.len();
+        wait_for("two more observe rounds", DEADLINE, || {
+            let n = reads(&seen);
+            async move { (n >= target).then_some(()) }
+        })
+        .await;
+        assert_eq!(writes(&seen).len(), before, "no admin write without drift");
+
+        // Drift: the composite index is deleted by hand -> recreated, with an Event.
+        state.lock().unwrap().indexes.clear();
+        drift_event(&client, &n, "composite index events(tenant ASCENDING").await;
+        let after = writes(&seen);
+        assert_eq!(after.len(), before + 1);
+        assert_eq!(after.last(), want.first());
+        assert_eq!(state.lock().unwrap().indexes.len(), 1);
+
+        // A TTL policy removed by hand comes back too.
+        let ttl_path = format!(
+            "/v1/projects/{project}/databases/(default)/collectionGroups/eventIds/fields/expires_at"
+        );
+        state.lock().unwrap().fields.remove(&ttl_path);
+        wait_for("TTL policy on eventIds restored", DEADLINE, || {
+            let back = state
+                .lock()
+                .unwrap()
+                .fields
+                .get(&ttl_path)
+                .is_some_and(|f| f["ttlConfig"]["state"] == "ACTIVE");
+            async move { back.then_some(()) }
+        })
+        .await;
+        // Recorded as a second PATCH of store-node's TTL request (the Event recorder folds a
+        // second DriftCorrected into the first one's series, so the request is the evidence).
+        let ttl_patches = writes(&seen)
+            .iter()
+            .filter(|w| Some(*w) == want.last())
+            .count();
+        assert_eq!(ttl_patches, 2);
+
+        delete_and_wait_gone(&es, "orders").await;
+        op.stop().await;
+        ns.cleanup().await.unwrap();
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn firestore_sample_reaches_ready_on_the_emulator() {
+        let Some((env, ns, client, op)) = setup("es-fs-sample", &["firestore"]).await else {
+            return;
+        };
+        let n = ns.name().to_string();
+        let path = operator_support::repo_root().join("config/samples/eventstore-firestore.yaml");
+        let mut doc: serde_json::Value =
+            serde_yaml::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+        // As the chart's sample test points it: the emulator's host:port and project.
+        let project = project(env);
+        doc["spec"]["firestore"]["endpoint"] = env.firestore_emulator_host().into();
+        doc["spec"]["firestore"]["projectId"] = project.clone().into();
+        let sample: EventStore = serde_json::from_value(doc).unwrap();
+        let name = sample.metadata.name.clone().unwrap();
+        let es: Api<EventStore> = Api::namespaced(client.clone(), &n);
+        es.create(&PostParams::default(), &sample).await.unwrap();
+        let t0 = Instant::now();
+        let st = wait_status(&es, &name, "the Firestore sample Ready", ready).await;
+        println!(
+            "firestore sample: apply -> Ready ({}): {:?}",
+            st.ready_text.clone().unwrap_or_default(),
+            t0.elapsed()
+        );
+        // Its gateway runs store-node against the emulator; no credential in the pod spec.
+        let d = Api::<Deployment>::namespaced(client.clone(), &n)
+            .get(&format!("{name}-gateway"))
+            .await
+            .unwrap();
+        let c = &d.spec.unwrap().template.spec.unwrap().containers[0];
+        assert_eq!(
+            c.args.as_ref().unwrap()[..3],
+            ["gateway", "--backend", "firestore"]
+        );
+        let env_of = |k: &str| {
+            c.env
+                .as_ref()
+                .unwrap()
+                .iter()
+                .find(|e| e.name == k)
+                .and_then(|e| e.value.clone())
+        };
+        assert_eq!(
+            env_of("FIRESTORE_EMULATOR_HOST").as_deref(),
+            Some(env.firestore_emulator_host())
+        );
+        assert_eq!(env_of("STORE_NODE_FIRESTORE_PROJECT"), Some(project));
+        delete_and_wait_gone(&es, &name).await;
+        op.stop().await;
+        ns.cleanup().await.unwrap();
+    }
+}

@@ -2,11 +2,12 @@
 //! [`Provisioner`] trait (`ensure`, `observe`, `delete`, all idempotent). Each module separates a
 //! pure plan (desired DDL or table input, the list of drift items between desired and live) from
 //! the few calls that read or change the service. The data layout is store-node's
-//! (`store_node::backend::{postgres::sql, dynamodb::table}`), the same the gateway reads and
-//! writes; this module must never define a second layout, read Kubernetes objects, or log or
-//! return a credential.
+//! (`store_node::backend::{postgres::sql, dynamodb::table, firestore::layout}`), the same the
+//! gateway reads and writes; this module must never define a second layout, read Kubernetes
+//! objects, or log or return a credential.
 
 pub mod dynamodb;
+pub mod firestore;
 pub mod postgres;
 
 use std::collections::BTreeMap;
@@ -26,7 +27,7 @@ pub enum ProvisionError {
     /// The service is unreachable, timed out or throttled: retry with backoff, recovers by itself.
     #[error("{service} unavailable: {message}")]
     Unavailable {
-        /// Backend name (postgres, dynamodb).
+        /// Backend name (postgres, dynamodb, firestore).
         service: &'static str,
         /// The service's or the transport's error.
         message: String,
@@ -107,6 +108,9 @@ pub struct Observed {
     pub pending: bool,
     /// Further facts for status.provisioned (stream ARN, feature states).
     pub resources: BTreeMap<String, String>,
+    /// What could not be verified but does not block Ready (e.g. an emulator without the
+    /// Firestore Admin API); shown in the Ready message and once as an Event.
+    pub notes: Vec<String>,
 }
 
 /// Result of [`Provisioner::delete`].

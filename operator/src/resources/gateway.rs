@@ -1,8 +1,9 @@
 //! Builds the objects of the stateless gateway in front of a cloud EventStore: the Deployment
-//! running `store-node gateway --backend <postgres|dynamodb>`, the client Service `<name>` and
+//! running `store-node gateway --backend <postgres|dynamodb|firestore>`, the client Service `<name>` and
 //! the `<name>-gateway` ConfigMap with `registry.json` (the same registry format the selfHosted
 //! nodes read; the gateway serves every tenant, so each entry's node is [`GATEWAY_NODE`]).
-//! Connection secrets reach the pods only as `secretKeyRef` env vars, never as literal values.
+//! Connection secrets reach the pods only as `secretKeyRef` env vars or a Secret volume (a
+//! Firestore `key.json`), never as literal values.
 //! Pure: no I/O.
 
 use std::collections::BTreeMap;
@@ -10,8 +11,9 @@ use std::collections::BTreeMap;
 use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec};
 use k8s_openapi::api::core::v1::{
     Capabilities, ConfigMap, ConfigMapVolumeSource, Container, ContainerPort, EnvVar, EnvVarSource,
-    HTTPGetAction, PodSecurityContext, PodSpec, PodTemplateSpec, Probe, SeccompProfile,
-    SecretKeySelector, SecurityContext, Service, ServicePort, ServiceSpec, Volume, VolumeMount,
+    HTTPGetAction, KeyToPath, PodSecurityContext, PodSpec, PodTemplateSpec, Probe, SeccompProfile,
+    SecretKeySelector, SecretVolumeSource, SecurityContext, Service, ServicePort, ServiceSpec,
+    Volume, VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
@@ -51,6 +53,55 @@ pub enum GatewayBackend {
         /// Secret with AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY; None uses IRSA.
         credentials_secret: Option<String>,
     },
+    /// Firestore: project, database, emulator `host:port` and optional service-account Secret.
+    Firestore {
+        /// Google Cloud project id.
+        project: String,
+        /// Database id.
+        database: String,
+        /// Emulator `host:port` (`FIRESTORE_EMULATOR_HOST`); None for Google's endpoint.
+        emulator_host: Option<String>,
+        /// Secret with `key.json`, mounted read-only at [`FIRESTORE_KEY_DIR`]; None uses
+        /// workload identity.
+        credentials_secret: Option<String>,
+    },
+}
+
+/// Where a Firestore gateway finds its service-account key (`key.json`).
+pub const FIRESTORE_KEY_DIR: &str = "/var/run/secrets/allsource/firestore";
+const FIRESTORE_KEY_VOLUME: &str = "firestore-credentials";
+
+/// The Secret volume and its mount of a Firestore gateway's `key.json`, if any.
+fn key_volume(backend: &GatewayBackend) -> Option<(Volume, VolumeMount)> {
+    let GatewayBackend::Firestore {
+        credentials_secret: Some(secret),
+        ..
+    } = backend
+    else {
+        return None;
+    };
+    Some((
+        Volume {
+            name: FIRESTORE_KEY_VOLUME.to_string(),
+            secret: Some(SecretVolumeSource {
+                secret_name: Some(secret.clone()),
+                items: Some(vec![KeyToPath {
+                    key: "key.json".to_string(),
+                    path: "key.json".to_string(),
+                    mode: None,
+                }]),
+                default_mode: Some(0o440),
+                optional: Some(false),
+            }),
+            ..Volume::default()
+        },
+        VolumeMount {
+            name: FIRESTORE_KEY_VOLUME.to_string(),
+            mount_path: FIRESTORE_KEY_DIR.to_string(),
+            read_only: Some(true),
+            ..VolumeMount::default()
+        },
+    ))
 }
 
 /// Name of the gateway Deployment and ConfigMap.
@@ -108,6 +159,7 @@ pub fn args_and_env(backend: &GatewayBackend) -> (Vec<String>, Vec<EnvVar>) {
     let name = match backend {
         GatewayBackend::Postgres { .. } => "postgres",
         GatewayBackend::Dynamodb { .. } => "dynamodb",
+        GatewayBackend::Firestore { .. } => "firestore",
     };
     let args = [
         "gateway",
@@ -153,6 +205,27 @@ pub fn args_and_env(backend: &GatewayBackend) -> (Vec<String>, Vec<EnvVar>) {
             }
             env
         }
+        GatewayBackend::Firestore {
+            project,
+            database,
+            emulator_host,
+            credentials_secret,
+        } => {
+            let mut env = vec![
+                literal("STORE_NODE_FIRESTORE_PROJECT", project),
+                literal("STORE_NODE_FIRESTORE_DATABASE", database),
+            ];
+            if let Some(h) = emulator_host {
+                env.push(literal("FIRESTORE_EMULATOR_HOST", h));
+            }
+            if credentials_secret.is_some() {
+                env.push(literal(
+                    "GOOGLE_APPLICATION_CREDENTIALS",
+                    &format!("{FIRESTORE_KEY_DIR}/key.json"),
+                ));
+            }
+            env
+        }
     };
     (args, env)
 }
@@ -173,6 +246,25 @@ fn probe(path: &str, period: i32, failures: i32) -> Probe {
 /// The gateway Deployment.
 pub fn deployment(es: &EventStore, gw: &GatewaySpec, backend: &GatewayBackend) -> Deployment {
     let (args, env) = args_and_env(backend);
+    let key = key_volume(backend);
+    let mut mounts = vec![VolumeMount {
+        name: "registry".to_string(),
+        mount_path: CONFIG_MOUNT.to_string(),
+        read_only: Some(true),
+        ..VolumeMount::default()
+    }];
+    let mut volumes = vec![Volume {
+        name: "registry".to_string(),
+        config_map: Some(ConfigMapVolumeSource {
+            name: gateway_name(es),
+            ..ConfigMapVolumeSource::default()
+        }),
+        ..Volume::default()
+    }];
+    if let Some((v, m)) = key {
+        volumes.push(v);
+        mounts.push(m);
+    }
     let container = Container {
         name: CONTAINER.to_string(),
         image: Some(gw.image.clone()),
@@ -186,12 +278,7 @@ pub fn deployment(es: &EventStore, gw: &GatewaySpec, backend: &GatewayBackend) -
         }]),
         readiness_probe: Some(probe("/readyz", 5, 3)),
         liveness_probe: Some(probe("/healthz", 10, 6)),
-        volume_mounts: Some(vec![VolumeMount {
-            name: "registry".to_string(),
-            mount_path: CONFIG_MOUNT.to_string(),
-            read_only: Some(true),
-            ..VolumeMount::default()
-        }]),
+        volume_mounts: Some(mounts),
         security_context: Some(SecurityContext {
             run_as_non_root: Some(true),
             read_only_root_filesystem: Some(true),
@@ -219,14 +306,7 @@ pub fn deployment(es: &EventStore, gw: &GatewaySpec, backend: &GatewayBackend) -
                 }),
                 spec: Some(PodSpec {
                     containers: vec![container],
-                    volumes: Some(vec![Volume {
-                        name: "registry".to_string(),
-                        config_map: Some(ConfigMapVolumeSource {
-                            name: gateway_name(es),
-                            ..ConfigMapVolumeSource::default()
-                        }),
-                        ..Volume::default()
-                    }]),
+                    volumes: Some(volumes),
                     security_context: Some(PodSecurityContext {
                         run_as_non_root: Some(true),
                         run_as_user: Some(RUN_AS),
@@ -269,7 +349,14 @@ pub fn service(es: &EventStore) -> Service {
 
 /// The `<name>-gateway` ConfigMap with `registry.json` (the gateway reloads it on change).
 pub fn config_map(es: &EventStore, registry: &Registry) -> ConfigMap {
-    let mut json = serde_json::to_string_pretty(registry).unwrap_or_default();
+    // Every entry names GATEWAY_NODE, and store-node rejects a file whose tenants name a node
+    // missing from `nodes` (the gateway would not start).
+    let mut registry = registry.clone();
+    registry
+        .nodes
+        .entry(GATEWAY_NODE.to_string())
+        .or_insert_with(|| format!("http://{}:{HTTP_PORT}", super::service::client_dns(es)));
+    let mut json = serde_json::to_string_pretty(&registry).unwrap_or_default();
     json.push('\n');
     ConfigMap {
         metadata: meta(es, gateway_name(es)),
@@ -341,6 +428,39 @@ mod tests {
     }
 
     #[test]
+    fn firestore_snapshot() {
+        let es = es("postgres");
+        let gw = es.spec.gateway.clone().unwrap();
+        let backend = GatewayBackend::Firestore {
+            project: "my-project".into(),
+            database: "(default)".into(),
+            emulator_host: None,
+            credentials_secret: Some("gcp-key".into()),
+        };
+        insta::assert_yaml_snapshot!("firestore_deployment", deployment(&es, &gw, &backend));
+        let emulator = GatewayBackend::Firestore {
+            project: "p".into(),
+            database: "(default)".into(),
+            emulator_host: Some("127.0.0.1:8080".into()),
+            credentials_secret: None,
+        };
+        let (args, env) = args_and_env(&emulator);
+        assert_eq!(&args[..3], &["gateway", "--backend", "firestore"]);
+        let host = env
+            .iter()
+            .find(|e| e.name == "FIRESTORE_EMULATOR_HOST")
+            .unwrap();
+        assert_eq!(host.value.as_deref(), Some("127.0.0.1:8080"));
+        let d = deployment(&es, &gw, &emulator);
+        let pod = d.spec.unwrap().template.spec.unwrap();
+        assert_eq!(
+            pod.volumes.unwrap().len(),
+            1,
+            "no key volume without a Secret"
+        );
+    }
+
+    #[test]
     fn secrets_are_only_referenced() {
         let (_, env) = args_and_env(&GatewayBackend::Dynamodb {
             table: "t".into(),
@@ -359,5 +479,40 @@ mod tests {
         assert_eq!(&args[..3], &["gateway", "--backend", "postgres"]);
         let url = env.iter().find(|e| e.name == "STORE_NODE_PG_URL").unwrap();
         assert!(url.value.is_none());
+    }
+
+    #[test]
+    fn registry_loads_in_the_gateway() {
+        // What store-node's gateway parses at start: the gateway node is listed, and a siloed
+        // tenant's location comes through.
+        let registry = Registry {
+            version: 1,
+            tenants: vec![RegistryTenant {
+                id: "acme".into(),
+                token_sha256: vec![],
+                state: TenantState::Active,
+                quotas: RegistryQuotas::default(),
+                node: GATEWAY_NODE.into(),
+                location: Some(crate::resources::configmap::RegistryLocation {
+                    schema: Some("s__acme_1a2b3c4d".into()),
+                    table: None,
+                }),
+            }],
+            nodes: BTreeMap::new(),
+        };
+        let cm = config_map(&es("postgres"), &registry);
+        let text = cm.data.unwrap()[REGISTRY_KEY].clone();
+        let f = store_node::tenant::RegistryFile::parse(text.as_bytes()).unwrap();
+        assert_eq!(
+            f.nodes.get(GATEWAY_NODE).map(String::as_str),
+            Some("http://orders.shop.svc:8080")
+        );
+        assert_eq!(
+            f.tenants[0]
+                .location
+                .as_ref()
+                .and_then(|l| l.schema.as_deref()),
+            Some("s__acme_1a2b3c4d")
+        );
     }
 }

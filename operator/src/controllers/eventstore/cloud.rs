@@ -1,11 +1,12 @@
-//! Reconciles a cloud-backed EventStore (postgres, dynamodb): reads the admin credentials from
-//! the Secret the spec references, runs the backend's provisioner (`crate::provision`: ensure,
-//! then observe, which corrects drift), applies the optional gateway (Deployment, Service,
-//! registry ConfigMap) and writes status only when it changed. A healthy store is re-observed
+//! Reconciles a cloud-backed EventStore (postgres, dynamodb, firestore): reads the admin
+//! credentials from the Secret the spec references, runs the backend's provisioner
+//! (`crate::provision`: ensure, then observe, which corrects drift), applies the optional gateway
+//! (Deployment, Service, registry ConfigMap) and writes status only when it changed. A healthy store is re-observed
 //! every [`drift_interval`] for drift; an outage is written to status (Degraded, reason
 //! BackendUnavailable, the service's error) and retried with the controller's backoff until it
-//! recovers by itself. Firestore has no provisioner in this build and is reported as such
-//! (ProvisionerMissing). It must never log, event or store a credential.
+//! recovers by itself. What a provisioner could not verify without it blocking Ready (a Firestore
+//! emulator without the Admin API) is a note in the Ready message and one Warning Event. It must
+//! never log, event or store a credential.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -27,6 +28,7 @@ use crate::api::{
     CONDITION_PROGRESSING, CONDITION_READY,
 };
 use crate::provision::dynamodb::{self, Access, DynamoProvisioner};
+use crate::provision::firestore::{self, FirestoreProvisioner};
 use crate::provision::postgres::{self, PostgresProvisioner};
 use crate::provision::{Deleted, EnsureAction, Ensured, Observed, ProvisionError, Provisioner};
 use crate::resources::gateway::{self, GatewayBackend};
@@ -174,15 +176,79 @@ async fn target(
                 gateway,
             }))
         }
-        Backend::Firestore | Backend::SelfHosted => Ok(Err(ProvisionError::InvalidSpec(
+        Backend::Firestore => {
+            let prov = match firestore_provisioner(es, ctx, ns).await? {
+                Ok(p) => p,
+                Err(e) => return Ok(Err(e)),
+            };
+            let gateway = firestore_gateway(es, prov.plan());
+            Ok(Ok(Target {
+                provisioner: Box::new(prov),
+                gateway,
+            }))
+        }
+        Backend::SelfHosted => Ok(Err(ProvisionError::InvalidSpec(
             "no provisioner for this backend".to_string(),
         ))),
     }
 }
 
+/// The Firestore provisioner of `es` with its credentials: the emulator's token for an emulator
+/// endpoint, else `key.json` of `spec.firestore.credentialsSecretRef`, else workload identity.
+/// Ok(Err) for a spec or credentials problem, Err for an API failure.
+pub(crate) async fn firestore_provisioner(
+    es: &EventStore,
+    ctx: &Context,
+    ns: &str,
+) -> Result<Result<FirestoreProvisioner, ProvisionError>, ReconcileError> {
+    let Some(f) = es.spec.firestore.as_ref() else {
+        return Ok(Err(ProvisionError::InvalidSpec(
+            "backend firestore needs spec.firestore".to_string(),
+        )));
+    };
+    let plan = match firestore::plan(ns, &es.name_any(), f) {
+        Ok(p) => p,
+        Err(e) => return Ok(Err(e)),
+    };
+    let creds = match (&f.credentials_secret_ref, plan.emulator) {
+        (_, true) => firestore::Credentials::Emulator,
+        (Some(r), false) => match secret_data(ctx, ns, &r.name).await? {
+            Ok(data) => match firestore::auth::key_from_secret(&data, &r.name) {
+                Ok(c) => c,
+                Err(e) => return Ok(Err(e)),
+            },
+            Err(e) => return Ok(Err(e)),
+        },
+        (None, false) => firestore::Credentials::WorkloadIdentity,
+    };
+    Ok(FirestoreProvisioner::connect(plan, &creds).await)
+}
+
+/// The gateway of a Firestore store. store-node's gateway takes only the emulator host or a
+/// static `--firestore-token`; it cannot mint OAuth tokens from `key.json` or the metadata
+/// server yet, so only an emulator-backed gateway can run.
+fn firestore_gateway(es: &EventStore, plan: &firestore::Plan) -> Result<GatewayBackend, String> {
+    if !plan.emulator {
+        return Err(format!(
+            "store-node's Firestore gateway cannot obtain Google OAuth tokens (key.json or \
+             workload identity) yet; only an emulator endpoint can be served ({} not deployed)",
+            gateway::gateway_name(es)
+        ));
+    }
+    Ok(GatewayBackend::Firestore {
+        project: plan.project.clone(),
+        database: plan.database.clone(),
+        emulator_host: Some(firestore::emulator_host(&plan.endpoint)),
+        credentials_secret: None,
+    })
+}
+
 /// Reconciles a cloud-backed EventStore.
 pub async fn reconcile(es: &EventStore, ctx: &Context, ns: &str) -> Result<Action, ReconcileError> {
-    if !matches!(es.spec.backend, Backend::Postgres | Backend::DynamoDb) {
+    if !matches!(
+        es.spec.backend,
+        Backend::Postgres | Backend::DynamoDb | Backend::Firestore
+    ) {
         return provisioner_missing(es, ctx, ns).await;
     }
     let previous = es.status.clone().unwrap_or_default();
@@ -266,6 +332,21 @@ async fn publish_transitions(
                 )
                 .await;
             }
+            let ready_before = find_condition(&previous.conditions, CONDITION_READY)
+                .map(|c| c.message.clone())
+                .unwrap_or_default();
+            for note in &observed.notes {
+                if changed && !ready_before.contains(note.as_str()) {
+                    ctx.publish(
+                        es,
+                        EventType::Warning,
+                        "NotVerified",
+                        "Provision",
+                        note.clone(),
+                    )
+                    .await;
+                }
+            }
             if changed && previous.phase != Some(Phase::Ready) && status.phase == Some(Phase::Ready)
             {
                 ctx.publish(
@@ -283,7 +364,7 @@ async fn publish_transitions(
 
 fn summary(r: &BTreeMap<String, String>) -> String {
     r.iter()
-        .filter(|(k, _)| *k == "schema" || *k == "table")
+        .filter(|(k, _)| matches!(k.as_str(), "schema" | "table" | "projectId" | "databaseId"))
         .map(|(k, v)| format!("{k} {v}"))
         .collect::<Vec<_>>()
         .join(", ")
@@ -370,10 +451,14 @@ async fn apply_gateway(
 }
 
 /// The gateway's registry: every tenant of the store, served by the gateway; siloed tenants
-/// with the location of their own schema or table ([`configmap::silo_location`]).
+/// with the location of their own schema or table ([`configmap::silo_location`]). A Firestore
+/// gateway cannot serve a siloed tenant (see `controllers::tenant::firestore`): left out rather
+/// than served from the pooled collection.
 pub fn gateway_registry(tenants: &[Tenant], backend: &GatewayBackend) -> configmap::Registry {
+    let firestore = matches!(backend, GatewayBackend::Firestore { .. });
     let mut entries: Vec<configmap::RegistryTenant> = tenants
         .iter()
+        .filter(|t| !(firestore && t.spec.placement == crate::api::tenant::Placement::Siloed))
         .map(|t| configmap::RegistryTenant {
             location: configmap::silo_location(t, backend),
             ..configmap::registry_tenant(t, gateway::GATEWAY_NODE.to_string())
@@ -445,10 +530,12 @@ pub fn compute(
                         .unwrap_or_default(),
                 )
             } else {
-                (
-                    "Provisioned",
-                    format!("{} provisioned", summary(&provisioned)),
-                )
+                let mut msg = format!("{} provisioned", summary(&provisioned));
+                for n in &observed.notes {
+                    msg.push_str("; ");
+                    msg.push_str(n);
+                }
+                ("Provisioned", msg)
             };
             set_condition(
                 &mut conditions,
@@ -556,7 +643,10 @@ async fn provisioner_missing(
 /// dropped (DynamoDB: deletion protection lifted first); under Retain nothing is touched. The
 /// gateway objects go with their owner reference. An outage keeps the finalizer and retries.
 pub async fn cleanup(es: &EventStore, ctx: &Context, ns: &str) -> Result<Action, ReconcileError> {
-    if !matches!(es.spec.backend, Backend::Postgres | Backend::DynamoDb) {
+    if !matches!(
+        es.spec.backend,
+        Backend::Postgres | Backend::DynamoDb | Backend::Firestore
+    ) {
         return Ok(Action::await_change());
     }
     let policy = es.spec.deletion_policy;
@@ -703,6 +793,55 @@ mod tests {
     }
 
     #[test]
+    fn notes_do_not_block_ready_and_are_said() {
+        let es = es();
+        let mut r = ok(false);
+        if let Ok((_, o)) = &mut r {
+            o.notes
+                .push(firestore::admin_unavailable("http://127.0.0.1:8080"));
+        }
+        let st = compute(&es, &r, None);
+        assert_eq!(st.phase, Some(Phase::Ready));
+        let (ready, reason) = cond(&st, CONDITION_READY);
+        assert!(ready, "{reason}");
+        let msg = &find_condition(&st.conditions, CONDITION_READY)
+            .unwrap()
+            .message;
+        assert!(
+            msg.ends_with(
+                "; admin API unavailable at http://127.0.0.1:8080: indexes and TTL not verified"
+            ),
+            "{msg}"
+        );
+        assert!(!cond(&st, CONDITION_DEGRADED).0);
+    }
+
+    #[test]
+    fn firestore_gateway_only_for_an_emulator() {
+        let es = es();
+        let spec = |endpoint: Option<&str>| crate::api::eventstore::FirestoreSpec {
+            project_id: "p".into(),
+            database_id: "(default)".into(),
+            endpoint: endpoint.map(str::to_string),
+            ..Default::default()
+        };
+        let emu = firestore::plan("shop", "orders", &spec(Some("127.0.0.1:8080"))).unwrap();
+        assert_eq!(
+            firestore_gateway(&es, &emu),
+            Ok(GatewayBackend::Firestore {
+                project: "p".into(),
+                database: "(default)".into(),
+                emulator_host: Some("127.0.0.1:8080".into()),
+                credentials_secret: None,
+            })
+        );
+        let prod = firestore::plan("shop", "orders", &spec(None)).unwrap();
+        assert!(firestore_gateway(&es, &prod)
+            .unwrap_err()
+            .contains("cannot obtain Google OAuth tokens"));
+    }
+
+    #[test]
     fn gateway_registry_serves_every_tenant_from_the_gateway() {
         let t: Tenant = serde_json::from_value(serde_json::json!({
             "apiVersion": "allsource.io/v1alpha1", "kind": "Tenant",
@@ -714,9 +853,18 @@ mod tests {
             url_secret: "pg".into(),
             schema: "s".into(),
         };
-        let r = gateway_registry(&[t], &backend);
+        let r = gateway_registry(std::slice::from_ref(&t), &backend);
         assert_eq!(r.tenants.len(), 1);
         assert_eq!(r.tenants[0].node, gateway::GATEWAY_NODE);
         assert_eq!(r.tenants[0].location, None, "pooled");
+        let mut siloed = t.clone();
+        siloed.spec.placement = crate::api::tenant::Placement::Siloed;
+        let fs = GatewayBackend::Firestore {
+            project: "p".into(),
+            database: "(default)".into(),
+            emulator_host: None,
+            credentials_secret: None,
+        };
+        assert_eq!(gateway_registry(&[t, siloed], &fs).tenants.len(), 1);
     }
 }

@@ -141,6 +141,9 @@ pub async fn reconcile(
     ctx: &Context,
     ns: &str,
 ) -> Result<TenantOutcome, ReconcileError> {
+    if es.spec.backend == Backend::Firestore {
+        return super::firestore::reconcile(tenant, es, ctx, ns).await;
+    }
     if es.spec.backend == Backend::DynamoDb && tenant.spec.placement == Placement::Pooled {
         return dynamodb_tenant(tenant, es, ctx, ns).await;
     }
@@ -312,6 +315,9 @@ pub async fn cleanup(
     ctx: &Context,
     ns: &str,
 ) -> Result<(), ReconcileError> {
+    if es.spec.backend == Backend::Firestore {
+        return super::firestore::cleanup(tenant, es, ctx, ns).await;
+    }
     if es.spec.backend != Backend::Postgres || tenant.spec.placement != Placement::Pooled {
         return Ok(());
     }
