@@ -7,10 +7,10 @@
 //! `tenant_roles`, so the row-level-security policies confine it to its own rows) and a Secret
 //! `<tenant>-postgres` owned by the Tenant with the keys of
 //! [`crate::provision::postgres::tenant_login`]: `host`, `port`, `database`, `schema`, `user`,
-//! `password`, `url`. The password is generated once and kept in that Secret. Other backends and
-//! siloed PostgreSQL tenants are reported honestly as not provisioned (Degraded, reason
-//! ProvisionerMissing). It must never touch the `<tenant>-credentials` Secret or the token, and
-//! never log a password.
+//! `password`, `url`. The password is generated once and kept in that Secret. Siloed tenants of
+//! PostgreSQL and DynamoDB stores get their own schema or table in [`siloed`]. Other backends
+//! are reported honestly as not provisioned (Degraded, reason ProvisionerMissing). It must never
+//! touch the `<tenant>-credentials` Secret or the token, and never log a password.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -30,12 +30,14 @@ use crate::controllers::{Context, ReconcileError};
 use crate::provision::postgres::{self, PostgresProvisioner};
 use crate::provision::ProvisionError;
 
+pub mod siloed;
+
 /// Reason used while no provisioner handles the backend.
 pub const PROVISIONER_MISSING: &str = "ProvisionerMissing";
 /// Re-check interval while the EventStore's schema is not there yet or the database is down.
 const RETRY: Duration = Duration::from_secs(5);
 
-/// Name of a pooled PostgreSQL tenant's login Secret.
+/// Name of a PostgreSQL tenant's login Secret.
 pub fn login_secret_name(t: &Tenant) -> String {
     format!("{}-postgres", t.name_any())
 }
@@ -144,14 +146,16 @@ pub async fn reconcile(
     if es.spec.backend == Backend::Firestore {
         return super::firestore::reconcile(tenant, es, ctx, ns).await;
     }
+    if tenant.spec.placement == Placement::Siloed
+        && matches!(es.spec.backend, Backend::Postgres | Backend::DynamoDb)
+    {
+        return siloed::reconcile(tenant, es, ctx, ns).await;
+    }
     if es.spec.backend == Backend::DynamoDb && tenant.spec.placement == Placement::Pooled {
         return dynamodb_tenant(tenant, es, ctx, ns).await;
     }
     if es.spec.backend != Backend::Postgres {
         return Ok(missing(es, "tenants"));
-    }
-    if tenant.spec.placement != Placement::Pooled {
-        return Ok(missing(es, "siloed tenants"));
     }
     let (prov, admin_cfg) = match admin(es, ctx, ns).await? {
         Ok(p) => p,
@@ -160,33 +164,8 @@ pub async fn reconcile(
     };
     let schema = prov.schema().to_string();
     let role = role_name(&schema, &tenant.spec.tenant_id);
-
-    // The password lives only in the tenant's login Secret: reuse it, or issue one.
-    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), ns);
-    let live = secrets.get_opt(&login_secret_name(tenant)).await?;
-    let live_data: BTreeMap<String, String> = live
-        .and_then(|s| s.data)
-        .unwrap_or_default()
-        .into_iter()
-        .filter_map(|(k, v)| String::from_utf8(v.0).ok().map(|v| (k, v)))
-        .collect();
-    let password = live_data
-        .get("password")
-        .filter(|p| !p.is_empty())
-        .cloned()
-        .unwrap_or_else(super::token::generate);
-    let desired = postgres::tenant_login(&admin_cfg, &schema, &role, &password);
-    let secret_changed = live_data != desired;
-    if secret_changed {
-        ctx.metrics.wrote("Secret", "PATCH");
-        secrets
-            .patch(
-                &login_secret_name(tenant),
-                &PatchParams::apply(FIELD_MANAGER).force(),
-                &Patch::Apply(&login_secret(tenant, desired)),
-            )
-            .await?;
-    }
+    let (password, secret_changed) =
+        ensure_login_secret(tenant, ctx, ns, &admin_cfg, &schema, &role).await?;
     // A new or changed Secret (re)sets the role's password; otherwise only a missing role or
     // mapping runs DDL.
     if let Err(e) = prov
@@ -210,7 +189,87 @@ pub async fn reconcile(
     })
 }
 
-/// Name of a pooled DynamoDB tenant's access Secret.
+/// Reads a Secret's data as UTF-8 strings (empty when the Secret is missing).
+async fn live_secret(
+    ctx: &Context,
+    ns: &str,
+    name: &str,
+) -> Result<BTreeMap<String, String>, ReconcileError> {
+    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), ns);
+    Ok(secrets
+        .get_opt(name)
+        .await?
+        .and_then(|s| s.data)
+        .unwrap_or_default()
+        .into_iter()
+        .filter_map(|(k, v)| String::from_utf8(v.0).ok().map(|v| (k, v)))
+        .collect())
+}
+
+/// Keeps the tenant's `<tenant>-postgres` login Secret for `role` on `schema`: the password it
+/// holds is kept (a new one is issued when it has none), the Secret is written only when its
+/// content changed. Returns the password and whether the Secret was (re)written.
+async fn ensure_login_secret(
+    tenant: &Tenant,
+    ctx: &Context,
+    ns: &str,
+    admin_cfg: &tokio_postgres::Config,
+    schema: &str,
+    role: &str,
+) -> Result<(String, bool), ReconcileError> {
+    let name = login_secret_name(tenant);
+    let live = live_secret(ctx, ns, &name).await?;
+    let password = live
+        .get("password")
+        .filter(|p| !p.is_empty())
+        .cloned()
+        .unwrap_or_else(super::token::generate);
+    let desired = postgres::tenant_login(admin_cfg, schema, role, &password);
+    let changed = live != desired;
+    if changed {
+        ctx.metrics.wrote("Secret", "PATCH");
+        Api::<Secret>::namespaced(ctx.client.clone(), ns)
+            .patch(
+                &name,
+                &PatchParams::apply(FIELD_MANAGER).force(),
+                &Patch::Apply(&login_secret(tenant, desired)),
+            )
+            .await?;
+    }
+    Ok((password, changed))
+}
+
+/// Keeps the tenant's `<tenant>-dynamodb` Secret at `desired` (written only when it differs).
+async fn ensure_dynamodb_secret(
+    tenant: &Tenant,
+    ctx: &Context,
+    ns: &str,
+    desired: BTreeMap<String, String>,
+) -> Result<(), ReconcileError> {
+    let name = dynamodb_secret_name(tenant);
+    if live_secret(ctx, ns, &name).await? == desired {
+        return Ok(());
+    }
+    let mut secret = login_secret(tenant, desired);
+    secret.metadata.name = Some(name.clone());
+    if let Some(l) = secret.metadata.labels.as_mut() {
+        l.insert(
+            "app.kubernetes.io/component".to_string(),
+            "tenant-dynamodb-access".to_string(),
+        );
+    }
+    ctx.metrics.wrote("Secret", "PATCH");
+    Api::<Secret>::namespaced(ctx.client.clone(), ns)
+        .patch(
+            &name,
+            &PatchParams::apply(FIELD_MANAGER).force(),
+            &Patch::Apply(&secret),
+        )
+        .await?;
+    Ok(())
+}
+
+/// Name of a DynamoDB tenant's access Secret.
 pub fn dynamodb_secret_name(t: &Tenant) -> String {
     format!("{}-dynamodb", t.name_any())
 }
@@ -263,34 +322,7 @@ async fn dynamodb_tenant(
         });
     };
     let desired = dynamodb_access(table, arn, &d.region, &tenant.spec.tenant_id);
-    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), ns);
-    let name = dynamodb_secret_name(tenant);
-    let live: BTreeMap<String, String> = secrets
-        .get_opt(&name)
-        .await?
-        .and_then(|s| s.data)
-        .unwrap_or_default()
-        .into_iter()
-        .filter_map(|(k, v)| String::from_utf8(v.0).ok().map(|v| (k, v)))
-        .collect();
-    if live != desired {
-        let mut secret = login_secret(tenant, desired);
-        secret.metadata.name = Some(name.clone());
-        if let Some(l) = secret.metadata.labels.as_mut() {
-            l.insert(
-                "app.kubernetes.io/component".to_string(),
-                "tenant-dynamodb-access".to_string(),
-            );
-        }
-        ctx.metrics.wrote("Secret", "PATCH");
-        secrets
-            .patch(
-                &name,
-                &PatchParams::apply(FIELD_MANAGER).force(),
-                &Patch::Apply(&secret),
-            )
-            .await?;
-    }
+    ensure_dynamodb_secret(tenant, ctx, ns, desired).await?;
     Ok(TenantOutcome {
         verdict: Verdict::Ready,
         location: Some(TenantLocation {
@@ -317,6 +349,11 @@ pub async fn cleanup(
 ) -> Result<(), ReconcileError> {
     if es.spec.backend == Backend::Firestore {
         return super::firestore::cleanup(tenant, es, ctx, ns).await;
+    }
+    if tenant.spec.placement == Placement::Siloed
+        && matches!(es.spec.backend, Backend::Postgres | Backend::DynamoDb)
+    {
+        return siloed::cleanup(tenant, es, ctx, ns).await;
     }
     if es.spec.backend != Backend::Postgres || tenant.spec.placement != Placement::Pooled {
         return Ok(());

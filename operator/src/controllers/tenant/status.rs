@@ -22,6 +22,8 @@ pub enum Verdict {
     EventStoreNotReady(String),
     /// The store nodes' registry does not reflect the tenant yet (new token, suspend, resume).
     RegistryPending(String),
+    /// The tenant's own schema or table is being created or repaired (what is under way).
+    BackendPending(String),
     /// `spec.suspend` is true and the store rejects the tenant's requests.
     Suspended,
     /// The tenant can connect with the token in its Secret.
@@ -36,6 +38,7 @@ impl Verdict {
             Verdict::BackendDegraded(reason, _) => reason,
             Verdict::EventStoreNotReady(_) => "EventStoreNotReady",
             Verdict::RegistryPending(_) => "RegistryPending",
+            Verdict::BackendPending(_) => "BackendPending",
             Verdict::Suspended => "Suspended",
             Verdict::Ready => "Ready",
         }
@@ -51,6 +54,7 @@ impl Verdict {
             Verdict::RegistryPending(what) => {
                 format!("waiting for the store nodes' registry: {what}")
             }
+            Verdict::BackendPending(what) => what.clone(),
             Verdict::Suspended => {
                 "spec.suspend is true; the store rejects the tenant's requests".to_string()
             }
@@ -63,7 +67,9 @@ impl Verdict {
     fn phase(&self) -> Phase {
         match self {
             Verdict::EventStoreNotFound(_) | Verdict::BackendDegraded(..) => Phase::Degraded,
-            Verdict::EventStoreNotReady(_) | Verdict::RegistryPending(_) => Phase::Provisioning,
+            Verdict::EventStoreNotReady(_)
+            | Verdict::RegistryPending(_)
+            | Verdict::BackendPending(_) => Phase::Provisioning,
             Verdict::Suspended => Phase::Suspended,
             Verdict::Ready => Phase::Ready,
         }
@@ -109,7 +115,7 @@ pub fn compute(tenant: &Tenant, verdict: &Verdict, facts: Facts) -> TenantStatus
     );
     let progressing = matches!(
         verdict,
-        Verdict::EventStoreNotReady(_) | Verdict::RegistryPending(_)
+        Verdict::EventStoreNotReady(_) | Verdict::RegistryPending(_) | Verdict::BackendPending(_)
     );
     set_condition(
         &mut status.conditions,
