@@ -2,7 +2,8 @@
 //! fsync, rename, fsync directory), then record segments and index state in the manifest
 //! (tmp + fsync + rename + directory fsync), and only then delete WAL files the manifest covers
 //! and evict the flushed events from memory. Compaction merges a tenant's small segments the
-//! same way. Nothing here may delete a file the current manifest still names, or trim WAL
+//! same way. A purged tenant's segment files are deleted at the start of the next checkpoint,
+//! before it writes any (its positions restart at 0, so file names repeat). Nothing here may delete a file the current manifest still names, or trim WAL
 //! records the manifest does not cover.
 
 use std::collections::{BTreeMap, HashMap};

@@ -6,8 +6,10 @@
 //! `spawn_blocking`); it starts the WAL writer thread and the background flusher thread.
 //! [`Engine::close`] drains the WAL, writes a final checkpoint and stops both threads (it is also
 //! run on drop of the last handle). A write is visible to readers only after the WAL
-//! acknowledged it; readers never wait for an fsync. This module must never bypass the WAL to
-//! change state, nor expose events of one tenant to another.
+//! acknowledged it; readers never wait for an fsync. Purging a tenant is a WAL record too
+//! (replayed on recovery, so nothing purged comes back), followed by a checkpoint that deletes
+//! the tenant's segment files. This module must never bypass the WAL to change state, nor
+//! expose events of one tenant to another.
 
 mod cache;
 mod checkpoint;
