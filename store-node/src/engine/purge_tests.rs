@@ -161,7 +161,10 @@ async fn purge_after_segments_deletes_them_and_survives_restarts() {
     fill(&e, &a, 6000, 3).await;
     e.checkpoint().unwrap();
     let now = segment_files(&fs, "gone");
-    assert!(now.contains(&erased_files[0]), "{now:?} vs {erased_files:?}");
+    assert!(
+        now.contains(&erased_files[0]),
+        "{now:?} vs {erased_files:?}"
+    );
     e.close().unwrap();
     drop(e);
     let e = open(&fs);
