@@ -862,9 +862,15 @@ async fn postgres_tenant_role_sees_only_its_rows() {
         .unwrap();
 
     // As tenant a's own login (host/port from the Secret, i.e. the admin's server).
+    assert_eq!(login_a["sslmode"], "disable", "the store's sslMode");
     let url = format!(
-        "postgres://{}:{}@{}:{}/{}",
-        login_a["user"], login_a["password"], login_a["host"], login_a["port"], login_a["database"]
+        "postgres://{}:{}@{}:{}/{}?sslmode={}",
+        login_a["user"],
+        login_a["password"],
+        login_a["host"],
+        login_a["port"],
+        login_a["database"],
+        login_a["sslmode"]
     );
     assert_eq!(url, login_a["url"]);
     let ca = pg(&url).await;

@@ -426,13 +426,13 @@ fn default_firestore_database() -> String {
     {"rule": "!has(oldSelf.schema) || (has(self.schema) && self.schema == oldSelf.schema)", "message": "spec.postgres.schema is immutable once set"}
 ]))]
 pub struct PostgresSpec {
-    /// Secret with an admin connection: key `url` (postgres://...) or keys host, port, user, password, database.
+    /// Secret with an admin connection: key `url` (postgres://...) or keys host, port, user, password, database; optional key `ca.crt` (PEM) is the CA that sslMode verify-ca and verify-full check the server's certificate against (the Mozilla roots when absent).
     pub connection_secret_ref: SecretRef,
     /// Schema that holds the event tables; derived as allsource_<namespace>_<name>_<8 hex digits of a hash of namespace/name> when unset. Immutable once set.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(regex(pattern = r"^[a-z_][a-z0-9_]{0,62}$"))]
     pub schema: Option<String>,
-    /// libpq sslmode used for connections.
+    /// libpq sslmode of the operator's and the gateway's connections: disable (no TLS), prefer (TLS when the server offers it, certificate not verified; the default), require (TLS, certificate not verified), verify-ca (TLS, certificate chain verified against the Secret's ca.crt, host name not checked), verify-full (TLS, chain and host name verified). Tenant login Secrets carry the same sslmode.
     #[serde(default)]
     pub ssl_mode: SslMode,
 }
@@ -443,14 +443,14 @@ pub struct PostgresSpec {
 pub enum SslMode {
     /// No TLS.
     Disable,
-    /// TLS when the server offers it.
+    /// TLS when the server offers it, certificate not verified.
     #[default]
     Prefer,
     /// TLS, certificate not verified.
     Require,
-    /// TLS, certificate verified against the CA.
+    /// TLS, certificate chain verified against the CA (ca.crt), host name not checked.
     VerifyCa,
-    /// TLS, certificate and host name verified.
+    /// TLS, certificate chain and host name verified.
     VerifyFull,
 }
 

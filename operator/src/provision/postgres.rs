@@ -11,8 +11,8 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use async_trait::async_trait;
 use store_node::backend::postgres::sql;
+use store_node::backend::postgres::tls::{self, PgTls, CA_KEY};
 use tokio_postgres::error::SqlState;
-use tokio_postgres::NoTls;
 
 use super::{Deleted, EnsureAction, Ensured, Observed, ProvisionError, Provisioner, CALL_TIMEOUT};
 use crate::api::eventstore::SslMode;
@@ -61,14 +61,53 @@ pub fn silo_schema_name(store_schema: &str, tenant_id: &str) -> String {
     s
 }
 
+/// An admin connection: where and as whom ([`tokio_postgres::Config`]) and how TLS is done
+/// ([`PgTls`]); kept together so no connection can lose the spec's `sslMode`.
+#[derive(Debug, Clone)]
+pub struct AdminConnection {
+    config: tokio_postgres::Config,
+    tls: PgTls,
+}
+
+impl AdminConnection {
+    /// Host, port, user, database (and the negotiation of the TLS mode).
+    pub fn config(&self) -> &tokio_postgres::Config {
+        &self.config
+    }
+
+    /// The libpq `sslmode` connections use.
+    pub fn ssl_mode(&self) -> tls::SslMode {
+        self.tls.mode()
+    }
+
+    async fn connect(
+        &self,
+    ) -> Result<(tokio_postgres::Client, tls::PgConnection), tokio_postgres::Error> {
+        self.tls.connect(&self.config).await
+    }
+}
+
+/// store-node's TLS mode of the spec's `sslMode` (the same libpq names).
+pub fn tls_mode(ssl_mode: SslMode) -> tls::SslMode {
+    match ssl_mode {
+        SslMode::Disable => tls::SslMode::Disable,
+        SslMode::Prefer => tls::SslMode::Prefer,
+        SslMode::Require => tls::SslMode::Require,
+        SslMode::VerifyCa => tls::SslMode::VerifyCa,
+        SslMode::VerifyFull => tls::SslMode::VerifyFull,
+    }
+}
+
 /// Connection settings from the admin Secret's (decoded) data: key `url`, or keys `host`,
-/// `port`, `user`, `password`, `database`. The `sslmode` of the spec is applied on top.
+/// `port`, `user`, `password`, `database`; optional key `ca.crt` (PEM) is the CA of
+/// `verify-ca` / `verify-full`. The `sslMode` of the spec is applied on top.
 pub fn connection_config(
     data: &BTreeMap<String, String>,
     ssl_mode: SslMode,
-) -> Result<tokio_postgres::Config, ProvisionError> {
+) -> Result<AdminConnection, ProvisionError> {
     let mut cfg: tokio_postgres::Config = match data.get("url") {
-        Some(url) => url.parse().map_err(|_| {
+        // A libpq `sslmode=verify-full` in the URL would not parse; the spec's mode applies.
+        Some(url) => tls::strip_sslmode(url).0.parse().map_err(|_| {
             // The parser's message may quote the URL, password included: never pass it on.
             ProvisionError::InvalidSpec(
                 "key url of the connection Secret is not a PostgreSQL URL".to_string(),
@@ -103,21 +142,12 @@ pub fn connection_config(
             c
         }
     };
-    match ssl_mode {
-        SslMode::Disable => {
-            cfg.ssl_mode(tokio_postgres::config::SslMode::Disable);
-        }
-        SslMode::Prefer => {
-            cfg.ssl_mode(tokio_postgres::config::SslMode::Prefer);
-        }
-        SslMode::Require | SslMode::VerifyCa | SslMode::VerifyFull => {
-            return Err(ProvisionError::InvalidSpec(
-                "sslMode require/verify-ca/verify-full is not supported by this operator build (no TLS client for PostgreSQL); use prefer or disable".to_string(),
-            ))
-        }
-    }
+    let ca = data.get(CA_KEY).map(String::as_str);
+    let tls = PgTls::new(tls_mode(ssl_mode), ca)
+        .map_err(|e| ProvisionError::InvalidSpec(format!("connection Secret: {e}")))?;
+    tls.apply(&mut cfg);
     cfg.connect_timeout(CALL_TIMEOUT);
-    Ok(cfg)
+    Ok(AdminConnection { config: cfg, tls })
 }
 
 /// The objects the shared DDL creates in a schema, read out of the DDL itself.
@@ -283,13 +313,13 @@ fn pg_err(e: tokio_postgres::Error) -> ProvisionError {
 
 /// The PostgreSQL provisioner of one EventStore.
 pub struct PostgresProvisioner {
-    config: tokio_postgres::Config,
+    config: AdminConnection,
     schema: String,
 }
 
 impl PostgresProvisioner {
     /// A provisioner for `schema` over the admin connection `config` (no connection yet).
-    pub fn new(config: tokio_postgres::Config, schema: String) -> Self {
+    pub fn new(config: AdminConnection, schema: String) -> Self {
         Self { config, schema }
     }
 
@@ -299,7 +329,7 @@ impl PostgresProvisioner {
     }
 
     async fn connect(&self) -> Result<tokio_postgres::Client, ProvisionError> {
-        let fut = self.config.connect(NoTls);
+        let fut = self.config.connect();
         let (client, conn) = tokio::time::timeout(CALL_TIMEOUT, fut)
             .await
             .map_err(|_| ProvisionError::Unavailable {
@@ -460,14 +490,16 @@ async fn run(c: &mut tokio_postgres::Client, statements: &[String]) -> Result<()
 }
 
 /// What a pooled tenant's own PostgreSQL login needs (the keys of its `<tenant>-postgres`
-/// Secret): `host`, `port`, `database`, `schema`, `user`, `password` and `url`. Host, port and
-/// database are the admin connection's.
+/// Secret): `host`, `port`, `database`, `schema`, `user`, `password`, `sslmode` and `url` (with
+/// `?sslmode=`). Host, port, database and sslmode are the admin connection's.
 pub fn tenant_login(
-    admin: &tokio_postgres::Config,
+    admin_connection: &AdminConnection,
     schema: &str,
     role: &str,
     password: &str,
 ) -> BTreeMap<String, String> {
+    let admin = admin_connection.config();
+    let sslmode = admin_connection.ssl_mode().as_str();
     let host = admin
         .get_hosts()
         .iter()
@@ -489,9 +521,10 @@ pub fn tenant_login(
         ("schema".to_string(), schema.to_string()),
         ("user".to_string(), role.to_string()),
         ("password".to_string(), password.to_string()),
+        ("sslmode".to_string(), sslmode.to_string()),
         (
             "url".to_string(),
-            format!("postgres://{role}:{password}@{host}:{port}/{db}"),
+            format!("postgres://{role}:{password}@{host}:{port}/{db}?sslmode={sslmode}"),
         ),
     ])
 }
@@ -714,8 +747,14 @@ mod tests {
             "postgres://admin:s3cret@db:5433/events".to_string(),
         )]);
         let c = connection_config(&url, SslMode::Prefer).unwrap();
-        assert_eq!(c.get_dbname(), Some("events"));
-        assert_eq!(c.get_ports(), &[5433]);
+        assert_eq!(c.config().get_dbname(), Some("events"));
+        let libpq = BTreeMap::from([(
+            "url".to_string(),
+            "postgres://admin:s3cret@db:5433/events?sslmode=verify-full".to_string(),
+        )]);
+        let c = connection_config(&libpq, SslMode::Require).unwrap();
+        assert_eq!(c.ssl_mode(), tls::SslMode::Require, "the spec's mode wins");
+        assert_eq!(c.config().get_ports(), &[5433]);
         let parts = BTreeMap::from([
             ("host".to_string(), "db".to_string()),
             ("port".to_string(), "5432".to_string()),
@@ -723,7 +762,7 @@ mod tests {
             ("password".to_string(), "pw".to_string()),
         ]);
         let c = connection_config(&parts, SslMode::Disable).unwrap();
-        assert_eq!(c.get_user(), Some("admin"));
+        assert_eq!(c.config().get_user(), Some("admin"));
         let bad = BTreeMap::from([(
             "url".to_string(),
             "postgres://u:topsecret@".to_string() + "%zz",
@@ -735,9 +774,53 @@ mod tests {
             connection_config(&BTreeMap::new(), SslMode::Prefer),
             Err(ProvisionError::InvalidSpec(_))
         ));
-        assert!(matches!(
-            connection_config(&parts, SslMode::VerifyFull),
-            Err(ProvisionError::InvalidSpec(_))
-        ));
+    }
+
+    #[test]
+    fn every_ssl_mode_connects_with_its_tls() {
+        let parts = BTreeMap::from([
+            ("host".to_string(), "db".to_string()),
+            ("user".to_string(), "admin".to_string()),
+        ]);
+        let modes = [
+            (SslMode::Disable, "disable"),
+            (SslMode::Prefer, "prefer"),
+            (SslMode::Require, "require"),
+            (SslMode::VerifyCa, "verify-ca"),
+            (SslMode::VerifyFull, "verify-full"),
+        ];
+        for (mode, libpq) in modes {
+            // The CRD's spelling is libpq's, which is store-node's.
+            assert_eq!(
+                serde_json::to_value(mode).unwrap(),
+                serde_json::json!(libpq)
+            );
+            let c = connection_config(&parts, mode).unwrap();
+            assert_eq!(c.ssl_mode().as_str(), libpq);
+            assert_eq!(c.config().get_ssl_mode(), tls_mode(mode).negotiation());
+        }
+        // ca.crt is parsed where it is used, and its problem is a spec problem.
+        let mut with_ca = parts.clone();
+        with_ca.insert(CA_KEY.to_string(), "not a certificate".to_string());
+        match connection_config(&with_ca, SslMode::VerifyFull) {
+            Err(ProvisionError::InvalidSpec(m)) => assert!(m.contains("ca.crt"), "{m}"),
+            other => panic!("expected InvalidSpec, got {other:?}"),
+        }
+        assert!(connection_config(&with_ca, SslMode::Require).is_ok());
+    }
+
+    #[test]
+    fn tenant_login_carries_the_ssl_mode() {
+        let admin = BTreeMap::from([(
+            "url".to_string(),
+            "postgres://admin:x@db.example:5433/events".to_string(),
+        )]);
+        let c = connection_config(&admin, SslMode::VerifyFull).unwrap();
+        let l = tenant_login(&c, "s", "s_acme", "pw");
+        assert_eq!(l["sslmode"], "verify-full");
+        assert_eq!(
+            l["url"],
+            "postgres://s_acme:pw@db.example:5433/events?sslmode=verify-full"
+        );
     }
 }

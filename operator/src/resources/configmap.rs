@@ -289,6 +289,7 @@ mod tests {
         let pg = GatewayBackend::Postgres {
             url_secret: "pg".into(),
             schema: "allsource_shop_orders_1a2b3c4d".into(),
+            ssl_mode: crate::api::eventstore::SslMode::default(),
         };
         let ddb = GatewayBackend::Dynamodb {
             table: "orders".into(),

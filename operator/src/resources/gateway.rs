@@ -21,8 +21,10 @@ use kube::ResourceExt;
 
 use super::configmap::{Registry, REGISTRY_KEY};
 use super::{child_meta, common_labels, CONFIG_MOUNT, HTTP_PORT};
-use crate::api::eventstore::GatewaySpec;
+use crate::api::eventstore::{GatewaySpec, SslMode};
 use crate::api::EventStore;
+use crate::provision::postgres::tls_mode;
+use store_node::backend::postgres::tls::CA_KEY;
 
 /// Component label value of gateway pods.
 pub const COMPONENT_GATEWAY: &str = "gateway";
@@ -35,12 +37,14 @@ const RUN_AS: i64 = 65532;
 /// How the gateway reaches its backend. Secrets are referenced by name and key only.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum GatewayBackend {
-    /// PostgreSQL: the admin Secret's `url` key and the EventStore's schema.
+    /// PostgreSQL: the admin Secret's `url` key, the EventStore's schema and TLS mode.
     Postgres {
-        /// Name of the Secret with key `url`.
+        /// Name of the Secret with key `url` (and `ca.crt` for verify-ca / verify-full).
         url_secret: String,
         /// Schema of the pooled tenants.
         schema: String,
+        /// `spec.postgres.sslMode`.
+        ssl_mode: SslMode,
     },
     /// DynamoDB: table, region, endpoint override and optional keys Secret (else pod identity).
     Dynamodb {
@@ -174,10 +178,31 @@ pub fn args_and_env(backend: &GatewayBackend) -> (Vec<String>, Vec<EnvVar>) {
     .map(|s| s.to_string())
     .collect();
     let env = match backend {
-        GatewayBackend::Postgres { url_secret, schema } => vec![
-            from_secret("STORE_NODE_PG_URL", url_secret, "url"),
-            literal("STORE_NODE_PG_SCHEMA", schema),
-        ],
+        GatewayBackend::Postgres {
+            url_secret,
+            schema,
+            ssl_mode,
+        } => {
+            let mode = tls_mode(*ssl_mode);
+            let mut env = vec![
+                from_secret("STORE_NODE_PG_URL", url_secret, "url"),
+                literal("STORE_NODE_PG_SCHEMA", schema),
+                literal("STORE_NODE_PG_SSLMODE", mode.as_str()),
+            ];
+            if mode.verifies_chain() {
+                // Optional: without `ca.crt` the gateway verifies against its built-in roots.
+                let mut ca = from_secret("STORE_NODE_PG_CA_CERT", url_secret, CA_KEY);
+                if let Some(r) = ca
+                    .value_from
+                    .as_mut()
+                    .and_then(|v| v.secret_key_ref.as_mut())
+                {
+                    r.optional = Some(true);
+                }
+                env.push(ca);
+            }
+            env
+        }
         GatewayBackend::Dynamodb {
             table,
             region,
@@ -394,6 +419,7 @@ mod tests {
         let backend = GatewayBackend::Postgres {
             url_secret: "pg-admin".into(),
             schema: "allsource_shop_orders".into(),
+            ssl_mode: SslMode::VerifyFull,
         };
         insta::assert_yaml_snapshot!("postgres_deployment", deployment(&es, &gw, &backend));
         insta::assert_yaml_snapshot!("service", service(&es));
@@ -475,10 +501,49 @@ mod tests {
         let (args, env) = args_and_env(&GatewayBackend::Postgres {
             url_secret: "pg".into(),
             schema: "s".into(),
+            ssl_mode: SslMode::VerifyCa,
         });
         assert_eq!(&args[..3], &["gateway", "--backend", "postgres"]);
-        let url = env.iter().find(|e| e.name == "STORE_NODE_PG_URL").unwrap();
-        assert!(url.value.is_none());
+        for name in ["STORE_NODE_PG_URL", "STORE_NODE_PG_CA_CERT"] {
+            let e = env.iter().find(|e| e.name == name).unwrap();
+            assert!(e.value.is_none(), "{name} has a literal value");
+        }
+    }
+
+    #[test]
+    fn postgres_tls_reaches_the_gateway() {
+        let env_of = |ssl_mode| {
+            args_and_env(&GatewayBackend::Postgres {
+                url_secret: "pg".into(),
+                schema: "s".into(),
+                ssl_mode,
+            })
+            .1
+        };
+        let get = |env: &[EnvVar], name: &str| env.iter().find(|e| e.name == name).cloned();
+        for (mode, libpq, ca) in [
+            (SslMode::Disable, "disable", false),
+            (SslMode::Prefer, "prefer", false),
+            (SslMode::Require, "require", false),
+            (SslMode::VerifyCa, "verify-ca", true),
+            (SslMode::VerifyFull, "verify-full", true),
+        ] {
+            let env = env_of(mode);
+            let sslmode = get(&env, "STORE_NODE_PG_SSLMODE").unwrap();
+            assert_eq!(sslmode.value.as_deref(), Some(libpq));
+            // What `store-node gateway --pg-sslmode` accepts.
+            assert!(libpq
+                .parse::<store_node::backend::postgres::tls::SslMode>()
+                .is_ok());
+            let ca_ref = get(&env, "STORE_NODE_PG_CA_CERT")
+                .and_then(|e| e.value_from)
+                .and_then(|v| v.secret_key_ref);
+            assert_eq!(ca_ref.is_some(), ca, "{libpq}");
+            if let Some(r) = ca_ref {
+                assert_eq!((r.name.as_str(), r.key.as_str()), ("pg", "ca.crt"));
+                assert_eq!(r.optional, Some(true));
+            }
+        }
     }
 
     #[test]

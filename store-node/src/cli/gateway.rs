@@ -57,6 +57,14 @@ pub struct GatewayArgs {
     /// PostgreSQL pool size.
     #[arg(long, env = "STORE_NODE_PG_POOL_SIZE", default_value_t = 16)]
     pub pg_pool_size: usize,
+    /// PostgreSQL TLS, libpq's `sslmode`: disable, prefer, require, verify-ca, verify-full
+    /// (overrides an `sslmode` in the URL).
+    #[arg(long, env = "STORE_NODE_PG_SSLMODE", default_value = "prefer")]
+    pub pg_sslmode: store_node::backend::postgres::tls::SslMode,
+    /// PEM CA bundle (the content, not a path) that verify-ca / verify-full check the server's
+    /// certificate against; the built-in Mozilla roots when unset.
+    #[arg(long, env = "STORE_NODE_PG_CA_CERT", hide_env_values = true)]
+    pub pg_ca_cert: Option<String>,
     /// DynamoDB table.
     #[arg(long, env = "STORE_NODE_DYNAMODB_TABLE", default_value = "allsource")]
     pub dynamodb_table: String,
@@ -149,6 +157,8 @@ fn postgres_store(
     let mut cfg = PostgresConfig::new(url, args.pg_schema.clone());
     cfg.pool_size = args.pg_pool_size;
     cfg.poll_interval = poll;
+    cfg.ssl_mode = args.pg_sslmode;
+    cfg.ca_pem = args.pg_ca_cert.clone().filter(|p| !p.trim().is_empty());
     Ok(PostgresStore::connect(cfg)?)
 }
 

@@ -127,6 +127,7 @@ async fn target(
                 Ok(GatewayBackend::Postgres {
                     url_secret: pg.connection_secret_ref.name.clone(),
                     schema: schema.clone(),
+                    ssl_mode: pg.ssl_mode,
                 })
             } else {
                 Err(format!(
@@ -852,6 +853,7 @@ mod tests {
         let backend = GatewayBackend::Postgres {
             url_secret: "pg".into(),
             schema: "s".into(),
+            ssl_mode: crate::api::eventstore::SslMode::default(),
         };
         let r = gateway_registry(std::slice::from_ref(&t), &backend);
         assert_eq!(r.tenants.len(), 1);

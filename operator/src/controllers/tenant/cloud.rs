@@ -98,7 +98,7 @@ fn degraded(e: &ProvisionError) -> TenantOutcome {
 }
 
 /// The admin provisioner of the store's schema and its connection settings.
-type Admin = (PostgresProvisioner, tokio_postgres::Config);
+type Admin = (PostgresProvisioner, postgres::AdminConnection);
 
 /// The admin provisioner of the store's schema, or why there is none yet.
 async fn admin(
@@ -213,7 +213,7 @@ async fn ensure_login_secret(
     tenant: &Tenant,
     ctx: &Context,
     ns: &str,
-    admin_cfg: &tokio_postgres::Config,
+    admin_cfg: &postgres::AdminConnection,
     schema: &str,
     role: &str,
 ) -> Result<(String, bool), ReconcileError> {
@@ -413,14 +413,23 @@ mod tests {
 
     #[test]
     fn tenant_login_keys() {
-        let admin: tokio_postgres::Config =
-            "postgres://admin:x@db.example:5433/events".parse().unwrap();
+        let admin = postgres::connection_config(
+            &BTreeMap::from([(
+                "url".to_string(),
+                "postgres://admin:x@db.example:5433/events".to_string(),
+            )]),
+            crate::api::eventstore::SslMode::Prefer,
+        )
+        .unwrap();
         let l = postgres::tenant_login(&admin, "s", "s_acme", "pw");
         assert_eq!(
             l.keys().cloned().collect::<Vec<_>>(),
-            vec!["database", "host", "password", "port", "schema", "url", "user"]
+            vec!["database", "host", "password", "port", "schema", "sslmode", "url", "user"]
         );
-        assert_eq!(l["url"], "postgres://s_acme:pw@db.example:5433/events");
+        assert_eq!(
+            l["url"],
+            "postgres://s_acme:pw@db.example:5433/events?sslmode=prefer"
+        );
         assert!(!l.values().any(|v| v.contains("admin")));
     }
 }

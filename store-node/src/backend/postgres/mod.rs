@@ -10,6 +10,7 @@
 //! build SQL text itself: statements come from [`sql`].
 
 pub mod sql;
+pub mod tls;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -17,7 +18,6 @@ use std::time::Duration;
 
 use deadpool_postgres::{GenericClient, Pool, Runtime};
 use tokio_postgres::error::SqlState;
-use tokio_postgres::NoTls;
 use uuid::Uuid;
 
 use crate::backend::cloud::{self, StreamHead};
@@ -28,6 +28,7 @@ use crate::model::{
     RecordedEvent, Snapshot, StreamId, StreamInfo, TenantId, TenantStats,
 };
 use sql::Queries;
+use tls::{PgTls, SslMode};
 
 /// Configuration of the PostgreSQL backend.
 #[derive(Debug, Clone)]
@@ -42,10 +43,16 @@ pub struct PostgresConfig {
     pub pool_size: usize,
     /// Poll interval of subscriptions.
     pub poll_interval: Duration,
+    /// libpq `sslmode` of the connections; overrides any `sslmode` of the URL.
+    pub ssl_mode: SslMode,
+    /// PEM CA bundle the server's certificate is verified against (`verify-ca`,
+    /// `verify-full`); the built-in Mozilla roots when unset.
+    pub ca_pem: Option<String>,
 }
 
 impl PostgresConfig {
-    /// A configuration with defaults for everything but the URL and schema.
+    /// A configuration with defaults for everything but the URL and schema (TLS: `prefer`,
+    /// like libpq).
     pub fn new(url: impl Into<String>, schema: impl Into<String>) -> Self {
         Self {
             url: url.into(),
@@ -53,6 +60,8 @@ impl PostgresConfig {
             siloed: BTreeMap::new(),
             pool_size: 16,
             poll_interval: cloud::DEFAULT_POLL_INTERVAL,
+            ssl_mode: SslMode::default(),
+            ca_pem: None,
         }
     }
 }
@@ -91,11 +100,26 @@ fn pg_err(e: tokio_postgres::Error) -> StoreError {
     if e.is_closed() {
         return StoreError::Unavailable(format!("postgres connection closed: {e}"));
     }
-    StoreError::Unavailable(format!("postgres: {e}"))
+    StoreError::Unavailable(format!("postgres: {}", with_causes(&e)))
 }
 
 fn pool_err(e: deadpool_postgres::PoolError) -> StoreError {
-    StoreError::Unavailable(format!("postgres pool: {e}"))
+    StoreError::Unavailable(format!("postgres pool: {}", with_causes(&e)))
+}
+
+/// `e` and its sources: "error performing TLS handshake" alone hides which check failed.
+fn with_causes(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        let c_str = c.to_string();
+        if !s.ends_with(&c_str) {
+            s.push_str(": ");
+            s.push_str(&c_str);
+        }
+        cause = c.source();
+    }
+    s
 }
 
 fn to_i64(v: u64) -> StoreResult<i64> {
@@ -153,10 +177,20 @@ impl PostgresStore {
     /// Connects a pool (lazily: the first query opens connections).
     pub fn connect(config: PostgresConfig) -> StoreResult<Self> {
         let mut pg = deadpool_postgres::Config::new();
-        pg.url = Some(config.url.clone());
+        pg.url = Some(tls::strip_sslmode(&config.url).0);
         pg.pool = Some(deadpool_postgres::PoolConfig::new(config.pool_size.max(1)));
+        let tls = PgTls::new(config.ssl_mode, config.ca_pem.as_deref())
+            .map_err(|e| StoreError::invalid("sslmode", e.to_string()))?;
+        // Negotiation as in `PgTls::apply`; the connector does the verification.
+        pg.ssl_mode = Some(match config.ssl_mode {
+            SslMode::Disable => deadpool_postgres::SslMode::Disable,
+            SslMode::Prefer => deadpool_postgres::SslMode::Prefer,
+            SslMode::Require | SslMode::VerifyCa | SslMode::VerifyFull => {
+                deadpool_postgres::SslMode::Require
+            }
+        });
         let pool = pg
-            .create_pool(Some(Runtime::Tokio1), NoTls)
+            .create_pool(Some(Runtime::Tokio1), tls.connector())
             .map_err(|e| StoreError::invalid("url", format!("postgres pool: {e}")))?;
         let queries = Queries::new(&config.schema)?;
         let mut silos = BTreeMap::new();
