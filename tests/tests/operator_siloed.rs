@@ -700,6 +700,16 @@ async fn dynamodb_siloed_tenant_table_isolation_drift_and_deletion() {
         0,
         "siloed items in the pooled table"
     );
+    // The pooled tenant's own events live in the store's table (erased with it below).
+    let r = reqwest::Client::new()
+        .post(format!("{}/v1/streams/cart/events", gw.base))
+        .bearer_auth(&tok_pooled)
+        .json(&json!({"events": [{"eventId": uuid::Uuid::new_v4(), "eventType": "added", "data": {}}]}))
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success(), "pooled append: {}", r.status());
+    assert!(items_of(&ddb, &table, &pooled).await > 0, "no pooled item");
     drop(gw);
 
     // Deletion under Delete (deletion protection is on): the table goes.
@@ -731,7 +741,13 @@ async fn dynamodb_siloed_tenant_table_isolation_drift_and_deletion() {
     })
     .await;
 
+    // A pooled tenant under Delete: every item of it leaves the shared table.
     delete_tenant(&client, &n, &pooled).await;
+    assert_eq!(
+        items_of(&ddb, &table, &pooled).await,
+        0,
+        "pooled tenant's items left after deletion under Delete"
+    );
     delete_store(&client, &n).await;
     ddb.update_table()
         .table_name(&kept_table)

@@ -18,7 +18,9 @@ use std::time::Duration;
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Api, ObjectMeta, Patch, PatchParams};
 use kube::{Resource, ResourceExt};
+use store_node::backend::dynamodb::{DynamoConfig, DynamoStore};
 use store_node::backend::postgres::sql;
+use store_node::backend::EventStore as _;
 
 use super::status::Verdict;
 use super::TenantOutcome;
@@ -27,6 +29,7 @@ use crate::api::tenant::{LocationKind, Placement, TenantLocation};
 use crate::api::{DeletionPolicy, EventStore, Tenant, FIELD_MANAGER};
 use crate::controllers::eventstore::cloud::secret_data;
 use crate::controllers::{Context, ReconcileError};
+use crate::provision::dynamodb;
 use crate::provision::postgres::{self, PostgresProvisioner};
 use crate::provision::ProvisionError;
 
@@ -338,40 +341,86 @@ async fn dynamodb_tenant(
     })
 }
 
-/// Removes what [`reconcile`] provisioned when the Tenant is deleted: the login role and its
-/// mapping (its rows too under `deletionPolicy: Delete`). The login Secret goes with its owner
-/// reference. Ok means done: the finalizer is removed afterwards; an outage retries.
+/// Removes what [`reconcile`] provisioned when the Tenant is deleted: its access at once (login
+/// role, table/schema grants), and its data under `deletionPolicy: Delete` (pooled PostgreSQL
+/// rows, pooled DynamoDB items, the siloed schema or table, the Firestore documents). Secrets go
+/// with their owner reference. Ok(true) means the data is erased, Ok(false) that it is kept;
+/// either way the finalizer may go. An outage is an error and retries.
 pub async fn cleanup(
     tenant: &Tenant,
     es: &EventStore,
     ctx: &Context,
     ns: &str,
-) -> Result<(), ReconcileError> {
+) -> Result<bool, ReconcileError> {
+    let delete = tenant.spec.deletion_policy == DeletionPolicy::Delete;
     if es.spec.backend == Backend::Firestore {
-        return super::firestore::cleanup(tenant, es, ctx, ns).await;
+        super::firestore::cleanup(tenant, es, ctx, ns).await?;
+        return Ok(delete);
     }
     if tenant.spec.placement == Placement::Siloed
         && matches!(es.spec.backend, Backend::Postgres | Backend::DynamoDb)
     {
-        return siloed::cleanup(tenant, es, ctx, ns).await;
+        siloed::cleanup(tenant, es, ctx, ns).await?;
+        return Ok(delete);
     }
-    if es.spec.backend != Backend::Postgres || tenant.spec.placement != Placement::Pooled {
-        return Ok(());
+    match es.spec.backend {
+        Backend::Postgres => {}
+        Backend::DynamoDb if delete => {
+            return purge_pooled_dynamodb(tenant, es, ctx, ns).await;
+        }
+        _ => return Ok(false),
     }
     let (prov, _) = match admin(es, ctx, ns).await? {
         Ok(p) => p,
         // Nothing was provisioned for a store without a schema.
-        Err(Ok(_)) => return Ok(()),
+        Err(Ok(_)) => return Ok(false),
         Err(Err(e)) => return Err(ReconcileError::Backend(e)),
     };
     let role = role_name(prov.schema(), &tenant.spec.tenant_id);
-    prov.drop_tenant_role(
-        &role,
-        &tenant.spec.tenant_id,
-        tenant.spec.deletion_policy == DeletionPolicy::Delete,
-    )
-    .await?;
-    Ok(())
+    prov.drop_tenant_role(&role, &tenant.spec.tenant_id, delete)
+        .await?;
+    Ok(delete)
+}
+
+/// Deletes a pooled tenant's items from the store's table (the gateway no longer lists the
+/// tenant, so nothing writes them meanwhile). Ok(false) when the store's table is not known.
+async fn purge_pooled_dynamodb(
+    tenant: &Tenant,
+    es: &EventStore,
+    ctx: &Context,
+    ns: &str,
+) -> Result<bool, ReconcileError> {
+    let (Some(d), Some(table)) = (
+        es.spec.dynamodb.as_ref(),
+        es.status.as_ref().and_then(|s| s.provisioned.get("table")),
+    ) else {
+        return Ok(false);
+    };
+    let keys = match &d.credentials_secret_ref {
+        None => None,
+        Some(r) => Some(
+            secret_data(ctx, ns, &r.name)
+                .await?
+                .and_then(|data| dynamodb::keys_from_secret(&data))?,
+        ),
+    };
+    let client = dynamodb::client(&dynamodb::Access {
+        region: d.region.clone(),
+        endpoint: d.endpoint.clone(),
+        keys,
+    })
+    .await;
+    let id = store_node::model::TenantId::new(&tenant.spec.tenant_id)
+        .map_err(|e| ProvisionError::InvalidSpec(e.to_string()))?;
+    let store = DynamoStore::with_client(client, DynamoConfig::new(table.clone(), &d.region));
+    store
+        .purge_tenant(&id)
+        .await
+        .map_err(|e| ProvisionError::Unavailable {
+            service: "dynamodb",
+            message: format!("erasing tenant {}: {e}", tenant.spec.tenant_id),
+        })?;
+    Ok(true)
 }
 
 #[cfg(test)]

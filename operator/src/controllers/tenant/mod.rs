@@ -510,19 +510,33 @@ async fn cleanup(t: &Tenant, ctx: &Context, ns: &str) -> Result<bool, ReconcileE
                     return Ok(false);
                 }
             }
-            _ => cloud::cleanup(t, es, ctx, ns).await?,
+            _ => {
+                let erased = cloud::cleanup(t, es, ctx, ns).await?;
+                if t.spec.deletion_policy == DeletionPolicy::Delete && !erased {
+                    ctx.publish(
+                        t,
+                        EventType::Warning,
+                        "DataRetained",
+                        "Cleanup",
+                        format!(
+                            "deletionPolicy Delete: EventStore {} has no provisioned place for this tenant; nothing was erased",
+                            es.name_any()
+                        ),
+                    )
+                    .await;
+                }
+            }
         }
-    }
-    let self_hosted = es
-        .as_ref()
-        .is_some_and(|es| es.spec.backend == Backend::SelfHosted);
-    if t.spec.deletion_policy == DeletionPolicy::Delete && !self_hosted {
+    } else if t.spec.deletion_policy == DeletionPolicy::Delete {
         ctx.publish(
             t,
             EventType::Warning,
             "DataRetained",
             "Cleanup",
-            "deletionPolicy Delete: the store node has no API to erase a tenant's events; they are kept on the store".to_string(),
+            format!(
+                "deletionPolicy Delete: EventStore {} is gone, so the tenant's data could not be erased here; the store's own deletionPolicy decided what happened to it",
+                t.spec.event_store_ref.name
+            ),
         )
         .await;
     }

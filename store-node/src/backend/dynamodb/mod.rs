@@ -561,6 +561,19 @@ impl DynamoStore {
         }
     }
 
+    /// Deletes every item whose partition key is `pk`.
+    async fn delete_partition(&self, pk: &str) -> StoreResult<()> {
+        let vals = HashMap::from([(":pk".to_string(), s(pk))]);
+        let items = self
+            .query_all(None, "pk = :pk", vals, true, usize::MAX)
+            .await?;
+        let keys = items
+            .iter()
+            .map(|i| Ok(key(get_s(i, "pk")?.to_string(), get_s(i, "sk")?)))
+            .collect::<StoreResult<Vec<_>>>()?;
+        self.delete_keys(keys).await
+    }
+
     async fn delete_keys(&self, keys: Vec<Item>) -> StoreResult<()> {
         for chunk in keys.chunks(25) {
             let mut reqs: Vec<WriteRequest> = chunk
@@ -926,6 +939,27 @@ impl EventStore for DynamoStore {
             )
             .await?;
         self.drop_events(tenant, items).await
+    }
+
+    /// Deletes every item of the tenant in this table: each stream's items (head, events, event
+    /// ids, snapshot), found through the by-tenant index, then the tenant's own items (counters).
+    /// The index is eventually consistent, so it is read again until it lists no stream. Callers
+    /// remove the tenant's access first (nothing writes while this runs). Idempotent.
+    async fn purge_tenant(&self, tenant: &TenantId) -> StoreResult<()> {
+        for _ in 0..MAX_ATTEMPTS {
+            let vals = HashMap::from([(":t".to_string(), s(tenant.as_str()))]);
+            let heads = self
+                .query_all(Some(table::BY_TENANT), "g1p = :t", vals, true, usize::MAX)
+                .await?;
+            if heads.is_empty() {
+                break;
+            }
+            for head in &heads {
+                self.delete_partition(get_s(head, "pk")?).await?;
+            }
+        }
+        self.delete_partition(&table::tenant_pk(tenant.as_str()))
+            .await
     }
 
     async fn stats(&self, tenant: &TenantId) -> StoreResult<TenantStats> {
