@@ -410,6 +410,18 @@ async fn delete_namespace(client: kube::Client, name: &str) -> Result<(), EnvErr
             }
         }
     }
+    // A pod runner of this namespace's test registers Node `runner-<namespace>`; a test that
+    // failed before removing it would leave a NotReady Node behind (and enough of them put the
+    // node lifecycle controller into full-disruption mode for the whole test cluster).
+    let nodes: Api<k8s_openapi::api::core::v1::Node> = Api::all(client);
+    match nodes
+        .delete(&format!("runner-{name}"), &DeleteParams::background())
+        .await
+    {
+        Ok(_) => {}
+        Err(kube::Error::Api(status)) if status.code == 404 => {}
+        Err(e) => eprintln!("warning: could not delete the runner Node of {name}: {e}"),
+    }
     Ok(())
 }
 

@@ -482,6 +482,22 @@ async fn many_stores_reach_ready() {
                 .iter()
                 .filter(|e| e.status.as_ref().is_some_and(|s| is_ready(e, s, 1)))
                 .count();
+            // Progress, printed when the count changes (diagnoses a stall).
+            static LAST: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+            let changed = LAST.swap(ready, std::sync::atomic::Ordering::Relaxed) != ready;
+            if let Some(e) = list
+                .items
+                .iter()
+                .find(|e| changed && !e.status.as_ref().is_some_and(|s| is_ready(e, s, 1)))
+            {
+                eprintln!(
+                    "{ready}/{count} Ready; {} not: {:?}",
+                    e.name_any(),
+                    e.status
+                        .as_ref()
+                        .map(|s| (&s.phase, &s.ready_text, &s.conditions))
+                );
+            }
             (ready == count as usize).then_some(())
         }
     })
