@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use store_node::backend::firestore::{admin, layout, rest, FirestoreConfig, FirestoreStore};
+use store_node::backend::firestore::{admin, auth, layout, rest, FirestoreConfig, FirestoreStore};
 use store_node::{EventStore, ExpectedVersion, NewEvent, StoreError, StreamId, TenantId};
 use uuid::Uuid;
 
@@ -16,6 +16,12 @@ fn store() -> Option<(FirestoreStore, FirestoreConfig)> {
     let cfg = FirestoreConfig::emulator(env.firestore_project(), env.firestore_emulator_host());
     let s = FirestoreStore::connect(cfg.clone()).unwrap_or_else(|e| panic!("client: {e}"));
     Some((s, cfg))
+}
+
+/// A bare REST client with the store's credentials.
+fn rest_client(cfg: &FirestoreConfig) -> rest::RestClient {
+    let tokens = auth::TokenSource::new(&cfg.credentials).unwrap_or_else(|e| panic!("{e}"));
+    rest::RestClient::with_tokens(&cfg.endpoint, tokens).unwrap_or_else(|e| panic!("{e}"))
 }
 
 fn tenant() -> TenantId {
@@ -132,8 +138,7 @@ async fn firestore_limits_hold_at_their_edge() {
         .await;
     assert_eq!(r.err().map(|e| e.code()), Some("too_large"));
     // A document over 1 MiB sent anyway is Firestore's own refusal, mapped to too_large.
-    let client =
-        rest::RestClient::new(&cfg.endpoint, cfg.token.clone()).unwrap_or_else(|e| panic!("{e}"));
+    let client = rest_client(&cfg);
     let l = layout::Layout::new(&cfg.project, &cfg.database);
     let mut fields = serde_json::Map::new();
     fields.insert("p".into(), layout::bytes(&vec![0u8; 1024 * 1024 + 1]));
@@ -160,8 +165,7 @@ async fn ttl_field_is_written_where_the_policy_reads_it() {
         .await
         .unwrap_or_else(|e| panic!("{e}"));
     let after = chrono::Utc::now();
-    let client =
-        rest::RestClient::new(&cfg.endpoint, cfg.token.clone()).unwrap_or_else(|e| panic!("{e}"));
+    let client = rest_client(&cfg);
     let l = layout::Layout::new(&cfg.project, &cfg.database);
     for name in [
         l.event_doc(&t, &st, 0),

@@ -57,16 +57,20 @@ pub enum GatewayBackend {
         /// Secret with AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY; None uses IRSA.
         credentials_secret: Option<String>,
     },
-    /// Firestore: project, database, emulator `host:port` and optional service-account Secret.
+    /// Firestore: project, database, endpoint and credentials (the emulator, a service-account
+    /// Secret or workload identity).
     Firestore {
         /// Google Cloud project id.
         project: String,
         /// Database id.
         database: String,
-        /// Emulator `host:port` (`FIRESTORE_EMULATOR_HOST`); None for Google's endpoint.
+        /// Emulator `host:port` (`FIRESTORE_EMULATOR_HOST`, the emulator's token); None for a
+        /// real Firestore endpoint.
         emulator_host: Option<String>,
-        /// Secret with `key.json`, mounted read-only at [`FIRESTORE_KEY_DIR`]; None uses
-        /// workload identity.
+        /// `https://` base URL other than Google's default endpoint; None for the default.
+        endpoint: Option<String>,
+        /// Secret with `key.json`, mounted read-only at [`FIRESTORE_KEY_DIR`] and passed as
+        /// `--firestore-credentials-file`; None (and no emulator) uses workload identity.
         credentials_secret: Option<String>,
     },
 }
@@ -234,20 +238,25 @@ pub fn args_and_env(backend: &GatewayBackend) -> (Vec<String>, Vec<EnvVar>) {
             project,
             database,
             emulator_host,
+            endpoint,
             credentials_secret,
         } => {
             let mut env = vec![
                 literal("STORE_NODE_FIRESTORE_PROJECT", project),
                 literal("STORE_NODE_FIRESTORE_DATABASE", database),
             ];
-            if let Some(h) = emulator_host {
-                env.push(literal("FIRESTORE_EMULATOR_HOST", h));
+            match (emulator_host, endpoint) {
+                (Some(h), _) => env.push(literal("FIRESTORE_EMULATOR_HOST", h)),
+                (None, Some(ep)) => env.push(literal("STORE_NODE_FIRESTORE_ENDPOINT", ep)),
+                (None, None) => {}
             }
             if credentials_secret.is_some() {
                 env.push(literal(
-                    "GOOGLE_APPLICATION_CREDENTIALS",
+                    "STORE_NODE_FIRESTORE_CREDENTIALS_FILE",
                     &format!("{FIRESTORE_KEY_DIR}/key.json"),
                 ));
+            } else if emulator_host.is_none() {
+                env.push(literal("STORE_NODE_FIRESTORE_WORKLOAD_IDENTITY", "true"));
             }
             env
         }
@@ -461,6 +470,7 @@ mod tests {
             project: "my-project".into(),
             database: "(default)".into(),
             emulator_host: None,
+            endpoint: None,
             credentials_secret: Some("gcp-key".into()),
         };
         insta::assert_yaml_snapshot!("firestore_deployment", deployment(&es, &gw, &backend));
@@ -468,6 +478,7 @@ mod tests {
             project: "p".into(),
             database: "(default)".into(),
             emulator_host: Some("127.0.0.1:8080".into()),
+            endpoint: None,
             credentials_secret: None,
         };
         let (args, env) = args_and_env(&emulator);
@@ -477,6 +488,32 @@ mod tests {
             .find(|e| e.name == "FIRESTORE_EMULATOR_HOST")
             .unwrap();
         assert_eq!(host.value.as_deref(), Some("127.0.0.1:8080"));
+        assert!(!env
+            .iter()
+            .any(|e| e.name.starts_with("STORE_NODE_FIRESTORE_CREDENTIALS")
+                || e.name == "STORE_NODE_FIRESTORE_WORKLOAD_IDENTITY"));
+        let wi = GatewayBackend::Firestore {
+            project: "p".into(),
+            database: "(default)".into(),
+            emulator_host: None,
+            endpoint: Some("https://eu-firestore.example.com".into()),
+            credentials_secret: None,
+        };
+        let (_, env) = args_and_env(&wi);
+        let value = |n: &str| {
+            env.iter()
+                .find(|e| e.name == n)
+                .and_then(|e| e.value.clone())
+        };
+        assert_eq!(
+            value("STORE_NODE_FIRESTORE_WORKLOAD_IDENTITY").as_deref(),
+            Some("true")
+        );
+        assert_eq!(
+            value("STORE_NODE_FIRESTORE_ENDPOINT").as_deref(),
+            Some("https://eu-firestore.example.com")
+        );
+        assert_eq!(value("FIRESTORE_EMULATOR_HOST"), None);
         let d = deployment(&es, &gw, &emulator);
         let pod = d.spec.unwrap().template.spec.unwrap();
         assert_eq!(

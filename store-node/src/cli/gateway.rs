@@ -29,7 +29,8 @@ pub enum GatewayBackend {
     Postgres,
     /// DynamoDB (`--dynamodb-table`, `--dynamodb-region`, optional endpoint and keys).
     Dynamodb,
-    /// Firestore (`--firestore-project`, optional database, emulator host or bearer token).
+    /// Firestore (`--firestore-project`, optional database; credentials from a key file,
+    /// workload identity, the emulator or a bearer token).
     Firestore,
 }
 
@@ -94,12 +95,33 @@ pub struct GatewayArgs {
         default_value = "(default)"
     )]
     pub firestore_database: String,
+    /// Firestore REST base URL (default `https://firestore.googleapis.com`; e.g. a regional or
+    /// private endpoint). Ignored with `--firestore-emulator-host`.
+    #[arg(long, env = "STORE_NODE_FIRESTORE_ENDPOINT")]
+    pub firestore_endpoint: Option<String>,
     /// Firestore emulator `host:port`; when set, calls go there over plain HTTP with the
-    /// emulator's `owner` token (unless `--firestore-token` is given).
+    /// emulator's `owner` token (unless credentials or `--firestore-token` are given).
     #[arg(long, env = "FIRESTORE_EMULATOR_HOST")]
     pub firestore_emulator_host: Option<String>,
-    /// Bearer token for Firestore (production: a Google OAuth access token, e.g. from the
-    /// metadata server under workload identity, refreshed by whoever starts the gateway).
+    /// Real Firestore with a service account: path of its `key.json`. The gateway signs its own
+    /// OAuth access tokens (scope datastore), cached and refreshed before they expire.
+    #[arg(
+        long,
+        env = "STORE_NODE_FIRESTORE_CREDENTIALS_FILE",
+        conflicts_with_all = ["firestore_workload_identity", "firestore_token"]
+    )]
+    pub firestore_credentials_file: Option<std::path::PathBuf>,
+    /// Real Firestore with the node's identity (GKE workload identity): access tokens from the
+    /// metadata server, cached and refreshed before they expire.
+    #[arg(
+        long,
+        env = "STORE_NODE_FIRESTORE_WORKLOAD_IDENTITY",
+        default_value_t = false,
+        conflicts_with = "firestore_token"
+    )]
+    pub firestore_workload_identity: bool,
+    /// Fixed bearer token for Firestore (refreshed by whoever starts the gateway; prefer
+    /// `--firestore-credentials-file` or `--firestore-workload-identity`).
     #[arg(long, env = "STORE_NODE_FIRESTORE_TOKEN", hide_env_values = true)]
     pub firestore_token: Option<String>,
 }
@@ -204,17 +226,12 @@ pub async fn open_backend(args: &GatewayArgs) -> anyhow::Result<Arc<dyn EventSto
                 .firestore_project
                 .clone()
                 .context("--firestore-project is required for --backend firestore")?;
-            let mut cfg = match &args.firestore_emulator_host {
-                Some(host) => FirestoreConfig::emulator(project, host),
-                None => FirestoreConfig::new(project, None),
-            };
-            if let Some(t) = &args.firestore_token {
-                cfg.token = Some(t.clone());
+            let mut cfg = FirestoreConfig::new(project, firestore_credentials(args)?);
+            if let Some(host) = &args.firestore_emulator_host {
+                cfg.endpoint = format!("http://{host}");
+            } else if let Some(ep) = &args.firestore_endpoint {
+                cfg.endpoint = ep.trim_end_matches('/').to_string();
             }
-            anyhow::ensure!(
-                cfg.token.is_some(),
-                "--firestore-token is required without --firestore-emulator-host"
-            );
             cfg.database = args.firestore_database.clone();
             cfg.poll_interval = poll;
             let store = FirestoreStore::connect(cfg)?;
@@ -230,6 +247,28 @@ pub async fn open_backend(args: &GatewayArgs) -> anyhow::Result<Arc<dyn EventSto
             Ok(Arc::new(store))
         }
     }
+}
+
+/// The Firestore credentials the flags name: a key file, workload identity, a fixed token, or
+/// the emulator's token when only `--firestore-emulator-host` is given.
+fn firestore_credentials(
+    args: &GatewayArgs,
+) -> anyhow::Result<store_node::backend::firestore::Credentials> {
+    use store_node::backend::firestore::{auth, Credentials};
+    Ok(if let Some(path) = &args.firestore_credentials_file {
+        auth::key_from_file(path)?
+    } else if args.firestore_workload_identity {
+        Credentials::WorkloadIdentity
+    } else if let Some(t) = &args.firestore_token {
+        Credentials::Static(t.clone())
+    } else if args.firestore_emulator_host.is_some() {
+        Credentials::Emulator
+    } else {
+        anyhow::bail!(
+            "real Firestore needs --firestore-credentials-file, --firestore-workload-identity \
+             or --firestore-token (or --firestore-emulator-host for the emulator)"
+        )
+    })
 }
 
 /// Runs the gateway until SIGTERM/SIGINT.

@@ -33,6 +33,7 @@ use crate::provision::postgres::{self, PostgresProvisioner};
 use crate::provision::{Deleted, EnsureAction, Ensured, Observed, ProvisionError, Provisioner};
 use crate::resources::gateway::{self, GatewayBackend};
 use crate::resources::{configmap, service, HTTP_PORT};
+use store_node::backend::firestore::FIRESTORE_ENDPOINT;
 
 /// Default interval between drift checks of a healthy cloud store (reads only).
 pub const DEFAULT_DRIFT_INTERVAL: Duration = Duration::from_secs(60);
@@ -182,7 +183,7 @@ async fn target(
                 Ok(p) => p,
                 Err(e) => return Ok(Err(e)),
             };
-            let gateway = firestore_gateway(es, prov.plan());
+            let gateway = Ok(firestore_gateway(es, prov.plan()));
             Ok(Ok(Target {
                 provisioner: Box::new(prov),
                 gateway,
@@ -225,23 +226,24 @@ pub(crate) async fn firestore_provisioner(
     Ok(FirestoreProvisioner::connect(plan, &creds).await)
 }
 
-/// The gateway of a Firestore store. store-node's gateway takes only the emulator host or a
-/// static `--firestore-token`; it cannot mint OAuth tokens from `key.json` or the metadata
-/// server yet, so only an emulator-backed gateway can run.
-fn firestore_gateway(es: &EventStore, plan: &firestore::Plan) -> Result<GatewayBackend, String> {
-    if !plan.emulator {
-        return Err(format!(
-            "store-node's Firestore gateway cannot obtain Google OAuth tokens (key.json or \
-             workload identity) yet; only an emulator endpoint can be served ({} not deployed)",
-            gateway::gateway_name(es)
-        ));
-    }
-    Ok(GatewayBackend::Firestore {
+/// The gateway of a Firestore store, with the provisioner's credentials: the emulator's token
+/// for an emulator endpoint, else `key.json` of `spec.firestore.credentialsSecretRef` (mounted
+/// and passed as `--firestore-credentials-file`), else workload identity.
+fn firestore_gateway(es: &EventStore, plan: &firestore::Plan) -> GatewayBackend {
+    let f = es.spec.firestore.as_ref();
+    GatewayBackend::Firestore {
         project: plan.project.clone(),
         database: plan.database.clone(),
-        emulator_host: Some(firestore::emulator_host(&plan.endpoint)),
-        credentials_secret: None,
-    })
+        emulator_host: plan
+            .emulator
+            .then(|| firestore::emulator_host(&plan.endpoint)),
+        endpoint: (!plan.emulator && plan.endpoint != FIRESTORE_ENDPOINT)
+            .then(|| plan.endpoint.clone()),
+        credentials_secret: f
+            .and_then(|f| f.credentials_secret_ref.as_ref())
+            .filter(|_| !plan.emulator)
+            .map(|r| r.name.clone()),
+    }
 }
 
 /// Reconciles a cloud-backed EventStore.
@@ -818,8 +820,8 @@ mod tests {
     }
 
     #[test]
-    fn firestore_gateway_only_for_an_emulator() {
-        let es = es();
+    fn firestore_gateway_for_emulator_key_and_workload_identity() {
+        let mut es = es();
         let spec = |endpoint: Option<&str>| crate::api::eventstore::FirestoreSpec {
             project_id: "p".into(),
             database_id: "(default)".into(),
@@ -829,17 +831,40 @@ mod tests {
         let emu = firestore::plan("shop", "orders", &spec(Some("127.0.0.1:8080"))).unwrap();
         assert_eq!(
             firestore_gateway(&es, &emu),
-            Ok(GatewayBackend::Firestore {
+            GatewayBackend::Firestore {
                 project: "p".into(),
                 database: "(default)".into(),
                 emulator_host: Some("127.0.0.1:8080".into()),
+                endpoint: None,
                 credentials_secret: None,
-            })
+            }
         );
         let prod = firestore::plan("shop", "orders", &spec(None)).unwrap();
-        assert!(firestore_gateway(&es, &prod)
-            .unwrap_err()
-            .contains("cannot obtain Google OAuth tokens"));
+        assert_eq!(
+            firestore_gateway(&es, &prod),
+            GatewayBackend::Firestore {
+                project: "p".into(),
+                database: "(default)".into(),
+                emulator_host: None,
+                endpoint: None,
+                credentials_secret: None,
+            },
+            "workload identity"
+        );
+        let mut keyed = spec(Some("https://eu-firestore.example.com"));
+        keyed.credentials_secret_ref = Some(crate::api::SecretRef { name: "gcp".into() });
+        es.spec.firestore = Some(keyed.clone());
+        let regional = firestore::plan("shop", "orders", &keyed).unwrap();
+        assert_eq!(
+            firestore_gateway(&es, &regional),
+            GatewayBackend::Firestore {
+                project: "p".into(),
+                database: "(default)".into(),
+                emulator_host: None,
+                endpoint: Some("https://eu-firestore.example.com".into()),
+                credentials_secret: Some("gcp".into()),
+            }
+        );
     }
 
     #[test]
@@ -865,6 +890,7 @@ mod tests {
             project: "p".into(),
             database: "(default)".into(),
             emulator_host: None,
+            endpoint: None,
             credentials_secret: None,
         };
         assert_eq!(gateway_registry(&[t, siloed], &fs).tenants.len(), 1);

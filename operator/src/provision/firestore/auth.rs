@@ -1,41 +1,16 @@
-//! Where the provisioner's Firestore bearer token comes from: the emulator's fixed `owner`
-//! token (store-node's [`EMULATOR_TOKEN`]), an OAuth access token from a service-account key
-//! (`key.json` of `spec.firestore.credentialsSecretRef`, signed JWT) or from the GKE metadata
-//! server (workload identity), both through Google's `google-cloud-auth`. A token is only ever
-//! returned to the caller: never logged, put in an error, an Event or status.
+//! The provisioner's side of Firestore credentials: `key.json` of
+//! `spec.firestore.credentialsSecretRef` read from the Secret's data, and store-node's token
+//! source ([`store_node::backend::firestore::auth`], shared with the gateway) with its errors
+//! mapped to [`ProvisionError`]. A token is only ever returned to the caller: never logged, put
+//! in an error, an Event or status.
 
-use google_cloud_auth::credentials::{mds, service_account};
-use store_node::backend::firestore::EMULATOR_TOKEN;
+use store_node::backend::firestore::auth::{self as shared, AuthError};
 
 use crate::provision::ProvisionError;
 
-/// OAuth scope of the Firestore data and Admin APIs.
-pub const DATASTORE_SCOPE: &str = "https://www.googleapis.com/auth/datastore";
-/// Key of the service-account key in the credentials Secret.
-pub const KEY_FILE: &str = "key.json";
+pub use shared::{Credentials, DATASTORE_SCOPE, KEY_FILE};
 
 const SERVICE: &str = "firestore";
-
-/// How the provisioner authenticates.
-#[derive(Clone, PartialEq, Eq)]
-pub enum Credentials {
-    /// The emulator: the fixed `owner` token, no Google call.
-    Emulator,
-    /// A service-account key (the JSON of `key.json`).
-    ServiceAccountKey(String),
-    /// The metadata server of the node (GKE workload identity).
-    WorkloadIdentity,
-}
-
-impl std::fmt::Debug for Credentials {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            Credentials::Emulator => "Emulator",
-            Credentials::ServiceAccountKey(_) => "ServiceAccountKey([redacted])",
-            Credentials::WorkloadIdentity => "WorkloadIdentity",
-        })
-    }
-}
 
 /// The service-account key of a credentials Secret's data (key [`KEY_FILE`]).
 pub fn key_from_secret(
@@ -45,46 +20,26 @@ pub fn key_from_secret(
     let key = data.get(KEY_FILE).ok_or_else(|| {
         ProvisionError::InvalidSpec(format!("Secret {secret} has no key {KEY_FILE}"))
     })?;
-    let parsed: serde_json::Value = serde_json::from_str(key).map_err(|_| {
-        ProvisionError::InvalidSpec(format!("{KEY_FILE} of Secret {secret} is not JSON"))
-    })?;
-    if parsed.get("type").and_then(|t| t.as_str()) != Some("service_account") {
-        return Err(ProvisionError::InvalidSpec(format!(
-            "{KEY_FILE} of Secret {secret} is not a service-account key (type service_account)"
-        )));
-    }
-    Ok(Credentials::ServiceAccountKey(key.clone()))
+    shared::parse_key(key, &format!("{KEY_FILE} of Secret {secret}")).map_err(auth_err)
 }
 
 /// A bearer token for `creds` (None: send no Authorization header).
 pub async fn token(creds: &Credentials) -> Result<Option<String>, ProvisionError> {
-    let built = match creds {
-        Credentials::Emulator => return Ok(Some(EMULATOR_TOKEN.to_string())),
-        Credentials::ServiceAccountKey(json) => {
-            let key: serde_json::Value = serde_json::from_str(json)
-                .map_err(|_| ProvisionError::InvalidSpec(format!("{KEY_FILE} is not JSON")))?;
-            service_account::Builder::new(key)
-                .with_access_specifier(service_account::AccessSpecifier::from_scopes([
-                    DATASTORE_SCOPE,
-                ]))
-                .build_access_token_credentials()
-        }
-        Credentials::WorkloadIdentity => mds::Builder::default()
-            .with_scopes([DATASTORE_SCOPE])
-            .build_access_token_credentials(),
-    };
-    let creds = built
-        .map_err(|e| ProvisionError::InvalidSpec(format!("firestore credentials unusable: {e}")))?;
-    match creds.access_token().await {
-        Ok(t) => Ok(Some(t.token)),
-        Err(e) if e.is_transient() => Err(ProvisionError::Unavailable {
+    shared::token(creds).await.map_err(auth_err)
+}
+
+/// Maps store-node's credential error to the provisioner's.
+pub fn auth_err(e: AuthError) -> ProvisionError {
+    match e {
+        AuthError::Invalid(m) => ProvisionError::InvalidSpec(format!("firestore credentials: {m}")),
+        AuthError::Transient(m) => ProvisionError::Unavailable {
             service: SERVICE,
-            message: format!("no access token yet: {e}"),
-        }),
-        Err(e) => Err(ProvisionError::Permission {
+            message: format!("no access token yet: {m}"),
+        },
+        AuthError::Refused(m) => ProvisionError::Permission {
             service: SERVICE,
-            message: format!("no access token: {e}"),
-        }),
+            message: format!("no access token: {m}"),
+        },
     }
 }
 
@@ -92,6 +47,7 @@ pub async fn token(creds: &Credentials) -> Result<Option<String>, ProvisionError
 mod tests {
     use super::*;
     use std::collections::BTreeMap;
+    use store_node::backend::firestore::EMULATOR_TOKEN;
 
     #[test]
     fn key_json_is_checked_and_never_printed() {
@@ -113,5 +69,14 @@ mod tests {
             token(&Credentials::Emulator).await.unwrap().as_deref(),
             Some(EMULATOR_TOKEN)
         );
+    }
+
+    #[test]
+    fn errors_map_to_provision_errors() {
+        assert!(auth_err(AuthError::Transient("x".into())).is_retryable());
+        assert!(matches!(
+            auth_err(AuthError::Refused("x".into())),
+            ProvisionError::Permission { .. }
+        ));
     }
 }

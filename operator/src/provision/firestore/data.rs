@@ -131,6 +131,7 @@ pub fn rest_err(e: RestError) -> ProvisionError {
             service: SERVICE,
             message: m,
         },
+        RestError::Auth(e) => super::auth::auth_err(e),
     }
 }
 

@@ -21,15 +21,15 @@
 //!
 //! Firestore limits (1 MiB per document, 500 writes per commit, 10 MiB per request) are declared
 //! in [`EventStore::limits`] (see [`layout::limits`]) and checked before any call; a limit hit
-//! on the server anyway maps to `TooLarge`. Auth: a static bearer token (production: a Google
-//! OAuth access token, e.g. from the GKE metadata server at
-//! `http://metadata.google.internal/computeMetadata/v1/instance/service-accounts/default/token`
-//! with workload identity, fetched by whoever starts the process; this crate does not call it);
-//! the emulator accepts `Bearer owner`. Events may carry a TTL field; Firestore's TTL deletion
+//! on the server anyway maps to `TooLarge`. Auth (see [`auth`]): a Google OAuth access token
+//! minted from a service-account `key.json` or by the metadata server (GKE workload identity),
+//! cached and refreshed by `google-cloud-auth`, or a static bearer token; the emulator accepts
+//! `Bearer owner`. Events may carry a TTL field; Firestore's TTL deletion
 //! does not update the counters (as with DynamoDB TTL). This module owns the calls; document
 //! names, encodings and queries come from [`layout`], index and TTL policies from [`admin`].
 
 pub mod admin;
+pub mod auth;
 pub mod layout;
 pub mod rest;
 
@@ -53,8 +53,7 @@ use rest::{Found, ReadMode, RestClient, RestError};
 pub const FIRESTORE_ENDPOINT: &str = "https://firestore.googleapis.com";
 /// The database every project has.
 pub const DEFAULT_DATABASE: &str = "(default)";
-/// The token the emulator accepts.
-pub const EMULATOR_TOKEN: &str = "owner";
+pub use auth::{Credentials, EMULATOR_TOKEN};
 
 /// Configuration of the Firestore backend.
 #[derive(Debug, Clone)]
@@ -65,8 +64,8 @@ pub struct FirestoreConfig {
     pub database: String,
     /// Base URL of the REST API (production or `http://{emulator host}`).
     pub endpoint: String,
-    /// Bearer token sent with every call; None sends none.
-    pub token: Option<String>,
+    /// Where the bearer token of every call comes from.
+    pub credentials: Credentials,
     /// Expire events this long after their append (TTL field); None = keep.
     pub event_ttl: Option<Duration>,
     /// Poll interval of subscriptions.
@@ -74,13 +73,13 @@ pub struct FirestoreConfig {
 }
 
 impl FirestoreConfig {
-    /// Production Firestore for `project` with `token` (a Google OAuth access token).
-    pub fn new(project: impl Into<String>, token: Option<String>) -> Self {
+    /// Production Firestore for `project`, authenticated by `credentials`.
+    pub fn new(project: impl Into<String>, credentials: Credentials) -> Self {
         Self {
             project: project.into(),
             database: DEFAULT_DATABASE.into(),
             endpoint: FIRESTORE_ENDPOINT.into(),
-            token,
+            credentials,
             event_ttl: None,
             poll_interval: cloud::DEFAULT_POLL_INTERVAL,
         }
@@ -90,7 +89,7 @@ impl FirestoreConfig {
     pub fn emulator(project: impl Into<String>, host: &str) -> Self {
         Self {
             endpoint: format!("http://{host}"),
-            ..Self::new(project, Some(EMULATOR_TOKEN.into()))
+            ..Self::new(project, Credentials::Emulator)
         }
     }
 }
@@ -133,7 +132,8 @@ fn backoff(attempt: u32) -> Duration {
 impl FirestoreStore {
     /// Builds the client (no call is made).
     pub fn connect(config: FirestoreConfig) -> StoreResult<Self> {
-        let rest = RestClient::new(&config.endpoint, config.token.clone())?;
+        let tokens = auth::TokenSource::new(&config.credentials).map_err(RestError::from)?;
+        let rest = RestClient::with_tokens(&config.endpoint, tokens)?;
         Ok(Self {
             inner: Arc::new(Inner {
                 rest,
@@ -152,7 +152,13 @@ impl FirestoreStore {
     pub async fn ensure_indexes(&self) -> Result<Vec<admin::Outcome>, admin::AdminError> {
         let c = &self.inner.config;
         let requests = admin::requests(&c.project, &c.database);
-        admin::send(&c.endpoint, c.token.as_deref(), &requests).await
+        let token = self
+            .inner
+            .rest
+            .token()
+            .await
+            .map_err(|e| admin::AdminError::Unreachable(e.to_string()))?;
+        admin::send(&c.endpoint, token.as_deref(), &requests).await
     }
 
     fn layout(&self) -> &Layout {

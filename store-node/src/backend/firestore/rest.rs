@@ -1,14 +1,17 @@
 //! A thin client of the Firestore REST API v1 (`batchGet`, `commit`, `rollback`, `runQuery`)
 //! over reqwest, with Firestore's error statuses mapped to [`RestError`]. It speaks to
-//! production Firestore (`https://firestore.googleapis.com`, a Google OAuth bearer token) and to
-//! the emulator (`http://{FIRESTORE_EMULATOR_HOST}`, which accepts `Bearer owner`). It must never
-//! know about the store's layout: document names and bodies come from [`super::layout`].
+//! production Firestore (`https://firestore.googleapis.com`, a Google OAuth bearer token from a
+//! [`TokenSource`], asked for each request) and to the emulator
+//! (`http://{FIRESTORE_EMULATOR_HOST}`, which accepts `Bearer owner`). It must never know about
+//! the store's layout (document names and bodies come from [`super::layout`]) and never log a
+//! token.
 
 use std::collections::HashMap;
 
 use serde_json::{json, Value};
 use thiserror::Error;
 
+use super::auth::{AuthError, TokenSource};
 use crate::error::StoreError;
 
 /// A failed Firestore call.
@@ -38,16 +41,22 @@ pub enum RestError {
     /// The answer could not be decoded.
     #[error("firestore answer unreadable: {0}")]
     Decode(String),
+    /// No bearer token could be had (the call was not sent).
+    #[error(transparent)]
+    Auth(#[from] AuthError),
 }
 
 impl From<RestError> for StoreError {
     fn from(e: RestError) -> Self {
         match e {
             RestError::TooLarge(m) => StoreError::TooLarge(m),
-            RestError::Aborted(_) | RestError::Unavailable(_) | RestError::Precondition(_) => {
-                StoreError::Unavailable(e.to_string())
+            RestError::Aborted(_)
+            | RestError::Unavailable(_)
+            | RestError::Precondition(_)
+            | RestError::Auth(AuthError::Transient(_)) => StoreError::Unavailable(e.to_string()),
+            RestError::Refused { .. } | RestError::Decode(_) | RestError::Auth(_) => {
+                StoreError::Internal(e.to_string())
             }
-            RestError::Refused { .. } | RestError::Decode(_) => StoreError::Internal(e.to_string()),
         }
     }
 }
@@ -103,18 +112,23 @@ pub enum ReadMode<'a> {
 /// Documents found by a `batchGet`, by name (missing names are absent).
 pub type Found = HashMap<String, Value>;
 
-/// The REST client: base URL, bearer token, connection pool.
+/// The REST client: base URL, token source, connection pool.
 #[derive(Debug, Clone)]
 pub struct RestClient {
     http: reqwest::Client,
     base: String,
-    token: Option<String>,
+    tokens: TokenSource,
 }
 
 impl RestClient {
     /// A client of `base_url` (`https://firestore.googleapis.com` or `http://127.0.0.1:8080`)
-    /// sending `token` as bearer token when given.
+    /// sending the fixed `token` as bearer token when given.
     pub fn new(base_url: &str, token: Option<String>) -> Result<Self, RestError> {
+        Self::with_tokens(base_url, TokenSource::fixed(token))
+    }
+
+    /// A client of `base_url` sending a bearer token from `tokens` with every request.
+    pub fn with_tokens(base_url: &str, tokens: TokenSource) -> Result<Self, RestError> {
         let http = reqwest::Client::builder()
             .pool_max_idle_per_host(64)
             .build()
@@ -125,14 +139,19 @@ impl RestClient {
         Ok(Self {
             http,
             base: format!("{}/v1", base_url.trim_end_matches('/')),
-            token,
+            tokens,
         })
+    }
+
+    /// The bearer token the next request sends (None: no Authorization header).
+    pub async fn token(&self) -> Result<Option<String>, AuthError> {
+        self.tokens.token().await
     }
 
     /// POSTs `body` to `{base}/{path}` and decodes the JSON answer.
     pub async fn post(&self, path: &str, body: &Value) -> Result<Value, RestError> {
         let mut req = self.http.post(format!("{}/{}", self.base, path)).json(body);
-        if let Some(t) = &self.token {
+        if let Some(t) = self.tokens.token().await? {
             req = req.bearer_auth(t);
         }
         let resp = req
