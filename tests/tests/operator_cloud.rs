@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 use allsource_operator::api::eventstore::EventStoreStatus;
 use allsource_operator::api::{EventStore, Phase};
 use allsource_operator::controllers::eventstore::cloud::set_drift_interval;
+use allsource_tests::ddb::{describe, index_names};
 use allsource_tests::env::{TestEnv, AWS_TEST_ACCESS_KEY, AWS_TEST_SECRET_KEY};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service};
@@ -396,28 +397,6 @@ async fn postgres_provision_drift_gateway_and_delete() {
         .unwrap();
     op.stop().await;
     ns.cleanup().await.unwrap();
-}
-
-async fn describe(
-    ddb: &aws_sdk_dynamodb::Client,
-    table: &str,
-) -> Option<aws_sdk_dynamodb::types::TableDescription> {
-    ddb.describe_table()
-        .table_name(table)
-        .send()
-        .await
-        .ok()
-        .and_then(|o| o.table().cloned())
-}
-
-fn index_names(t: &aws_sdk_dynamodb::types::TableDescription) -> Vec<String> {
-    let mut v: Vec<String> = t
-        .global_secondary_indexes()
-        .iter()
-        .filter_map(|g| g.index_name().map(str::to_string))
-        .collect();
-    v.sort();
-    v
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -16,6 +16,7 @@ use allsource_operator::api::tenant::LocationKind;
 use allsource_operator::api::{EventStore, Phase, Tenant};
 use allsource_operator::controllers::eventstore::cloud::set_drift_interval;
 use allsource_operator::provision::{dynamodb, postgres};
+use allsource_tests::ddb::{describe, index_names};
 use allsource_tests::env::{
     TestEnv, TestNamespace, AWS_TEST_ACCESS_KEY, AWS_TEST_REGION, AWS_TEST_SECRET_KEY,
 };
@@ -499,28 +500,6 @@ async fn postgres_siloed_tenant_schema_isolation_drift_and_deletion() {
         .unwrap();
     op.stop().await;
     ns.cleanup().await.unwrap();
-}
-
-async fn describe(
-    ddb: &aws_sdk_dynamodb::Client,
-    table: &str,
-) -> Option<aws_sdk_dynamodb::types::TableDescription> {
-    ddb.describe_table()
-        .table_name(table)
-        .send()
-        .await
-        .ok()
-        .and_then(|o| o.table().cloned())
-}
-
-fn index_names(t: &aws_sdk_dynamodb::types::TableDescription) -> Vec<String> {
-    let mut v: Vec<String> = t
-        .global_secondary_indexes()
-        .iter()
-        .filter_map(|g| g.index_name().map(str::to_string))
-        .collect();
-    v.sort();
-    v
 }
 
 /// Items of `table` whose partition key starts with `tenant#`.
