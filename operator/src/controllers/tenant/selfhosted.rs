@@ -20,6 +20,8 @@ use crate::resources::configmap::{Registry, TenantState, REGISTRY_KEY};
 
 /// How soon to look again while the registry lags the Tenant.
 pub const PENDING_RECHECK: Duration = Duration::from_secs(2);
+/// How soon to look again while the store is not Ready.
+pub const STORE_RECHECK: Duration = Duration::from_secs(10);
 
 /// The registry a ConfigMap carries (None: unreadable content). Pure.
 pub fn parse_registry(cm: &ConfigMap) -> Option<Registry> {
@@ -82,7 +84,13 @@ pub fn judge(
             }
         }
     };
-    let requeue = matches!(verdict, Verdict::RegistryPending(_)).then_some(PENDING_RECHECK);
+    // The store's transition to Ready wakes its tenants; the re-check is a safety net so that a
+    // tenant never waits for the long resync if that wake-up is missed.
+    let requeue = match verdict {
+        Verdict::RegistryPending(_) => Some(PENDING_RECHECK),
+        Verdict::EventStoreNotReady(_) => Some(STORE_RECHECK),
+        _ => None,
+    };
     TenantOutcome {
         verdict,
         location,
@@ -156,6 +164,7 @@ mod tests {
 
         let o = judge(&tenant(false), &store("Provisioning"), Some(&active), &h);
         assert_eq!(o.verdict, Verdict::EventStoreNotReady("orders".into()));
+        assert_eq!(o.requeue, Some(STORE_RECHECK));
 
         let stale = registry("bb", TenantState::Active);
         let o = judge(&tenant(false), &store("Ready"), Some(&stale), &h);
