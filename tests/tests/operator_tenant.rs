@@ -382,6 +382,38 @@ fn runner_state_dir(ns: &str) -> std::path::PathBuf {
     std::env::temp_dir().join(format!("allsource-{ns}-runner"))
 }
 
+/// Stops the pods of `ns` while the runner still plays their kubelet, then the operator, the
+/// runner and its Node, and removes the runner's state (pods' data dirs and logs).
+async fn stop_runner(
+    client: &Client,
+    ns: &str,
+    op: Operator,
+    runner: tokio::task::JoinHandle<()>,
+    node: &str,
+) {
+    let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
+    remove_all(client, ns).await;
+    wait_for("pods gone", DEADLINE, || {
+        let pods = pods.clone();
+        async move {
+            pods.list(&ListParams::default())
+                .await
+                .ok()?
+                .items
+                .is_empty()
+                .then_some(())
+        }
+    })
+    .await;
+    op.stop().await;
+    runner.abort();
+    let _ = runner.await;
+    let _ = Api::<Node>::all(client.clone())
+        .delete(node, &DeleteParams::default())
+        .await;
+    let _ = std::fs::remove_dir_all(runner_state_dir(ns));
+}
+
 /// Starts the pod runner in-process on its own Node; returns the task and the node name.
 fn start_runner(client: &Client, ns: &str) -> (tokio::task::JoinHandle<()>, String) {
     let state_dir = runner_state_dir(ns);
@@ -508,28 +540,7 @@ async fn real_store_node_accepts_the_secret_token_and_isolates_tenants() {
     })
     .await;
 
-    // Stop the pods while the runner still plays their kubelet, then the runner and its Node.
-    remove_all(&client, &n).await;
-    wait_for("pods gone", DEADLINE, || {
-        let pods = pods.clone();
-        async move {
-            pods.list(&ListParams::default())
-                .await
-                .ok()?
-                .items
-                .is_empty()
-                .then_some(())
-        }
-    })
-    .await;
-    op.stop().await;
-    runner.abort();
-    let _ = runner.await;
-    let _ = Api::<Node>::all(client.clone())
-        .delete(&node, &DeleteParams::default())
-        .await;
-    // The pod runner's state (the pods' data dirs and logs) must not outlive the test.
-    let _ = std::fs::remove_dir_all(runner_state_dir(&n));
+    stop_runner(&client, &n, op, runner, &node).await;
     ns.cleanup().await.unwrap();
     delete_volumes(&client, &pvs).await;
 }
@@ -740,26 +751,7 @@ async fn deletion_policy_delete_erases_the_tenants_events_on_the_node_and_retain
     assert_eq!(events_when_accepted(&http, &url, &carol2).await, 3);
     assert_eq!(events_when_accepted(&http, &url, &tokens["bob"]).await, 3);
 
-    remove_all(&client, &n).await;
-    wait_for("pods gone", DEADLINE, || {
-        let pods = pods.clone();
-        async move {
-            pods.list(&ListParams::default())
-                .await
-                .ok()?
-                .items
-                .is_empty()
-                .then_some(())
-        }
-    })
-    .await;
-    op.stop().await;
-    runner.abort();
-    let _ = runner.await;
-    let _ = Api::<Node>::all(client.clone())
-        .delete(&node, &DeleteParams::default())
-        .await;
-    let _ = std::fs::remove_dir_all(runner_state_dir(&n));
+    stop_runner(&client, &n, op, runner, &node).await;
     ns.cleanup().await.unwrap();
     delete_volumes(&client, &pvs).await;
 }
