@@ -76,17 +76,88 @@ async fn wait_tenant(
     what: &str,
     pred: impl Fn(&Tenant, &TenantStatus) -> bool,
 ) -> TenantStatus {
-    wait_for(what, DEADLINE, || {
-        let api = api.clone();
-        let pred = &pred;
-        let name = name.to_string();
-        async move {
-            let t = api.get(&name).await.ok()?;
-            let st = t.status.clone()?;
-            pred(&t, &st).then_some(st)
+    let start = std::time::Instant::now();
+    loop {
+        if let Ok(t) = api.get(name).await {
+            if let Some(st) = t.status.clone() {
+                if pred(&t, &st) {
+                    return st;
+                }
+            }
         }
-    })
-    .await
+        if start.elapsed() >= DEADLINE {
+            let state = describe(api, name).await;
+            panic!("timed out after {DEADLINE:?} waiting for {what}\n{state}");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// What a failed wait needs to be understood: the Tenant's status, its store's status and
+/// registry, and the store's pods (phase, node, Ready condition).
+async fn describe(api: &Api<Tenant>, name: &str) -> String {
+    let client = api.clone().into_client();
+    let Ok(t) = api.get(name).await else {
+        return format!("Tenant {name}: cannot be read");
+    };
+    let ns = t.namespace().unwrap_or_default();
+    let store = t.spec.event_store_ref.name.clone();
+    let es = Api::<EventStore>::namespaced(client.clone(), &ns)
+        .get_opt(&store)
+        .await
+        .ok()
+        .flatten();
+    let cms: Api<ConfigMap> = Api::namespaced(client.clone(), &ns);
+    let reg = registry(&cms, &store).await;
+    let pods: Vec<String> = Api::<Pod>::namespaced(client, &ns)
+        .list(&ListParams::default())
+        .await
+        .map(|l| {
+            l.items
+                .iter()
+                .map(|p| {
+                    let st = p.status.clone().unwrap_or_default();
+                    let ready = st
+                        .conditions
+                        .unwrap_or_default()
+                        .into_iter()
+                        .find(|c| c.type_ == "Ready")
+                        .map(|c| c.status);
+                    format!(
+                        "{} phase={:?} node={:?} ready={ready:?}",
+                        p.name_any(),
+                        st.phase,
+                        p.spec.as_ref().and_then(|s| s.node_name.clone())
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    format!(
+        "Tenant {name} rv={:?} finalizers={:?} status: {}\nEventStore {store} status: {}\nregistry: {}\npods: {pods:?}",
+        t.metadata.resource_version,
+        t.finalizers(),
+        serde_json::to_string(&t.status).unwrap_or_default(),
+        serde_json::to_string(&es.and_then(|e| e.status)).unwrap_or_default(),
+        serde_json::to_string(&reg).unwrap_or_default(),
+    )
+}
+
+/// Fails if the operator ever replaced a token it issued itself (reason `TokenReissued`): a
+/// reconcile working on a stale cached Tenant once took its own fresh token for a foreign one
+/// and re-issued tokens again and again, so the registry never caught up.
+async fn assert_no_reissue(client: &Client, ns: &str) {
+    let events: Api<k8s_openapi::api::core::v1::Event> = Api::namespaced(client.clone(), ns);
+    let reissued: Vec<String> = events
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .filter(|e| e.reason.as_deref() == Some("TokenReissued"))
+        .map(|e| format!("{:?}: {:?}", e.involved_object.name, e.message))
+        .collect();
+    assert!(reissued.is_empty(), "tokens re-issued: {reissued:?}");
 }
 
 async fn registry(cms: &Api<ConfigMap>, store: &str) -> Option<Registry> {
@@ -157,6 +228,7 @@ async fn token_secret_registry_noop_rotation_suspend_and_delete() {
         s.phase == Some(Phase::Ready)
     })
     .await;
+    assert_no_reissue(&client, &n).await;
     let secret = secrets.get("acme-credentials").await.unwrap();
     let token = value(&secret, "token").unwrap();
     assert_eq!(token.len(), 64, "32 random bytes, hex");
@@ -467,6 +539,7 @@ async fn real_store_node_accepts_the_secret_token_and_isolates_tenants() {
         })
         .await;
     }
+    assert_no_reissue(&client, &n).await;
     let alice = secret_token(&secrets, "alice-credentials").await.unwrap();
     let mallory = secret_token(&secrets, "mallory-credentials").await.unwrap();
 
@@ -644,6 +717,7 @@ async fn deletion_policy_delete_erases_the_tenants_events_on_the_node_and_retain
         })
         .await;
     }
+    assert_no_reissue(&client, &n).await;
     let port: u16 = wait_for("runner port of orders-0", DEADLINE, || {
         let pods = pods.clone();
         async move {

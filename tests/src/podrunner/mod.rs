@@ -141,6 +141,60 @@ fn pod_status(r: &Running, image: &str, container: &str) -> serde_json::Value {
     }})
 }
 
+/// Starts the process of a pod not yet running (None: not a pod this runner can run).
+async fn start_pod(
+    client: &Client,
+    cfg: &RunnerConfig,
+    pod: &Pod,
+    api: &Api<Pod>,
+) -> Result<Option<Running>, Box<dyn std::error::Error>> {
+    let ns = pod.namespace().unwrap_or_default();
+    let name = pod.name_any();
+    let pod_dir = cfg.state_dir.join("pods").join(&ns).join(&name);
+    let claims = cfg.state_dir.join("claims").join(&ns);
+    let port = free_port()?;
+    let Some(spec) = spec::translate(pod, &pod_dir, &claims, port) else {
+        return Ok(None);
+    };
+    materialize(client, &ns, &spec).await?;
+    let child = spawn(cfg, &spec, &pod_dir, false)?;
+    eprintln!("pod-runner: started {ns}/{name} on 127.0.0.1:{port}");
+    let patch = json!({"metadata": {"annotations": {PORT_ANNOTATION: port.to_string()}}});
+    api.patch(&name, &PatchParams::default(), &Patch::Merge(patch))
+        .await?;
+    Ok(Some(Running {
+        child,
+        port,
+        spec,
+        ready: None,
+        restarts: 0,
+        started: now(),
+    }))
+}
+
+/// Spawns the binary for `spec`, logging to `<pod_dir>/log` (appended to on a restart).
+fn spawn(
+    cfg: &RunnerConfig,
+    spec: &spec::ProcessSpec,
+    pod_dir: &std::path::Path,
+    append: bool,
+) -> std::io::Result<Child> {
+    std::fs::create_dir_all(pod_dir)?;
+    let log = std::fs::OpenOptions::new()
+        .append(append)
+        .write(true)
+        .truncate(!append)
+        .create(true)
+        .open(pod_dir.join("log"))?;
+    Command::new(&cfg.binary)
+        .args(&spec.args)
+        .envs(&spec.env)
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .kill_on_drop(true)
+        .spawn()
+}
+
 /// Runs the loop forever (one pass per second).
 pub async fn run(client: Client, cfg: RunnerConfig) -> Result<(), Box<dyn std::error::Error>> {
     let pods: Api<Pod> = Api::all(client.clone());
@@ -204,41 +258,18 @@ pub async fn run(client: Client, cfg: RunnerConfig) -> Result<(), Box<dyn std::e
             }
             seen.insert(key.clone());
             if !running.contains_key(&key) {
-                let pod_dir = cfg.state_dir.join("pods").join(&ns).join(&name);
-                let claims = cfg.state_dir.join("claims").join(&ns);
-                let port = free_port()?;
-                let Some(spec) = spec::translate(pod, &pod_dir, &claims, port) else {
-                    continue;
-                };
-                if let Err(e) = materialize(&client, &ns, &spec).await {
-                    eprintln!("pod-runner: {ns}/{name}: volumes: {e}");
-                    continue;
+                // A failure here (the pod deleted meanwhile, a full disk) skips this pod for one
+                // pass; the runner itself must keep running for every other pod.
+                match start_pod(&client, &cfg, pod, &api).await {
+                    Ok(Some(r)) => {
+                        running.insert(key.clone(), r);
+                    }
+                    Ok(None) => continue,
+                    Err(e) => {
+                        eprintln!("pod-runner: {ns}/{name}: start: {e}");
+                        continue;
+                    }
                 }
-                std::fs::create_dir_all(&pod_dir)?;
-                let log = std::fs::File::create(pod_dir.join("log"))?;
-                let child = Command::new(&cfg.binary)
-                    .args(&spec.args)
-                    .envs(&spec.env)
-                    .stdout(log.try_clone()?)
-                    .stderr(log)
-                    .kill_on_drop(true)
-                    .spawn()?;
-                eprintln!("pod-runner: started {ns}/{name} on 127.0.0.1:{port}");
-                let patch =
-                    json!({"metadata": {"annotations": {PORT_ANNOTATION: port.to_string()}}});
-                api.patch(&name, &PatchParams::default(), &Patch::Merge(patch))
-                    .await?;
-                running.insert(
-                    key.clone(),
-                    Running {
-                        child,
-                        port,
-                        spec,
-                        ready: None,
-                        restarts: 0,
-                        started: now(),
-                    },
-                );
             }
             let Some(r) = running.get_mut(&key) else {
                 continue;
@@ -249,19 +280,17 @@ pub async fn run(client: Client, cfg: RunnerConfig) -> Result<(), Box<dyn std::e
             if let Ok(Some(code)) = r.child.try_wait() {
                 eprintln!("pod-runner: {ns}/{name} exited ({code}); restarting");
                 let pod_dir = cfg.state_dir.join("pods").join(&ns).join(&name);
-                let log = std::fs::OpenOptions::new()
-                    .append(true)
-                    .create(true)
-                    .open(pod_dir.join("log"))?;
-                r.child = Command::new(&cfg.binary)
-                    .args(&r.spec.args)
-                    .envs(&r.spec.env)
-                    .stdout(log.try_clone()?)
-                    .stderr(log)
-                    .kill_on_drop(true)
-                    .spawn()?;
-                r.restarts += 1;
-                r.ready = None;
+                match spawn(&cfg, &r.spec, &pod_dir, true) {
+                    Ok(child) => {
+                        r.child = child;
+                        r.restarts += 1;
+                        r.ready = None;
+                    }
+                    Err(e) => {
+                        eprintln!("pod-runner: {ns}/{name}: restart: {e}");
+                        continue;
+                    }
+                }
             }
             let ready = http
                 .get(format!("http://127.0.0.1:{}/readyz", r.port))

@@ -70,7 +70,12 @@ pub struct Operator {
 
 impl Operator {
     /// Starts the controllers watching only `ns`.
+    /// With `ALLSOURCE_TEST_OPERATOR_LOG` set, the operator logs (JSON, filter from `RUST_LOG`)
+    /// go to stdout, for understanding a failed run.
     pub fn start(client: &Client, ns: &str) -> Self {
+        if std::env::var_os("ALLSOURCE_TEST_OPERATOR_LOG").is_some() {
+            allsource_operator::telemetry::init_logging();
+        }
         let metrics = Metrics::new().unwrap();
         let ctx = Arc::new(Context::new(
             client.clone(),

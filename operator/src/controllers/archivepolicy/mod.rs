@@ -129,7 +129,12 @@ pub async fn run(ctx: Arc<Context>) {
 }
 
 fn key(p: &ArchivePolicy) -> String {
-    format!("{}/{}", p.namespace().unwrap_or_default(), p.name_any())
+    // The kind is part of the key: a Tenant and an EventStore may share a name, not a backoff.
+    format!(
+        "{KIND}/{}/{}",
+        p.namespace().unwrap_or_default(),
+        p.name_any()
+    )
 }
 
 fn on_error(p: Arc<ArchivePolicy>, err: &ReconcileError, st: Arc<State>) -> Action {

@@ -133,7 +133,12 @@ pub async fn run(ctx: Arc<Context>) {
 }
 
 fn key(es: &EventStore) -> String {
-    format!("{}/{}", es.namespace().unwrap_or_default(), es.name_any())
+    // The kind is part of the key: a Tenant and an EventStore may share a name, not a backoff.
+    format!(
+        "{KIND}/{}/{}",
+        es.namespace().unwrap_or_default(),
+        es.name_any()
+    )
 }
 
 fn on_error(es: Arc<EventStore>, err: &ReconcileError, state: Arc<State>) -> Action {

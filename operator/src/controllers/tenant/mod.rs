@@ -51,6 +51,8 @@ const RESYNC: Duration = Duration::from_secs(600);
 const MISSING_RECHECK: Duration = Duration::from_secs(60);
 /// Re-check while a deleted tenant is still in the registry.
 const CLEANUP_RECHECK: Duration = Duration::from_secs(1);
+/// Re-check after a write refused because the reconciled copy was older than the apiserver's.
+const STALE_RECHECK: Duration = Duration::from_millis(500);
 
 /// How long a rotated-out token stays valid by default.
 pub const DEFAULT_ROTATION_GRACE: Duration = Duration::from_secs(300);
@@ -215,7 +217,12 @@ pub async fn run(ctx: Arc<Context>) {
 }
 
 fn key(t: &Tenant) -> String {
-    format!("{}/{}", t.namespace().unwrap_or_default(), t.name_any())
+    // The kind is part of the key: a Tenant and an EventStore may share a name, not a backoff.
+    format!(
+        "{KIND}/{}/{}",
+        t.namespace().unwrap_or_default(),
+        t.name_any()
+    )
 }
 
 fn on_error(t: Arc<Tenant>, err: &ReconcileError, state: Arc<State>) -> Action {
@@ -247,13 +254,32 @@ async fn reconcile_inner(t: &Tenant, state: &State) -> Result<Action, ReconcileE
         if !cleanup(t, &state.ctx, &ns).await? {
             return Ok(Action::requeue(CLEANUP_RECHECK));
         }
-        set_finalizer(t, &state.ctx, &ns, false).await?;
-        return Ok(Action::await_change());
+        return Ok(match set_finalizer(t, &state.ctx, &ns, false).await? {
+            Patched::Done | Patched::Gone => Action::await_change(),
+            Patched::Stale => Action::requeue(STALE_RECHECK),
+        });
     }
     if !has_finalizer {
-        set_finalizer(t, &state.ctx, &ns, true).await?;
+        match set_finalizer(t, &state.ctx, &ns, true).await? {
+            Patched::Done => {}
+            Patched::Gone => return Ok(Action::await_change()),
+            Patched::Stale => return Ok(Action::requeue(STALE_RECHECK)),
+        }
     }
     apply_tenant(t, state, &ns).await
+}
+
+/// What became of a finalizer patch.
+#[derive(Debug, PartialEq, Eq)]
+enum Patched {
+    /// Written.
+    Done,
+    /// The reconcile worked on an older copy than the apiserver's (the cache lags a write of
+    /// ours): nothing was written; the newer copy arrives through the watch and is reconciled.
+    /// Not a failure, so it must not grow the error backoff.
+    Stale,
+    /// The Tenant no longer exists.
+    Gone,
 }
 
 /// Adds or removes our finalizer with a merge patch guarded by the resourceVersion.
@@ -262,7 +288,7 @@ async fn set_finalizer(
     ctx: &Context,
     ns: &str,
     present: bool,
-) -> Result<(), ReconcileError> {
+) -> Result<Patched, ReconcileError> {
     let mut finalizers: Vec<String> = t
         .finalizers()
         .iter()
@@ -276,14 +302,19 @@ async fn set_finalizer(
         "metadata": {"finalizers": finalizers, "resourceVersion": t.resource_version()}
     });
     ctx.metrics.wrote(KIND, "PATCH");
-    Api::<Tenant>::namespaced(ctx.client.clone(), ns)
+    match Api::<Tenant>::namespaced(ctx.client.clone(), ns)
         .patch(
             &t.name_any(),
             &PatchParams::default(),
             &Patch::Merge(&patch),
         )
-        .await?;
-    Ok(())
+        .await
+    {
+        Ok(_) => Ok(Patched::Done),
+        Err(kube::Error::Api(e)) if e.code == 409 => Ok(Patched::Stale),
+        Err(kube::Error::Api(e)) if e.code == 404 => Ok(Patched::Gone),
+        Err(e) => Err(e.into()),
+    }
 }
 
 fn seconds_annotation(t: &Tenant, key: &str, default: Duration) -> Duration {
@@ -307,6 +338,27 @@ fn now() -> DateTime<Utc> {
     DateTime::from_timestamp(Utc::now().timestamp(), 0).unwrap_or_default()
 }
 
+/// The credentials plan for `t` given its live connection Secret (pure apart from the token
+/// generator).
+fn plan_credentials(t: &Tenant, live: Option<&Secret>, now: DateTime<Utc>) -> token::TokenPlan {
+    let previous = t.status.as_ref();
+    token::plan(
+        token::Observed {
+            secret_token: live.and_then(|s| secret::value(s, secret::TOKEN_KEY)),
+            handled_rotate: live.and_then(secret::handled_rotate),
+            status_hashes: previous.map_or(&[], |p| &p.token_sha256),
+            last_rotation: previous.and_then(|p| p.last_rotation),
+        },
+        t.spec
+            .credentials
+            .as_ref()
+            .and_then(|c| c.rotate.as_deref()),
+        now,
+        seconds_annotation(t, ROTATION_GRACE_ANNOTATION, DEFAULT_ROTATION_GRACE),
+        token::generate,
+    )
+}
+
 async fn apply_tenant(t: &Tenant, state: &State, ns: &str) -> Result<Action, ReconcileError> {
     let ctx = &state.ctx;
     let es_name = &t.spec.event_store_ref.name;
@@ -324,25 +376,30 @@ async fn apply_tenant(t: &Tenant, state: &State, ns: &str) -> Result<Action, Rec
     let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), ns);
     let name = secret::secret_name(t);
     let live = secrets.get_opt(&name).await?;
-    let previous = t.status.clone().unwrap_or_default();
     let now = now();
-    let plan = token::plan(
-        token::Observed {
-            secret_token: live
-                .as_ref()
-                .and_then(|s| secret::value(s, secret::TOKEN_KEY)),
-            handled_rotate: live.as_ref().and_then(secret::handled_rotate),
-            status_hashes: &previous.token_sha256,
-            last_rotation: previous.last_rotation,
-        },
-        t.spec
-            .credentials
-            .as_ref()
-            .and_then(|c| c.rotate.as_deref()),
-        now,
-        seconds_annotation(t, ROTATION_GRACE_ANNOTATION, DEFAULT_ROTATION_GRACE),
-        token::generate,
-    );
+    let mut plan = plan_credentials(t, live.as_ref(), now);
+    // A new token is decided on the apiserver's copy of the Tenant, never on the cached one: the
+    // cache may not have our own last status write yet while the Secret (read from the API)
+    // already holds the token of that write, and the stale digests would make its token look
+    // foreign and issue another, again and again while the cache lags.
+    let fresh;
+    let t = if plan.action == token::TokenAction::Keep {
+        t
+    } else {
+        match Api::<Tenant>::namespaced(ctx.client.clone(), ns)
+            .get_opt(&t.name_any())
+            .await?
+        {
+            None => return Ok(Action::await_change()),
+            Some(f) if f.resource_version() != t.resource_version() => {
+                fresh = f;
+                plan = plan_credentials(&fresh, live.as_ref(), now);
+                &fresh
+            }
+            Some(_) => t,
+        }
+    };
+    let previous = t.status.clone().unwrap_or_default();
     let desired = secret::build(
         t,
         &secret::Connection {
