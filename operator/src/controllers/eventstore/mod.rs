@@ -276,7 +276,35 @@ async fn apply_store(es: &EventStore, state: &State, ns: &str) -> Result<Action,
     let previous = es.status.clone().unwrap_or_default();
 
     // Plan (pure).
-    let plan = placement::plan(&es.name_any(), sh.replicas, &previous.placement, &requests);
+    let mut plan = placement::plan(&es.name_any(), sh.replicas, &previous.placement, &requests);
+    // A placement change is decided on the apiserver's copy of the store, never on the cached
+    // one: the cache may lack our own last status write, and a tenant placed there would look
+    // new and could land on another node than the one holding its events (or a scale-down
+    // could pass a node that owns a tenant). The steady state (no change) needs no extra read.
+    let fresh;
+    let (es, sh, previous) = if plan.placement == previous.placement {
+        (es, sh, previous)
+    } else {
+        match Api::<EventStore>::namespaced(ctx.client.clone(), ns)
+            .get_opt(&es.name_any())
+            .await?
+        {
+            None => return Ok(Action::await_change()),
+            Some(f) if f.resource_version() != es.resource_version() => {
+                fresh = f;
+                let sh = fresh.self_hosted().cloned().unwrap_or(sh);
+                let previous = fresh.status.clone().unwrap_or_default();
+                plan = placement::plan(
+                    &fresh.name_any(),
+                    sh.replicas,
+                    &previous.placement,
+                    &requests,
+                );
+                (&fresh, sh, previous)
+            }
+            Some(_) => (es, sh, previous),
+        }
+    };
 
     // Build (pure).
     let node_cfg = configmap::node_config(es, &sh, plan.replicas);
