@@ -7,6 +7,7 @@
 //! Retain keeps and under Delete drops; an outage (closed port) is Degraded with the service's
 //! error and recovers by itself once a listener appears on that port. Prints time to Ready.
 
+mod firestore_support;
 mod operator_support;
 
 use std::collections::BTreeMap;
@@ -955,13 +956,14 @@ async fn postgres_tenant_role_sees_only_its_rows() {
 mod firestore_cases {
     //! Firestore EventStores on the env's emulator: create -> marker document and Ready with the
     //! emulator's Admin API limit in the Ready message and a NotVerified event; pooled tenants in
-    //! `tenants/<id>` (events appended through store-node's backend), a siloed one reported as
-    //! SiloedUnsupported; tenant and store deletion under Delete remove exactly their documents,
+    //! `tenants/<id>` (events appended through store-node's backend), a siloed one in its own
+    //! database; tenant and store deletion under Delete remove exactly their documents,
     //! Retain keeps them. The outage runs through a loopback forwarder the test can cut (the
     //! shared emulator must keep running; a private gcloud emulator takes a JVM start); the Admin
     //! API flow runs against a recording server that serves the Admin API from memory and
     //! forwards the data API to the emulator.
 
+    use super::firestore_support::{recording_server, Forwarder, Seen};
     use super::*;
     use allsource_operator::api::tenant::{LocationKind, TenantStatus};
     use allsource_operator::api::Tenant;
@@ -1061,13 +1063,6 @@ mod firestore_cases {
         .await
     }
 
-    fn tenant_cond(st: &TenantStatus, t: &str) -> Option<(bool, String, String)> {
-        st.conditions
-            .iter()
-            .find(|c| c.type_ == t)
-            .map(|c| (c.is_true(), c.reason.clone(), c.message.clone()))
-    }
-
     async fn delete_tenant(api: &Api<Tenant>, name: &str) {
         api.delete(name, &DeleteParams::default()).await.unwrap();
         wait_for(&format!("tenant {name} gone"), DEADLINE, || {
@@ -1126,7 +1121,8 @@ mod firestore_cases {
             "NotVerified event"
         );
 
-        // Pooled tenants live in tenants/<id>; a siloed one is reported, not pretended.
+        // Pooled tenants live in tenants/<id>; a siloed one in a database of its own (its
+        // isolation is operator_siloed.rs's).
         let tenants: Api<Tenant> = Api::namespaced(client.clone(), &n);
         for (name, placement, policy) in [
             ("acme", "pooled", "Retain"),
@@ -1151,13 +1147,22 @@ mod firestore_cases {
             assert_eq!(loc.name, format!("tenants/{name}"));
             assert!(doc_exists(env, &project, &format!("{marker}/members/{name}")).await);
         }
-        let solo = wait_tenant(&tenants, "solo", "siloed tenant reported", |s| {
-            tenant_cond(s, "Degraded").is_some_and(|c| c.0)
+        let solo = wait_tenant(&tenants, "solo", "siloed tenant Ready", |s| {
+            s.phase == Some(Phase::Ready)
         })
         .await;
-        let (_, reason, msg) = tenant_cond(&solo, "Degraded").unwrap();
-        assert_eq!(reason, "SiloedUnsupported", "{msg}");
-        assert!(solo.location.is_none());
+        let loc = solo.location.unwrap();
+        assert_eq!(loc.kind, LocationKind::Database);
+        assert_eq!(
+            loc.name,
+            allsource_operator::provision::firestore::silo_database_name(
+                "(default)",
+                &n,
+                "orders",
+                "solo"
+            )
+        );
+        assert!(!doc_exists(env, &project, &format!("{marker}/members/solo")).await);
 
         // The data path: store-node's Firestore backend writes both tenants' events.
         let b = backend(env, &project);
@@ -1218,50 +1223,6 @@ mod firestore_cases {
         format!("{}-k{}", env.firestore_project(), &suffix()[..6])
     }
 
-    /// A loopback TCP forwarder that can be cut (listener and every open connection) and
-    /// started again on the same port.
-    struct Forwarder {
-        port: u16,
-        target: String,
-        task: Option<tokio::task::JoinHandle<()>>,
-    }
-
-    impl Forwarder {
-        fn new(port: u16, target: String) -> Self {
-            Self {
-                port,
-                target,
-                task: None,
-            }
-        }
-
-        async fn start(&mut self) {
-            let listener = tokio::net::TcpListener::bind(("127.0.0.1", self.port))
-                .await
-                .unwrap();
-            let target = self.target.clone();
-            self.task = Some(tokio::spawn(async move {
-                let mut conns = tokio::task::JoinSet::new();
-                while let Ok((mut inbound, _)) = listener.accept().await {
-                    let target = target.clone();
-                    conns.spawn(async move {
-                        if let Ok(mut out) = tokio::net::TcpStream::connect(&target).await {
-                            let _ = tokio::io::copy_bidirectional(&mut inbound, &mut out).await;
-                        }
-                    });
-                }
-            }));
-        }
-
-        /// Cuts the listener and all connections (the JoinSet aborts them when dropped).
-        async fn stop(&mut self) {
-            if let Some(t) = self.task.take() {
-                t.abort();
-                let _ = t.await;
-            }
-        }
-    }
-
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn firestore_outage_is_degraded_then_recovers() {
         let Some((env, ns, client, op)) = setup("es-fs-outage", &["firestore"]).await else {
@@ -1307,103 +1268,6 @@ mod firestore_cases {
         ns.cleanup().await.unwrap();
     }
 
-    /// What the recording server saw: method, decoded path with query, authorization, body.
-    type Seen = std::sync::Arc<std::sync::Mutex<Vec<(String, String, String, serde_json::Value)>>>;
-
-    /// In-memory Admin API state: composite indexes and field configurations.
-    #[derive(Default)]
-    struct AdminState {
-        indexes: Vec<serde_json::Value>,
-        fields: BTreeMap<String, serde_json::Value>,
-    }
-
-    type State = std::sync::Arc<std::sync::Mutex<AdminState>>;
-
-    /// A loopback server that records and serves the Admin API (`/collectionGroups/` paths)
-    /// from memory and forwards every other request (the data API) to the emulator.
-    async fn recording_server(emulator: String) -> (String, Seen, State) {
-        use axum::http::{HeaderMap, Method, StatusCode, Uri};
-        let seen: Seen = Default::default();
-        let state: State = Default::default();
-        let (rec, st) = (seen.clone(), state.clone());
-        let http = reqwest::Client::new();
-        let app = axum::Router::new().fallback(
-            move |method: Method, uri: Uri, headers: HeaderMap, body: axum::body::Bytes| {
-                let (rec, st, http, emulator) =
-                    (rec.clone(), st.clone(), http.clone(), emulator.clone());
-                async move {
-                    let raw = uri
-                        .path_and_query()
-                        .map(|p| p.to_string())
-                        .unwrap_or_default();
-                    let path = raw.replace("%28", "(").replace("%29", ")");
-                    let auth = headers
-                        .get("authorization")
-                        .and_then(|v| v.to_str().ok())
-                        .unwrap_or_default()
-                        .to_string();
-                    if !path.contains("/collectionGroups/") {
-                        let mut req = http
-                            .request(method, format!("http://{emulator}{raw}"))
-                            .body(body.to_vec());
-                        for h in ["authorization", "content-type"] {
-                            if let Some(v) = headers.get(h) {
-                                req = req.header(h, v.clone());
-                            }
-                        }
-                        let Ok(resp) = req.send().await else {
-                            return (StatusCode::BAD_GATEWAY, String::new());
-                        };
-                        let code = StatusCode::from_u16(resp.status().as_u16()).unwrap();
-                        return (code, resp.text().await.unwrap_or_default());
-                    }
-                    let json: serde_json::Value =
-                        serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null);
-                    rec.lock().unwrap().push((
-                        method.to_string(),
-                        path.clone(),
-                        auth,
-                        json.clone(),
-                    ));
-                    let mut s = st.lock().unwrap();
-                    let (base, query) = path.split_once('?').unwrap_or((&path, ""));
-                    let answer = match (method.as_str(), base.ends_with("/indexes")) {
-                        ("GET", true) => serde_json::json!({"indexes": s.indexes}),
-                        ("POST", true) => {
-                            let mut idx = json.clone();
-                            idx["state"] = "READY".into();
-                            s.indexes.push(idx);
-                            serde_json::json!({"name": "operations/index-1"})
-                        }
-                        ("GET", false) => s.fields.get(base).cloned().unwrap_or_else(|| {
-                            serde_json::json!({"name": base, "indexConfig": {
-                                "usesAncestorConfig": true,
-                                "indexes": [{"order": "ASCENDING", "queryScope": "COLLECTION"}]}})
-                        }),
-                        ("PATCH", false) => {
-                            let f = s
-                                .fields
-                                .entry(base.to_string())
-                                .or_insert_with(|| serde_json::json!({"name": base}));
-                            if query.contains("ttlConfig") {
-                                f["ttlConfig"] = serde_json::json!({"state": "ACTIVE"});
-                            } else {
-                                f["indexConfig"] = json["indexConfig"].clone();
-                            }
-                            serde_json::json!({"name": "operations/field-1"})
-                        }
-                        _ => return (StatusCode::METHOD_NOT_ALLOWED, String::new()),
-                    };
-                    (StatusCode::OK, answer.to_string())
-                }
-            },
-        );
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        tokio::spawn(async move { axum::serve(listener, app).await });
-        (format!("127.0.0.1:{}", addr.port()), seen, state)
-    }
-
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn firestore_admin_requests_of_ensure_and_drift() {
         let Some((env, ns, client, op)) = setup("es-fs-admin", &["firestore"]).await else {
@@ -1440,6 +1304,7 @@ mod firestore_cases {
                 let m = match r.method {
                     admin::Method::Post => "POST",
                     admin::Method::Patch => "PATCH",
+                    admin::Method::Delete => "DELETE",
                 };
                 (m.to_string(), format!("/v1/{}", r.path), r.body)
             })

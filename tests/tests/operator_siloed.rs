@@ -1,12 +1,17 @@
-//! Siloed Tenants of cloud EventStores against the env's real kube-apiserver, PostgreSQL and
-//! DynamoDB Local, with the operator's controllers in-process and a real `store-node gateway`
-//! process reading the registry the operator wrote: a siloed and a pooled tenant per store ->
-//! the siloed tenant's own schema (tables, indexes, RLS) or table (keys, indexes, streams, TTL,
-//! deletion protection) exists and its Secret names it; a hostile pooled tenant cannot reach it
-//! (PostgreSQL: permission denied for its login; gateway: its token sees none of the siloed
-//! tenant's events, which land in the siloed schema/table only); an index dropped by hand is
-//! restored; deletion drops the schema/table under Delete and keeps it under Retain (Event).
+//! Siloed Tenants of cloud EventStores against the env's real kube-apiserver, PostgreSQL,
+//! DynamoDB Local and the Firestore emulator, with the operator's controllers in-process and a
+//! real `store-node gateway` process reading the registry the operator wrote: a siloed and a
+//! pooled tenant per store -> the siloed tenant's own schema (tables, indexes, RLS), table (keys,
+//! indexes, streams, TTL, deletion protection) or Firestore database exists and its status (and
+//! Secret) names it; a hostile pooled tenant cannot reach it (PostgreSQL: permission denied for
+//! its login; gateway: its token sees none of the siloed tenant's events, which land in the
+//! siloed schema/table/database only, read back directly from the backend); an index dropped by
+//! hand is restored; deletion drops the schema/table/database (Firestore on the emulator: its
+//! documents) under Delete and keeps it under Retain (Event). The Firestore Admin API calls
+//! (database create in the store's location, indexes and TTL in it, database delete) run
+//! against a loopback recording server, since the emulator does not serve that API.
 
+mod firestore_support;
 mod operator_support;
 
 use std::collections::BTreeMap;
@@ -15,7 +20,7 @@ use std::time::Duration;
 use allsource_operator::api::tenant::LocationKind;
 use allsource_operator::api::{EventStore, Phase, Tenant};
 use allsource_operator::controllers::eventstore::cloud::set_drift_interval;
-use allsource_operator::provision::{dynamodb, postgres};
+use allsource_operator::provision::{dynamodb, firestore, postgres};
 use allsource_tests::ddb::{describe, index_names};
 use allsource_tests::env::{
     TestEnv, TestNamespace, AWS_TEST_ACCESS_KEY, AWS_TEST_REGION, AWS_TEST_SECRET_KEY,
@@ -739,6 +744,404 @@ async fn dynamodb_siloed_tenant_table_isolation_drift_and_deletion() {
         .send()
         .await
         .unwrap();
+    op.stop().await;
+    ns.cleanup().await.unwrap();
+}
+
+// ---- Firestore (the env's emulator; a project id per test keeps its databases apart) ----
+
+fn fs_store(project: &str, endpoint: &str, gateway: bool) -> serde_json::Value {
+    json!({"apiVersion": "allsource.io/v1alpha1", "kind": "EventStore",
+           "metadata": {"name": "orders"},
+           "spec": {"backend": "firestore",
+                    "firestore": {"projectId": project, "endpoint": endpoint,
+                                  "ttlField": "expires_at"},
+                    "gateway": {"enabled": gateway, "replicas": 1},
+                    "deletionPolicy": "Delete"}})
+}
+
+/// Documents of `collection` at any depth under `parent` (relative to the database root) of
+/// database `db`, read directly from the emulator.
+async fn fs_docs(
+    host: &str,
+    project: &str,
+    db: &str,
+    parent: &str,
+    collection: &str,
+) -> Vec<serde_json::Value> {
+    let url =
+        format!("http://{host}/v1/projects/{project}/databases/{db}/documents/{parent}:runQuery");
+    let q = json!({"structuredQuery": {"from": [{"collectionId": collection, "allDescendants": true}]}});
+    let r = reqwest::Client::new()
+        .post(url)
+        .bearer_auth("owner")
+        .json(&q)
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success(), "runQuery on {db}: {}", r.status());
+    let rows: Vec<serde_json::Value> = r.json().await.unwrap();
+    rows.into_iter()
+        .filter_map(|r| r.get("document").cloned())
+        .collect()
+}
+
+/// Whether document `path` exists in database `db`, read directly from the emulator.
+async fn fs_exists(host: &str, project: &str, db: &str, path: &str) -> bool {
+    let url = format!("http://{host}/v1/projects/{project}/databases/{db}/documents/{path}");
+    let r = reqwest::Client::new()
+        .get(url)
+        .bearer_auth("owner")
+        .send()
+        .await
+        .unwrap();
+    r.status().is_success()
+}
+
+/// The decoded payloads of event documents.
+fn payloads(docs: &[serde_json::Value]) -> Vec<String> {
+    use base64::Engine as _;
+    docs.iter()
+        .filter_map(|d| d["fields"]["payload"]["bytesValue"].as_str())
+        .map(|b| {
+            let raw = base64::engine::general_purpose::STANDARD.decode(b).unwrap();
+            String::from_utf8(raw).unwrap()
+        })
+        .collect()
+}
+
+/// Appends one event with `secret` in its data through the gateway with `token`.
+async fn post_event(gw: &Gateway, token: &str, stream: &str, secret: &str) {
+    let r = reqwest::Client::new()
+        .post(format!("{}/v1/streams/{stream}/events", gw.base))
+        .bearer_auth(token)
+        .json(
+            &json!({"events": [{"eventId": uuid::Uuid::new_v4(), "eventType": "x",
+                                  "data": {"secret": secret}}]}),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        r.status().is_success(),
+        "append to {stream}: {}",
+        r.status()
+    );
+}
+
+/// GET through the gateway with `token`: status and body.
+async fn get_as(gw: &Gateway, token: &str, path: &str) -> (StatusCode, String) {
+    let r = reqwest::Client::new()
+        .get(format!("{}{path}", gw.base))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap();
+    let st = r.status();
+    (st, r.text().await.unwrap_or_default())
+}
+
+/// store-node's backend on a tenant's own database of the emulator (not through the gateway).
+fn silo_backend(
+    host: &str,
+    project: &str,
+    db: &str,
+) -> store_node::backend::firestore::FirestoreStore {
+    use store_node::backend::firestore::{FirestoreConfig, FirestoreStore};
+    FirestoreStore::connect(FirestoreConfig::emulator(project, host))
+        .unwrap()
+        .with_database(db)
+        .unwrap()
+}
+
+async fn append_direct(b: &store_node::backend::firestore::FirestoreStore, tenant: &str) {
+    use store_node::backend::EventStore as _;
+    use store_node::model::{ExpectedVersion, NewEvent, StreamId, TenantId};
+    b.append(
+        &TenantId::new(tenant).unwrap(),
+        &StreamId::new("kept-1").unwrap(),
+        ExpectedVersion::Any,
+        vec![NewEvent {
+            event_id: uuid::Uuid::new_v4(),
+            event_type: "x".into(),
+            payload: br#"{"secret":"kept-3f1a"}"#.to_vec(),
+            metadata: Default::default(),
+        }],
+    )
+    .await
+    .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn firestore_siloed_tenant_database_isolation_and_deletion() {
+    let Some((env, ns, client, op)) = setup("silo-fs", "firestore").await else {
+        return;
+    };
+    let n = ns.name().to_string();
+    let host = env.firestore_emulator_host().to_string();
+    let project = format!("{}-{}", env.firestore_project(), suffix());
+    create::<EventStore>(&client, &n, fs_store(&project, &host, true)).await;
+    let sfx = suffix();
+    let (silo, pooled, kept) = (
+        format!("silo-{sfx}"),
+        format!("pool-{sfx}"),
+        format!("kept-{sfx}"),
+    );
+    create::<Tenant>(&client, &n, tenant(&silo, "siloed", "Delete")).await;
+    create::<Tenant>(&client, &n, tenant(&pooled, "pooled", "Delete")).await;
+    create::<Tenant>(&client, &n, tenant(&kept, "siloed", "Retain")).await;
+
+    // The siloed tenant's own database, named as documented, is its status location.
+    let t = ready_tenant(&client, &n, &silo).await;
+    let own = firestore::silo_database_name("(default)", &n, "orders", &silo);
+    let loc = t.status.unwrap().location.unwrap();
+    assert_eq!(
+        (loc.kind, loc.name.as_str()),
+        (LocationKind::Database, own.as_str())
+    );
+    let t = ready_tenant(&client, &n, &pooled).await;
+    assert_eq!(
+        t.status.unwrap().location.unwrap().kind,
+        LocationKind::Collection
+    );
+    let kept_db = firestore::silo_database_name("(default)", &n, "orders", &kept);
+    ready_tenant(&client, &n, &kept).await;
+
+    // Prepared like the store's database (marker; the tenant its only member), in its own
+    // database only; the emulator's missing Admin API is said as for the store.
+    let marker = format!("allsource/{n}.orders");
+    assert!(
+        fs_exists(&host, &project, &own, &marker).await,
+        "marker in {own}"
+    );
+    let member = |id: &str| format!("{marker}/members/{id}");
+    assert!(fs_exists(&host, &project, &own, &member(&silo)).await);
+    assert!(!fs_exists(&host, &project, &own, &member(&pooled)).await);
+    assert!(!fs_exists(&host, &project, "(default)", &member(&silo)).await);
+    assert!(fs_exists(&host, &project, "(default)", &member(&pooled)).await);
+    let note = format!(
+        "database {own}: admin API unavailable at http://{host}: indexes and TTL not verified"
+    );
+    event(&client, &n, "NotVerified", &note).await;
+
+    // The real gateway on the operator's registry, with the store's project and emulator only.
+    let registry = gateway_registry(&client, &n, &[&silo, &pooled], &silo).await;
+    assert!(
+        registry.contains(&format!("\"database\": \"{own}\"")),
+        "{registry}"
+    );
+    let gw = start_gateway(
+        &registry,
+        &[
+            "--backend",
+            "firestore",
+            "--firestore-project",
+            &project,
+            "--firestore-emulator-host",
+            &host,
+        ],
+    )
+    .await;
+    let (tok_silo, tok_pooled) = (
+        token(&client, &n, &silo).await,
+        token(&client, &n, &pooled).await,
+    );
+    // The pooled tenant cannot read the siloed tenant's stream ...
+    hostile_pooled_tenant(&gw, &tok_silo, &tok_pooled).await;
+    // ... nor write it: the same stream name with its own token is its own stream.
+    post_event(&gw, &tok_pooled, "plans", "pool-only-7d2e").await;
+    post_event(&gw, &tok_pooled, "cart", "pool-only-7d2e").await;
+    // And the other way round: the siloed tenant sees none of the pooled tenant's events.
+    let (st, body) = get_as(&gw, &tok_silo, "/v1/streams/cart/events").await;
+    assert_eq!(st, StatusCode::NOT_FOUND, "siloed reads the pool: {body}");
+    for path in ["/v1/streams/plans/events", "/v1/events?from=0&limit=100"] {
+        let (st, body) = get_as(&gw, &tok_silo, path).await;
+        assert!(st.is_success(), "{path}: {st}");
+        assert!(body.contains("silo-only-51c7"), "{path}: {body}");
+        assert!(!body.contains("pool-only-7d2e"), "{path}: {body}");
+    }
+    let (_, body) = get_as(&gw, &tok_silo, "/v1/streams?limit=100").await;
+    assert!(!body.contains("cart"), "siloed lists the pool: {body}");
+    drop(gw);
+
+    // Read directly from the emulator: each tenant's events are in its own database only.
+    let events = |db: &str, id: &str| {
+        let (db, parent) = (db.to_string(), format!("tenants/{id}"));
+        let (host, project) = (host.clone(), project.clone());
+        async move { fs_docs(&host, &project, &db, &parent, "events").await }
+    };
+    let silo_own = events(&own, &silo).await;
+    assert_eq!(payloads(&silo_own).len(), 1, "{silo_own:?}");
+    assert!(payloads(&silo_own)[0].contains("silo-only-51c7"));
+    assert!(
+        events("(default)", &silo).await.is_empty(),
+        "siloed events in the pool"
+    );
+    let pool = events("(default)", &pooled).await;
+    assert_eq!(payloads(&pool).len(), 2, "{pool:?}");
+    assert!(payloads(&pool).iter().all(|p| p.contains("pool-only-7d2e")));
+    assert!(
+        events(&own, &pooled).await.is_empty(),
+        "pooled events in the silo"
+    );
+
+    // The Retain tenant's database gets an event through store-node's backend directly.
+    append_direct(&silo_backend(&host, &project, &kept_db), &kept).await;
+    assert_eq!(events(&kept_db, &kept).await.len(), 1);
+
+    // Deletion under Delete: every document of the tenant's database goes (on the emulator the
+    // database itself has no Admin API to go through), with an Event.
+    delete_tenant(&client, &n, &silo).await;
+    for c in ["events", "eventIds", "streams"] {
+        let left = fs_docs(&host, &project, &own, &format!("tenants/{silo}"), c).await;
+        assert!(left.is_empty(), "{c} left in {own}: {left:?}");
+    }
+    assert!(!fs_exists(&host, &project, &own, &format!("tenants/{silo}")).await);
+    assert!(
+        !fs_exists(&host, &project, &own, &marker).await,
+        "marker left"
+    );
+    event(&client, &n, "DataDeleted", &own).await;
+    // Under Retain: kept, with an Event.
+    delete_tenant(&client, &n, &kept).await;
+    assert_eq!(
+        events(&kept_db, &kept).await.len(),
+        1,
+        "retained events erased"
+    );
+    event(&client, &n, "DataRetained", &kept_db).await;
+    // The pooled tenant's documents were not touched by either.
+    assert_eq!(events("(default)", &pooled).await.len(), 2);
+
+    delete_tenant(&client, &n, &pooled).await;
+    delete_store(&client, &n).await;
+    let _ = reqwest::Client::new()
+        .delete(format!(
+            "http://{host}/emulator/v1/projects/{project}/databases/{kept_db}/documents"
+        ))
+        .send()
+        .await;
+    op.stop().await;
+    ns.cleanup().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn firestore_siloed_database_admin_requests_outage_and_drop() {
+    use firestore_support::{recording_server, writes, Forwarder};
+    use store_node::backend::firestore::admin;
+    let Some((env, ns, client, op)) = setup("silo-fs-admin", "firestore").await else {
+        return;
+    };
+    let n = ns.name().to_string();
+    let host = env.firestore_emulator_host().to_string();
+    let project = format!("{}-{}", env.firestore_project(), suffix());
+    let (recorder, seen, state) = recording_server(host.clone()).await;
+    // The store's database, in the location the tenant's database must take.
+    state.lock().unwrap().databases.insert(
+        format!("/v1/projects/{project}/databases/(default)"),
+        json!({"name": format!("projects/{project}/databases/(default)"), "locationId": "eur3"}),
+    );
+    // The operator reaches the recorder through a forwarder the test can cut (the outage).
+    let port = allsource_tests::bins::free_port();
+    let mut fwd = Forwarder::new(port, recorder);
+    fwd.start().await;
+    let endpoint = format!("127.0.0.1:{port}");
+    create::<EventStore>(&client, &n, fs_store(&project, &endpoint, false)).await;
+    let solo = format!("solo-{}", suffix());
+    create::<Tenant>(&client, &n, tenant(&solo, "siloed", "Delete")).await;
+    let t = ready_tenant(&client, &n, &solo).await;
+    let own = firestore::silo_database_name("(default)", &n, "orders", &solo);
+    let loc = t.status.unwrap().location.unwrap();
+    assert_eq!((loc.kind, loc.name), (LocationKind::Database, own.clone()));
+
+    // Sent for the tenant: the database, created next to the store's, then store-node's index,
+    // exemption and TTL requests on it, once each, with the endpoint's token.
+    let mine = |seen: &firestore_support::Seen| -> Vec<(String, String, serde_json::Value)> {
+        writes(seen)
+            .into_iter()
+            .filter(|(_, p, _)| p.contains(&own))
+            .collect()
+    };
+    let mut want = vec![(
+        "POST".to_string(),
+        format!("/v1/projects/{project}/databases?databaseId={own}"),
+        json!({"type": "FIRESTORE_NATIVE", "locationId": "eur3"}),
+    )];
+    want.extend(admin::requests(&project, &own).into_iter().map(|r| {
+        let m = match r.method {
+            admin::Method::Post => "POST",
+            admin::Method::Patch => "PATCH",
+            admin::Method::Delete => "DELETE",
+        };
+        (m.to_string(), format!("/v1/{}", r.path), r.body)
+    }));
+    assert_eq!(mine(&seen), want);
+    assert!(seen
+        .lock()
+        .unwrap()
+        .iter()
+        .all(|(_, _, a, _)| a == "Bearer owner"));
+    assert_eq!(
+        state.lock().unwrap().databases[&format!("/v1/projects/{project}/databases/{own}")]
+            ["locationId"],
+        "eur3"
+    );
+    // Indexes verified: nothing left unverified to say.
+    let evs: Api<k8s_openapi::api::events::v1::Event> = Api::namespaced(client.clone(), &n);
+    let all = evs.list(&Default::default()).await.unwrap().items;
+    assert!(
+        !all.iter()
+            .any(|e| e.reason.as_deref() == Some("NotVerified")),
+        "NotVerified with the Admin API served"
+    );
+
+    // Outage: Degraded with the service's error, then Ready again by itself.
+    let api: Api<Tenant> = Api::namespaced(client.clone(), &n);
+    fwd.stop().await;
+    let msg = wait_for("siloed tenant Degraded during the outage", DEADLINE, || {
+        let api = api.clone();
+        let solo = solo.clone();
+        async move {
+            let st = api.get(&solo).await.ok()?.status?;
+            let c = st.conditions.iter().find(|c| c.type_ == "Degraded")?;
+            (c.is_true() && c.reason == "BackendUnavailable").then(|| c.message.clone())
+        }
+    })
+    .await;
+    assert!(msg.contains("firestore unavailable"), "{msg}");
+    fwd.start().await;
+    ready_tenant(&client, &n, &solo).await;
+    assert_eq!(
+        mine(&seen).len(),
+        want.len(),
+        "nothing recreated after the outage"
+    );
+
+    // Deletion under Delete: the tenant's documents, then the database through the Admin API.
+    append_direct(&silo_backend(&host, &project, &own), &solo).await;
+    delete_tenant(&client, &n, &solo).await;
+    let last = mine(&seen).last().cloned().unwrap();
+    assert_eq!(
+        (last.0.as_str(), last.1),
+        ("DELETE", format!("/v1/projects/{project}/databases/{own}"))
+    );
+    assert!(!state
+        .lock()
+        .unwrap()
+        .databases
+        .contains_key(&format!("/v1/projects/{project}/databases/{own}")));
+    let left = fs_docs(&host, &project, &own, &format!("tenants/{solo}"), "events").await;
+    assert!(left.is_empty(), "{left:?}");
+    event(
+        &client,
+        &n,
+        "DataDeleted",
+        &format!("database {own} was dropped"),
+    )
+    .await;
+
+    delete_store(&client, &n).await;
+    fwd.stop().await;
     op.stop().await;
     ns.cleanup().await.unwrap();
 }

@@ -62,7 +62,7 @@ pub struct TenantSpec {
     ]))]
     pub tenant_id: String,
 
-    /// pooled shares tables/schemas/nodes with other tenants (rows keyed by tenant id); siloed gets its own table, schema, collection or node. Immutable.
+    /// pooled shares tables/schemas/databases/nodes with other tenants (rows keyed by tenant id); siloed gets its own DynamoDB table, PostgreSQL schema, Firestore database or store node. Immutable.
     #[serde(default)]
     #[schemars(extend("x-kubernetes-validations" = [
         {"rule": "self == oldSelf", "message": "spec.placement is immutable; create a new Tenant and migrate"}
@@ -93,7 +93,7 @@ pub enum Placement {
     /// Shared with other tenants, separated by tenant id.
     #[default]
     Pooled,
-    /// Own table, schema, collection or node.
+    /// Own table, schema, Firestore database or node.
     Siloed,
 }
 
@@ -161,7 +161,7 @@ pub struct TenantStatus {
 pub struct TenantLocation {
     /// Kind of location.
     pub kind: LocationKind,
-    /// Name of the table, schema, collection or node (pod).
+    /// Name of the table, schema, collection, database or node (pod).
     pub name: String,
 }
 
@@ -174,8 +174,11 @@ pub enum LocationKind {
     Table,
     /// A PostgreSQL schema.
     Schema,
-    /// A Firestore collection.
+    /// A Firestore collection (a pooled tenant of a Firestore store).
     Collection,
+    /// A Firestore database of its own (a siloed tenant of a Firestore store), in the store's
+    /// project.
+    Database,
     /// A store node (pod) of a selfHosted EventStore.
     Node,
 }

@@ -13,7 +13,7 @@ use super::{child_meta, config_map_name, headless_service_name, HTTP_PORT};
 use crate::api::eventstore::{NodeLimits, SelfHostedSpec};
 use crate::api::tenant::Placement;
 use crate::api::{EventStore, Tenant};
-use crate::provision::{dynamodb, postgres};
+use crate::provision::{dynamodb, firestore, postgres};
 
 /// File name of the node configuration inside the ConfigMap.
 pub const NODE_CONFIG_KEY: &str = "node.json";
@@ -80,8 +80,8 @@ pub struct RegistryTenant {
     pub quotas: RegistryQuotas,
     /// Node (pod name, a key of `nodes`) that owns the tenant's data.
     pub node: String,
-    /// A siloed tenant's own schema or table on a cloud store (gateway registry only); absent
-    /// for pooled tenants and on selfHosted stores.
+    /// A siloed tenant's own schema, table or Firestore database on a cloud store (gateway
+    /// registry only); absent for pooled tenants and on selfHosted stores.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub location: Option<RegistryLocation>,
 }
@@ -96,29 +96,40 @@ pub struct RegistryLocation {
     /// The tenant's own DynamoDB table.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub table: Option<String>,
+    /// The tenant's own Firestore database (in the store's project).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub database: Option<String>,
 }
 
 /// The registry location of a siloed tenant of a cloud store served by `backend`: the schema
-/// ([`postgres::silo_schema_name`]) or table ([`dynamodb::silo_table_name`]) the Tenant
-/// controller provisions for it. None for pooled tenants. Pure: derived from the spec alone, so
-/// the gateway routes a tenant the same way from its first registry entry on.
+/// ([`postgres::silo_schema_name`]), table ([`dynamodb::silo_table_name`]) or Firestore database
+/// ([`firestore::silo_database_name`]) the Tenant controller provisions for it. None for pooled
+/// tenants. Pure: derived from the spec alone, so the gateway routes a tenant the same way from
+/// its first registry entry on.
 pub fn silo_location(t: &Tenant, backend: &GatewayBackend) -> Option<RegistryLocation> {
     if t.spec.placement != Placement::Siloed {
         return None;
     }
-    if let GatewayBackend::Postgres { schema, .. } = backend {
-        return Some(RegistryLocation {
-            schema: Some(postgres::silo_schema_name(schema, &t.spec.tenant_id)),
-            table: None,
-        });
-    }
-    if let GatewayBackend::Dynamodb { table, .. } = backend {
-        return Some(RegistryLocation {
-            schema: None,
-            table: Some(dynamodb::silo_table_name(table, &t.spec.tenant_id)),
-        });
-    }
-    None
+    let id = &t.spec.tenant_id;
+    Some(match backend {
+        GatewayBackend::Postgres { schema, .. } => RegistryLocation {
+            schema: Some(postgres::silo_schema_name(schema, id)),
+            ..RegistryLocation::default()
+        },
+        GatewayBackend::Dynamodb { table, .. } => RegistryLocation {
+            table: Some(dynamodb::silo_table_name(table, id)),
+            ..RegistryLocation::default()
+        },
+        GatewayBackend::Firestore { database, .. } => RegistryLocation {
+            database: Some(firestore::silo_database_name(
+                database,
+                &t.namespace().unwrap_or_default(),
+                &t.spec.event_store_ref.name,
+                id,
+            )),
+            ..RegistryLocation::default()
+        },
+    })
 }
 
 /// The tenant registry every node reads and polls for changes (store-node `RegistryFile`, version 1).
@@ -307,6 +318,34 @@ mod tests {
         assert_eq!(l.table, None);
         let l = silo_location(&tenant("siloed"), &ddb).unwrap();
         assert_eq!(l.table, Some(dynamodb::silo_table_name("orders", "acme")));
+        let fs = GatewayBackend::Firestore {
+            project: "p".into(),
+            database: "(default)".into(),
+            emulator_host: None,
+            endpoint: None,
+            credentials_secret: None,
+        };
+        assert_eq!(silo_location(&tenant("pooled"), &fs), None);
+        let db = silo_location(&tenant("siloed"), &fs).unwrap();
+        assert_eq!(
+            db,
+            RegistryLocation {
+                database: Some(firestore::silo_database_name(
+                    "(default)",
+                    "shop",
+                    "orders",
+                    "acme"
+                )),
+                ..RegistryLocation::default()
+            }
+        );
+        let mut fe = registry_tenant(&tenant("siloed"), "gateway".into());
+        fe.location = Some(db);
+        let json = serde_json::to_string(&fe).unwrap();
+        assert!(
+            json.contains(r#""location":{"database":"orders-acme-"#),
+            "{json}"
+        );
         // The entry as store-node reads it: one key, absent for pooled tenants.
         let mut e = registry_tenant(&tenant("siloed"), "gateway".into());
         let pooled = serde_json::to_string(&e).unwrap();

@@ -587,19 +587,33 @@ mod tests {
     fn registry_loads_in_the_gateway() {
         // What store-node's gateway parses at start: the gateway node is listed, and a siloed
         // tenant's location comes through.
+        let entry = |id: &str, location| RegistryTenant {
+            id: id.into(),
+            token_sha256: vec![],
+            state: TenantState::Active,
+            quotas: RegistryQuotas::default(),
+            node: GATEWAY_NODE.into(),
+            location: Some(location),
+        };
+        use crate::resources::configmap::RegistryLocation;
         let registry = Registry {
             version: 1,
-            tenants: vec![RegistryTenant {
-                id: "acme".into(),
-                token_sha256: vec![],
-                state: TenantState::Active,
-                quotas: RegistryQuotas::default(),
-                node: GATEWAY_NODE.into(),
-                location: Some(crate::resources::configmap::RegistryLocation {
-                    schema: Some("s__acme_1a2b3c4d".into()),
-                    table: None,
-                }),
-            }],
+            tenants: vec![
+                entry(
+                    "acme",
+                    RegistryLocation {
+                        schema: Some("s__acme_1a2b3c4d".into()),
+                        ..RegistryLocation::default()
+                    },
+                ),
+                entry(
+                    "beta",
+                    RegistryLocation {
+                        database: Some("orders-beta-1a2b3c4d".into()),
+                        ..RegistryLocation::default()
+                    },
+                ),
+            ],
             nodes: BTreeMap::new(),
         };
         let cm = config_map(&es("postgres"), &registry);
@@ -615,6 +629,15 @@ mod tests {
                 .as_ref()
                 .and_then(|l| l.schema.as_deref()),
             Some("s__acme_1a2b3c4d")
+        );
+        assert_eq!(
+            f.tenants[1]
+                .location
+                .as_ref()
+                .map(store_node::tenant::Location::from_entry),
+            Some(Ok(store_node::tenant::Location::Database(
+                "orders-beta-1a2b3c4d".into()
+            )))
         );
     }
 }

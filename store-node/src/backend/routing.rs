@@ -1,10 +1,10 @@
 //! The gateway's routing backend: one `EventStore` in front of the pooled store and of every
-//! siloed tenant's own schema or table. Each call looks the tenant up in the registry in force
-//! ([`crate::tenant::Registry`], so a reload takes effect on the next call): no `location` means
-//! the pooled store, a `location` means the instance opened for that schema or table, created on
-//! first use by the opener the gateway supplies and kept for later calls. This module decides
-//! only where a call goes; it must never look into the data, and it never answers for a tenant
-//! from another tenant's place.
+//! siloed tenant's own schema, table or Firestore database. Each call looks the tenant up in the
+//! registry in force ([`crate::tenant::Registry`], so a reload takes effect on the next call): no
+//! `location` means the pooled store, a `location` means the instance opened for that schema,
+//! table or database, created on first use by the opener the gateway supplies and kept for later
+//! calls. This module decides only where a call goes; it must never look into the data, and it
+//! never answers for a tenant from another tenant's place.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -201,8 +201,8 @@ mod tests {
 
     fn table(t: &str) -> Option<LocationEntry> {
         Some(LocationEntry {
-            schema: None,
             table: Some(t.into()),
+            ..LocationEntry::default()
         })
     }
 
@@ -238,7 +238,9 @@ mod tests {
                 seen.lock().insert(t.clone(), s.clone());
                 Ok(Arc::new(s) as Arc<dyn EventStore>)
             }
-            Location::Schema(_) => Err(StoreError::Internal("no schemas here".into())),
+            Location::Schema(_) | Location::Database(_) => {
+                Err(StoreError::Internal("only tables here".into()))
+            }
         });
         (
             RoutingStore::new(Arc::new(pooled.clone()), registry, open),
@@ -251,14 +253,29 @@ mod tests {
     fn routing_choice_follows_the_entry() {
         let file = RegistryFile {
             version: 1,
-            tenants: vec![entry("a", None), entry("b", table("tb"))],
+            tenants: vec![
+                entry("a", None),
+                entry("b", table("tb")),
+                entry(
+                    "c",
+                    Some(LocationEntry {
+                        database: Some("orders-c-1a2b3c4d".into()),
+                        ..LocationEntry::default()
+                    }),
+                ),
+            ],
             nodes: Default::default(),
         };
         let snap = crate::tenant::RegistrySnapshot::compile(&file).unwrap();
         let a = snap.tenant(&TenantId::new("a").unwrap());
         let b = snap.tenant(&TenantId::new("b").unwrap());
+        let c = snap.tenant(&TenantId::new("c").unwrap());
         assert_eq!(route(a.as_deref()), None);
         assert_eq!(route(b.as_deref()), Some(&Location::Table("tb".into())));
+        assert_eq!(
+            route(c.as_deref()),
+            Some(&Location::Database("orders-c-1a2b3c4d".into()))
+        );
         assert_eq!(route(None), None);
     }
 
@@ -295,7 +312,7 @@ mod tests {
     async fn an_unopenable_location_is_an_error_not_the_pooled_store() {
         let schema = Some(LocationEntry {
             schema: Some("s".into()),
-            table: None,
+            ..LocationEntry::default()
         });
         let (r, pooled, _) = router(vec![entry("a", schema)]);
         let a = TenantId::new("a").unwrap();

@@ -4,8 +4,9 @@
 //! front of one database. Tenant
 //! isolation is the server's (the tenant comes from the token) plus the backend's (every key or
 //! row is prefixed by the tenant). A siloed tenant (registry entry with a `location`) is served
-//! from its own schema or table through [`RoutingStore`]; the rest share the flags' schema or
-//! table. This module only turns flags into a backend; it must never
+//! from its own schema, table or Firestore database through [`RoutingStore`]; the rest share the
+//! flags' schema, table or database. A siloed Firestore database is opened with the flags'
+//! project, endpoint and credentials. This module only turns flags into a backend; it must never
 //! hold event data itself.
 
 use std::sync::Arc;
@@ -126,8 +127,8 @@ pub struct GatewayArgs {
     pub firestore_token: Option<String>,
 }
 
-/// Builds the backend the flags describe, routing siloed tenants (registry `location`) of a
-/// PostgreSQL or DynamoDB store to their own schema or table.
+/// Builds the backend the flags describe, routing siloed tenants (registry `location`) to their
+/// own schema (PostgreSQL), table (DynamoDB) or database (Firestore).
 pub async fn open_routed(
     args: &GatewayArgs,
     registry: Arc<Registry>,
@@ -142,7 +143,7 @@ pub async fn open_routed(
             let pooled = Arc::new(base.clone());
             let open: Opener = Arc::new(move |loc: &Location| match loc {
                 Location::Schema(s) => Ok(Arc::new(base.with_schema(s)?) as Arc<dyn EventStore>),
-                Location::Table(_) => Err(unroutable(loc, "postgres")),
+                _ => Err(unroutable(loc, "postgres")),
             });
             (pooled, open)
         }
@@ -151,12 +152,21 @@ pub async fn open_routed(
             let pooled = Arc::new(base.clone());
             let open: Opener = Arc::new(move |loc: &Location| match loc {
                 Location::Table(t) => Ok(Arc::new(base.with_table(t)) as Arc<dyn EventStore>),
-                Location::Schema(_) => Err(unroutable(loc, "dynamodb")),
+                _ => Err(unroutable(loc, "dynamodb")),
             });
             (pooled, open)
         }
-        // No siloed placement on Firestore in this build: the store as the flags describe it.
-        GatewayBackend::Firestore => return open_backend(args).await,
+        GatewayBackend::Firestore => {
+            let base = firestore_store(args, poll).await?;
+            let pooled = Arc::new(base.clone());
+            let open: Opener = Arc::new(move |loc: &Location| match loc {
+                Location::Database(d) => {
+                    Ok(Arc::new(base.with_database(d)?) as Arc<dyn EventStore>)
+                }
+                _ => Err(unroutable(loc, "firestore")),
+            });
+            (pooled, open)
+        }
     };
     Ok(Arc::new(RoutingStore::new(pooled, registry, open)))
 }
@@ -208,45 +218,36 @@ async fn dynamodb_store(
     Ok(store)
 }
 
-/// Builds the backend the flags describe.
-pub async fn open_backend(args: &GatewayArgs) -> anyhow::Result<Arc<dyn EventStore>> {
-    let poll = Duration::from_millis(args.poll_ms.max(10));
-    match args.backend {
-        GatewayBackend::Postgres => {
-            let store = postgres_store(args, poll)?;
-            if args.init {
-                store.init_schema().await.context("creating the schema")?;
-            }
-            Ok(Arc::new(store))
-        }
-        GatewayBackend::Dynamodb => Ok(Arc::new(dynamodb_store(args, poll).await?)),
-        GatewayBackend::Firestore => {
-            use store_node::backend::firestore::{FirestoreConfig, FirestoreStore};
-            let project = args
-                .firestore_project
-                .clone()
-                .context("--firestore-project is required for --backend firestore")?;
-            let mut cfg = FirestoreConfig::new(project, firestore_credentials(args)?);
-            if let Some(host) = &args.firestore_emulator_host {
-                cfg.endpoint = format!("http://{host}");
-            } else if let Some(ep) = &args.firestore_endpoint {
-                cfg.endpoint = ep.trim_end_matches('/').to_string();
-            }
-            cfg.database = args.firestore_database.clone();
-            cfg.poll_interval = poll;
-            let store = FirestoreStore::connect(cfg)?;
-            if args.init {
-                let outcomes = store
-                    .ensure_indexes()
-                    .await
-                    .context("creating the indexes and TTL policies")?;
-                for o in outcomes {
-                    tracing::info!(outcome = ?o, "firestore admin request");
-                }
-            }
-            Ok(Arc::new(store))
+/// The Firestore store of the flags' project, database, endpoint and credentials (`--init`:
+/// its indexes and TTL policies are requested first).
+async fn firestore_store(
+    args: &GatewayArgs,
+    poll: Duration,
+) -> anyhow::Result<store_node::backend::firestore::FirestoreStore> {
+    use store_node::backend::firestore::{FirestoreConfig, FirestoreStore};
+    let project = args
+        .firestore_project
+        .clone()
+        .context("--firestore-project is required for --backend firestore")?;
+    let mut cfg = FirestoreConfig::new(project, firestore_credentials(args)?);
+    if let Some(host) = &args.firestore_emulator_host {
+        cfg.endpoint = format!("http://{host}");
+    } else if let Some(ep) = &args.firestore_endpoint {
+        cfg.endpoint = ep.trim_end_matches('/').to_string();
+    }
+    cfg.database = args.firestore_database.clone();
+    cfg.poll_interval = poll;
+    let store = FirestoreStore::connect(cfg)?;
+    if args.init {
+        let outcomes = store
+            .ensure_indexes()
+            .await
+            .context("creating the indexes and TTL policies")?;
+        for o in outcomes {
+            tracing::info!(outcome = ?o, "firestore admin request");
         }
     }
+    Ok(store)
 }
 
 /// The Firestore credentials the flags name: a key file, workload identity, a fixed token, or

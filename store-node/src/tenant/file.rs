@@ -74,14 +74,14 @@ pub struct TenantEntry {
     /// Owning node (key of `nodes`), if placement is used.
     #[serde(default)]
     pub node: Option<String>,
-    /// Where a siloed tenant's data lives on a cloud backend (its own schema or table); absent
-    /// for pooled tenants, which use the gateway's own schema or table.
+    /// Where a siloed tenant's data lives on a cloud backend (its own schema, table or Firestore
+    /// database); absent for pooled tenants, which use the gateway's own.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub location: Option<LocationEntry>,
 }
 
 /// A siloed tenant's own place as written in the file: exactly one key, `{"schema": "..."}`
-/// (PostgreSQL) or `{"table": "..."}` (DynamoDB).
+/// (PostgreSQL), `{"table": "..."}` (DynamoDB) or `{"database": "..."}` (Firestore).
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct LocationEntry {
@@ -91,6 +91,10 @@ pub struct LocationEntry {
     /// DynamoDB table of the tenant.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub table: Option<String>,
+    /// Firestore database of the tenant (same project, endpoint and credentials as the
+    /// gateway's own database).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub database: Option<String>,
 }
 
 /// A siloed tenant's own place, checked: what the gateway routes the tenant's calls to.
@@ -100,16 +104,20 @@ pub enum Location {
     Schema(String),
     /// A DynamoDB table with the shared layout.
     Table(String),
+    /// A Firestore database with the shared layout.
+    Database(String),
 }
 
 impl Location {
-    /// The checked form of an entry: exactly one of `schema`/`table`, a name of 1 to 255 bytes
-    /// of `[A-Za-z0-9_.-]` (the backend checks its own stricter rules when it opens it).
+    /// The checked form of an entry: exactly one of `schema`/`table`/`database`, a name of 1 to
+    /// 255 bytes of `[A-Za-z0-9_.-]` (the backend checks its own stricter rules when it opens
+    /// it).
     pub fn from_entry(e: &LocationEntry) -> Result<Self, String> {
-        let loc = match (&e.schema, &e.table) {
-            (Some(s), None) => Location::Schema(s.clone()),
-            (None, Some(t)) => Location::Table(t.clone()),
-            _ => return Err("location needs exactly one of schema, table".to_string()),
+        let loc = match (&e.schema, &e.table, &e.database) {
+            (Some(s), None, None) => Location::Schema(s.clone()),
+            (None, Some(t), None) => Location::Table(t.clone()),
+            (None, None, Some(d)) => Location::Database(d.clone()),
+            _ => return Err("location needs exactly one of schema, table, database".to_string()),
         };
         let name = loc.name();
         let ok = !name.is_empty()
@@ -121,15 +129,15 @@ impl Location {
             Ok(loc)
         } else {
             Err(format!(
-                "location name {name:?} is not a schema or table name"
+                "location name {name:?} is not a schema, table or database name"
             ))
         }
     }
 
-    /// The schema or table name.
+    /// The schema, table or database name.
     pub fn name(&self) -> &str {
         match self {
-            Location::Schema(n) | Location::Table(n) => n,
+            Location::Schema(n) | Location::Table(n) | Location::Database(n) => n,
         }
     }
 }
@@ -245,7 +253,7 @@ mod tests {
         // A file written before locations existed still parses; its tenants are pooled.
         let f = RegistryFile::parse(SAMPLE.as_bytes()).unwrap();
         assert_eq!(f.tenants[0].location, None);
-        let j = r#"{"version":1,"tenants":[{"id":"a","location":{"schema":"s_t_a"}},{"id":"b","location":{"table":"orders--b-1a2b3c4d"}}]}"#;
+        let j = r#"{"version":1,"tenants":[{"id":"a","location":{"schema":"s_t_a"}},{"id":"b","location":{"table":"orders--b-1a2b3c4d"}},{"id":"c","location":{"database":"orders-c-1a2b3c4d"}}]}"#;
         let f = RegistryFile::parse(j.as_bytes()).unwrap();
         let locs: Vec<Location> = f
             .tenants
@@ -256,7 +264,8 @@ mod tests {
             locs,
             vec![
                 Location::Schema("s_t_a".into()),
-                Location::Table("orders--b-1a2b3c4d".into())
+                Location::Table("orders--b-1a2b3c4d".into()),
+                Location::Database("orders-c-1a2b3c4d".into())
             ]
         );
         let y = "version: 1\ntenants:\n- id: a\n  location:\n    table: t1\n";
@@ -291,6 +300,9 @@ mod tests {
             r#"{"version":1,"tenants":[{"id":"a","location":{"schema":"s","table":"t"}}]}"#
                 .to_string(),
             r#"{"version":1,"tenants":[{"id":"a","location":{"table":"a b"}}]}"#.to_string(),
+            r#"{"version":1,"tenants":[{"id":"a","location":{"table":"t","database":"d"}}]}"#
+                .to_string(),
+            r#"{"version":1,"tenants":[{"id":"a","location":{"database":"a/b"}}]}"#.to_string(),
             "{not json".to_string(),
         ] {
             assert!(

@@ -33,9 +33,9 @@
 //!   key of `nodes`.
 //!
 //! - `location`: optional, for a siloed tenant of a cloud store: `{"schema": "<schema>"}`
-//!   (PostgreSQL) or `{"table": "<table>"}` (DynamoDB), exactly one key. The gateway serves the
-//!   tenant's calls from that schema or table; without it the tenant is pooled (the gateway's own
-//!   schema or table).
+//!   (PostgreSQL), `{"table": "<table>"}` (DynamoDB) or `{"database": "<database id>"}`
+//!   (Firestore, same project), exactly one key. The gateway serves the tenant's calls from that
+//!   schema, table or database; without it the tenant is pooled (the gateway's own).
 //!
 //! Unknown keys are ignored so that newer operators can add fields. A file that fails to parse or
 //! validate is rejected as a whole and the previous registry stays in force.

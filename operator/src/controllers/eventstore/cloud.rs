@@ -454,14 +454,11 @@ async fn apply_gateway(
 }
 
 /// The gateway's registry: every tenant of the store, served by the gateway; siloed tenants
-/// with the location of their own schema or table ([`configmap::silo_location`]). A Firestore
-/// gateway cannot serve a siloed tenant (see `controllers::tenant::firestore`): left out rather
-/// than served from the pooled collection.
+/// with the location of their own schema, table or Firestore database
+/// ([`configmap::silo_location`]), so their calls never reach the pooled place.
 pub fn gateway_registry(tenants: &[Tenant], backend: &GatewayBackend) -> configmap::Registry {
-    let firestore = matches!(backend, GatewayBackend::Firestore { .. });
     let mut entries: Vec<configmap::RegistryTenant> = tenants
         .iter()
-        .filter(|t| !(firestore && t.spec.placement == crate::api::tenant::Placement::Siloed))
         .map(|t| configmap::RegistryTenant {
             location: configmap::silo_location(t, backend),
             ..configmap::registry_tenant(t, gateway::GATEWAY_NODE.to_string())
@@ -893,6 +890,22 @@ mod tests {
             endpoint: None,
             credentials_secret: None,
         };
-        assert_eq!(gateway_registry(&[t, siloed], &fs).tenants.len(), 1);
+        siloed.spec.tenant_id = "solo".into();
+        let r = gateway_registry(&[siloed, t], &fs);
+        let ids: Vec<&str> = r.tenants.iter().map(|e| e.id.as_str()).collect();
+        assert_eq!(ids, vec!["acme", "solo"], "sorted, siloed ones included");
+        assert_eq!(r.tenants[0].location, None, "pooled");
+        assert_eq!(
+            r.tenants[1]
+                .location
+                .as_ref()
+                .and_then(|l| l.database.clone()),
+            Some(crate::provision::firestore::silo_database_name(
+                "(default)",
+                "shop",
+                "orders",
+                "solo"
+            ))
+        );
     }
 }

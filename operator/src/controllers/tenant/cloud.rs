@@ -8,9 +8,10 @@
 //! `<tenant>-postgres` owned by the Tenant with the keys of
 //! [`crate::provision::postgres::tenant_login`]: `host`, `port`, `database`, `schema`, `user`,
 //! `password`, `url`. The password is generated once and kept in that Secret. Siloed tenants of
-//! PostgreSQL and DynamoDB stores get their own schema or table in [`siloed`]. Other backends
-//! are reported honestly as not provisioned (Degraded, reason ProvisionerMissing). It must never
-//! touch the `<tenant>-credentials` Secret or the token, and never log a password.
+//! PostgreSQL, DynamoDB and Firestore stores get their own schema, table or database in
+//! [`siloed`]; pooled Firestore tenants are [`super::firestore`]'s. Other backends are reported
+//! honestly as not provisioned (Degraded, reason ProvisionerMissing). It must never touch the
+//! `<tenant>-credentials` Secret or the token, and never log a password.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -146,13 +147,16 @@ pub async fn reconcile(
     ctx: &Context,
     ns: &str,
 ) -> Result<TenantOutcome, ReconcileError> {
-    if es.spec.backend == Backend::Firestore {
-        return super::firestore::reconcile(tenant, es, ctx, ns).await;
-    }
     if tenant.spec.placement == Placement::Siloed
-        && matches!(es.spec.backend, Backend::Postgres | Backend::DynamoDb)
+        && matches!(
+            es.spec.backend,
+            Backend::Postgres | Backend::DynamoDb | Backend::Firestore
+        )
     {
         return siloed::reconcile(tenant, es, ctx, ns).await;
+    }
+    if es.spec.backend == Backend::Firestore {
+        return super::firestore::reconcile(tenant, es, ctx, ns).await;
     }
     if es.spec.backend == Backend::DynamoDb && tenant.spec.placement == Placement::Pooled {
         return dynamodb_tenant(tenant, es, ctx, ns).await;
@@ -343,7 +347,8 @@ async fn dynamodb_tenant(
 
 /// Removes what [`reconcile`] provisioned when the Tenant is deleted: its access at once (login
 /// role, table/schema grants), and its data under `deletionPolicy: Delete` (pooled PostgreSQL
-/// rows, pooled DynamoDB items, the siloed schema or table, the Firestore documents). Secrets go
+/// rows, pooled DynamoDB items, pooled Firestore documents, the siloed schema, table or Firestore
+/// database). Secrets go
 /// with their owner reference. Ok(true) means the data is erased, Ok(false) that it is kept;
 /// either way the finalizer may go. An outage is an error and retries.
 pub async fn cleanup(
@@ -353,14 +358,17 @@ pub async fn cleanup(
     ns: &str,
 ) -> Result<bool, ReconcileError> {
     let delete = tenant.spec.deletion_policy == DeletionPolicy::Delete;
-    if es.spec.backend == Backend::Firestore {
-        super::firestore::cleanup(tenant, es, ctx, ns).await?;
-        return Ok(delete);
-    }
     if tenant.spec.placement == Placement::Siloed
-        && matches!(es.spec.backend, Backend::Postgres | Backend::DynamoDb)
+        && matches!(
+            es.spec.backend,
+            Backend::Postgres | Backend::DynamoDb | Backend::Firestore
+        )
     {
         siloed::cleanup(tenant, es, ctx, ns).await?;
+        return Ok(delete);
+    }
+    if es.spec.backend == Backend::Firestore {
+        super::firestore::cleanup(tenant, es, ctx, ns).await?;
         return Ok(delete);
     }
     match es.spec.backend {

@@ -1,13 +1,11 @@
-//! Tenants of a Firestore EventStore. Pooled: the tenant lives in `tenants/<tenantId>` of the
+//! Pooled Tenants of a Firestore EventStore: the tenant lives in `tenants/<tenantId>` of the
 //! store's database (store-node's layout; location kind Collection), registered as a member of
 //! the store (`allsource/<store>/members/<tenantId>`) so that the store's `deletionPolicy:
 //! Delete` removes exactly its tenants' documents, and refused when another store of the same
-//! database already registered the id. Ready once the store is provisioned. Siloed: store-node's
-//! Firestore backend serves one database per gateway with every tenant under its `tenants`
-//! collection, and the gateway cannot route a tenant to another root or database, so a siloed
-//! tenant is reported as not servable (Degraded, reason SiloedUnsupported) instead of pretending.
-//! Deletion under `deletionPolicy: Delete` removes the tenant's documents and its membership;
-//! Retain keeps both (the documents still belong to the store). It must never log a token.
+//! database already registered the id. Ready once the store is provisioned. Deletion under
+//! `deletionPolicy: Delete` removes the tenant's documents and its membership; Retain keeps both
+//! (the documents still belong to the store). Siloed tenants get a database of their own
+//! (`cloud::siloed`, [`crate::provision::firestore::silo`]). It must never log a token.
 
 use std::time::Duration;
 
@@ -22,26 +20,8 @@ use crate::controllers::{Context, ReconcileError};
 use crate::provision::firestore::tenant_collection;
 use crate::provision::ProvisionError;
 
-/// Reason of a siloed tenant on Firestore.
-pub const SILOED_UNSUPPORTED: &str = "SiloedUnsupported";
 /// Re-check interval while the store is not provisioned yet or Firestore is down.
 const RETRY: Duration = Duration::from_secs(5);
-
-/// The outcome of a siloed tenant (pure).
-pub fn siloed() -> TenantOutcome {
-    TenantOutcome {
-        verdict: Verdict::BackendDegraded(
-            SILOED_UNSUPPORTED.to_string(),
-            "a siloed Firestore tenant would need its own root collection or database, and \
-             store-node's gateway serves one database with every tenant under tenants/: it \
-             cannot route this tenant yet; use placement pooled"
-                .to_string(),
-        ),
-        location: None,
-        usage_url: None,
-        requeue: None,
-    }
-}
 
 /// Whether the store's database is provisioned (its status lists the database).
 pub fn store_provisioned(es: &EventStore) -> bool {
@@ -60,20 +40,18 @@ fn degraded(e: &ProvisionError) -> TenantOutcome {
     }
 }
 
-fn tenant_ref(t: &Tenant) -> String {
+/// `<namespace>/<name>` of a Tenant, as its member document records it.
+pub fn tenant_ref(t: &Tenant) -> String {
     format!("{}/{}", t.namespace().unwrap_or_default(), t.name_any())
 }
 
-/// Ensures a Firestore tenant's place and reports where it lives.
+/// Ensures a pooled Firestore tenant's place and reports where it lives.
 pub async fn reconcile(
     tenant: &Tenant,
     es: &EventStore,
     ctx: &Context,
     ns: &str,
 ) -> Result<TenantOutcome, ReconcileError> {
-    if tenant.spec.placement == Placement::Siloed {
-        return Ok(siloed());
-    }
     if !store_provisioned(es) {
         return Ok(TenantOutcome {
             verdict: Verdict::EventStoreNotReady(
@@ -149,10 +127,7 @@ mod tests {
     }
 
     #[test]
-    fn siloed_is_reported_and_pooled_waits_for_the_store() {
-        let s = siloed();
-        assert_eq!(s.verdict.reason(), SILOED_UNSUPPORTED);
-        assert!(s.location.is_none());
+    fn tenants_wait_for_the_store() {
         assert!(!store_provisioned(&es(false)));
         assert!(store_provisioned(&es(true)));
     }

@@ -2,7 +2,8 @@
 //! the single-field index exemptions of event bodies, the TTL policies), each as store-node's
 //! request ([`store_node::backend::firestore::admin`], never a second copy of the layout) plus
 //! the `GET` that tells whether it is there, and how a live answer reads (present, building,
-//! missing). Nothing here does I/O.
+//! missing); and the database requests of a siloed tenant's own database
+//! (`projects.databases.get` / `create` / `delete`). Nothing here does I/O.
 
 use serde_json::Value;
 use store_node::backend::firestore::admin::{self as sn, AdminRequest, Method};
@@ -193,7 +194,43 @@ pub fn verb(r: &AdminRequest) -> &'static str {
     match r.method {
         Method::Post => "POST",
         Method::Patch => "PATCH",
+        Method::Delete => "DELETE",
     }
+}
+
+/// Type of the databases the operator creates (store-node speaks the Native mode API).
+pub const DATABASE_TYPE: &str = "FIRESTORE_NATIVE";
+
+/// Path under `/v1/` of a database (its `GET`, and its `DELETE`).
+pub fn database_path(project: &str, database: &str) -> String {
+    format!("projects/{project}/databases/{database}")
+}
+
+/// `projects.databases.create` of `database` in `location` (the store database's
+/// `locationId`): a Native mode database.
+pub fn create_database(project: &str, database: &str, location: &str) -> AdminRequest {
+    AdminRequest {
+        method: Method::Post,
+        path: format!("projects/{project}/databases?databaseId={database}"),
+        body: serde_json::json!({ "type": DATABASE_TYPE, "locationId": location }),
+    }
+}
+
+/// `projects.databases.delete` of `database` (its documents go with it).
+pub fn delete_database(project: &str, database: &str) -> AdminRequest {
+    AdminRequest {
+        method: Method::Delete,
+        path: database_path(project, database),
+        body: Value::Null,
+    }
+}
+
+/// The `locationId` of a database `GET` answer.
+pub fn location_of(answer: &Value) -> Option<&str> {
+    answer
+        .get("locationId")
+        .and_then(Value::as_str)
+        .filter(|l| !l.is_empty())
 }
 
 /// Whether an answer to an Admin API call means "this server does not serve the Admin API":
@@ -277,6 +314,28 @@ mod tests {
             presence(ttl, &json!({"ttlConfig": {"state": "ACTIVE"}})),
             Presence::Present
         );
+    }
+
+    #[test]
+    fn database_requests() {
+        let c = create_database("p", "orders-acme-1a2b3c4d", "eur3");
+        assert_eq!(c.method, Method::Post);
+        assert_eq!(
+            c.path,
+            "projects/p/databases?databaseId=orders-acme-1a2b3c4d"
+        );
+        assert_eq!(
+            c.body,
+            json!({"type": "FIRESTORE_NATIVE", "locationId": "eur3"})
+        );
+        let d = delete_database("p", "orders-acme-1a2b3c4d");
+        assert_eq!((verb(&d), d.body.clone()), ("DELETE", Value::Null));
+        assert_eq!(d.path, database_path("p", "orders-acme-1a2b3c4d"));
+        assert_eq!(d.path, "projects/p/databases/orders-acme-1a2b3c4d");
+        let live = json!({"name": "projects/p/databases/(default)", "locationId": "nam5"});
+        assert_eq!(location_of(&live), Some("nam5"));
+        assert_eq!(location_of(&json!({"locationId": ""})), None);
+        assert_eq!(location_of(&json!({})), None);
     }
 
     #[test]

@@ -5,7 +5,9 @@
 //! `allsource/<namespace>.<name>`); `observe` lists the Admin API's composite indexes and field
 //! configurations and creates what is missing (store-node's request builders), which is also how
 //! an index deleted by hand comes back; `delete` under `deletionPolicy: Delete` removes the
-//! documents of the store's member tenants, their member documents and the marker.
+//! documents of the store's member tenants, their member documents and the marker. A siloed
+//! tenant gets a database of its own ([`silo_database_name`], [`silo::SiloProvisioner`]) that
+//! this same provisioner prepares, with the same layout.
 //!
 //! **Emulator rule.** An endpoint without `https://` (`host:port` as in
 //! `FIRESTORE_EMULATOR_HOST`, or `http://...`) is an emulator: the provisioner sends the
@@ -19,15 +21,16 @@
 pub mod admin;
 pub mod auth;
 pub mod data;
+pub mod silo;
 
 use std::collections::BTreeMap;
 
 use async_trait::async_trait;
 use serde_json::Value;
-use store_node::backend::firestore::admin::{send, AdminError, Outcome};
+use store_node::backend::firestore::admin::{send, AdminError, AdminRequest, Outcome};
 use store_node::backend::firestore::layout::{Layout, TENANTS, TTL_FIELD};
 use store_node::backend::firestore::rest::{RestClient, RestError};
-use store_node::backend::firestore::FIRESTORE_ENDPOINT;
+use store_node::backend::firestore::{DEFAULT_DATABASE, FIRESTORE_ENDPOINT};
 
 use super::{
     Deleted, EnsureAction, Ensured, Observed, ProvisionError, Provisioner, Unsupported,
@@ -98,6 +101,55 @@ pub fn plan(namespace: &str, name: &str, spec: &FirestoreSpec) -> Result<Plan, P
     })
 }
 
+/// Firestore's longest database id.
+const DATABASE_ID_MAX: usize = 63;
+
+/// Database of a siloed tenant of the store `namespace/store` whose database is
+/// `store_database`: `<store database, or the store's name for (default)>-<tenant id>`, folded to
+/// Firestore's id alphabet (lowercase letters, digits, `-`; `db-` in front when it would not start
+/// with a letter), cut to 54 characters without a trailing `-`, then `-` and the hash of
+/// `<namespace>/<store>/<tenant id>` ([`super::identity_suffix`]): 63 characters at most, unique
+/// per namespace, store and tenant even when the cut or the folding makes two prefixes equal.
+/// Pure.
+pub fn silo_database_name(
+    store_database: &str,
+    namespace: &str,
+    store: &str,
+    tenant_id: &str,
+) -> String {
+    let base = if store_database == DEFAULT_DATABASE {
+        store
+    } else {
+        store_database
+    };
+    let mut s: String = format!("{base}-{tenant_id}")
+        .chars()
+        .map(|c| match c.to_ascii_lowercase() {
+            c @ ('a'..='z' | '0'..='9') => c,
+            _ => '-',
+        })
+        .collect();
+    if !s.starts_with(|c: char| c.is_ascii_lowercase()) {
+        s.insert_str(0, "db-");
+    }
+    let hash = super::identity_suffix(&format!("{namespace}/{store}"), tenant_id);
+    s.truncate(DATABASE_ID_MAX - hash.len() - 1);
+    let mut name = s.trim_end_matches('-').to_string();
+    name.push('-');
+    name.push_str(&hash);
+    name
+}
+
+/// The plan of a siloed tenant's database: the store's plan (project, endpoint, TTL, marker)
+/// on the tenant's own database ([`silo_database_name`]). Pure.
+pub fn silo_plan(store: &Plan, tenant_id: &str) -> Plan {
+    let (namespace, name) = &store.owner;
+    Plan {
+        database: silo_database_name(&store.database, namespace, name, tenant_id),
+        ..store.clone()
+    }
+}
+
 /// The message of an Admin API that is not served.
 pub fn admin_unavailable(endpoint: &str) -> String {
     format!("admin API unavailable at {endpoint}: indexes and TTL not verified")
@@ -121,6 +173,28 @@ struct AdminRound {
     not_served: bool,
 }
 
+/// What a `GET` of the Admin API found.
+#[derive(Debug)]
+enum Probe {
+    /// The server does not serve the Admin API (the emulator).
+    NotServed,
+    /// Firestore answered NOT_FOUND (message for errors).
+    Missing(String),
+    /// The resource, as Firestore describes it.
+    Found(Value),
+}
+
+/// What an Admin API write got.
+#[derive(Debug, PartialEq, Eq)]
+enum Sent {
+    /// Accepted, or already so (409 on a create).
+    Applied,
+    /// The server does not serve the Admin API (the emulator).
+    NotServed,
+    /// Firestore answered NOT_FOUND (message for errors).
+    Missing(String),
+}
+
 impl FirestoreProvisioner {
     /// Obtains a token for `creds` and builds the clients (the token call is the only I/O).
     pub async fn connect(plan: Plan, creds: &Credentials) -> Result<Self, ProvisionError> {
@@ -142,6 +216,19 @@ impl FirestoreProvisioner {
     /// The plan this provisioner serves.
     pub fn plan(&self) -> &Plan {
         &self.plan
+    }
+
+    /// A provisioner of another database (`plan`), with this one's token and HTTP client; no
+    /// call is made.
+    pub fn with_plan(&self, plan: Plan) -> Result<Self, ProvisionError> {
+        let rest = RestClient::new(&plan.endpoint, self.token.clone()).map_err(data::rest_err)?;
+        Ok(Self {
+            layout: Layout::new(&plan.project, &plan.database),
+            plan,
+            rest,
+            http: self.http.clone(),
+            token: self.token.clone(),
+        })
     }
 
     fn root(&self) -> &str {
@@ -198,8 +285,18 @@ impl FirestoreProvisioner {
         }
     }
 
-    /// `GET` of an Admin API path: Ok(None) when the Admin API is not served.
+    /// `GET` of an Admin API path: Ok(None) when the Admin API is not served; NOT_FOUND is an
+    /// error.
     async fn admin_get(&self, path: &str) -> Result<Option<Value>, ProvisionError> {
+        match self.admin_probe(path).await? {
+            Probe::NotServed => Ok(None),
+            Probe::Found(v) => Ok(Some(v)),
+            Probe::Missing(m) => Err(ProvisionError::InvalidSpec(m)),
+        }
+    }
+
+    /// `GET` of an Admin API path.
+    async fn admin_probe(&self, path: &str) -> Result<Probe, ProvisionError> {
         let url = format!("{}/v1/{}", self.plan.endpoint, path);
         let mut req = self.http.get(url);
         if let Some(t) = &self.token {
@@ -212,11 +309,11 @@ impl FirestoreProvisioner {
         let status = resp.status().as_u16();
         let body = resp.text().await.unwrap_or_default();
         if admin::not_served(status, &body) {
-            return Ok(None);
+            return Ok(Probe::NotServed);
         }
         match status {
             200..=299 => serde_json::from_str(&body)
-                .map(Some)
+                .map(Probe::Found)
                 .map_err(|e| Self::unavailable(format!("admin API answer unreadable: {e}"))),
             401 | 403 => Err(ProvisionError::Permission {
                 service: SERVICE,
@@ -225,6 +322,10 @@ impl FirestoreProvisioner {
                     cut(&body)
                 ),
             }),
+            404 => Ok(Probe::Missing(format!(
+                "admin API refused GET {path} (HTTP {status}): {}",
+                cut(&body)
+            ))),
             429 | 500.. => Err(Self::unavailable(format!(
                 "admin API GET {path} (HTTP {status}): {}",
                 cut(&body)
@@ -238,25 +339,45 @@ impl FirestoreProvisioner {
 
     /// Sends store-node's request of `item`; Ok(false) when the Admin API is not served.
     async fn admin_create(&self, item: &Item) -> Result<bool, ProvisionError> {
+        match self.admin_call(&item.request).await? {
+            Sent::Applied => Ok(true),
+            Sent::NotServed => Ok(false),
+            Sent::Missing(m) => Err(ProvisionError::InvalidSpec(m)),
+        }
+    }
+
+    /// Sends one Admin API request (with store-node's [`send`]) and reads its answer.
+    async fn admin_call(&self, request: &AdminRequest) -> Result<Sent, ProvisionError> {
         let sent = tokio::time::timeout(
             CALL_TIMEOUT,
             send(
                 &self.plan.endpoint,
                 self.token.as_deref(),
-                std::slice::from_ref(&item.request),
+                std::slice::from_ref(request),
             ),
         )
         .await
         .map_err(|_| Self::unavailable(format!("admin API: no answer within {CALL_TIMEOUT:?}")))?;
         match sent {
-            Ok(outcomes) => Ok(!outcomes
-                .iter()
-                .any(|o| matches!(o, Outcome::NotServed { .. }))),
+            Ok(outcomes)
+                if outcomes
+                    .iter()
+                    .any(|o| matches!(o, Outcome::NotServed { .. })) =>
+            {
+                Ok(Sent::NotServed)
+            }
+            Ok(_) => Ok(Sent::Applied),
             Err(AdminError::Unreachable(m)) => Err(Self::unavailable(m)),
-            Err(AdminError::Refused { status, .. }) if admin::not_served(status, "") => Ok(false),
+            // A 404 here carried Google's JSON error (the emulator's plain one is NotServed).
+            Err(AdminError::Refused { status, body, .. })
+                if status != 404 && admin::not_served(status, &body) =>
+            {
+                Ok(Sent::NotServed)
+            }
             Err(AdminError::Refused { path, status, body }) => {
                 let message = format!("admin API refused {path} (HTTP {status}): {body}");
                 Err(match status {
+                    404 => return Ok(Sent::Missing(message)),
                     401 | 403 => ProvisionError::Permission {
                         service: SERVICE,
                         message,
@@ -525,6 +646,66 @@ mod tests {
             ("https://firestore.example".to_string(), false)
         );
         assert_eq!(emulator_host("http://127.0.0.1:8080"), "127.0.0.1:8080");
+    }
+
+    #[test]
+    fn silo_database_names_are_valid_unique_and_bounded() {
+        use store_node::backend::firestore::layout::check_database_id;
+        let h = |ns: &str, store: &str, t: &str| {
+            crate::provision::identity_suffix(&format!("{ns}/{store}"), t)
+        };
+        // (default) is shared by every store of a project: the store's name leads.
+        assert_eq!(
+            silo_database_name("(default)", "shop", "orders", "acme"),
+            format!("orders-acme-{}", h("shop", "orders", "acme"))
+        );
+        assert_eq!(
+            silo_database_name("events-eu", "shop", "orders", "acme"),
+            format!("events-eu-acme-{}", h("shop", "orders", "acme"))
+        );
+        // Folded into Firestore's alphabet, and made to start with a letter.
+        assert!(silo_database_name("Events_EU", "shop", "orders", "acme")
+            .starts_with("events-eu-acme-"));
+        assert!(silo_database_name("(default)", "shop", "orders.v2", "acme")
+            .starts_with("orders-v2-acme-"));
+        assert!(silo_database_name("(default)", "shop", "1orders", "acme")
+            .starts_with("db-1orders-acme-"));
+        // Long names are cut, never with a '-' left before the hash, and keep the hash.
+        let long = "t".repeat(63);
+        let cut = silo_database_name("(default)", "shop", "orders", &long);
+        assert_eq!(cut.len(), 63);
+        assert!(cut.ends_with(&format!("-{}", h("shop", "orders", &long))));
+        let dash = format!("{}-{}", "a".repeat(46), "b".repeat(16));
+        let cut = silo_database_name("(default)", "shop", "orders", &dash);
+        assert!(!cut.contains("--"), "{cut}");
+        // Names that fold or cut alike stay apart by namespace, store and tenant.
+        let all = [
+            silo_database_name("(default)", "shop", "orders", "a-b"),
+            silo_database_name("(default)", "shop", "orders-a", "b"),
+            silo_database_name("(default)", "shop-2", "orders", "a-b"),
+            silo_database_name("(default)", "shop", "orders.a", "b"),
+            silo_database_name("(default)", "shop", "orders", &format!("{long}x")),
+            silo_database_name("(default)", "shop", "orders", &format!("{long}y")),
+        ];
+        let distinct: std::collections::BTreeSet<&String> = all.iter().collect();
+        assert_eq!(distinct.len(), all.len(), "{all:?}");
+        for n in all.iter().chain([&cut]) {
+            assert_eq!(check_database_id(n), Ok(()), "{n}");
+        }
+        // The plan is the store's on that database.
+        let store = plan("shop", "orders", &spec(Some("127.0.0.1:1"), None)).unwrap();
+        let silo = silo_plan(&store, "acme");
+        assert_eq!(
+            silo.database,
+            silo_database_name("(default)", "shop", "orders", "acme")
+        );
+        assert_eq!(
+            Plan {
+                database: store.database.clone(),
+                ..silo
+            },
+            store
+        );
     }
 
     #[test]

@@ -31,6 +31,8 @@ pub enum Method {
     Post,
     /// Update with an update mask (field configuration).
     Patch,
+    /// Delete (a database; sent without a body).
+    Delete,
 }
 
 /// One Admin API request: method, path under `/v1/` (query string included) and JSON body.
@@ -170,10 +172,10 @@ pub async fn send(
     for r in requests {
         let url = format!("{base}/{}", r.path);
         let mut req = match r.method {
-            Method::Post => http.post(url),
-            Method::Patch => http.patch(url),
-        }
-        .json(&r.body);
+            Method::Post => http.post(url).json(&r.body),
+            Method::Patch => http.patch(url).json(&r.body),
+            Method::Delete => http.delete(url),
+        };
         if let Some(t) = token {
             req = req.bearer_auth(t);
         }
@@ -268,6 +270,7 @@ mod tests {
                 let m = match r.method {
                     Method::Post => "POST",
                     Method::Patch => "PATCH",
+                    Method::Delete => "DELETE",
                 };
                 let path = format!("/v1/{}", r.path);
                 (

@@ -66,6 +66,30 @@ pub fn limits() -> Limits {
     }
 }
 
+/// Checks a Firestore database id: `(default)`, or 4 to 63 characters of lowercase letters,
+/// digits and hyphens that start with a letter and do not end with a hyphen (Firestore's rule;
+/// it also refuses UUID-shaped ids). Keeps a registry location from naming a path.
+pub fn check_database_id(id: &str) -> Result<(), String> {
+    if id == super::DEFAULT_DATABASE {
+        return Ok(());
+    }
+    let b = id.as_bytes();
+    let shaped = (4..=63).contains(&b.len())
+        && b[0].is_ascii_lowercase()
+        && b[b.len() - 1] != b'-'
+        && b.iter()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-');
+    let uuid_like = b.len() == 36 && uuid::Uuid::parse_str(id).is_ok();
+    if shaped && !uuid_like {
+        Ok(())
+    } else {
+        Err(format!(
+            "{id:?} is not a Firestore database id (4-63 of a-z, 0-9, '-', starting with a \
+             letter, not ending with '-', not a UUID)"
+        ))
+    }
+}
+
 /// Document names of one Firestore database.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Layout {
@@ -488,6 +512,30 @@ mod tests {
         );
         assert!(version_id(9) < version_id(10));
         assert!(version_id(u64::MAX).len() == 20);
+    }
+
+    #[test]
+    fn database_ids_follow_firestore_rules() {
+        for ok in ["(default)", "abcd", "orders-acme-1a2b3c4d", &"a".repeat(63)] {
+            assert_eq!(check_database_id(ok), Ok(()), "{ok}");
+        }
+        for bad in [
+            "abc",
+            &"a".repeat(64),
+            "1abc",
+            "-abc",
+            "abc-",
+            "Abcd",
+            "ab_cd",
+            "ab.cd",
+            "../x",
+            "a/bc",
+            "",
+            "(other)",
+            "abcdefab-1234-4abc-8def-0123456789ab",
+        ] {
+            assert!(check_database_id(bad).is_err(), "{bad} accepted");
+        }
     }
 
     #[test]

@@ -147,6 +147,33 @@ impl FirestoreStore {
         })
     }
 
+    /// The same store on another database of the same project (a siloed tenant's own): same
+    /// endpoint, credentials and token cache, connection pool and settings; no call is made.
+    /// Refuses an id that is not a Firestore database id ([`layout::check_database_id`]).
+    pub fn with_database(&self, database: &str) -> StoreResult<Self> {
+        layout::check_database_id(database).map_err(StoreError::Internal)?;
+        let config = FirestoreConfig {
+            database: database.to_string(),
+            ..self.inner.config.clone()
+        };
+        Ok(Self {
+            inner: Arc::new(Inner {
+                rest: self.inner.rest.clone(),
+                layout: Layout::new(&config.project, &config.database),
+                config,
+                limits: self.inner.limits.clone(),
+                tenant_locks: (0..LOCK_STRIPES)
+                    .map(|_| tokio::sync::Mutex::new(()))
+                    .collect(),
+            }),
+        })
+    }
+
+    /// The database id this store reads and writes.
+    pub fn database(&self) -> &str {
+        &self.inner.config.database
+    }
+
     /// Creates the composite indexes and TTL policies this backend needs through the Firestore
     /// Admin API (see [`admin`]); returns what each request got.
     pub async fn ensure_indexes(&self) -> Result<Vec<admin::Outcome>, admin::AdminError> {
@@ -585,6 +612,34 @@ impl EventStore for FirestoreStore {
         match self.inner.rest.get(self.root(), name).await? {
             Some(doc) => layout::tenant_of(&doc),
             None => Ok(TenantStats::default()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn another_database_keeps_endpoint_and_credentials() {
+        let pooled = FirestoreStore::connect(FirestoreConfig::emulator("p", "127.0.0.1:1"))
+            .unwrap_or_else(|e| panic!("{e}"));
+        let silo = pooled
+            .with_database("orders-acme-1a2b3c4d")
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(silo.database(), "orders-acme-1a2b3c4d");
+        assert_eq!(
+            silo.root(),
+            "projects/p/databases/orders-acme-1a2b3c4d/documents"
+        );
+        assert_eq!(pooled.root(), "projects/p/databases/(default)/documents");
+        assert_eq!(silo.inner.config.endpoint, pooled.inner.config.endpoint);
+        assert_eq!(
+            silo.inner.config.credentials,
+            pooled.inner.config.credentials
+        );
+        for bad in ["../x", "a/b/documents", "Orders", "(default)x"] {
+            assert!(pooled.with_database(bad).is_err(), "{bad}");
         }
     }
 }

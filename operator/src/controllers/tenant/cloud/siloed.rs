@@ -1,10 +1,12 @@
-//! Siloed Tenants of PostgreSQL and DynamoDB EventStores: each gets its own schema or table with
-//! the store's layout, provisioned by the store's own provisioners
+//! Siloed Tenants of PostgreSQL, DynamoDB and Firestore EventStores: each gets its own schema,
+//! table or database with the store's layout, provisioned by the store's own provisioners
 //! ([`crate::provision::postgres::PostgresProvisioner`],
-//! [`crate::provision::dynamodb::DynamoProvisioner`]: ensure, then observe, which corrects drift,
-//! every [`drift_interval`] like the store's), under the names
-//! [`postgres::silo_schema_name`] / [`dynamodb::silo_table_name`] that the gateway's registry
-//! routes the tenant to ([`crate::resources::configmap::silo_location`]).
+//! [`crate::provision::dynamodb::DynamoProvisioner`],
+//! [`crate::provision::firestore::silo::SiloProvisioner`] over the store's Firestore
+//! provisioner: ensure, then observe, which corrects drift, every [`drift_interval`] like the
+//! store's), under the names [`postgres::silo_schema_name`] / [`dynamodb::silo_table_name`] /
+//! [`crate::provision::firestore::silo_database_name`] that the gateway's registry routes the
+//! tenant to ([`crate::resources::configmap::silo_location`]).
 //!
 //! PostgreSQL: the schema carries the full DDL (tables, indexes, row-level security), and the
 //! tenant's login role, named like the schema, gets data privileges on that schema only; the
@@ -12,10 +14,15 @@
 //! own schema, `user`, `password`, `url`). DynamoDB: the table has the store's key schema,
 //! indexes, streams, TTL, point-in-time recovery, deletion protection, tags and billing; the
 //! `<tenant>-dynamodb` Secret carries `table`, `tableArn`, `region` and an IAM policy for that
-//! table. On deletion the login role goes at once (the gateway drops the registry entry); the
-//! schema or table is dropped under `deletionPolicy: Delete` (deletion protection turned off
-//! first) and kept under `Retain`, each said in an Event. An outage is Degraded with the
-//! service's error and retried until it recovers. Never logs or publishes a password.
+//! table. Firestore: a database in the store's project and location with the store's composite
+//! index, exemptions and TTL policies (on an emulator endpoint, which has no Admin API, the
+//! first write creates the database and a `NotVerified` Event says that indexes and TTL were not
+//! checked, as for the store); the gateway reaches it with the store's credentials. On deletion
+//! the login role goes at once (the gateway drops the registry entry); the schema, table or
+//! database is dropped under `deletionPolicy: Delete` (deletion protection turned off first;
+//! Firestore: the tenant's documents, then the database) and kept under `Retain`, each said in
+//! an Event. An outage is Degraded with the service's error and retried until it recovers.
+//! Never logs or publishes a password or token.
 
 use std::time::Duration;
 
@@ -27,10 +34,12 @@ use super::super::TenantOutcome;
 use super::{admin, degraded, dynamodb_access, ensure_dynamodb_secret, ensure_login_secret, RETRY};
 use crate::api::eventstore::Backend;
 use crate::api::tenant::{LocationKind, TenantLocation};
-use crate::api::{EventStore, Tenant};
-use crate::controllers::eventstore::cloud::{drift_interval, secret_data};
+use crate::api::{DeletionPolicy, EventStore, Tenant};
+use crate::controllers::eventstore::cloud::{drift_interval, firestore_provisioner, secret_data};
+use crate::controllers::tenant::firestore::{store_provisioned, tenant_ref};
 use crate::controllers::{Context, ReconcileError};
 use crate::provision::dynamodb::{self, Access, DynamoProvisioner};
+use crate::provision::firestore::silo::SiloProvisioner;
 use crate::provision::postgres::{self, PostgresProvisioner};
 use crate::provision::{Deleted, EnsureAction, Ensured, Observed, ProvisionError, Provisioner};
 
@@ -78,12 +87,18 @@ async fn round(prov: &dyn Provisioner) -> Result<(Ensured, Observed), ProvisionE
     Ok((ensured, observed))
 }
 
-/// Events for a creation and for every drift correction (like the store's).
+/// Events for a creation and for every drift correction (like the store's); what could not be
+/// verified at creation (an emulator's missing Admin API) is said once, as for the store.
 async fn publish(tenant: &Tenant, ctx: &Context, what: &str, e: &Ensured, o: &Observed) {
     if e.action == EnsureAction::Created {
         let note = format!("created {what}");
         ctx.publish(tenant, EventType::Normal, "Created", "Provision", note)
             .await;
+        for note in &o.notes {
+            let note = format!("{what}: {note}");
+            ctx.publish(tenant, EventType::Warning, "NotVerified", "Provision", note)
+                .await;
+        }
     } else if !o.corrected.is_empty() {
         let note = o.corrected.join("; ");
         ctx.publish(
@@ -123,8 +138,8 @@ fn outcome(
     }
 }
 
-/// Ensures a siloed tenant's own schema or table, its access Secret and (PostgreSQL) its login
-/// role; reports where it lives.
+/// Ensures a siloed tenant's own schema, table or database, its access Secret and (PostgreSQL)
+/// its login role; reports where it lives.
 pub async fn reconcile(
     tenant: &Tenant,
     es: &EventStore,
@@ -133,6 +148,7 @@ pub async fn reconcile(
 ) -> Result<TenantOutcome, ReconcileError> {
     match es.spec.backend {
         Backend::Postgres => postgres_tenant(tenant, es, ctx, ns).await,
+        Backend::Firestore => firestore_tenant(tenant, es, ctx, ns).await,
         _ => dynamodb_tenant(tenant, es, ctx, ns).await,
     }
 }
@@ -264,9 +280,58 @@ async fn dynamodb_tenant(
     Ok(outcome(es, verdict, requeue, at))
 }
 
+/// The provisioner of the tenant's own Firestore database, with the store's credentials
+/// (Ok(Err) for a spec or credentials problem).
+async fn database_provisioner(
+    tenant: &Tenant,
+    es: &EventStore,
+    ctx: &Context,
+    ns: &str,
+) -> Result<Result<SiloProvisioner, ProvisionError>, ReconcileError> {
+    Ok(firestore_provisioner(es, ctx, ns).await?.and_then(|store| {
+        SiloProvisioner::new(&store, &tenant.spec.tenant_id, &tenant_ref(tenant))
+    }))
+}
+
+async fn firestore_tenant(
+    tenant: &Tenant,
+    es: &EventStore,
+    ctx: &Context,
+    ns: &str,
+) -> Result<TenantOutcome, ReconcileError> {
+    // The tenant's database is created where the store's database is.
+    if !store_provisioned(es) {
+        return Ok(TenantOutcome {
+            verdict: Verdict::EventStoreNotReady(
+                "the EventStore's Firestore database is not provisioned yet".to_string(),
+            ),
+            location: None,
+            usage_url: None,
+            requeue: Some(RETRY),
+        });
+    }
+    let prov = match database_provisioner(tenant, es, ctx, ns).await? {
+        Ok(p) => p,
+        Err(e) => return Ok(failed(&e)),
+    };
+    let database = prov.database().to_string();
+    let what = format!("database {database}");
+    let (ensured, observed) = match round(&prov).await {
+        Ok(r) => r,
+        Err(e) => return Ok(failed(&e)),
+    };
+    publish(tenant, ctx, &what, &ensured, &observed).await;
+    let (verdict, requeue) = settle(&what, &ensured, &observed);
+    let at = TenantLocation {
+        kind: LocationKind::Database,
+        name: database,
+    };
+    Ok(outcome(es, verdict, requeue, at))
+}
+
 /// Removes a deleted siloed tenant's access at once (PostgreSQL: its login role), then drops
-/// its schema or table under `deletionPolicy: Delete` or keeps it under `Retain`, with an Event
-/// either way. Ok means done; an outage retries.
+/// its schema, table or database under `deletionPolicy: Delete` or keeps it under `Retain`, with
+/// an Event either way. Ok means done; an outage retries.
 pub async fn cleanup(
     tenant: &Tenant,
     es: &EventStore,
@@ -287,24 +352,62 @@ pub async fn cleanup(
                 .await?;
             (Box::new(prov), format!("schema {schema}"))
         }
+        Backend::Firestore => return firestore_cleanup(tenant, es, ctx, ns).await,
         _ => match table_provisioner(tenant, es, ctx, ns).await? {
             Ok((prov, table)) => (Box::new(prov), format!("table {table}")),
             Err(e) => return Err(ReconcileError::Backend(e)),
         },
     };
-    let (reason, note) = match prov.delete(tenant.spec.deletion_policy).await? {
-        Deleted::AlreadyGone => return Ok(()),
+    let deleted = prov.delete(tenant.spec.deletion_policy).await?;
+    announce(tenant, ctx, deleted, &what, format!("{what} was dropped")).await;
+    Ok(())
+}
+
+/// The Event of a cleanup: what was kept, or `done` (what was erased).
+async fn announce(tenant: &Tenant, ctx: &Context, deleted: Deleted, what: &str, done: String) {
+    let (reason, note) = match deleted {
+        Deleted::AlreadyGone => return,
         Deleted::Retained => (
             "DataRetained",
             format!("deletionPolicy Retain: {what} is kept with the tenant's events"),
         ),
-        Deleted::Deleted => (
-            "DataDeleted",
-            format!("deletionPolicy Delete: {what} was dropped"),
-        ),
+        Deleted::Deleted => ("DataDeleted", format!("deletionPolicy Delete: {done}")),
     };
     ctx.publish(tenant, EventType::Normal, reason, "Cleanup", note)
         .await;
+}
+
+/// [`cleanup`] of a siloed Firestore tenant: under Delete its documents, then its database
+/// where the Admin API is served (an emulator has none: there the documents are what goes).
+async fn firestore_cleanup(
+    tenant: &Tenant,
+    es: &EventStore,
+    ctx: &Context,
+    ns: &str,
+) -> Result<(), ReconcileError> {
+    // Nothing was provisioned for a store without a database.
+    if !store_provisioned(es) {
+        return Ok(());
+    }
+    let prov = database_provisioner(tenant, es, ctx, ns)
+        .await?
+        .map_err(ReconcileError::Backend)?;
+    let what = format!("database {}", prov.database());
+    if tenant.spec.deletion_policy != DeletionPolicy::Delete {
+        let kept = prov.delete(tenant.spec.deletion_policy).await?;
+        announce(tenant, ctx, kept, &what, String::new()).await;
+        return Ok(());
+    }
+    let erased = prov.erase().await?;
+    let done = if erased.database {
+        format!("{what} was dropped")
+    } else {
+        format!(
+            "the tenant's documents in {what} were deleted (the endpoint serves no Admin API \
+             to delete the database)"
+        )
+    };
+    announce(tenant, ctx, erased.deleted(), &what, done).await;
     Ok(())
 }
 
