@@ -25,7 +25,7 @@ use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Api, PostParams};
 use kube::Client;
 use operator_support::{install_crds, wait_for, Operator};
-use store_node::backend::postgres::tls::{PgTls, SslMode};
+use store_node::backend::postgres::tls::{ClientIdentity, PgTls, SslMode};
 use store_node::backend::postgres::{PostgresConfig, PostgresStore};
 
 const DEADLINE: Duration = Duration::from_secs(60);
@@ -93,6 +93,44 @@ struct TlsPg {
     ca: String,
     /// PEM of a CA that did not.
     other_ca: String,
+    /// Client certificate (CN `certuser`, issued by `ca`) and its key: the server lets
+    /// `certuser` in with it alone (pg_hba `cert`).
+    client_cert: String,
+    client_key: String,
+    /// A certificate with the same CN issued by the other CA (the server must refuse it).
+    rogue_cert: String,
+    rogue_key: String,
+}
+
+/// A client certificate with CN `cn` issued by the CA `ca` (`<out>.crt`, `<out>.key` in `dir`).
+fn make_client_cert(dir: &Path, ca: &str, cn: &str, out: &str) {
+    std::fs::write(
+        dir.join("client.ext"),
+        "extendedKeyUsage=clientAuth\nbasicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature\n",
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    run(Command::new("openssl")
+        .current_dir(dir)
+        .args([
+            "req",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+        ])
+        .args(["-nodes", "-subj", &format!("/CN={cn}")])
+        .args([
+            "-keyout",
+            &format!("{out}.key"),
+            "-out",
+            &format!("{out}.csr"),
+        ]));
+    run(Command::new("openssl")
+        .current_dir(dir)
+        .args(["x509", "-req", "-in", &format!("{out}.csr")])
+        .args(["-CA", &format!("{ca}.crt"), "-CAkey", &format!("{ca}.key")])
+        .args(["-set_serial", "3", "-days", "2", "-extfile", "client.ext"])
+        .args(["-out", &format!("{out}.crt")]));
 }
 
 impl TlsPg {
@@ -135,6 +173,8 @@ impl TlsPg {
             .args(["-set_serial", "2", "-days", "2", "-extfile", "server.ext"])
             .args(["-out", "server.crt"]));
         run(Command::new("chmod").arg("600").arg(d.join("server.key")));
+        make_client_cert(d, "ca", "certuser", "client");
+        make_client_cert(d, "other-ca", "certuser", "rogue");
         std::fs::write(d.join("pw"), PASSWORD).unwrap_or_else(|e| panic!("{e}"));
         // initdb refuses to run as root: the server runs as the postgres user (as in
         // tests/env/up.sh), which then owns the whole directory.
@@ -162,13 +202,15 @@ impl TlsPg {
         // TLS only: no `host` line, so a plain TCP connection has no pg_hba entry.
         std::fs::write(
             d.join("data/pg_hba.conf"),
-            "local all all trust\nhostssl all all 127.0.0.1/32 scram-sha-256\n",
+            "local all all trust\nhostssl all certuser 127.0.0.1/32 cert\n\
+             hostssl all all 127.0.0.1/32 scram-sha-256\n",
         )
         .unwrap_or_else(|e| panic!("{e}"));
         let port = allsource_tests::bins::free_port();
         let opts = format!(
             "-p {port} -k {dir} -c listen_addresses=127.0.0.1 -c ssl=on \
              -c ssl_cert_file={dir}/server.crt -c ssl_key_file={dir}/server.key \
+             -c ssl_ca_file={dir}/ca.crt \
              -c fsync=off -c synchronous_commit=off",
             dir = d.display()
         );
@@ -178,8 +220,14 @@ impl TlsPg {
             .arg("-l")
             .arg(d.join("server.log"))
             .args(["-w", "-t", "60", "-o", &opts, "start"]));
+        run(pg("psql")
+            .args(["-h", &d.display().to_string(), "-p", &port.to_string()])
+            .args(["-U", "postgres", "-d", "postgres", "-v", "ON_ERROR_STOP=1"])
+            .args(["-c", "CREATE ROLE certuser LOGIN SUPERUSER"]));
         let read = |f: &str| std::fs::read_to_string(d.join(f)).unwrap_or_else(|e| panic!("{e}"));
         let (ca, other_ca) = (read("ca.crt"), read("other-ca.crt"));
+        let (client_cert, client_key) = (read("client.crt"), read("client.key"));
+        let (rogue_cert, rogue_key) = (read("rogue.crt"), read("rogue.key"));
         Self {
             dir,
             bin,
@@ -187,6 +235,10 @@ impl TlsPg {
             port,
             ca,
             other_ca,
+            client_cert,
+            client_key,
+            rogue_cert,
+            rogue_key,
         }
     }
 
@@ -690,6 +742,163 @@ async fn eventstore_verify_full_reaches_ready() {
         .get(0);
     assert_eq!(me, login["user"]);
 
+    op.stop().await;
+    ns.cleanup().await.unwrap();
+}
+
+/// `certuser` with `hostssl ... cert`: no password, the client certificate is the credential.
+fn cert_config(pg: &TlsPg) -> tokio_postgres::Config {
+    let mut c = tokio_postgres::Config::new();
+    c.host("localhost")
+        .hostaddr(std::net::IpAddr::from([127, 0, 0, 1]))
+        .port(pg.port)
+        .user("certuser")
+        .dbname("postgres")
+        .connect_timeout(Duration::from_secs(10));
+    c
+}
+
+/// Connects `cfg` with verify-full, presenting `cert`/`key` when given.
+async fn connect_with_cert(
+    pg: &TlsPg,
+    cfg: &tokio_postgres::Config,
+    cert: Option<(&str, &str)>,
+) -> Result<tokio_postgres::Client, String> {
+    let client = cert.map(|(cert_pem, key_pem)| ClientIdentity { cert_pem, key_pem });
+    let tls = PgTls::with_client(SslMode::VerifyFull, Some(&pg.ca), client)
+        .unwrap_or_else(|e| panic!("connector: {e}"));
+    match tls.connect(cfg).await {
+        Ok((client, conn)) => {
+            tokio::spawn(conn);
+            Ok(client)
+        }
+        Err(e) => Err(chain(&e)),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_certificate_authenticates_the_operator_and_the_backend() {
+    if allsource_tests::env::require("postgres").is_none() {
+        return;
+    }
+    let Some(env) = allsource_tests::env::require("kube") else {
+        return;
+    };
+    let pg = TlsPg::start();
+    let cfg = cert_config(&pg);
+    let good = (pg.client_cert.as_str(), pg.client_key.as_str());
+    let rogue = (pg.rogue_cert.as_str(), pg.rogue_key.as_str());
+
+    // The certificate alone logs certuser in; the server saw its subject.
+    let c = connect_with_cert(&pg, &cfg, Some(good))
+        .await
+        .unwrap_or_else(|e| panic!("with the client certificate: {e}"));
+    let row = c
+        .query_one(
+            "SELECT current_user::text, client_dn FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
+            &[],
+        )
+        .await
+        .unwrap();
+    let (user, dn): (String, Option<String>) = (row.get(0), row.get(1));
+    println!("client certificate: connected as {user}, client_dn {dn:?}");
+    assert_eq!(user, "certuser");
+    assert!(dn.unwrap_or_default().contains("certuser"));
+
+    // Without it, or with one from another CA: refused.
+    for (what, cert) in [
+        ("no client certificate", None),
+        ("another CA's", Some(rogue)),
+    ] {
+        let e = connect_with_cert(&pg, &cfg, cert)
+            .await
+            .err()
+            .unwrap_or_else(|| panic!("{what}: connected"));
+        println!("{what}: refused: {e}");
+    }
+
+    // store-node's backend (the gateway's) with the certificate.
+    let mut store_cfg = PostgresConfig::new(
+        format!("postgres://certuser@127.0.0.1:{}/postgres", pg.port),
+        format!("cert_{}", suffix()),
+    );
+    store_cfg.ssl_mode = SslMode::VerifyFull;
+    store_cfg.ca_pem = Some(pg.ca.clone());
+    store_cfg.client_cert_pem = Some(pg.client_cert.clone());
+    store_cfg.client_key_pem = Some(pg.client_key.clone());
+    assert!(!format!("{store_cfg:?}").contains("PRIVATE KEY"));
+    PostgresStore::connect(store_cfg.clone())
+        .unwrap_or_else(|e| panic!("store: {e}"))
+        .init_schema()
+        .await
+        .unwrap_or_else(|e| panic!("init_schema with a client certificate: {e}"));
+
+    // The operator: an EventStore whose Secret holds tls.crt/tls.key and no password.
+    let ns = env.test_namespace("pg-cert").await.unwrap();
+    let client = ns.client().clone();
+    let n = ns.name().to_string();
+    install_crds(&client).await;
+    let op = Operator::start(&client, &n);
+    let base = [
+        ("host", "127.0.0.1".to_string()),
+        ("port", pg.port.to_string()),
+        ("user", "certuser".to_string()),
+        ("database", "postgres".to_string()),
+        ("ca.crt", pg.ca.clone()),
+    ];
+    let with = |cert: &str, key: &str| {
+        let mut m = BTreeMap::from(base.clone());
+        m.insert("tls.crt", cert.to_string());
+        m.insert("tls.key", key.to_string());
+        m
+    };
+    secret(&client, &n, "pg-cert", with(good.0, good.1)).await;
+    secret(&client, &n, "pg-rogue", with(rogue.0, rogue.1)).await;
+    let mut half = BTreeMap::from(base.clone());
+    half.insert("tls.crt", good.0.to_string());
+    secret(&client, &n, "pg-half", half).await;
+    let es: Api<EventStore> = Api::namespaced(client.clone(), &n);
+    let schema = format!("allsource_cert_{}", suffix());
+    for (name, secret, schema) in [
+        ("orders", "pg-cert", schema.clone()),
+        ("rogue", "pg-rogue", format!("allsource_cert_{}", suffix())),
+        ("half", "pg-half", format!("allsource_cert_{}", suffix())),
+    ] {
+        es.create(&PostParams::default(), &store(name, secret, &schema))
+            .await
+            .unwrap();
+    }
+    let st = wait_status(&es, "orders", "client-certificate store Ready", |e, s| {
+        s.phase == Some(Phase::Ready) && s.observed_generation == e.metadata.generation
+    })
+    .await;
+    println!(
+        "client-certificate store: Ready, provisioned {:?}",
+        st.provisioned
+    );
+    let tables: i64 = c
+        .query_one(
+            "SELECT count(*) FROM pg_tables WHERE schemaname = $1",
+            &[&schema],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(tables >= 4, "tables of {schema}: {tables}");
+    for (name, what) in [
+        ("rogue", "another CA's certificate"),
+        ("half", "tls.crt without tls.key"),
+    ] {
+        let st = wait_status(&es, name, &format!("{what}: Degraded"), |_, s| {
+            condition(s, "Degraded").is_some_and(|c| c.0)
+        })
+        .await;
+        let (_, reason, msg) = condition(&st, "Degraded").unwrap();
+        println!("{what}: Degraded {reason}: {msg}");
+        assert_eq!(condition(&st, "Ready").map(|c| c.0), Some(false));
+        let json = serde_json::to_string(&st).unwrap();
+        assert!(!json.contains("PRIVATE KEY"), "key in status");
+    }
     op.stop().await;
     ns.cleanup().await.unwrap();
 }

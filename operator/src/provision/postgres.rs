@@ -11,7 +11,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use async_trait::async_trait;
 use store_node::backend::postgres::sql;
-use store_node::backend::postgres::tls::{self, PgTls, CA_KEY};
+use store_node::backend::postgres::tls::{self, PgTls, CA_KEY, CLIENT_CERT_KEY, CLIENT_KEY_KEY};
 use tokio_postgres::error::SqlState;
 
 use super::{Deleted, EnsureAction, Ensured, Observed, ProvisionError, Provisioner, CALL_TIMEOUT};
@@ -100,7 +100,9 @@ pub fn tls_mode(ssl_mode: SslMode) -> tls::SslMode {
 
 /// Connection settings from the admin Secret's (decoded) data: key `url`, or keys `host`,
 /// `port`, `user`, `password`, `database`; optional key `ca.crt` (PEM) is the CA of
-/// `verify-ca` / `verify-full`. The `sslMode` of the spec is applied on top.
+/// `verify-ca` / `verify-full`; optional keys `tls.crt` and `tls.key` (PEM, both or neither)
+/// are a client certificate presented to the server (pg_hba `cert` authentication, where the
+/// password may be left out). The `sslMode` of the spec is applied on top.
 pub fn connection_config(
     data: &BTreeMap<String, String>,
     ssl_mode: SslMode,
@@ -143,7 +145,12 @@ pub fn connection_config(
         }
     };
     let ca = data.get(CA_KEY).map(String::as_str);
-    let tls = PgTls::new(tls_mode(ssl_mode), ca)
+    let client = tls::client_identity_from(
+        data.get(CLIENT_CERT_KEY).map(String::as_str),
+        data.get(CLIENT_KEY_KEY).map(String::as_str),
+    )
+    .map_err(|e| ProvisionError::InvalidSpec(format!("connection Secret: {e}")))?;
+    let tls = PgTls::with_client(tls_mode(ssl_mode), ca, client)
         .map_err(|e| ProvisionError::InvalidSpec(format!("connection Secret: {e}")))?;
     tls.apply(&mut cfg);
     cfg.connect_timeout(CALL_TIMEOUT);

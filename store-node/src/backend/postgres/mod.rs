@@ -31,7 +31,7 @@ use sql::Queries;
 use tls::{PgTls, SslMode};
 
 /// Configuration of the PostgreSQL backend.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct PostgresConfig {
     /// Connection URL (`postgres://user:pass@host:port/db`).
     pub url: String,
@@ -48,6 +48,26 @@ pub struct PostgresConfig {
     /// PEM CA bundle the server's certificate is verified against (`verify-ca`,
     /// `verify-full`); the built-in Mozilla roots when unset.
     pub ca_pem: Option<String>,
+    /// PEM client certificate presented to the server (with [`PostgresConfig::client_key_pem`]).
+    pub client_cert_pem: Option<String>,
+    /// PEM private key of the client certificate (never logged).
+    pub client_key_pem: Option<String>,
+}
+
+// Hand-written: the URL may carry a password and the client key is secret; neither is printed.
+impl std::fmt::Debug for PostgresConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PostgresConfig")
+            .field("url", &"<redacted>")
+            .field("schema", &self.schema)
+            .field("siloed", &self.siloed)
+            .field("pool_size", &self.pool_size)
+            .field("poll_interval", &self.poll_interval)
+            .field("ssl_mode", &self.ssl_mode)
+            .field("ca_pem", &self.ca_pem.is_some())
+            .field("client_cert", &self.client_cert_pem.is_some())
+            .finish_non_exhaustive()
+    }
 }
 
 impl PostgresConfig {
@@ -62,6 +82,8 @@ impl PostgresConfig {
             poll_interval: cloud::DEFAULT_POLL_INTERVAL,
             ssl_mode: SslMode::default(),
             ca_pem: None,
+            client_cert_pem: None,
+            client_key_pem: None,
         }
     }
 }
@@ -179,7 +201,12 @@ impl PostgresStore {
         let mut pg = deadpool_postgres::Config::new();
         pg.url = Some(tls::strip_sslmode(&config.url).0);
         pg.pool = Some(deadpool_postgres::PoolConfig::new(config.pool_size.max(1)));
-        let tls = PgTls::new(config.ssl_mode, config.ca_pem.as_deref())
+        let client = tls::client_identity_from(
+            config.client_cert_pem.as_deref(),
+            config.client_key_pem.as_deref(),
+        )
+        .map_err(|e| StoreError::invalid("client certificate", e.to_string()))?;
+        let tls = PgTls::with_client(config.ssl_mode, config.ca_pem.as_deref(), client)
             .map_err(|e| StoreError::invalid("sslmode", e.to_string()))?;
         // Negotiation as in `PgTls::apply`; the connector does the verification.
         pg.ssl_mode = Some(match config.ssl_mode {

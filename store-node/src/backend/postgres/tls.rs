@@ -10,12 +10,17 @@
 //! | `verify-ca`   | always                       | chain verified against the CA, any name   |
 //! | `verify-full` | always                       | chain and host name verified              |
 //!
+//! A client certificate ([`ClientIdentity`]: the Secret's [`CLIENT_CERT_KEY`] and
+//! [`CLIENT_KEY_KEY`], PEM) is presented when given, in every TLS mode, for servers that
+//! authenticate with `cert` in pg_hba (or demand `clientcert=verify-full`).
+//!
 //! The CA is the PEM bundle of the connection Secret's [`CA_KEY`] when given, else the Mozilla
 //! roots compiled in (webpki-roots). Unlike libpq, a CA given with `require` does not upgrade it
 //! to `verify-ca`: the mode says what is checked. "Not verified" still checks the handshake
 //! signatures (the peer holds the key of the certificate it sent), so it stops a passive
 //! listener but not an active man in the middle. This module owns the connector; it must never
-//! log or return connection secrets (a CA bundle is public, a password never reaches it).
+//! log or return connection secrets (a CA bundle is public, a password never reaches it, a
+//! client key is never printed, not even in errors).
 
 use std::fmt;
 use std::str::FromStr;
@@ -25,7 +30,7 @@ use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, Server
 use rustls::client::WebPkiServerVerifier;
 use rustls::crypto::{verify_tls12_signature, verify_tls13_signature, CryptoProvider};
 use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use rustls::{
     CertificateError, ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme,
 };
@@ -35,6 +40,28 @@ use tokio_postgres_rustls::MakeRustlsConnect;
 
 /// Key of a connection Secret holding the PEM CA bundle of the server's certificate.
 pub const CA_KEY: &str = "ca.crt";
+/// Key of a connection Secret holding the PEM client certificate (chain) to present.
+pub const CLIENT_CERT_KEY: &str = "tls.crt";
+/// Key of a connection Secret holding the PEM private key of [`CLIENT_CERT_KEY`].
+pub const CLIENT_KEY_KEY: &str = "tls.key";
+
+/// A client certificate and its key, both PEM (the key: PKCS#8, PKCS#1 or SEC1).
+#[derive(Clone, Copy)]
+pub struct ClientIdentity<'a> {
+    /// The certificate, then any intermediates.
+    pub cert_pem: &'a str,
+    /// Its private key.
+    pub key_pem: &'a str,
+}
+
+// Hand-written so that the key never reaches a log.
+impl fmt::Debug for ClientIdentity<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ClientIdentity")
+            .field("key_pem", &"<redacted>")
+            .finish_non_exhaustive()
+    }
+}
 
 /// libpq `sslmode` (`allow` is not offered: it only differs from `prefer` on servers that
 /// demand TLS after refusing it).
@@ -129,6 +156,15 @@ pub enum TlsError {
         /// rustls' reason.
         reason: String,
     },
+    /// The client certificate ([`CLIENT_CERT_KEY`]) holds no PEM certificate or cannot be read.
+    #[error("the client certificate ({CLIENT_CERT_KEY}) holds no readable PEM certificate")]
+    ClientCertificate,
+    /// The client key ([`CLIENT_KEY_KEY`]) holds no readable PEM private key (never quoted).
+    #[error("the client key ({CLIENT_KEY_KEY}) holds no readable PEM private key")]
+    ClientKey,
+    /// Only one of the client certificate and its key was given.
+    #[error("a client certificate needs both {CLIENT_CERT_KEY} and {CLIENT_KEY_KEY}")]
+    ClientPairIncomplete,
     /// rustls refused the client configuration.
     #[error("TLS client configuration: {0}")]
     Config(String),
@@ -140,6 +176,7 @@ pub enum TlsError {
 pub struct PgTls {
     mode: SslMode,
     custom_ca: bool,
+    client_cert: bool,
     connector: MakeRustlsConnect,
 }
 
@@ -148,6 +185,7 @@ impl fmt::Debug for PgTls {
         f.debug_struct("PgTls")
             .field("mode", &self.mode)
             .field("custom_ca", &self.custom_ca)
+            .field("client_cert", &self.client_cert)
             .finish_non_exhaustive()
     }
 }
@@ -159,11 +197,22 @@ impl PgTls {
     /// The connector of `mode`; `ca_pem` (a PEM bundle, the Secret's [`CA_KEY`]) replaces the
     /// built-in roots for the verifying modes and is ignored by the others.
     pub fn new(mode: SslMode, ca_pem: Option<&str>) -> Result<Self, TlsError> {
+        Self::with_client(mode, ca_pem, None)
+    }
+
+    /// Like [`PgTls::new`], presenting `client` (a certificate and its key) to the server.
+    pub fn with_client(
+        mode: SslMode,
+        ca_pem: Option<&str>,
+        client: Option<ClientIdentity<'_>>,
+    ) -> Result<Self, TlsError> {
+        let identity = client.map(client_identity).transpose()?;
+        let client_cert = identity.is_some();
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let builder = ClientConfig::builder_with_provider(provider.clone())
             .with_safe_default_protocol_versions()
             .map_err(|e| TlsError::Config(e.to_string()))?;
-        let config = if mode.verifies_chain() {
+        let verifier = if mode.verifies_chain() {
             let roots = Arc::new(match ca_pem {
                 Some(pem) => roots_from_pem(pem)?,
                 None => RootCertStore {
@@ -174,21 +223,27 @@ impl PgTls {
                 .build()
                 .map_err(|e| TlsError::Config(e.to_string()))?;
             if mode == SslMode::VerifyFull {
-                builder.with_webpki_verifier(webpki).with_no_client_auth()
+                builder.with_webpki_verifier(webpki)
             } else {
                 builder
                     .dangerous()
                     .with_custom_certificate_verifier(Arc::new(ChainOnly { webpki }))
-                    .with_no_client_auth()
             }
         } else {
             builder
                 .dangerous()
                 .with_custom_certificate_verifier(Arc::new(AnyCertificate { provider }))
-                .with_no_client_auth()
+        };
+        let config = match identity {
+            // rustls' message names the problem (e.g. a key that does not match), never the key.
+            Some((chain, key)) => verifier
+                .with_client_auth_cert(chain, key)
+                .map_err(|e| TlsError::Config(e.to_string()))?,
+            None => verifier.with_no_client_auth(),
         };
         Ok(Self {
             mode,
+            client_cert,
             custom_ca: ca_pem.is_some() && mode.verifies_chain(),
             connector: MakeRustlsConnect::new(config),
         })
@@ -243,6 +298,33 @@ pub fn strip_sslmode(url: &str) -> (String, Option<String>) {
         (base.to_string(), mode)
     } else {
         (format!("{base}?{}", kept.join("&")), mode)
+    }
+}
+
+/// The certificate chain and key of `c`, parsed. Errors never quote the PEM.
+fn client_identity(
+    c: ClientIdentity<'_>,
+) -> Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>), TlsError> {
+    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(c.cert_pem.as_bytes())
+        .collect::<Result<_, _>>()
+        .map_err(|_| TlsError::ClientCertificate)?;
+    if chain.is_empty() {
+        return Err(TlsError::ClientCertificate);
+    }
+    let key =
+        PrivateKeyDer::from_pem_slice(c.key_pem.as_bytes()).map_err(|_| TlsError::ClientKey)?;
+    Ok((chain, key))
+}
+
+/// The client identity from a connection Secret's two keys: both or neither.
+pub fn client_identity_from<'a>(
+    cert_pem: Option<&'a str>,
+    key_pem: Option<&'a str>,
+) -> Result<Option<ClientIdentity<'a>>, TlsError> {
+    match (cert_pem, key_pem) {
+        (Some(cert_pem), Some(key_pem)) => Ok(Some(ClientIdentity { cert_pem, key_pem })),
+        (None, None) => Ok(None),
+        _ => Err(TlsError::ClientPairIncomplete),
     }
 }
 
@@ -455,6 +537,42 @@ rO8zjuLyTDbW6SYCIBbrCYmVs3L0+q98Ha5FK3m+wmw1BpiE8rkx65OeeRPa
         ));
         let broken = CA.replace("-----END CERTIFICATE-----", "");
         assert!(roots_from_pem(&broken).is_err());
+    }
+
+    #[test]
+    fn client_identity_errors_never_quote_the_key() {
+        assert!(matches!(
+            client_identity_from(Some(CA), None),
+            Err(TlsError::ClientPairIncomplete)
+        ));
+        assert!(matches!(client_identity_from(None, None), Ok(None)));
+        let key =
+            "-----BEGIN PRIVATE KEY-----\nc2VjcmV0LWtleS1ieXRlcw==\n-----END PRIVATE KEY-----\n";
+        let no_cert = ClientIdentity {
+            cert_pem: "not pem",
+            key_pem: key,
+        };
+        let e = PgTls::with_client(SslMode::Require, None, Some(no_cert)).unwrap_err();
+        assert!(matches!(e, TlsError::ClientCertificate), "{e}");
+        let no_key = ClientIdentity {
+            cert_pem: CA,
+            key_pem: "secret-key-bytes",
+        };
+        let e = PgTls::with_client(SslMode::Require, None, Some(no_key)).unwrap_err();
+        assert!(matches!(e, TlsError::ClientKey), "{e}");
+        assert!(!e.to_string().contains("secret-key-bytes"));
+        // A key that is not the certificate's is refused by rustls, without the key in the text.
+        let e = PgTls::with_client(
+            SslMode::Require,
+            None,
+            Some(ClientIdentity {
+                cert_pem: CA,
+                key_pem: key,
+            }),
+        )
+        .unwrap_err();
+        assert!(!e.to_string().contains("c2VjcmV0"), "{e}");
+        assert!(!format!("{no_key:?}").contains("secret-key-bytes"));
     }
 
     #[test]
