@@ -9,7 +9,10 @@
 //!   serves an append; with another CA it refuses to start;
 //! - an EventStore with sslMode verify-full and `ca.crt` in its Secret reaches Ready, its pooled
 //!   Tenant's login Secret carries the sslmode and works over verified TLS, and a Secret with
-//!   another CA leaves the store Degraded with the certificate error (no password in status).
+//!   another CA leaves the store Degraded with the certificate error (no password in status);
+//! - a client certificate (`tls.crt`/`tls.key`) logs a password-less role in through pg_hba
+//!   `cert`: store-node's backend, the gateway binary and an EventStore; none, or one of another
+//!   CA, is refused, and a Secret with only `tls.crt` leaves the store Degraded (InvalidSpec).
 
 mod operator_support;
 
@@ -460,10 +463,17 @@ async fn gateway_binary_honours_pg_sslmode() {
     let reg = work.path().join("registry.json");
     std::fs::write(&reg, registry.to_string()).unwrap_or_else(|e| panic!("{e}"));
     let schema = format!("gw_{}", suffix());
-    let start = |ca: &str, log: &str| {
+    let password_url = pg.url("localhost");
+    let cert_url = format!("postgres://certuser@localhost:{}/postgres", pg.port);
+    let start_with = |url: &str, schema: &str, ca: &str, cert: Option<(&str, &str)>, log: &str| {
         let port = allsource_tests::bins::free_port();
         let log = std::fs::File::create(work.path().join(log)).unwrap_or_else(|e| panic!("{e}"));
-        let child = Command::new(allsource_tests::bins::store_node())
+        let mut cmd = Command::new(allsource_tests::bins::store_node());
+        if let Some((cert, key)) = cert {
+            cmd.env("STORE_NODE_PG_CLIENT_CERT", cert)
+                .env("STORE_NODE_PG_CLIENT_KEY", key);
+        }
+        let child = cmd
             .args([
                 "--log-format",
                 "text",
@@ -472,7 +482,7 @@ async fn gateway_binary_honours_pg_sslmode() {
                 "postgres",
                 "--init",
             ])
-            .args(["--pg-url", &pg.url("localhost"), "--pg-schema", &schema])
+            .args(["--pg-url", url, "--pg-schema", schema])
             .args(["--pg-sslmode", "verify-full"])
             .env("STORE_NODE_PG_CA_CERT", ca)
             .arg("--listen")
@@ -486,6 +496,7 @@ async fn gateway_binary_honours_pg_sslmode() {
             .unwrap_or_else(|e| panic!("spawn gateway: {e}"));
         (KillOnDrop(child), format!("http://127.0.0.1:{port}"))
     };
+    let start = |ca: &str, log: &str| start_with(&password_url, &schema, ca, None, log);
 
     // Another CA: the gateway cannot create its schema and exits with the certificate error.
     let (mut bad, _) = start(&pg.other_ca, "bad.log");
@@ -545,6 +556,52 @@ async fn gateway_binary_honours_pg_sslmode() {
         .get(0);
     assert!(gateway_sessions >= 1, "no TLS session of the gateway");
     println!("gateway over verify-full: append stored, {gateway_sessions} TLS session(s)");
+    drop(gw);
+
+    // No password, a client certificate instead (pg_hba `cert` for certuser).
+    let cert_schema = format!("gw_{}", suffix());
+    let (mut gw, base) = start_with(
+        &cert_url,
+        &cert_schema,
+        &pg.ca,
+        Some((&pg.client_cert, &pg.client_key)),
+        "cert.log",
+    );
+    wait_for("gateway ready with a client certificate", DEADLINE, || {
+        let (http, url) = (http.clone(), format!("{base}/readyz"));
+        if let Ok(Some(st)) = gw.0.try_wait() {
+            let log = std::fs::read_to_string(work.path().join("cert.log")).unwrap_or_default();
+            panic!("gateway exited ({st}):\n{log}");
+        }
+        async move {
+            let r = http.get(url).send().await.ok()?;
+            (r.status() == StatusCode::OK).then_some(())
+        }
+    })
+    .await;
+    let r = http
+        .post(format!("{base}/v1/streams/orders-1/events"))
+        .bearer_auth(&token)
+        .json(&serde_json::json!({"events": [{"eventId": uuid::Uuid::new_v4(), "eventType": "placed", "data": {"n": 2}}]}))
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(r.status().is_success(), "append: {}", r.status());
+    let n: i64 = admin
+        .query_one(
+            &format!("SELECT count(*) FROM \"{cert_schema}\".events WHERE tenant = 'acme'"),
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 1);
+    let log = std::fs::read_to_string(work.path().join("cert.log")).unwrap_or_default();
+    assert!(
+        !log.contains("PRIVATE KEY"),
+        "client key in the gateway log"
+    );
+    println!("gateway with a client certificate (no password): append stored");
     drop(gw);
 }
 

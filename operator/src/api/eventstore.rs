@@ -426,7 +426,7 @@ fn default_firestore_database() -> String {
     {"rule": "!has(oldSelf.schema) || (has(self.schema) && self.schema == oldSelf.schema)", "message": "spec.postgres.schema is immutable once set"}
 ]))]
 pub struct PostgresSpec {
-    /// Secret with an admin connection: key `url` (postgres://...) or keys host, port, user, password, database; optional key `ca.crt` (PEM) is the CA that sslMode verify-ca and verify-full check the server's certificate against (the Mozilla roots when absent).
+    /// Secret with an admin connection: key `url` (postgres://...) or keys host, port, user, password, database; optional key `ca.crt` (PEM) is the CA that sslMode verify-ca and verify-full check the server's certificate against (the Mozilla roots when absent); optional keys `tls.crt` and `tls.key` (PEM, both or neither) are a client certificate the operator and the gateway present (pg_hba `cert` authentication, where the password may be left out).
     pub connection_secret_ref: SecretRef,
     /// Schema that holds the event tables; derived as allsource_<namespace>_<name>_<8 hex digits of a hash of namespace/name> when unset. Immutable once set.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -24,7 +24,9 @@ use super::{child_meta, common_labels, CONFIG_MOUNT, HTTP_PORT};
 use crate::api::eventstore::{GatewaySpec, SslMode};
 use crate::api::EventStore;
 use crate::provision::postgres::tls_mode;
-use store_node::backend::postgres::tls::CA_KEY;
+use store_node::backend::postgres::tls::{
+    SslMode as SslModeWire, CA_KEY, CLIENT_CERT_KEY, CLIENT_KEY_KEY,
+};
 
 /// Component label value of gateway pods.
 pub const COMPONENT_GATEWAY: &str = "gateway";
@@ -162,6 +164,19 @@ fn from_secret(name: &str, secret: &str, key: &str) -> EnvVar {
     }
 }
 
+/// Like [`from_secret`], for a key the Secret may leave out.
+fn optional_from_secret(name: &str, secret: &str, key: &str) -> EnvVar {
+    let mut e = from_secret(name, secret, key);
+    if let Some(r) = e
+        .value_from
+        .as_mut()
+        .and_then(|v| v.secret_key_ref.as_mut())
+    {
+        r.optional = Some(true);
+    }
+    e
+}
+
 /// Arguments and environment of the gateway container for `backend`.
 pub fn args_and_env(backend: &GatewayBackend) -> (Vec<String>, Vec<EnvVar>) {
     let name = match backend {
@@ -195,15 +210,24 @@ pub fn args_and_env(backend: &GatewayBackend) -> (Vec<String>, Vec<EnvVar>) {
             ];
             if mode.verifies_chain() {
                 // Optional: without `ca.crt` the gateway verifies against its built-in roots.
-                let mut ca = from_secret("STORE_NODE_PG_CA_CERT", url_secret, CA_KEY);
-                if let Some(r) = ca
-                    .value_from
-                    .as_mut()
-                    .and_then(|v| v.secret_key_ref.as_mut())
-                {
-                    r.optional = Some(true);
-                }
-                env.push(ca);
+                env.push(optional_from_secret(
+                    "STORE_NODE_PG_CA_CERT",
+                    url_secret,
+                    CA_KEY,
+                ));
+            }
+            if mode != SslModeWire::Disable {
+                // Optional: a client certificate for pg_hba `cert` authentication.
+                env.push(optional_from_secret(
+                    "STORE_NODE_PG_CLIENT_CERT",
+                    url_secret,
+                    CLIENT_CERT_KEY,
+                ));
+                env.push(optional_from_secret(
+                    "STORE_NODE_PG_CLIENT_KEY",
+                    url_secret,
+                    CLIENT_KEY_KEY,
+                ));
             }
             env
         }
@@ -579,6 +603,22 @@ mod tests {
             if let Some(r) = ca_ref {
                 assert_eq!((r.name.as_str(), r.key.as_str()), ("pg", "ca.crt"));
                 assert_eq!(r.optional, Some(true));
+            }
+            // The client certificate goes wherever TLS may be used, from the Secret only.
+            for (var, key) in [
+                ("STORE_NODE_PG_CLIENT_CERT", "tls.crt"),
+                ("STORE_NODE_PG_CLIENT_KEY", "tls.key"),
+            ] {
+                let e = get(&env, var);
+                assert_eq!(e.is_some(), mode != SslMode::Disable, "{libpq} {var}");
+                if let Some(e) = e {
+                    assert!(e.value.is_none(), "{var} has a literal value");
+                    let r = e.value_from.and_then(|v| v.secret_key_ref).unwrap();
+                    assert_eq!(
+                        (r.name.as_str(), r.key.as_str(), r.optional),
+                        ("pg", key, Some(true))
+                    );
+                }
             }
         }
     }

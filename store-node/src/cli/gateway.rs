@@ -67,6 +67,12 @@ pub struct GatewayArgs {
     /// certificate against; the built-in Mozilla roots when unset.
     #[arg(long, env = "STORE_NODE_PG_CA_CERT", hide_env_values = true)]
     pub pg_ca_cert: Option<String>,
+    /// PEM client certificate (the content) presented to PostgreSQL, with --pg-client-key.
+    #[arg(long, env = "STORE_NODE_PG_CLIENT_CERT", hide_env_values = true)]
+    pub pg_client_cert: Option<String>,
+    /// PEM private key (the content) of --pg-client-cert; never logged.
+    #[arg(long, env = "STORE_NODE_PG_CLIENT_KEY", hide_env_values = true)]
+    pub pg_client_key: Option<String>,
     /// DynamoDB table.
     #[arg(long, env = "STORE_NODE_DYNAMODB_TABLE", default_value = "allsource")]
     pub dynamodb_table: String,
@@ -191,6 +197,8 @@ fn postgres_store(
     cfg.poll_interval = poll;
     cfg.ssl_mode = args.pg_sslmode;
     cfg.ca_pem = args.pg_ca_cert.clone().filter(|p| !p.trim().is_empty());
+    cfg.client_cert_pem = args.pg_client_cert.clone().filter(|p| !p.trim().is_empty());
+    cfg.client_key_pem = args.pg_client_key.clone().filter(|p| !p.trim().is_empty());
     Ok(PostgresStore::connect(cfg)?)
 }
 
