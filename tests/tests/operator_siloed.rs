@@ -295,6 +295,21 @@ fn is_permission_denied(e: &tokio_postgres::Error) -> bool {
     e.code() == Some(&tokio_postgres::error::SqlState::INSUFFICIENT_PRIVILEGE)
 }
 
+/// The three Tenants every backend's test uses, with ids unique per run: a siloed one deleted
+/// with its data, a pooled one (also the hostile neighbour), and a siloed one whose data is kept.
+async fn create_tenants(client: &Client, n: &str) -> (String, String, String) {
+    let sfx = suffix();
+    let (silo, pooled, kept) = (
+        format!("silo-{sfx}"),
+        format!("pool-{sfx}"),
+        format!("kept-{sfx}"),
+    );
+    create::<Tenant>(client, n, tenant(&silo, "siloed", "Delete")).await;
+    create::<Tenant>(client, n, tenant(&pooled, "pooled", "Delete")).await;
+    create::<Tenant>(client, n, tenant(&kept, "siloed", "Retain")).await;
+    (silo, pooled, kept)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_siloed_tenant_schema_isolation_drift_and_deletion() {
     let Some((env, ns, client, op)) = setup("silo-pg", "postgres").await else {
@@ -322,15 +337,7 @@ async fn postgres_siloed_tenant_schema_isolation_drift_and_deletion() {
     )
     .await;
     // Tenant ids unique per run: login roles are cluster-wide in PostgreSQL.
-    let sfx = suffix();
-    let (silo, pooled, kept) = (
-        format!("silo-{sfx}"),
-        format!("pool-{sfx}"),
-        format!("kept-{sfx}"),
-    );
-    create::<Tenant>(&client, &n, tenant(&silo, "siloed", "Delete")).await;
-    create::<Tenant>(&client, &n, tenant(&pooled, "pooled", "Delete")).await;
-    create::<Tenant>(&client, &n, tenant(&kept, "siloed", "Retain")).await;
+    let (silo, pooled, kept) = create_tenants(&client, &n).await;
 
     // The siloed tenant's own schema, named as documented, is its status location.
     let t = ready_tenant(&client, &n, &silo).await;
@@ -552,15 +559,7 @@ async fn dynamodb_siloed_tenant_table_isolation_drift_and_deletion() {
                         "deletionPolicy": "Delete"}}),
     )
     .await;
-    let sfx = suffix();
-    let (silo, pooled, kept) = (
-        format!("silo-{sfx}"),
-        format!("pool-{sfx}"),
-        format!("kept-{sfx}"),
-    );
-    create::<Tenant>(&client, &n, tenant(&silo, "siloed", "Delete")).await;
-    create::<Tenant>(&client, &n, tenant(&pooled, "pooled", "Delete")).await;
-    create::<Tenant>(&client, &n, tenant(&kept, "siloed", "Retain")).await;
+    let (silo, pooled, kept) = create_tenants(&client, &n).await;
 
     let t = ready_tenant(&client, &n, &silo).await;
     let own = dynamodb::silo_table_name(&table, &silo);
@@ -881,15 +880,7 @@ async fn firestore_siloed_tenant_database_isolation_and_deletion() {
     let host = env.firestore_emulator_host().to_string();
     let project = format!("{}-{}", env.firestore_project(), suffix());
     create::<EventStore>(&client, &n, fs_store(&project, &host, true)).await;
-    let sfx = suffix();
-    let (silo, pooled, kept) = (
-        format!("silo-{sfx}"),
-        format!("pool-{sfx}"),
-        format!("kept-{sfx}"),
-    );
-    create::<Tenant>(&client, &n, tenant(&silo, "siloed", "Delete")).await;
-    create::<Tenant>(&client, &n, tenant(&pooled, "pooled", "Delete")).await;
-    create::<Tenant>(&client, &n, tenant(&kept, "siloed", "Retain")).await;
+    let (silo, pooled, kept) = create_tenants(&client, &n).await;
 
     // The siloed tenant's own database, named as documented, is its status location.
     let t = ready_tenant(&client, &n, &silo).await;

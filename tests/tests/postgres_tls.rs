@@ -28,6 +28,7 @@ use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Api, PostParams};
 use kube::Client;
 use operator_support::{install_crds, wait_for, Operator};
+use reqwest::StatusCode;
 use store_node::backend::postgres::tls::{ClientIdentity, PgTls, SslMode};
 use store_node::backend::postgres::{PostgresConfig, PostgresStore};
 
@@ -449,7 +450,6 @@ async fn every_sslmode_against_a_tls_only_server() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn gateway_binary_honours_pg_sslmode() {
-    use reqwest::StatusCode;
     use store_node::tenant::sha256_hex;
     if allsource_tests::env::require("postgres").is_none() {
         return;
@@ -513,26 +513,7 @@ async fn gateway_binary_honours_pg_sslmode() {
     // The right CA: ready, and an append lands in the server behind hostssl.
     let (mut gw, base) = start(&pg.ca, "good.log");
     let http = reqwest::Client::new();
-    wait_for("gateway ready over verify-full", DEADLINE, || {
-        let (http, url) = (http.clone(), format!("{base}/readyz"));
-        if let Ok(Some(st)) = gw.0.try_wait() {
-            let log = std::fs::read_to_string(work.path().join("good.log")).unwrap_or_default();
-            panic!("gateway exited ({st}):\n{log}");
-        }
-        async move {
-            let r = http.get(url).send().await.ok()?;
-            (r.status() == StatusCode::OK).then_some(())
-        }
-    })
-    .await;
-    let r = http
-        .post(format!("{base}/v1/streams/orders-1/events"))
-        .bearer_auth(&token)
-        .json(&serde_json::json!({"events": [{"eventId": uuid::Uuid::new_v4(), "eventType": "placed", "data": {"n": 1}}]}))
-        .send()
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
-    assert!(r.status().is_success(), "append: {}", r.status());
+    ready_then_append(&http, &mut gw, &base, &token, &work.path().join("good.log")).await;
     let admin = connect(&pg.config("localhost"), SslMode::VerifyFull, Some(&pg.ca))
         .await
         .unwrap();
@@ -567,26 +548,7 @@ async fn gateway_binary_honours_pg_sslmode() {
         Some((&pg.client_cert, &pg.client_key)),
         "cert.log",
     );
-    wait_for("gateway ready with a client certificate", DEADLINE, || {
-        let (http, url) = (http.clone(), format!("{base}/readyz"));
-        if let Ok(Some(st)) = gw.0.try_wait() {
-            let log = std::fs::read_to_string(work.path().join("cert.log")).unwrap_or_default();
-            panic!("gateway exited ({st}):\n{log}");
-        }
-        async move {
-            let r = http.get(url).send().await.ok()?;
-            (r.status() == StatusCode::OK).then_some(())
-        }
-    })
-    .await;
-    let r = http
-        .post(format!("{base}/v1/streams/orders-1/events"))
-        .bearer_auth(&token)
-        .json(&serde_json::json!({"events": [{"eventId": uuid::Uuid::new_v4(), "eventType": "placed", "data": {"n": 2}}]}))
-        .send()
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
-    assert!(r.status().is_success(), "append: {}", r.status());
+    ready_then_append(&http, &mut gw, &base, &token, &work.path().join("cert.log")).await;
     let n: i64 = admin
         .query_one(
             &format!("SELECT count(*) FROM \"{cert_schema}\".events WHERE tenant = 'acme'"),
@@ -603,6 +565,37 @@ async fn gateway_binary_honours_pg_sslmode() {
     );
     println!("gateway with a client certificate (no password): append stored");
     drop(gw);
+}
+
+/// Waits until the gateway at `base` is ready (panicking with its log if it exits), then appends
+/// one event to `orders-1` with `token`.
+async fn ready_then_append(
+    http: &reqwest::Client,
+    gw: &mut KillOnDrop,
+    base: &str,
+    token: &str,
+    log: &Path,
+) {
+    wait_for("gateway ready", DEADLINE, || {
+        let (http, url) = (http.clone(), format!("{base}/readyz"));
+        if let Ok(Some(st)) = gw.0.try_wait() {
+            let log = std::fs::read_to_string(log).unwrap_or_default();
+            panic!("gateway exited ({st}):\n{log}");
+        }
+        async move {
+            let r = http.get(url).send().await.ok()?;
+            (r.status() == StatusCode::OK).then_some(())
+        }
+    })
+    .await;
+    let r = http
+        .post(format!("{base}/v1/streams/orders-1/events"))
+        .bearer_auth(token)
+        .json(&serde_json::json!({"events": [{"eventId": uuid::Uuid::new_v4(), "eventType": "placed", "data": {"n": 1}}]}))
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(r.status().is_success(), "append: {}", r.status());
 }
 
 struct KillOnDrop(std::process::Child);

@@ -468,6 +468,13 @@ pub struct GatewaySpec {
     /// Container image of the gateway (the store-node image).
     #[serde(default = "default_image")]
     pub image: String,
+    /// ServiceAccount the gateway pods run as: for GKE workload identity (Firestore) or EKS IRSA (DynamoDB), the one bound to the cloud identity. The namespace's default ServiceAccount when unset. The operator does not create it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(
+        length(min = 1, max = 253),
+        regex(pattern = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
+    )]
+    pub service_account_name: Option<String>,
 }
 
 fn default_gateway_replicas() -> i32 {

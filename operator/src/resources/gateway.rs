@@ -375,6 +375,9 @@ pub fn deployment(es: &EventStore, gw: &GatewaySpec, backend: &GatewayBackend) -
                         }),
                         ..PodSecurityContext::default()
                     }),
+                    // Cloud identity (workload identity, IRSA) comes from the ServiceAccount the
+                    // spec names; the Kubernetes API token is never needed.
+                    service_account_name: gw.service_account_name.clone(),
                     automount_service_account_token: Some(false),
                     ..PodSpec::default()
                 }),
@@ -443,6 +446,30 @@ mod tests {
             "spec": {"backend": backend, backend: block, "gateway": {"enabled": true, "replicas": 2, "image": "ghcr.io/allsource/store-node:0.1.0"}}
         }))
         .unwrap()
+    }
+
+    #[test]
+    fn pods_run_as_the_named_service_account() {
+        let es = es("dynamodb");
+        let mut gw = es.spec.gateway.clone().unwrap();
+        let backend = GatewayBackend::Postgres {
+            url_secret: "pg".into(),
+            schema: "s".into(),
+            ssl_mode: SslMode::Disable,
+        };
+        let pod = |gw: &GatewaySpec| {
+            deployment(&es, gw, &backend)
+                .spec
+                .unwrap()
+                .template
+                .spec
+                .unwrap()
+        };
+        assert_eq!(pod(&gw).service_account_name, None);
+        gw.service_account_name = Some("events-gateway".into());
+        let p = pod(&gw);
+        assert_eq!(p.service_account_name.as_deref(), Some("events-gateway"));
+        assert_eq!(p.automount_service_account_token, Some(false));
     }
 
     #[test]

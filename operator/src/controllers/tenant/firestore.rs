@@ -23,6 +23,18 @@ use crate::provision::ProvisionError;
 /// Re-check interval while the store is not provisioned yet or Firestore is down.
 const RETRY: Duration = Duration::from_secs(5);
 
+/// The outcome of a tenant whose store's database is not provisioned yet (pure).
+pub fn store_not_provisioned() -> TenantOutcome {
+    TenantOutcome {
+        verdict: Verdict::EventStoreNotReady(
+            "the EventStore's Firestore database is not provisioned yet".to_string(),
+        ),
+        location: None,
+        usage_url: None,
+        requeue: Some(RETRY),
+    }
+}
+
 /// Whether the store's database is provisioned (its status lists the database).
 pub fn store_provisioned(es: &EventStore) -> bool {
     es.status.as_ref().is_some_and(|s| {
@@ -53,14 +65,7 @@ pub async fn reconcile(
     ns: &str,
 ) -> Result<TenantOutcome, ReconcileError> {
     if !store_provisioned(es) {
-        return Ok(TenantOutcome {
-            verdict: Verdict::EventStoreNotReady(
-                "the EventStore's Firestore database is not provisioned yet".to_string(),
-            ),
-            location: None,
-            usage_url: None,
-            requeue: Some(RETRY),
-        });
+        return Ok(store_not_provisioned());
     }
     let prov = match firestore_provisioner(es, ctx, ns).await? {
         Ok(p) => p,

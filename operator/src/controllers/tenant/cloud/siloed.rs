@@ -36,7 +36,7 @@ use crate::api::eventstore::Backend;
 use crate::api::tenant::{LocationKind, TenantLocation};
 use crate::api::{DeletionPolicy, EventStore, Tenant};
 use crate::controllers::eventstore::cloud::{drift_interval, firestore_provisioner, secret_data};
-use crate::controllers::tenant::firestore::{store_provisioned, tenant_ref};
+use crate::controllers::tenant::firestore::{store_not_provisioned, store_provisioned, tenant_ref};
 use crate::controllers::{Context, ReconcileError};
 use crate::provision::dynamodb::{self, Access, DynamoProvisioner};
 use crate::provision::firestore::silo::SiloProvisioner;
@@ -301,14 +301,7 @@ async fn firestore_tenant(
 ) -> Result<TenantOutcome, ReconcileError> {
     // The tenant's database is created where the store's database is.
     if !store_provisioned(es) {
-        return Ok(TenantOutcome {
-            verdict: Verdict::EventStoreNotReady(
-                "the EventStore's Firestore database is not provisioned yet".to_string(),
-            ),
-            location: None,
-            usage_url: None,
-            requeue: Some(RETRY),
-        });
+        return Ok(store_not_provisioned());
     }
     let prov = match database_provisioner(tenant, es, ctx, ns).await? {
         Ok(p) => p,
