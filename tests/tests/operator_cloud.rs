@@ -106,16 +106,7 @@ async fn wait_status(
     what: &str,
     pred: impl Fn(&EventStore, &EventStoreStatus) -> bool,
 ) -> EventStoreStatus {
-    wait_for(what, DEADLINE, || {
-        let api = api.clone();
-        let pred = &pred;
-        async move {
-            let es = api.get(name).await.ok()?;
-            let st = es.status.clone()?;
-            pred(&es, &st).then_some(st)
-        }
-    })
-    .await
+    operator_support::wait_store_status(api, name, what, DEADLINE, pred).await
 }
 
 fn ready(es: &EventStore, st: &EventStoreStatus) -> bool {

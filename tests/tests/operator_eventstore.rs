@@ -52,17 +52,7 @@ async fn wait_status(
     what: &str,
     pred: impl Fn(&EventStore, &EventStoreStatus) -> bool,
 ) -> EventStoreStatus {
-    wait_for(what, DEADLINE, || {
-        let api = api.clone();
-        let name = name.to_string();
-        let pred = &pred;
-        async move {
-            let es = api.get(&name).await.ok()?;
-            let st = es.status.clone()?;
-            pred(&es, &st).then_some(st)
-        }
-    })
-    .await
+    operator_support::wait_store_status(api, name, what, DEADLINE, pred).await
 }
 
 fn is_ready(es: &EventStore, st: &EventStoreStatus, replicas: i32) -> bool {

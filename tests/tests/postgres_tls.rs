@@ -106,23 +106,23 @@ struct TlsPg {
     rogue_key: String,
 }
 
-/// A client certificate with CN `cn` issued by the CA `ca` (`<out>.crt`, `<out>.key` in `dir`).
-fn make_client_cert(dir: &Path, ca: &str, cn: &str, out: &str) {
-    std::fs::write(
-        dir.join("client.ext"),
-        "extendedKeyUsage=clientAuth\nbasicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature\n",
-    )
-    .unwrap_or_else(|e| panic!("{e}"));
+/// Extensions of a server certificate for `localhost` / `127.0.0.1`.
+const SERVER_EXT: &str = "subjectAltName=DNS:localhost,IP:127.0.0.1\nextendedKeyUsage=serverAuth\n\
+     basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature\n";
+/// Extensions of a client certificate.
+const CLIENT_EXT: &str =
+    "extendedKeyUsage=clientAuth\nbasicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature\n";
+
+/// A certificate with CN `cn` and extensions `ext`, issued by the CA `ca` (`<out>.crt`,
+/// `<out>.key` in `dir`).
+fn issue_cert(dir: &Path, ca: &str, cn: &str, out: &str, ext: &str, serial: u32) {
+    let ext_file = format!("{out}.ext");
+    std::fs::write(dir.join(&ext_file), ext).unwrap_or_else(|e| panic!("{e}"));
     run(Command::new("openssl")
         .current_dir(dir)
-        .args([
-            "req",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:prime256v1",
-        ])
-        .args(["-nodes", "-subj", &format!("/CN={cn}")])
+        .args(["req", "-newkey", "ec", "-pkeyopt"])
+        .args(["ec_paramgen_curve:prime256v1", "-nodes"])
+        .args(["-subj", &format!("/CN={cn}")])
         .args([
             "-keyout",
             &format!("{out}.key"),
@@ -133,8 +133,8 @@ fn make_client_cert(dir: &Path, ca: &str, cn: &str, out: &str) {
         .current_dir(dir)
         .args(["x509", "-req", "-in", &format!("{out}.csr")])
         .args(["-CA", &format!("{ca}.crt"), "-CAkey", &format!("{ca}.key")])
-        .args(["-set_serial", "3", "-days", "2", "-extfile", "client.ext"])
-        .args(["-out", &format!("{out}.crt")]));
+        .args(["-set_serial", &serial.to_string(), "-days", "2"])
+        .args(["-extfile", &ext_file, "-out", &format!("{out}.crt")]));
 }
 
 impl TlsPg {
@@ -145,40 +145,10 @@ impl TlsPg {
         let d = dir.path();
         make_ca(d, "ca");
         make_ca(d, "other-ca");
-        std::fs::write(
-            d.join("server.ext"),
-            "subjectAltName=DNS:localhost,IP:127.0.0.1\nextendedKeyUsage=serverAuth\n\
-             basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature\n",
-        )
-        .unwrap_or_else(|e| panic!("{e}"));
-        run(Command::new("openssl")
-            .current_dir(d)
-            .args([
-                "req",
-                "-newkey",
-                "ec",
-                "-pkeyopt",
-                "ec_paramgen_curve:prime256v1",
-            ])
-            .args(["-nodes", "-subj", "/CN=localhost"])
-            .args(["-keyout", "server.key", "-out", "server.csr"]));
-        run(Command::new("openssl")
-            .current_dir(d)
-            .args([
-                "x509",
-                "-req",
-                "-in",
-                "server.csr",
-                "-CA",
-                "ca.crt",
-                "-CAkey",
-                "ca.key",
-            ])
-            .args(["-set_serial", "2", "-days", "2", "-extfile", "server.ext"])
-            .args(["-out", "server.crt"]));
+        issue_cert(d, "ca", "localhost", "server", SERVER_EXT, 2);
         run(Command::new("chmod").arg("600").arg(d.join("server.key")));
-        make_client_cert(d, "ca", "certuser", "client");
-        make_client_cert(d, "other-ca", "certuser", "rogue");
+        issue_cert(d, "ca", "certuser", "client", CLIENT_EXT, 3);
+        issue_cert(d, "other-ca", "certuser", "rogue", CLIENT_EXT, 3);
         std::fs::write(d.join("pw"), PASSWORD).unwrap_or_else(|e| panic!("{e}"));
         // initdb refuses to run as root: the server runs as the postgres user (as in
         // tests/env/up.sh), which then owns the whole directory.
@@ -639,16 +609,7 @@ async fn wait_status(
     what: &str,
     pred: impl Fn(&EventStore, &EventStoreStatus) -> bool,
 ) -> EventStoreStatus {
-    wait_for(what, DEADLINE, || {
-        let api = api.clone();
-        let pred = &pred;
-        async move {
-            let es = api.get(name).await.ok()?;
-            let st = es.status.clone()?;
-            pred(&es, &st).then_some(st)
-        }
-    })
-    .await
+    operator_support::wait_store_status(api, name, what, DEADLINE, pred).await
 }
 
 fn condition(st: &EventStoreStatus, t: &str) -> Option<(bool, String, String)> {

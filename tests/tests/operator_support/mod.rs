@@ -155,3 +155,27 @@ where
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
+
+/// Polls the EventStore `name` until its status satisfies `pred` (panicking with `what` after
+/// `deadline`) and returns that status.
+pub async fn wait_store_status(
+    api: &Api<allsource_operator::api::EventStore>,
+    name: &str,
+    what: &str,
+    deadline: Duration,
+    pred: impl Fn(
+        &allsource_operator::api::EventStore,
+        &allsource_operator::api::eventstore::EventStoreStatus,
+    ) -> bool,
+) -> allsource_operator::api::eventstore::EventStoreStatus {
+    wait_for(what, deadline, || {
+        let api = api.clone();
+        let pred = &pred;
+        async move {
+            let es = api.get(name).await.ok()?;
+            let st = es.status.clone()?;
+            pred(&es, &st).then_some(st)
+        }
+    })
+    .await
+}
