@@ -66,7 +66,11 @@ impl fmt::Display for TenantId {
     }
 }
 
-/// A validated stream id: 1 to `Limits::max_stream_id_len` bytes of `[A-Za-z0-9._:@=+-]`, not
+/// Longest stream id any configuration can allow: the WAL stores its length in 16 bits.
+pub const MAX_STREAM_ID_BYTES: usize = u16::MAX as usize;
+
+/// A validated stream id: 1 to `Limits::max_stream_id_len` bytes (never more than
+/// [`MAX_STREAM_ID_BYTES`]) of `[A-Za-z0-9._:@=+-]`, not
 /// `.` or `..` and not starting with `__` (reserved by Firestore), never containing `#` or `/`
 /// (key delimiters in DynamoDB and Firestore).
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -82,7 +86,8 @@ impl StreamId {
     /// Validates a stream id against the given limits.
     pub fn with_limits(id: impl Into<String>, limits: &Limits) -> Result<Self, StoreError> {
         let id = id.into();
-        let ok_len = !id.is_empty() && id.len() <= limits.max_stream_id_len;
+        let max = limits.max_stream_id_len.min(MAX_STREAM_ID_BYTES);
+        let ok_len = !id.is_empty() && id.len() <= max;
         let ok_chars = id
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b".-_:@=+".contains(&b));
@@ -93,8 +98,7 @@ impl StreamId {
             Err(StoreError::invalid(
                 "stream",
                 format!(
-                    "stream id must be 1-{} characters of A-Z, a-z, 0-9 and . _ : @ = + -, not '.', '..' or starting with '__'",
-                    limits.max_stream_id_len
+                    "stream id must be 1-{max} characters of A-Z, a-z, 0-9 and . _ : @ = + -, not '.', '..' or starting with '__'"
                 ),
             ))
         }
@@ -289,8 +293,10 @@ pub struct Limits {
     pub max_stream_id_len: usize,
     /// Longest event type, in bytes.
     pub max_event_type_len: usize,
-    /// Most metadata entries per event.
+    /// Most metadata entries per event or snapshot.
     pub max_metadata_entries: usize,
+    /// Longest metadata key, in bytes.
+    pub max_metadata_key_len: usize,
     /// Largest page a read may ask for.
     pub max_read_limit: usize,
 }
@@ -304,12 +310,114 @@ impl Default for Limits {
             max_stream_id_len: 256,
             max_event_type_len: 256,
             max_metadata_entries: 64,
+            max_metadata_key_len: 256,
             max_read_limit: 10_000,
         }
     }
 }
 
+/// The largest value the WAL's 16-bit length fields can hold.
+const U16_FIELD: usize = u16::MAX as usize;
+/// Bytes the WAL spends per event besides payload, type and metadata (id, length fields).
+const WAL_EVENT_OVERHEAD: usize = 16 + 2 + 4 + 2;
+/// Bytes the WAL spends per metadata entry besides key and value (their length fields).
+const WAL_META_OVERHEAD: usize = 2 + 4;
+
 impl Limits {
+    /// Checks that the limits themselves are usable: every field they admit fits its length
+    /// field in the WAL record format, and the largest batch they admit fits one record
+    /// ([`crate::wal::record::MAX_RECORD_BYTES`]). A node refuses to start otherwise, so no
+    /// configuration can make it acknowledge a write that recovery could not read back.
+    pub fn check(&self) -> Result<(), String> {
+        let sixteen_bit = [
+            ("maxStreamIdLen", self.max_stream_id_len),
+            ("maxEventTypeLen", self.max_event_type_len),
+            ("maxMetadataEntries", self.max_metadata_entries),
+            ("maxMetadataKeyLen", self.max_metadata_key_len),
+        ];
+        for (name, v) in sixteen_bit {
+            if v == 0 || v > U16_FIELD {
+                return Err(format!("{name} is {v}; it must be 1-{U16_FIELD}"));
+            }
+        }
+        for (name, v) in [
+            ("maxEventBytes", self.max_event_bytes),
+            ("maxBatchEvents", self.max_batch_events),
+            ("maxBatchBytes", self.max_batch_bytes),
+            ("maxReadLimit", self.max_read_limit),
+        ] {
+            if v == 0 {
+                return Err(format!("{name} must be > 0"));
+            }
+        }
+        let per_event = WAL_EVENT_OVERHEAD
+            + self.max_event_type_len
+            + self.max_metadata_entries * WAL_META_OVERHEAD;
+        let worst = self
+            .max_batch_events
+            .checked_mul(per_event)
+            .and_then(|e| e.checked_add(self.max_batch_bytes))
+            .and_then(|e| e.checked_add(128 + self.max_stream_id_len));
+        let max = crate::wal::record::MAX_RECORD_BYTES - 8;
+        match worst {
+            Some(w) if w <= max => Ok(()),
+            _ => Err(format!(
+                "the largest batch these limits admit (maxBatchBytes {} plus {} events of up to \
+                 {per_event} bytes of framing, type and metadata lengths) exceeds the WAL's \
+                 record limit of {max} bytes; lower maxBatchBytes or maxBatchEvents",
+                self.max_batch_bytes, self.max_batch_events
+            )),
+        }
+    }
+
+    /// Checks the metadata of an event or snapshot: entry count and key length (values are
+    /// bounded by the size limits of what carries them).
+    fn validate_metadata(
+        &self,
+        what: &str,
+        metadata: &BTreeMap<String, String>,
+    ) -> Result<(), StoreError> {
+        if metadata.len() > self.max_metadata_entries {
+            return Err(StoreError::invalid(
+                "metadata",
+                format!(
+                    "{what}: at most {} metadata entries",
+                    self.max_metadata_entries
+                ),
+            ));
+        }
+        let max_key = self.max_metadata_key_len.min(U16_FIELD);
+        if let Some(k) = metadata.keys().find(|k| k.is_empty() || k.len() > max_key) {
+            return Err(StoreError::invalid(
+                "metadata",
+                format!(
+                    "{what}: metadata key of {} bytes; keys must be 1-{max_key} bytes",
+                    k.len()
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Checks a snapshot before any backend sees it: its payload plus metadata is at most
+    /// `max_batch_bytes` (the most one append may write), its metadata like an event's.
+    pub fn validate_snapshot(&self, snapshot: &Snapshot) -> Result<(), StoreError> {
+        self.validate_metadata("snapshot", &snapshot.metadata)?;
+        let size = snapshot.payload.len()
+            + snapshot
+                .metadata
+                .iter()
+                .map(|(k, v)| k.len() + v.len())
+                .sum::<usize>();
+        if size > self.max_batch_bytes {
+            return Err(StoreError::TooLarge(format!(
+                "snapshot is {size} bytes; the limit is {}",
+                self.max_batch_bytes
+            )));
+        }
+        Ok(())
+    }
+
     /// Checks a batch before any backend sees it.
     pub fn validate_batch(&self, events: &[NewEvent]) -> Result<(), StoreError> {
         if events.is_empty() {
@@ -335,25 +443,14 @@ impl Limits {
                 ));
             }
             let t = &e.event_type;
-            if t.is_empty() || t.len() > self.max_event_type_len || t.chars().any(char::is_control)
-            {
+            let max_type = self.max_event_type_len.min(U16_FIELD);
+            if t.is_empty() || t.len() > max_type || t.chars().any(char::is_control) {
                 return Err(StoreError::invalid(
                     "eventType",
-                    format!(
-                        "event {i}: event type must be 1-{} printable characters",
-                        self.max_event_type_len
-                    ),
+                    format!("event {i}: event type must be 1-{max_type} printable characters"),
                 ));
             }
-            if e.metadata.len() > self.max_metadata_entries {
-                return Err(StoreError::invalid(
-                    "metadata",
-                    format!(
-                        "event {i}: at most {} metadata entries",
-                        self.max_metadata_entries
-                    ),
-                ));
-            }
+            self.validate_metadata(&format!("event {i}"), &e.metadata)?;
             let size = e.payload.len()
                 + e.metadata
                     .iter()

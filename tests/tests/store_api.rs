@@ -972,3 +972,71 @@ async fn sigterm_closes_subscriptions_and_exits_cleanly() {
     let (_, r) = n.get("/v1/stats", A).await;
     assert_eq!(r["nextPosition"], 20);
 }
+
+/// Issue 15, defect 1, over HTTP with a real SIGKILL: a tenant's 70,000-byte metadata key (an
+/// event's or a snapshot's) used to be acknowledged with a length that wrapped around 16 bits;
+/// the restart then cut the WAL at it and every later acknowledged event of every tenant was
+/// gone. Now both are refused with 400 and the other tenant finds all its events.
+#[tokio::test]
+async fn a_hostile_metadata_key_cannot_cost_another_tenant_its_events() {
+    let mut n = Node::start(&two_tenants(), &[]).await;
+    let (s, r) = n
+        .append(
+            "s",
+            B,
+            json!({"events": [ev(1, json!(1)), ev(2, json!(2))]}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{r}");
+    let huge_key = "k".repeat(70_000);
+    let mut bad = ev(10, json!({}));
+    bad["metadata"] = json!({ huge_key.clone(): "v" });
+    let (s, r) = n.append("evil", A, json!({"events": [bad]})).await;
+    let refused_event = (s, r);
+    let (s, r) = n
+        .append("evil", A, json!({"events": [ev(11, json!({}))]}))
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{r}");
+    let refused_snapshot = n
+        .call(
+            Method::PUT,
+            "/v1/streams/evil/snapshot",
+            A,
+            Some(json!({"version": 0, "data": {}, "metadata": { huge_key: "" }})),
+        )
+        .await;
+    let (s, r) = n
+        .append(
+            "s",
+            B,
+            json!({"events": [ev(3, json!(3)), ev(4, json!(4))]}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{r}");
+    // SIGKILL: no clean shutdown, no checkpoint; the restart replays the WAL.
+    let mut child = n.child.take().unwrap();
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let n = n.restart().await;
+    let (s, r) = n.get("/v1/streams/s/events", B).await;
+    assert_eq!(s, StatusCode::OK, "{r}");
+    assert_eq!(
+        r["events"].as_array().map(Vec::len),
+        Some(4),
+        "tenant b lost acknowledged events: {r}; log:\n{}",
+        n.log()
+    );
+    assert_error(
+        refused_event.0,
+        &refused_event.1,
+        StatusCode::BAD_REQUEST,
+        "invalid_input",
+    );
+    assert_error(
+        refused_snapshot.0,
+        &refused_snapshot.1,
+        StatusCode::BAD_REQUEST,
+        "invalid_input",
+    );
+    assert!(!n.log().contains("never acknowledged"), "{}", n.log());
+}

@@ -37,7 +37,7 @@ fuzz_target!(|data: &[u8]| {
     assert!(scan.valid_len <= log.len());
     assert_eq!(scan.stop.is_none(), scan.valid_len == log.len());
     for (lsn, rec) in &scan.records {
-        let body = encode_record(rec);
+        let body = encode_record(rec).expect("a decoded record re-encodes");
         let mut buf = Vec::new();
         frame_into(&mut buf, *lsn, &[&body]);
         let (l, b, used) = read_frame(&buf).expect("re-framed record reads back");

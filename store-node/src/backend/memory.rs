@@ -333,6 +333,7 @@ impl EventStore for MemoryStore {
     }
 
     async fn save_snapshot(&self, tenant: &TenantId, snapshot: Snapshot) -> StoreResult<()> {
+        self.limits.validate_snapshot(&snapshot)?;
         if snapshot.payload.len() > self.limits.max_event_bytes {
             return Err(StoreError::TooLarge(format!(
                 "snapshot is {} bytes; the limit is {}",

@@ -13,7 +13,7 @@ use store_node::backend::EventStore;
 use store_node::engine::{Engine, EngineConfig};
 use store_node::metrics::Metrics;
 use store_node::server::{self, AppState};
-use store_node::wal::Durability;
+use store_node::wal::{CorruptionPolicy, Durability};
 use tokio_util::sync::CancellationToken;
 
 use super::common::{cancel_on_signal, HttpArgs};
@@ -58,6 +58,19 @@ pub struct ServeArgs {
     /// fsync interval of `--durability periodic`, in milliseconds.
     #[arg(long, env = "STORE_NODE_FSYNC_INTERVAL_MS", default_value_t = 10)]
     pub fsync_interval_ms: u64,
+    /// What start-up does when the WAL is damaged in a way a crash cannot explain: `refuse`
+    /// (do not start, say where) or `set-aside` (keep `<file>.corrupt`, serve what precedes).
+    #[arg(long, env = "STORE_NODE_WAL_ON_CORRUPTION", value_enum, default_value_t = CorruptionKind::Refuse)]
+    pub wal_on_corruption: CorruptionKind,
+}
+
+/// `--wal-on-corruption` values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum CorruptionKind {
+    /// Refuse to start.
+    Refuse,
+    /// Keep a copy of the damaged file and serve the records before the damage.
+    SetAside,
 }
 
 impl ServeArgs {
@@ -73,6 +86,10 @@ impl ServeArgs {
             DurabilityKind::None => Durability::None,
         };
         cfg.limits = self.http.limits();
+        cfg.wal_on_corruption = match self.wal_on_corruption {
+            CorruptionKind::Refuse => CorruptionPolicy::Refuse,
+            CorruptionKind::SetAside => CorruptionPolicy::SetAside,
+        };
         cfg
     }
 }

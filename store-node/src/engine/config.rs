@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 
 use crate::model::Limits;
-use crate::wal::Durability;
+use crate::wal::{CorruptionPolicy, Durability};
 
 /// Settings of [`super::Engine`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -20,6 +20,9 @@ pub struct EngineConfig {
     pub limits: Limits,
     /// A WAL file is closed and a new one started past this size.
     pub wal_segment_bytes: u64,
+    /// What opening does when the WAL is damaged in a way a crash cannot explain: refuse to
+    /// open (default) or keep a copy of the damaged file and serve what precedes the damage.
+    pub wal_on_corruption: CorruptionPolicy,
     /// A checkpoint (flush of hot events to Parquet, manifest, WAL trim) starts once this many
     /// WAL bytes were written since the last one.
     pub checkpoint_wal_bytes: u64,
@@ -47,6 +50,7 @@ impl Default for EngineConfig {
             durability: Durability::default(),
             limits: Limits::default(),
             wal_segment_bytes: 64 * 1024 * 1024,
+            wal_on_corruption: CorruptionPolicy::Refuse,
             checkpoint_wal_bytes: 256 * 1024 * 1024,
             checkpoint_interval_ms: 1000,
             row_group_rows: 8192,

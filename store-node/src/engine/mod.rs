@@ -56,6 +56,18 @@ pub enum EngineError {
     /// The configuration is invalid.
     #[error("config: {0}")]
     Config(String),
+    /// The WAL is damaged in a way a crash cannot explain (see [`crate::wal::recover`]).
+    #[error(transparent)]
+    Recover(crate::wal::RecoverError),
+}
+
+impl From<crate::wal::RecoverError> for EngineError {
+    fn from(e: crate::wal::RecoverError) -> Self {
+        match e {
+            crate::wal::RecoverError::Io(io) => Self::Io(io),
+            other => Self::Recover(other),
+        }
+    }
 }
 
 impl From<EngineError> for StoreError {
@@ -64,11 +76,17 @@ impl From<EngineError> for StoreError {
     }
 }
 
+/// A record the WAL format cannot hold: refused before anything is reserved or written.
+fn encode_err(e: record::EncodeError) -> StoreError {
+    StoreError::TooLarge(e.to_string())
+}
+
 impl From<WalError> for StoreError {
     fn from(e: WalError) -> Self {
         match e {
             WalError::Poisoned(m) => StoreError::Poisoned(m),
             WalError::Closed => StoreError::Unavailable("the engine is shut down".into()),
+            WalError::Undecodable(m) => StoreError::Internal(m),
         }
     }
 }
@@ -130,6 +148,7 @@ impl Engine {
         if config.row_group_rows == 0 {
             return Err(EngineError::Config("rowGroupRows must be > 0".into()));
         }
+        config.limits.check().map_err(EngineError::Config)?;
         let started = std::time::Instant::now();
         let dirs = checkpoint::Dirs::new(&config.data_dir);
         fs.create_dir_all(&dirs.wal)?;
@@ -142,7 +161,8 @@ impl Engine {
             let st = TenantState::from_manifest(id.clone(), tm);
             map.insert(id.clone(), new_tenant(id, st, buffer));
         }
-        let rec = crate::wal::recover(fs.as_ref(), &dirs.wal, checkpoint_lsn, |lsn, r| {
+        let policy = config.wal_on_corruption;
+        let rec = crate::wal::recover(fs.as_ref(), &dirs.wal, checkpoint_lsn, policy, |lsn, r| {
             let t = map
                 .entry(r.tenant().clone())
                 .or_insert_with(|| {
@@ -162,6 +182,7 @@ impl Engine {
             replayed_records = rec.records,
             truncated_bytes = rec.truncated_bytes,
             dropped_files = rec.dropped_files.len(),
+            corrupt_copy = ?rec.corrupt_copy,
             elapsed_ms = started.elapsed().as_millis() as u64,
             "engine recovered"
         );
@@ -362,8 +383,8 @@ impl Inner {
         check: impl FnOnce(&TenantState) -> StoreResult<()>,
     ) -> StoreResult<()> {
         self.check_writable()?;
+        let body = record::encode_record(&rec).map_err(encode_err)?;
         let t = self.tenant_or_create(tenant);
-        let body = record::encode_record(&rec);
         let lsn = {
             let mut st = t.state.write();
             st.check_not_purging()?;
@@ -389,7 +410,7 @@ impl Inner {
         let rec = WalRecord::PurgeTenant {
             tenant: tenant.clone(),
         };
-        let body = record::encode_record(&rec);
+        let body = record::encode_record(&rec).map_err(encode_err)?;
         let lsn = {
             let mut st = t.state.write();
             // Under the tenant lock, like every reservation: a write reserved before this
@@ -455,7 +476,7 @@ impl Inner {
         self.check_stream(stream)?;
         self.cfg.limits.validate_batch(&events)?;
         self.check_writable()?;
-        let mut body = record::encode_events(&events);
+        let mut body = record::encode_events(&events).map_err(encode_err)?;
         let n = events.len() as u64;
         let t = self.tenant_or_create(tenant);
         let mut events = Some(events);
@@ -601,13 +622,7 @@ impl crate::backend::EventStore for Engine {
 
     async fn save_snapshot(&self, tenant: &TenantId, snapshot: Snapshot) -> StoreResult<()> {
         self.inner.check_stream(&snapshot.stream)?;
-        if snapshot.payload.len() > self.inner.cfg.limits.max_batch_bytes {
-            return Err(StoreError::TooLarge(format!(
-                "snapshot is {} bytes; the limit is {}",
-                snapshot.payload.len(),
-                self.inner.cfg.limits.max_batch_bytes
-            )));
-        }
+        self.inner.cfg.limits.validate_snapshot(&snapshot)?;
         let stream = snapshot.stream.clone();
         let version = snapshot.version;
         let rec = WalRecord::Snapshot {

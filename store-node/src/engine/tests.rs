@@ -13,6 +13,8 @@ use uuid::Uuid;
 use super::*;
 use crate::backend::EventStore;
 use crate::fsio::SimFs;
+use crate::model::Limits;
+use crate::wal::CorruptionPolicy;
 
 fn tid(s: &str) -> TenantId {
     TenantId::new(s).unwrap()
@@ -560,7 +562,7 @@ fn small_log(n: usize) -> (Vec<u8>, Vec<crate::wal::WalRecord>) {
             timestamp_ms: 1,
             events: evs(i as u128 * 2, 2),
         };
-        w.submit(Vec::new(), record::encode_record(&rec), ())
+        w.submit(Vec::new(), record::encode_record(&rec).unwrap(), ())
             .unwrap();
         recs.push(rec);
     }
@@ -575,10 +577,12 @@ fn small_log(n: usize) -> (Vec<u8>, Vec<crate::wal::WalRecord>) {
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(200))]
 
-    /// Flip one bit anywhere in a small log: recovery yields exactly the records before the
-    /// damaged one (a prefix of acknowledged batches) and never a corrupted event.
+    /// Flip one bit anywhere in a small log. In the last record it is indistinguishable from a
+    /// torn write: recovery yields exactly the records before it. Anywhere earlier, acknowledged
+    /// records follow the damage: opening refuses and changes nothing on disk; with
+    /// `SetAside` it serves the clean prefix and keeps a full copy of the damaged file.
     #[test]
-    fn bit_flip_recovers_a_clean_prefix(offset_seed in any::<usize>(), bit in 0u8..8) {
+    fn bit_flip_recovers_a_clean_prefix_or_refuses(offset_seed in any::<usize>(), bit in 0u8..8) {
         let (bytes, recs) = small_log(6);
         let offset = offset_seed % bytes.len();
         // Which record holds the offset.
@@ -594,12 +598,21 @@ proptest! {
         bad[offset] ^= 1 << bit;
         let fs = SimFs::new();
         let dir = Path::new("/wal");
-        crate::fsio::FileSystem::write_synced(&fs, &dir.join(crate::wal::reader::file_name(1)), &bad).unwrap();
+        let path = dir.join(crate::wal::reader::file_name(1));
+        crate::fsio::FileSystem::write_synced(&fs, &path, &bad).unwrap();
         let mut got = Vec::new();
-        let r = crate::wal::recover(&fs, dir, 0, |_, rec| got.push(rec)).unwrap();
+        if damaged + 1 < recs.len() {
+            let err = crate::wal::recover(&fs, dir, 0, CorruptionPolicy::Refuse, |_, rec| got.push(rec)).unwrap_err();
+            prop_assert!(matches!(err, crate::wal::RecoverError::Corrupt { offset, .. } if offset == starts[damaged]), "{err}");
+            prop_assert!(got.is_empty());
+            prop_assert_eq!(fs.len(&path), Some(bad.len()));
+            let r = crate::wal::recover(&fs, dir, 0, CorruptionPolicy::SetAside, |_, rec| got.push(rec)).unwrap();
+            prop_assert_eq!(r.corrupt_copy.as_ref().and_then(|c| fs.len(c)), Some(bad.len()));
+        } else {
+            crate::wal::recover(&fs, dir, 0, CorruptionPolicy::Refuse, |_, rec| got.push(rec)).unwrap();
+        }
         prop_assert_eq!(&got[..], &recs[..damaged]);
-        prop_assert!(r.stop.is_some());
-        prop_assert_eq!(fs.len(&dir.join(crate::wal::reader::file_name(1))), Some(starts[damaged]));
+        prop_assert_eq!(fs.len(&path), Some(starts[damaged]));
     }
 
     /// Every exhaustive single-byte truncation of the log yields a clean prefix too.
@@ -611,8 +624,164 @@ proptest! {
         let dir = Path::new("/wal");
         crate::fsio::FileSystem::write_synced(&fs, &dir.join(crate::wal::reader::file_name(1)), &bytes[..cut]).unwrap();
         let mut got = Vec::new();
-        crate::wal::recover(&fs, dir, 0, |_, rec| got.push(rec)).unwrap();
+        crate::wal::recover(&fs, dir, 0, CorruptionPolicy::Refuse, |_, rec| got.push(rec)).unwrap();
         prop_assert!(got.len() <= recs.len());
         prop_assert_eq!(&got[..], &recs[..got.len()]);
     }
+}
+
+/// Issue 15, defect 1: a metadata key longer than its 16-bit length field used to be written
+/// with a wrapped length, fsynced and acknowledged; recovery then failed to decode it and cut
+/// the WAL there, losing every later acknowledged write of every tenant. Now the key is refused
+/// (event and snapshot alike) and the other tenant's events all survive a crash.
+#[tokio::test]
+async fn hostile_metadata_key_is_refused_and_other_tenants_survive_a_crash() {
+    let fs = SimFs::new();
+    let e = open_sim(&fs);
+    let (hostile, victim) = (tid("hostile"), tid("victim"));
+    e.append(&victim, &sid("s"), ExpectedVersion::Any, evs(0, 3))
+        .await
+        .unwrap();
+    let mut bad = ev(100);
+    bad.metadata.insert("k".repeat(70_000), "v".into());
+    let appended = e
+        .append(&hostile, &sid("s"), ExpectedVersion::Any, vec![bad])
+        .await;
+    e.append(&hostile, &sid("s2"), ExpectedVersion::Any, evs(200, 1))
+        .await
+        .unwrap();
+    let snapshot = Snapshot {
+        stream: sid("s2"),
+        version: 0,
+        payload: b"state".to_vec(),
+        metadata: BTreeMap::from([("m".repeat(70_000), String::new())]),
+        timestamp_ms: 0,
+    };
+    let snapped = e.save_snapshot(&hostile, snapshot).await;
+    e.append(&victim, &sid("s"), ExpectedVersion::Any, evs(3, 3))
+        .await
+        .unwrap();
+    let acked = all(&e, &victim).await;
+    assert_eq!(acked.len(), 6);
+    e.halt();
+    fs.crash();
+    let e = open_sim(&fs);
+    assert_eq!(
+        all(&e, &victim).await.len(),
+        acked.len(),
+        "the victim tenant lost acknowledged events after a crash"
+    );
+    assert!(
+        matches!(appended, Err(StoreError::InvalidInput { .. })),
+        "append with a 70,000-byte metadata key: {appended:?}"
+    );
+    assert!(
+        matches!(snapped, Err(StoreError::InvalidInput { .. })),
+        "snapshot with a 70,000-byte metadata key: {snapped:?}"
+    );
+}
+
+/// Limits that would admit a field or batch the WAL format cannot hold are refused at open.
+#[test]
+fn limits_that_overflow_the_wal_format_are_refused_at_open() {
+    for limits in [
+        Limits {
+            max_stream_id_len: 70_000,
+            ..Limits::default()
+        },
+        Limits {
+            max_metadata_key_len: 70_000,
+            ..Limits::default()
+        },
+        Limits {
+            max_batch_bytes: 300 * 1024 * 1024,
+            ..Limits::default()
+        },
+    ] {
+        let cfg = EngineConfig {
+            limits,
+            ..sim_config()
+        };
+        let err = Engine::open_with_fs(cfg, Arc::new(SimFs::new())).err();
+        assert!(matches!(err, Some(EngineError::Config(_))), "{err:?}");
+    }
+}
+
+/// A frame whose checksum holds but whose body does not decode was written whole (an encoder
+/// bug, not a torn write): recovery refuses, names the file and changes nothing; the old
+/// recovery truncated there and logged that the writes were never acknowledged.
+#[test]
+fn a_whole_but_undecodable_record_mid_log_refuses_to_open() {
+    let fs = SimFs::new();
+    let e = open_sim(&fs);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    let t = tid("acme");
+    rt.block_on(e.append(&t, &sid("s"), ExpectedVersion::Any, evs(0, 2)))
+        .unwrap();
+    e.halt();
+    let wal = Path::new("/data/wal");
+    let files = crate::wal::reader::list_files(&fs, wal).unwrap();
+    let last = &files.last().unwrap().path;
+    let mut data = crate::fsio::FileSystem::read(&fs, last).unwrap();
+    let good_len = data.len();
+    // A purge record with trailing bytes (CRC-valid), then a valid record after it.
+    record::frame_into(&mut data, 1_000, &[b"\x06\x04\x00acmeX"]);
+    let rec = WalRecord::Delete {
+        tenant: t.clone(),
+        stream: sid("s"),
+    };
+    record::frame_into(&mut data, 1_001, &[&record::encode_record(&rec).unwrap()]);
+    crate::fsio::FileSystem::write_synced(&fs, last, &data).unwrap();
+    let err = Engine::open_with_fs(sim_config(), Arc::new(fs.clone()))
+        .err()
+        .unwrap();
+    let msg = err.to_string();
+    assert!(
+        matches!(err, EngineError::Recover(_)) && msg.contains("checksum is valid"),
+        "{msg}"
+    );
+    assert!(msg.contains(&format!("byte {good_len}")), "{msg}");
+    assert_eq!(fs.len(last), Some(data.len()), "nothing changed on disk");
+    // The operator's explicit choice: keep a copy, serve what precedes the damage.
+    let cfg = EngineConfig {
+        wal_on_corruption: CorruptionPolicy::SetAside,
+        ..sim_config()
+    };
+    let e = Engine::open_with_fs(cfg, Arc::new(fs.clone())).unwrap();
+    assert_eq!(rt.block_on(all(&e, &t)).len(), 2);
+    let mut copy = last.as_os_str().to_owned();
+    copy.push(".corrupt");
+    assert_eq!(fs.len(Path::new(&copy)), Some(data.len()));
+}
+
+/// Damage in a WAL file that is not the last one cannot be a torn write (a file is synced
+/// whole before the next starts): refused, even when it is at the very end of that file.
+#[test]
+fn damage_in_an_earlier_wal_file_refuses_to_open() {
+    let fs = SimFs::new();
+    let e = open_sim(&fs);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    let t = tid("acme");
+    rt.block_on(e.append(&t, &sid("s"), ExpectedVersion::Any, evs(0, 2)))
+        .unwrap();
+    e.halt();
+    // The next open starts a new file; the first one becomes an earlier file.
+    let e = open_sim(&fs);
+    rt.block_on(e.append(&t, &sid("s"), ExpectedVersion::Any, evs(2, 2)))
+        .unwrap();
+    e.halt();
+    let wal = Path::new("/data/wal");
+    let files = crate::wal::reader::list_files(&fs, wal).unwrap();
+    assert!(files.len() >= 2, "{files:?}");
+    let first = &files[0].path;
+    let len = fs.len(first).unwrap();
+    fs.corrupt(first, len - 1, &[0xff]);
+    let err = Engine::open_with_fs(sim_config(), Arc::new(fs.clone()))
+        .err()
+        .unwrap();
+    assert!(err.to_string().contains("not the last WAL file"), "{err}");
 }

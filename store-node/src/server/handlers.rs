@@ -239,6 +239,7 @@ pub async fn save_snapshot(
         metadata: b.metadata,
         timestamp_ms: now_ms(),
     };
+    store.limits().validate_snapshot(&snap)?;
     let tenant = t.id.clone();
     detached(async move { store.save_snapshot(&tenant, snap).await }).await?;
     Ok(StatusCode::NO_CONTENT)

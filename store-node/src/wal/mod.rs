@@ -41,6 +41,6 @@ pub enum Durability {
     None,
 }
 
-pub use reader::{recover, scan, Recovery, WalFile};
+pub use reader::{recover, scan, CorruptionPolicy, RecoverError, Recovery, WalFile};
 pub use record::{DecodeError, WalRecord};
 pub use writer::{WalError, WalStatus, WalWriter, WriterConfig};

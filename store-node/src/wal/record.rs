@@ -110,42 +110,90 @@ impl WalRecord {
     }
 }
 
-fn put_str16(out: &mut Vec<u8>, s: &str) {
-    out.extend_from_slice(&(s.len() as u16).to_le_bytes());
+/// Why a record could not be encoded: a field longer than its length prefix can say. Input
+/// validation ([`crate::model::Limits`]) refuses such input first; this is the last line of
+/// defence, so that a length can never wrap around and make a record that recovery cannot read.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{field} is {len} bytes (or entries); the WAL record format allows at most {max}")]
+pub struct EncodeError {
+    /// The field that does not fit.
+    pub field: &'static str,
+    /// Its length.
+    pub len: usize,
+    /// The most its length prefix can hold.
+    pub max: usize,
+}
+
+fn len16(field: &'static str, len: usize) -> Result<[u8; 2], EncodeError> {
+    u16::try_from(len)
+        .map(u16::to_le_bytes)
+        .map_err(|_| EncodeError {
+            field,
+            len,
+            max: u16::MAX as usize,
+        })
+}
+
+fn len32(field: &'static str, len: usize) -> Result<[u8; 4], EncodeError> {
+    u32::try_from(len)
+        .map(u32::to_le_bytes)
+        .map_err(|_| EncodeError {
+            field,
+            len,
+            max: u32::MAX as usize,
+        })
+}
+
+fn put_str16(out: &mut Vec<u8>, field: &'static str, s: &str) -> Result<(), EncodeError> {
+    out.extend_from_slice(&len16(field, s.len())?);
     out.extend_from_slice(s.as_bytes());
+    Ok(())
 }
 
-fn put_bytes32(out: &mut Vec<u8>, b: &[u8]) {
-    out.extend_from_slice(&(b.len() as u32).to_le_bytes());
+/// An id whose type guarantees that it fits a u16 length ([`TenantId`]: 63 bytes at most,
+/// [`StreamId`]: [`crate::model::MAX_STREAM_ID_BYTES`] at most).
+fn put_id16(out: &mut Vec<u8>, id: &str) {
+    debug_assert!(id.len() <= u16::MAX as usize);
+    let len = u16::try_from(id.len()).unwrap_or(u16::MAX);
+    out.extend_from_slice(&len.to_le_bytes());
+    out.extend_from_slice(&id.as_bytes()[..len as usize]);
+}
+
+fn put_bytes32(out: &mut Vec<u8>, field: &'static str, b: &[u8]) -> Result<(), EncodeError> {
+    out.extend_from_slice(&len32(field, b.len())?);
     out.extend_from_slice(b);
+    Ok(())
 }
 
-fn put_meta(out: &mut Vec<u8>, meta: &BTreeMap<String, String>) {
-    out.extend_from_slice(&(meta.len() as u16).to_le_bytes());
+fn put_meta(out: &mut Vec<u8>, meta: &BTreeMap<String, String>) -> Result<(), EncodeError> {
+    out.extend_from_slice(&len16("metadata entry count", meta.len())?);
     for (k, v) in meta {
-        put_str16(out, k);
-        put_bytes32(out, v.as_bytes());
+        put_str16(out, "metadata key", k)?;
+        put_bytes32(out, "metadata value", v.as_bytes())?;
     }
+    Ok(())
 }
 
-/// Encodes the events of an append (the part that can be built outside any lock).
-pub fn encode_events(events: &[NewEvent]) -> Vec<u8> {
+/// Encodes the events of an append (the part that can be built outside any lock). Fails, and
+/// writes nothing anywhere, when a field does not fit its length prefix.
+pub fn encode_events(events: &[NewEvent]) -> Result<Vec<u8>, EncodeError> {
     let size: usize = events
         .iter()
         .map(|e| 32 + e.event_type.len() + e.payload.len() + e.metadata.len() * 16)
         .sum();
     let mut out = Vec::with_capacity(size + 4);
-    out.extend_from_slice(&(events.len() as u32).to_le_bytes());
+    out.extend_from_slice(&len32("event count", events.len())?);
     for e in events {
         out.extend_from_slice(e.event_id.as_bytes());
-        put_str16(&mut out, &e.event_type);
-        put_bytes32(&mut out, &e.payload);
-        put_meta(&mut out, &e.metadata);
+        put_str16(&mut out, "event type", &e.event_type)?;
+        put_bytes32(&mut out, "payload", &e.payload)?;
+        put_meta(&mut out, &e.metadata)?;
     }
-    out
+    Ok(out)
 }
 
-/// Encodes the head of an append record; the body is [`encode_events`]' output.
+/// Encodes the head of an append record; the body is [`encode_events`]' output. Cannot fail:
+/// tenant and stream ids fit their length prefix by construction.
 pub fn encode_append_head(
     tenant: &TenantId,
     stream: &StreamId,
@@ -155,8 +203,8 @@ pub fn encode_append_head(
 ) -> Vec<u8> {
     let mut out = Vec::with_capacity(32 + tenant.as_str().len() + stream.as_str().len());
     out.push(KIND_APPEND);
-    put_str16(&mut out, tenant.as_str());
-    put_str16(&mut out, stream.as_str());
+    put_id16(&mut out, tenant.as_str());
+    put_id16(&mut out, stream.as_str());
     out.extend_from_slice(&first_version.to_le_bytes());
     out.extend_from_slice(&first_position.to_le_bytes());
     out.extend_from_slice(&timestamp_ms.to_le_bytes());
@@ -164,8 +212,8 @@ pub fn encode_append_head(
 }
 
 /// Encodes a whole record body (head + events for appends).
-pub fn encode_record(rec: &WalRecord) -> Vec<u8> {
-    match rec {
+pub fn encode_record(rec: &WalRecord) -> Result<Vec<u8>, EncodeError> {
+    Ok(match rec {
         WalRecord::Append {
             tenant,
             stream,
@@ -181,13 +229,13 @@ pub fn encode_record(rec: &WalRecord) -> Vec<u8> {
                 *first_position,
                 *timestamp_ms,
             );
-            out.extend_from_slice(&encode_events(events));
+            out.extend_from_slice(&encode_events(events)?);
             out
         }
         WalRecord::Delete { tenant, stream } => {
             let mut out = vec![KIND_DELETE];
-            put_str16(&mut out, tenant.as_str());
-            put_str16(&mut out, stream.as_str());
+            put_id16(&mut out, tenant.as_str());
+            put_id16(&mut out, stream.as_str());
             out
         }
         WalRecord::Truncate {
@@ -196,33 +244,33 @@ pub fn encode_record(rec: &WalRecord) -> Vec<u8> {
             before,
         } => {
             let mut out = vec![KIND_TRUNCATE];
-            put_str16(&mut out, tenant.as_str());
-            put_str16(&mut out, stream.as_str());
+            put_id16(&mut out, tenant.as_str());
+            put_id16(&mut out, stream.as_str());
             out.extend_from_slice(&before.to_le_bytes());
             out
         }
         WalRecord::TrimTenant { tenant, before } => {
             let mut out = vec![KIND_TRIM];
-            put_str16(&mut out, tenant.as_str());
+            put_id16(&mut out, tenant.as_str());
             out.extend_from_slice(&before.to_le_bytes());
             out
         }
         WalRecord::Snapshot { tenant, snapshot } => {
             let mut out = vec![KIND_SNAPSHOT];
-            put_str16(&mut out, tenant.as_str());
-            put_str16(&mut out, snapshot.stream.as_str());
+            put_id16(&mut out, tenant.as_str());
+            put_id16(&mut out, snapshot.stream.as_str());
             out.extend_from_slice(&snapshot.version.to_le_bytes());
             out.extend_from_slice(&snapshot.timestamp_ms.to_le_bytes());
-            put_bytes32(&mut out, &snapshot.payload);
-            put_meta(&mut out, &snapshot.metadata);
+            put_bytes32(&mut out, "snapshot payload", &snapshot.payload)?;
+            put_meta(&mut out, &snapshot.metadata)?;
             out
         }
         WalRecord::PurgeTenant { tenant } => {
             let mut out = vec![KIND_PURGE];
-            put_str16(&mut out, tenant.as_str());
+            put_id16(&mut out, tenant.as_str());
             out
         }
-    }
+    })
 }
 
 /// Appends one frame made of `parts` (concatenated body) to `out`.
@@ -476,7 +524,7 @@ mod tests {
     #[test]
     fn every_kind_round_trips_through_a_frame() {
         for rec in all_kinds() {
-            let body = encode_record(&rec);
+            let body = encode_record(&rec).unwrap();
             let mut buf = Vec::new();
             frame_into(&mut buf, 42, &[&body]);
             let (lsn, got, used) = read_frame(&buf).unwrap();
@@ -506,11 +554,11 @@ mod tests {
             *first_position,
             *timestamp_ms,
         );
-        let evs = encode_events(events);
+        let evs = encode_events(events).unwrap();
         let mut a = Vec::new();
         frame_into(&mut a, 1, &[&head, &evs]);
         let mut b = Vec::new();
-        frame_into(&mut b, 1, &[&encode_record(rec)]);
+        frame_into(&mut b, 1, &[&encode_record(rec).unwrap()]);
         assert_eq!(a, b);
     }
 
@@ -519,7 +567,7 @@ mod tests {
         let rec = WalRecord::PurgeTenant {
             tenant: TenantId::new("acme").unwrap(),
         };
-        assert_eq!(encode_record(&rec), b"\x06\x04\x00acme".to_vec());
+        assert_eq!(encode_record(&rec).unwrap(), b"\x06\x04\x00acme".to_vec());
         // A purge record with trailing bytes or a cut tenant id is corruption, not a purge.
         assert!(decode_record(b"\x06\x04\x00acmeX").is_err());
         assert!(decode_record(b"\x06\x04\x00acm").is_err());
@@ -528,7 +576,7 @@ mod tests {
 
     #[test]
     fn torn_and_flipped_frames_are_rejected() {
-        let body = encode_record(&all_kinds()[0]);
+        let body = encode_record(&all_kinds()[0]).unwrap();
         let mut buf = Vec::new();
         frame_into(&mut buf, 7, &[&body]);
         for cut in 0..buf.len() {
@@ -552,7 +600,7 @@ mod tests {
                 first_version: fv, first_position: fp, timestamp_ms: ts, events,
             };
             let mut buf = Vec::new();
-            frame_into(&mut buf, lsn, &[&encode_record(&rec)]);
+            frame_into(&mut buf, lsn, &[&encode_record(&rec).unwrap()]);
             let (l, body, _) = read_frame(&buf).unwrap();
             prop_assert_eq!(l, lsn);
             prop_assert_eq!(decode_record(body).unwrap(), rec);
@@ -570,7 +618,7 @@ mod tests {
             let data = if valid {
                 let mut buf = Vec::new();
                 for (i, rec) in all_kinds().iter().enumerate() {
-                    frame_into(&mut buf, i as u64 + 1, &[&encode_record(rec)]);
+                    frame_into(&mut buf, i as u64 + 1, &[&encode_record(rec).unwrap()]);
                 }
                 let i = flip % buf.len();
                 buf[i] ^= data.first().copied().unwrap_or(1) | 1;
@@ -583,7 +631,7 @@ mod tests {
             prop_assert_eq!(scan.stop.is_none(), scan.valid_len == data.len());
             for (lsn, rec) in &scan.records {
                 let mut buf = Vec::new();
-                frame_into(&mut buf, *lsn, &[&encode_record(rec)]);
+                frame_into(&mut buf, *lsn, &[&encode_record(rec).unwrap()]);
                 let (l, b, _) = read_frame(&buf).unwrap();
                 prop_assert_eq!(l, *lsn);
                 prop_assert_eq!(&decode_record(b).unwrap(), rec);

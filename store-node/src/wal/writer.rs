@@ -45,6 +45,9 @@ pub enum WalError {
     /// The writer was shut down.
     #[error("WAL is closed")]
     Closed,
+    /// Debug builds decode every record before queueing it: this one would not read back.
+    #[error("WAL record would not decode: {0}")]
+    Undecodable(String),
 }
 
 struct Pending<P> {
@@ -141,6 +144,17 @@ impl<P: Send + 'static> WalWriter<P> {
     /// Queues a record (`head` then `body` form its bytes) and returns its LSN. Callers that
     /// need a per-key order submit while holding that key's lock: LSN order is queue order.
     pub fn submit(&self, head: Vec<u8>, body: Vec<u8>, payload: P) -> Result<u64, WalError> {
+        // Debug builds (every test) prove each record reads back before it can be acknowledged:
+        // a codec bug then fails the write instead of corrupting recovery.
+        #[cfg(debug_assertions)]
+        {
+            let mut whole = Vec::with_capacity(head.len() + body.len());
+            whole.extend_from_slice(&head);
+            whole.extend_from_slice(&body);
+            if let Err(e) = super::record::decode_record(&whole) {
+                return Err(WalError::Undecodable(e.to_string()));
+            }
+        }
         let mut q = self.shared.queue.lock();
         if let Some(p) = &q.poisoned {
             return Err(WalError::Poisoned(p.clone()));
