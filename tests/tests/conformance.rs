@@ -1054,3 +1054,110 @@ async fn hostile_tenant_through_gateway(backend_args: &[&str]) {
     let (st, _) = get(url("/v1/streams/secret-plans/events"), "nope".into()).await;
     assert_eq!(st, StatusCode::UNAUTHORIZED);
 }
+
+/// Issue 15, defect 5: a pooled tenant's IAM policy pins only the base-table key, so with its
+/// own credentials it can write items into its own partitions whose index attributes (`g1p`,
+/// `g2p`) name another tenant. DynamoDB Local enforces no IAM, so this writes exactly what such
+/// a tenant could: items keyed `{evil}#...` claiming to be the victim's. The victim must never
+/// see them (not even as a page shortened by them), and the victim's trim and purge must never
+/// touch the attacker's items.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dynamodb_forged_index_items_are_ignored() {
+    let Some(env) = allsource_tests::env::require("dynamodb") else {
+        return;
+    };
+    use allsource_tests::env::{AWS_TEST_ACCESS_KEY, AWS_TEST_REGION, AWS_TEST_SECRET_KEY};
+    use aws_sdk_dynamodb::types::AttributeValue as Av;
+    use store_node::backend::dynamodb::{DynamoConfig, DynamoStore, StaticCredentials};
+    let table = format!("forged-{}", &Uuid::new_v4().simple().to_string()[..8]);
+    let mut cfg = DynamoConfig::new(table.clone(), AWS_TEST_REGION);
+    cfg.endpoint = Some(env.dynamodb_endpoint().to_string());
+    cfg.credentials = Some(StaticCredentials {
+        access_key_id: AWS_TEST_ACCESS_KEY.into(),
+        secret_access_key: AWS_TEST_SECRET_KEY.into(),
+    });
+    let store = DynamoStore::connect(cfg).await.unwrap();
+    store.ensure_table().await.unwrap();
+    let (victim, evil) = (tenant(), tenant());
+    let s = StreamId::new("orders").unwrap();
+    store
+        .append(&victim, &s, ExpectedVersion::Any, evs(3))
+        .await
+        .unwrap();
+    // The attacker's forged items: 150 events claiming positions 0-149 of the victim (more
+    // than a page), and a stream head in the victim's listing.
+    let ddb = env.dynamodb_client();
+    let pk = format!("{}#fake", evil.as_str());
+    for p in 0..150u64 {
+        ddb.put_item()
+            .table_name(&table)
+            .item("pk", Av::S(pk.clone()))
+            .item("sk", Av::S(format!("v#{p:020}")))
+            .item("g2p", Av::S(victim.as_str().into()))
+            .item("g2s", Av::N(p.to_string()))
+            .item("stream", Av::S("orders".into()))
+            .item("version", Av::N(p.to_string()))
+            .item("event_id", Av::S(Uuid::new_v4().to_string()))
+            .item("event_type", Av::S("Forged".into()))
+            .item("payload", Av::B(b"{}".to_vec().into()))
+            .item("metadata", Av::S("{}".into()))
+            .item("ts", Av::N("1".into()))
+            .send()
+            .await
+            .unwrap();
+    }
+    ddb.put_item()
+        .table_name(&table)
+        .item("pk", Av::S(pk.clone()))
+        .item("sk", Av::S("head".into()))
+        .item("g1p", Av::S(victim.as_str().into()))
+        .item("g1s", Av::S("fake".into()))
+        .item("last_version", Av::N("0".into()))
+        .item("start_version", Av::N("0".into()))
+        .item("deleted", Av::Bool(false))
+        .send()
+        .await
+        .unwrap();
+
+    let all = store.read_all(&victim, 0, 100).await.unwrap();
+    let types: Vec<&str> = all.iter().map(|e| e.event_type.as_str()).collect();
+    assert_eq!(
+        types,
+        ["e0", "e1", "e2"],
+        "the victim's read_all shows the attacker's forged events"
+    );
+    assert!(all.iter().all(|e| e.tenant == victim));
+    let streams = store.list_streams(&victim, None, 100).await.unwrap();
+    let names: Vec<&str> = streams.iter().map(|i| i.stream.as_str()).collect();
+    assert_eq!(
+        names,
+        ["orders"],
+        "forged stream head listed for the victim"
+    );
+    assert!(store.foreign_items_ignored() > 0);
+
+    let forged_left = || async {
+        ddb.query()
+            .table_name(&table)
+            .key_condition_expression("pk = :pk")
+            .expression_attribute_values(":pk", Av::S(pk.clone()))
+            .consistent_read(true)
+            .send()
+            .await
+            .unwrap()
+            .count()
+    };
+    store.trim_tenant_before(&victim, 2).await.unwrap();
+    assert_eq!(
+        forged_left().await,
+        151,
+        "the victim's trim deleted another partition's items"
+    );
+    store.purge_tenant(&victim).await.unwrap();
+    assert_eq!(
+        forged_left().await,
+        151,
+        "the victim's purge deleted another partition's items"
+    );
+    assert!(store.read_all(&victim, 0, 100).await.unwrap().is_empty());
+}

@@ -85,6 +85,9 @@ pub struct DynamoStore {
 struct Inner {
     client: Client,
     table: String,
+    /// Index items skipped because their key belongs to another tenant (see
+    /// [`table::event_item_belongs`]).
+    foreign_items: std::sync::atomic::AtomicU64,
     event_ttl: Option<Duration>,
     poll_interval: Duration,
     limits: Limits,
@@ -183,9 +186,10 @@ fn head_of(item: &Item) -> StoreResult<StreamHead> {
     })
 }
 
-fn event_of(item: &Item) -> StoreResult<RecordedEvent> {
+/// An event item of `tenant` (whose key the caller checked) as a recorded event.
+fn event_of(tenant: &TenantId, item: &Item) -> StoreResult<RecordedEvent> {
     Ok(RecordedEvent {
-        tenant: TenantId::new(get_s(item, "g2p")?)?,
+        tenant: tenant.clone(),
         stream: StreamId::new(get_s(item, "stream")?)?,
         version: get_n(item, "version")?,
         position: get_n(item, "g2s")?,
@@ -197,6 +201,22 @@ fn event_of(item: &Item) -> StoreResult<RecordedEvent> {
         metadata: meta_parse(get_s(item, "metadata")?)?,
         timestamp_ms: get_i(item, "ts")?,
     })
+}
+
+/// See [`table::event_item_belongs`].
+fn event_belongs(tenant: &TenantId, item: &Item) -> bool {
+    match (get_s(item, "pk"), get_s(item, "sk"), get_s(item, "stream")) {
+        (Ok(pk), Ok(sk), Ok(stream)) => table::event_item_belongs(tenant.as_str(), pk, sk, stream),
+        _ => false,
+    }
+}
+
+/// See [`table::head_item_belongs`].
+fn head_belongs(tenant: &TenantId, item: &Item) -> bool {
+    match (get_s(item, "pk"), get_s(item, "sk"), get_s(item, "g1s")) {
+        (Ok(pk), Ok(sk), Ok(g1s)) => table::head_item_belongs(tenant.as_str(), pk, sk, g1s),
+        _ => false,
+    }
 }
 
 fn key(pk: String, sk: &str) -> Item {
@@ -243,6 +263,7 @@ impl DynamoStore {
         };
         Self {
             inner: Arc::new(Inner {
+                foreign_items: std::sync::atomic::AtomicU64::new(0),
                 client,
                 table: config.table,
                 event_ttl: config.event_ttl,
@@ -535,9 +556,26 @@ impl DynamoStore {
         forward: bool,
         limit: usize,
     ) -> StoreResult<Vec<Item>> {
+        self.query_kept(index, key_condition, values, forward, limit, |_| true)
+            .await
+    }
+
+    /// Like [`Self::query_all`], keeping only items `keep` accepts; skipped ones do not count
+    /// toward `limit` (so foreign items cannot shorten or empty a page) and are counted in
+    /// [`Self::foreign_items_ignored`].
+    async fn query_kept(
+        &self,
+        index: Option<&str>,
+        key_condition: &str,
+        values: Item,
+        forward: bool,
+        limit: usize,
+        keep: impl Fn(&Item) -> bool,
+    ) -> StoreResult<Vec<Item>> {
         let mut out = Vec::new();
         let mut start: Option<Item> = None;
-        loop {
+        let mut skipped = 0u64;
+        let result = loop {
             let mut q = self
                 .inner
                 .client
@@ -552,13 +590,42 @@ impl DynamoStore {
                 Some(i) => q.index_name(i),
                 None => q.consistent_read(true),
             };
-            let page = q.send().await.map_err(sdk_err)?;
-            out.extend(page.items().iter().cloned());
+            let page = match q.send().await {
+                Ok(p) => p,
+                Err(e) => break Err(sdk_err(e)),
+            };
+            for item in page.items() {
+                if keep(item) {
+                    out.push(item.clone());
+                } else {
+                    skipped += 1;
+                }
+            }
             match page.last_evaluated_key() {
                 Some(k) if out.len() < limit && !k.is_empty() => start = Some(k.clone()),
-                _ => return Ok(out),
+                _ => break Ok(out),
             }
+        };
+        if skipped > 0 {
+            self.inner
+                .foreign_items
+                .fetch_add(skipped, std::sync::atomic::Ordering::Relaxed);
+            tracing::warn!(
+                table = %self.inner.table,
+                index = index.unwrap_or("-"),
+                skipped,
+                "ignored index items whose key belongs to another tenant (written directly to the table)"
+            );
         }
+        result
+    }
+
+    /// Index items ignored so far because their key belongs to another tenant than the index
+    /// attributes claim (items written directly to the table by a tenant's own credentials).
+    pub fn foreign_items_ignored(&self) -> u64 {
+        self.inner
+            .foreign_items
+            .load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Deletes every item whose partition key is `pk`.
@@ -720,7 +787,7 @@ impl EventStore for DynamoStore {
                 limit,
             )
             .await?;
-        items.iter().map(event_of).collect()
+        items.iter().map(|i| event_of(tenant, i)).collect()
     }
 
     async fn read_all(
@@ -735,15 +802,16 @@ impl EventStore for DynamoStore {
             (":p".to_string(), n(from_position)),
         ]);
         let items = self
-            .query_all(
+            .query_kept(
                 Some(table::BY_POSITION),
                 "g2p = :t AND g2s >= :p",
                 vals,
                 true,
                 limit,
+                |i| event_belongs(tenant, i),
             )
             .await?;
-        items.iter().map(event_of).collect()
+        items.iter().map(|i| event_of(tenant, i)).collect()
     }
 
     async fn subscribe(
@@ -825,7 +893,9 @@ impl EventStore for DynamoStore {
             None => "g1p = :t",
         };
         let items = self
-            .query_all(Some(table::BY_TENANT), cond, vals, true, limit)
+            .query_kept(Some(table::BY_TENANT), cond, vals, true, limit, |i| {
+                head_belongs(tenant, i)
+            })
             .await?;
         items
             .iter()
@@ -930,12 +1000,13 @@ impl EventStore for DynamoStore {
             (":p".to_string(), n(before)),
         ]);
         let items = self
-            .query_all(
+            .query_kept(
                 Some(table::BY_POSITION),
                 "g2p = :t AND g2s < :p",
                 vals,
                 true,
                 usize::MAX,
+                |i| event_belongs(tenant, i),
             )
             .await?;
         self.drop_events(tenant, items).await
@@ -949,7 +1020,14 @@ impl EventStore for DynamoStore {
         for _ in 0..MAX_ATTEMPTS {
             let vals = HashMap::from([(":t".to_string(), s(tenant.as_str()))]);
             let heads = self
-                .query_all(Some(table::BY_TENANT), "g1p = :t", vals, true, usize::MAX)
+                .query_kept(
+                    Some(table::BY_TENANT),
+                    "g1p = :t",
+                    vals,
+                    true,
+                    usize::MAX,
+                    |i| head_belongs(tenant, i),
+                )
                 .await?;
             if heads.is_empty() {
                 break;

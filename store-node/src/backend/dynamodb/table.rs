@@ -59,6 +59,21 @@ pub fn id_sk(id: &uuid::Uuid) -> String {
     format!("i#{id}")
 }
 
+/// True when an event item found through the `by-position` index of `tenant` really is one of
+/// the tenant's events: its key is in the tenant's partition of its stream. Index attributes
+/// are written by whoever writes the item, and a tenant with direct table access (its IAM
+/// policy pins only the base-table key) could set them to another tenant's id; the key it
+/// cannot forge.
+pub fn event_item_belongs(tenant: &str, pk: &str, sk: &str, stream: &str) -> bool {
+    sk.starts_with("v#") && pk == stream_pk(tenant, stream)
+}
+
+/// True when a stream head found through the `by-tenant` index of `tenant` really is the head
+/// of the tenant's stream `g1s` (see [`event_item_belongs`]).
+pub fn head_item_belongs(tenant: &str, pk: &str, sk: &str, g1s: &str) -> bool {
+    sk == HEAD_SK && pk == stream_pk(tenant, g1s)
+}
+
 /// Sort key of a stream head.
 pub const HEAD_SK: &str = "head";
 /// Sort key of a snapshot.
