@@ -1,7 +1,9 @@
 //! Prometheus metrics of the store node: HTTP traffic, appends/events/bytes per tenant, quota
 //! and auth rejections, registry reloads, live subscriptions. Per-tenant series are capped: the
 //! first `max_tenant_labels` tenants seen get their own label, later ones are folded into
-//! `other`, so a node with many tenants cannot blow up the scrape. Backends that measure more
+//! [`OTHER_TENANT`] (`_other`, which no tenant id can be: ids are DNS labels), so a node with many
+//! tenants cannot blow up the scrape. Metrics are served on their own listener
+//! (`--metrics-addr`), never on the API port, because their labels name tenants. Backends that measure more
 //! (fsync latency, WAL size, segments) register their own collectors into [`Metrics::registry`].
 //! This module must never label a series with a token, a stream id or any other unbounded value.
 
@@ -17,8 +19,9 @@ use prometheus::{
 
 use crate::model::TenantId;
 
-/// Label used for tenants beyond the cap.
-pub const OTHER_TENANT: &str = "other";
+/// Label used for tenants beyond the cap. The underscore keeps it apart from every real tenant
+/// id (a DNS label cannot hold one).
+pub const OTHER_TENANT: &str = "_other";
 
 /// All metrics of one store node.
 #[derive(Debug)]
@@ -46,6 +49,11 @@ pub struct Metrics {
     pub registry_tenants: IntGauge,
     /// Open subscriptions.
     pub subscriptions: IntGauge,
+    /// Open HTTP connections (API and metrics listeners).
+    pub connections_open: IntGauge,
+    /// Connections closed by the server before a response, by reason (`header_timeout`,
+    /// `evicted`, `refused`).
+    pub connections_closed: IntCounterVec,
     /// Append latency as seen by the server (store call only).
     pub append_latency: Histogram,
     max_tenant_labels: usize,
@@ -95,6 +103,11 @@ impl Metrics {
             "Requests refused for credentials",
             &["reason"],
         )?;
+        let connections_closed = counter_vec(
+            "allsource_http_connections_closed_total",
+            "Connections closed by the server before a response: header_timeout, evicted, refused",
+            &["reason"],
+        )?;
         let registry_reloads = counter_vec(
             "allsource_registry_reloads_total",
             "Tenant registry reloads",
@@ -126,6 +139,9 @@ impl Metrics {
         registry.register(Box::new(registry_tenants.clone()))?;
         let subscriptions = IntGauge::new("allsource_subscriptions", "Open subscriptions")?;
         registry.register(Box::new(subscriptions.clone()))?;
+        let connections_open =
+            IntGauge::new("allsource_http_connections", "Open HTTP connections")?;
+        registry.register(Box::new(connections_open.clone()))?;
         Ok(Self {
             registry,
             http_requests,
@@ -139,6 +155,8 @@ impl Metrics {
             registry_reloads,
             registry_tenants,
             subscriptions,
+            connections_open,
+            connections_closed,
             append_latency,
             max_tenant_labels,
             labelled: Mutex::new(HashSet::new()),
@@ -165,7 +183,7 @@ impl Metrics {
         }))
     }
 
-    /// The label value for a tenant: its id while under the cap, else `other`.
+    /// The label value for a tenant: its id while under the cap, else [`OTHER_TENANT`].
     pub fn tenant_label(&self, tenant: &TenantId) -> String {
         let mut set = self.labelled.lock();
         if set.contains(tenant) {
@@ -231,7 +249,22 @@ mod tests {
             .inc();
         assert!(m
             .render()
-            .contains("allsource_appends_total{tenant=\"other\"} 1"));
+            .contains("allsource_appends_total{tenant=\"_other\"} 1"));
+    }
+
+    #[test]
+    fn the_fallback_label_cannot_be_a_tenant_id() {
+        assert!(
+            TenantId::new(OTHER_TENANT).is_err(),
+            "{OTHER_TENANT:?} is a valid tenant id, so its series would mix with the fallback"
+        );
+        let m = Metrics::new(1).unwrap();
+        let other = TenantId::new("other").unwrap();
+        assert_eq!(m.tenant_label(&other), "other");
+        assert_ne!(
+            m.tenant_label(&TenantId::new("late").unwrap()),
+            m.tenant_label(&other)
+        );
     }
 
     #[test]

@@ -681,6 +681,8 @@ async fn s3_binary_archives_from_http_store_node() {
         .port();
     let base = format!("http://127.0.0.1:{port}");
     let mut child = std::process::Command::new(binary())
+        // metrics on a free port: parallel nodes would all claim the default
+        .env("STORE_NODE_METRICS_ADDR", "127.0.0.1:0")
         .args([
             "--log-format",
             "text",

@@ -923,6 +923,8 @@ async fn hostile_tenant_through_gateway(backend_args: &[&str]) {
     let log =
         std::fs::File::create(dir.path().join("gateway.log")).unwrap_or_else(|e| panic!("{e}"));
     let child = std::process::Command::new(store_node_binary())
+        // metrics on a free port: parallel nodes would all claim the default
+        .env("STORE_NODE_METRICS_ADDR", "127.0.0.1:0")
         .args(["--log-format", "text", "gateway"])
         .args(backend_args)
         .arg("--listen")

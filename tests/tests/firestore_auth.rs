@@ -142,6 +142,8 @@ fn gateway(work: &Path, endpoint: &str, key: &Path, log: &str) -> (KillOnDrop, S
     let port = allsource_tests::bins::free_port();
     let log = std::fs::File::create(work.join(log)).unwrap_or_else(|e| panic!("{e}"));
     let child = Command::new(allsource_tests::bins::store_node())
+        // metrics on a free port: parallel nodes would all claim the default
+        .env("STORE_NODE_METRICS_ADDR", "127.0.0.1:0")
         .args(["--log-format", "text", "gateway", "--backend", "firestore"])
         .args(["--firestore-project", "auth-test"])
         .args(["--firestore-endpoint", endpoint])

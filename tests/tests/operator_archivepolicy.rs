@@ -672,6 +672,8 @@ async fn store_node_serving(dir: &std::path::Path, tenant: &str, token: &str) ->
     let port = allsource_tests::bins::free_port();
     let base = format!("http://127.0.0.1:{port}");
     let child = std::process::Command::new(allsource_tests::bins::store_node())
+        // metrics on a free port: parallel nodes would all claim the default
+        .env("STORE_NODE_METRICS_ADDR", "127.0.0.1:0")
         .args(["--log-format", "text", "serve", "--listen"])
         .arg(format!("127.0.0.1:{port}"))
         .arg("--registry")

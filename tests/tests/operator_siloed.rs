@@ -199,6 +199,8 @@ async fn start_gateway(registry: &str, backend_args: &[&str]) -> Gateway {
     let port = allsource_tests::bins::free_port();
     let log = std::fs::File::create(dir.path().join("gateway.log")).unwrap();
     let child = std::process::Command::new(allsource_tests::bins::store_node())
+        // metrics on a free port: parallel nodes would all claim the default
+        .env("STORE_NODE_METRICS_ADDR", "127.0.0.1:0")
         .args(["--log-format", "text", "gateway"])
         .args(backend_args)
         .arg("--listen")

@@ -439,6 +439,7 @@ async fn gateway_binary_honours_pg_sslmode() {
         let port = allsource_tests::bins::free_port();
         let log = std::fs::File::create(work.path().join(log)).unwrap_or_else(|e| panic!("{e}"));
         let mut cmd = Command::new(allsource_tests::bins::store_node());
+        cmd.env("STORE_NODE_METRICS_ADDR", "127.0.0.1:0");
         if let Some((cert, key)) = cert {
             cmd.env("STORE_NODE_PG_CLIENT_CERT", cert)
                 .env("STORE_NODE_PG_CLIENT_KEY", key);

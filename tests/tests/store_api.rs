@@ -25,6 +25,7 @@ use allsource_tests::bins::{free_port, store_node as binary};
 struct Node {
     child: Option<Child>,
     base: String,
+    metrics_base: String,
     dir: PathBuf,
     _tmp: tempfile::TempDir,
     args: Vec<String>,
@@ -38,6 +39,7 @@ impl Node {
         let node = Node {
             child: None,
             base: String::new(),
+            metrics_base: String::new(),
             dir,
             _tmp: tmp,
             args: extra.iter().map(|s| s.to_string()).collect(),
@@ -48,12 +50,16 @@ impl Node {
 
     async fn launch(mut self) -> Node {
         let port = free_port();
+        let metrics_port = free_port();
         self.base = format!("http://127.0.0.1:{port}");
+        self.metrics_base = format!("http://127.0.0.1:{metrics_port}");
         let log = std::fs::File::create(self.dir.join("node.log")).unwrap();
         let child = Command::new(binary())
             .arg("serve")
             .arg("--listen")
             .arg(format!("127.0.0.1:{port}"))
+            .arg("--metrics-addr")
+            .arg(format!("127.0.0.1:{metrics_port}"))
             .arg("--registry")
             .arg(self.dir.join("registry.json"))
             .arg("--data-dir")
@@ -175,8 +181,10 @@ impl Node {
         .await
     }
 
+    /// The Prometheus text of the metrics listener (the API port has no `/metrics`).
     async fn metrics(&self) -> String {
-        self.req(Method::GET, "/metrics", None)
+        reqwest::Client::new()
+            .get(format!("{}/metrics", self.metrics_base))
             .send()
             .await
             .unwrap()

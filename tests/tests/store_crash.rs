@@ -78,6 +78,8 @@ fn start(dir: &Path) -> Node {
         .open(dir.join("node.log"))
         .unwrap();
     let child = Command::new(binary())
+        // metrics on a free port: parallel nodes would all claim the default
+        .env("STORE_NODE_METRICS_ADDR", "127.0.0.1:0")
         .arg("serve")
         .arg("--listen")
         .arg(format!("127.0.0.1:{port}"))

@@ -10,8 +10,8 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec};
 use k8s_openapi::api::core::v1::{
-    Capabilities, ConfigMap, ConfigMapVolumeSource, Container, ContainerPort, EnvVar, EnvVarSource,
-    HTTPGetAction, KeyToPath, PodSecurityContext, PodSpec, PodTemplateSpec, Probe, SeccompProfile,
+    Capabilities, ConfigMap, ConfigMapVolumeSource, Container, EnvVar, EnvVarSource, HTTPGetAction,
+    KeyToPath, PodSecurityContext, PodSpec, PodTemplateSpec, Probe, SeccompProfile,
     SecretKeySelector, SecretVolumeSource, SecurityContext, Service, ServicePort, ServiceSpec,
     Volume, VolumeMount,
 };
@@ -20,7 +20,7 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::ResourceExt;
 
 use super::configmap::{Registry, REGISTRY_KEY};
-use super::{child_meta, common_labels, CONFIG_MOUNT, HTTP_PORT};
+use super::{child_meta, common_labels, CONFIG_MOUNT, HTTP_PORT, METRICS_PORT};
 use crate::api::eventstore::{GatewaySpec, SslMode};
 use crate::api::EventStore;
 use crate::provision::postgres::tls_mode;
@@ -192,6 +192,8 @@ pub fn args_and_env(backend: &GatewayBackend) -> (Vec<String>, Vec<EnvVar>) {
         &format!("{CONFIG_MOUNT}/{REGISTRY_KEY}"),
         "--listen",
         &format!("0.0.0.0:{HTTP_PORT}"),
+        "--metrics-addr",
+        &format!("0.0.0.0:{METRICS_PORT}"),
     ]
     .iter()
     .map(|s| s.to_string())
@@ -328,12 +330,7 @@ pub fn deployment(es: &EventStore, gw: &GatewaySpec, backend: &GatewayBackend) -
         image: Some(gw.image.clone()),
         args: Some(args),
         env: Some(env),
-        ports: Some(vec![ContainerPort {
-            name: Some("http".to_string()),
-            container_port: HTTP_PORT,
-            protocol: Some("TCP".to_string()),
-            ..ContainerPort::default()
-        }]),
+        ports: Some(super::container_ports()),
         readiness_probe: Some(probe("/readyz", 5, 3)),
         liveness_probe: Some(probe("/healthz", 10, 6)),
         volume_mounts: Some(mounts),

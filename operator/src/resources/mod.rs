@@ -23,6 +23,23 @@ use crate::api::EventStore;
 
 /// Port of the store node's HTTP API.
 pub const HTTP_PORT: i32 = 8080;
+/// Port of the store node's Prometheus `/metrics` (not on the API port: its labels name
+/// tenants). Exposed by the pods and the headless Service, never by the client Service.
+pub const METRICS_PORT: i32 = 9090;
+
+/// The container ports of a store-node or gateway container: `http` and `metrics`.
+pub fn container_ports() -> Vec<k8s_openapi::api::core::v1::ContainerPort> {
+    use k8s_openapi::api::core::v1::ContainerPort;
+    [("http", HTTP_PORT), ("metrics", METRICS_PORT)]
+        .into_iter()
+        .map(|(name, port)| ContainerPort {
+            name: Some(name.to_string()),
+            container_port: port,
+            protocol: Some("TCP".to_string()),
+            ..ContainerPort::default()
+        })
+        .collect()
+}
 /// Component label value of store-node pods.
 pub const COMPONENT_STORE_NODE: &str = "store-node";
 /// Mount path of the ConfigMap with node.json and registry.json.

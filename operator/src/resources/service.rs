@@ -6,17 +6,23 @@ use k8s_openapi::api::core::v1::{Service, ServicePort, ServiceSpec};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::ResourceExt;
 
-use super::{child_meta, headless_service_name, selector_labels, HTTP_PORT};
+use super::{child_meta, headless_service_name, selector_labels, HTTP_PORT, METRICS_PORT};
 use crate::api::EventStore;
 
-fn ports() -> Vec<ServicePort> {
-    vec![ServicePort {
-        name: Some("http".to_string()),
-        port: HTTP_PORT,
-        target_port: Some(IntOrString::String("http".to_string())),
+fn port(name: &str, port: i32) -> ServicePort {
+    ServicePort {
+        name: Some(name.to_string()),
+        port,
+        target_port: Some(IntOrString::String(name.to_string())),
         protocol: Some("TCP".to_string()),
         ..ServicePort::default()
-    }]
+    }
+}
+
+/// The client Service carries the API only; `/metrics` (whose labels name tenants) is reached
+/// per pod through the headless Service, by a ServiceMonitor or PodMonitor.
+fn ports() -> Vec<ServicePort> {
+    vec![port("http", HTTP_PORT)]
 }
 
 /// Headless Service `<name>-nodes` used as the StatefulSet's serviceName.
@@ -27,7 +33,7 @@ pub fn headless(es: &EventStore) -> Service {
             cluster_ip: Some("None".to_string()),
             publish_not_ready_addresses: Some(true),
             selector: Some(selector_labels(es)),
-            ports: Some(ports()),
+            ports: Some(vec![port("http", HTTP_PORT), port("metrics", METRICS_PORT)]),
             ..ServiceSpec::default()
         }),
         ..Service::default()

@@ -9,10 +9,10 @@ use k8s_openapi::api::apps::v1::{
     StatefulSetSpec, StatefulSetUpdateStrategy,
 };
 use k8s_openapi::api::core::v1::{
-    Capabilities, ConfigMapVolumeSource, Container, ContainerPort, EmptyDirVolumeSource, EnvVar,
-    EnvVarSource, HTTPGetAction, ObjectFieldSelector, PersistentVolumeClaim,
-    PersistentVolumeClaimSpec, PodSecurityContext, PodSpec, PodTemplateSpec, Probe, SeccompProfile,
-    SecretVolumeSource, SecurityContext, Volume, VolumeMount, VolumeResourceRequirements,
+    Capabilities, ConfigMapVolumeSource, Container, EmptyDirVolumeSource, EnvVar, EnvVarSource,
+    HTTPGetAction, ObjectFieldSelector, PersistentVolumeClaim, PersistentVolumeClaimSpec,
+    PodSecurityContext, PodSpec, PodTemplateSpec, Probe, SeccompProfile, SecretVolumeSource,
+    SecurityContext, Volume, VolumeMount, VolumeResourceRequirements,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
@@ -20,8 +20,8 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::ResourceExt;
 
 use super::{
-    child_meta, common_labels, config_map_name, headless_service_name, selector_labels,
-    CONFIG_MOUNT, DATA_MOUNT, HTTP_PORT,
+    child_meta, common_labels, config_map_name, container_ports, headless_service_name,
+    selector_labels, CONFIG_MOUNT, DATA_MOUNT, HTTP_PORT, METRICS_PORT,
 };
 use crate::api::eventstore::{Durability, SelfHostedSpec};
 use crate::api::{DeletionPolicy, EventStore};
@@ -43,6 +43,8 @@ pub fn args() -> Vec<String> {
         &format!("{CONFIG_MOUNT}/registry.json"),
         "--listen",
         &format!("0.0.0.0:{HTTP_PORT}"),
+        "--metrics-addr",
+        &format!("0.0.0.0:{METRICS_PORT}"),
     ]
     .iter()
     .map(|s| s.to_string())
@@ -135,12 +137,7 @@ fn container(sh: &SelfHostedSpec) -> Container {
         image_pull_policy: Some(sh.image_pull_policy.as_str().to_string()),
         args: Some(args()),
         env: Some(env),
-        ports: Some(vec![ContainerPort {
-            name: Some("http".to_string()),
-            container_port: HTTP_PORT,
-            protocol: Some("TCP".to_string()),
-            ..ContainerPort::default()
-        }]),
+        ports: Some(container_ports()),
         readiness_probe: Some(http_probe("/readyz", 5, 3)),
         liveness_probe: Some(http_probe("/healthz", 10, 6)),
         resources: sh.resources.clone(),

@@ -156,7 +156,7 @@ pub fn poll_subscription<S: EventStore + Clone>(
     interval: Duration,
 ) -> EventSubscription {
     const PAGE: usize = 500;
-    let next = after.map_or(0, |a| a + 1);
+    let next = after.map_or(0, |a| a.saturating_add(1));
     let state = (store, tenant, target, next, Vec::new().into_iter(), false);
     futures::stream::unfold(
         state,

@@ -276,7 +276,7 @@ impl EventStore for MemoryStore {
             self.clone(),
             tenant.clone(),
             target,
-            after.map_or(0, |a| a + 1),
+            after.map_or(0, |a| a.saturating_add(1)),
             Vec::new().into_iter(),
             rx,
             false,

@@ -50,6 +50,13 @@ pub trait EventStore: Send + Sync + 'static {
         Limits::default()
     }
 
+    /// Why this store refuses every write until it is restarted (the embedded engine after a
+    /// failed WAL write or fsync), or None. Reported by `/readyz`, `/v1/info` and the metric
+    /// `allsource_wal_poisoned`.
+    fn poisoned(&self) -> Option<String> {
+        None
+    }
+
     /// Appends a batch atomically if `expected` matches. Retrying with the same event ids
     /// returns the first result with `deduplicated: true`.
     async fn append(

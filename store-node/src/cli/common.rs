@@ -20,6 +20,22 @@ pub struct HttpArgs {
     /// Address to listen on.
     #[arg(long, env = "STORE_NODE_LISTEN", default_value = "0.0.0.0:8080")]
     pub listen: SocketAddr,
+    /// Address of the Prometheus `/metrics` listener (its labels name tenants, so it is never
+    /// served on the API port; keep it off the client Service).
+    #[arg(long, env = "STORE_NODE_METRICS_ADDR", default_value = "0.0.0.0:9090")]
+    pub metrics_addr: SocketAddr,
+    /// Open connections per listener; past it, a connection that has not sent a request yet is
+    /// closed for the new one, else the new one is refused. Keep it below the open-files limit.
+    #[arg(long, env = "STORE_NODE_MAX_CONNECTIONS", default_value_t = 4096)]
+    pub max_connections: usize,
+    /// Time a connection has to send a complete request head, in milliseconds; also how long an
+    /// idle keep-alive connection stays open.
+    #[arg(
+        long,
+        env = "STORE_NODE_HEADER_READ_TIMEOUT_MS",
+        default_value_t = 10_000
+    )]
+    pub header_read_timeout_ms: u64,
     /// Tenant registry file (JSON or YAML), reloaded when its content changes.
     #[arg(long, env = "STORE_NODE_REGISTRY")]
     pub registry: PathBuf,
@@ -70,6 +86,9 @@ impl HttpArgs {
     pub fn server_config(&self) -> ServerConfig {
         ServerConfig {
             listen: self.listen,
+            metrics_listen: Some(self.metrics_addr),
+            max_connections: self.max_connections.max(1),
+            header_read_timeout: Duration::from_millis(self.header_read_timeout_ms.max(1)),
             node_name: self.node_name.clone().filter(|n| !n.is_empty()),
             max_body_bytes: self.max_body_bytes,
             request_timeout: Duration::from_millis(self.request_timeout_ms.max(1)),

@@ -12,7 +12,8 @@ use store_node::backend::memory::MemoryStore;
 use store_node::backend::EventStore;
 use store_node::engine::{Engine, EngineConfig};
 use store_node::metrics::Metrics;
-use store_node::server::{self, AppState};
+use store_node::server::health::DiskReserve;
+use store_node::server::{self, AppState, ServerConfig};
 use store_node::wal::{CorruptionPolicy, Durability};
 use tokio_util::sync::CancellationToken;
 
@@ -58,6 +59,13 @@ pub struct ServeArgs {
     /// fsync interval of `--durability periodic`, in milliseconds.
     #[arg(long, env = "STORE_NODE_FSYNC_INTERVAL_MS", default_value_t = 10)]
     pub fsync_interval_ms: u64,
+    /// Free bytes kept on the data volume: below them (or below --disk-reserve-percent, the
+    /// larger), appends and snapshots answer 507 until space is back (engine backend only).
+    #[arg(long, env = "STORE_NODE_DISK_RESERVE_BYTES", default_value_t = 64 * 1024 * 1024)]
+    pub disk_reserve_bytes: u64,
+    /// Free share of the data volume kept, in percent (see --disk-reserve-bytes).
+    #[arg(long, env = "STORE_NODE_DISK_RESERVE_PERCENT", default_value_t = 1.0)]
+    pub disk_reserve_percent: f64,
     /// What start-up does when the WAL is damaged in a way a crash cannot explain: `refuse`
     /// (do not start, say where) or `set-aside` (keep `<file>.corrupt`, serve what precedes).
     #[arg(long, env = "STORE_NODE_WAL_ON_CORRUPTION", value_enum, default_value_t = CorruptionKind::Refuse)]
@@ -90,6 +98,19 @@ impl ServeArgs {
             CorruptionKind::Refuse => CorruptionPolicy::Refuse,
             CorruptionKind::SetAside => CorruptionPolicy::SetAside,
         };
+        cfg
+    }
+
+    /// The server configuration: the HTTP flags plus the data volume's reserve.
+    pub fn server_config(&self) -> ServerConfig {
+        let mut cfg = self.http.server_config();
+        if self.backend == BackendKind::Engine {
+            cfg.disk_reserve = Some(DiskReserve {
+                path: self.data_dir.clone(),
+                min_free_bytes: self.disk_reserve_bytes,
+                min_free_percent: self.disk_reserve_percent,
+            });
+        }
         cfg
     }
 }
@@ -149,11 +170,16 @@ async fn open(args: &ServeArgs, metrics: &Metrics) -> anyhow::Result<Opened> {
 /// Runs `serve` until a signal, then closes the store.
 pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let registry = args.http.load_registry()?;
-    let config = args.http.server_config();
+    let config = args.server_config();
     let metrics = Arc::new(Metrics::new(config.max_tenant_labels)?);
     let shutdown = CancellationToken::new();
     cancel_on_signal(shutdown.clone());
-    let listener = server::bind(config.listen).await?;
+    if args.backend == BackendKind::Engine {
+        // The reserve's statvfs needs the data directory before the engine creates it.
+        std::fs::create_dir_all(&args.data_dir)
+            .with_context(|| format!("creating {}", args.data_dir.display()))?;
+    }
+    let listeners = server::bind_all(&config).await?;
     let state = AppState::new(registry, config, metrics.clone(), shutdown.clone());
     let opener = {
         let (state, shutdown, args) = (state.clone(), shutdown.clone(), args.clone());
@@ -171,7 +197,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
             }
         })
     };
-    let served = server::run(state, listener).await;
+    let served = server::run(state, listeners).await;
     let opened = opener.await.context("store open task")??;
     tracing::info!("HTTP server stopped; closing the store");
     opened.close().await?;

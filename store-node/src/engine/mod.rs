@@ -435,7 +435,11 @@ impl Inner {
     ) -> StoreResult<Option<AppendResult>> {
         let from = match expected {
             ExpectedVersion::NoStream => 0,
-            ExpectedVersion::Exact(v) => v + 1,
+            // A client's u64::MAX: nothing can follow it, so no earlier append to retry.
+            ExpectedVersion::Exact(v) => match v.checked_add(1) {
+                Some(next) => next,
+                None => return Ok(None),
+            },
             _ => return Ok(None),
         };
         let stored = match self.read_stream(
@@ -568,6 +572,10 @@ impl crate::backend::EventStore for Engine {
 
     fn limits(&self) -> crate::model::Limits {
         self.inner.cfg.limits.clone()
+    }
+
+    fn poisoned(&self) -> Option<String> {
+        self.inner.wal.poisoned()
     }
 
     async fn append(

@@ -77,14 +77,18 @@ async fn run(
         };
         // Catch-up: everything committed before the hand-off point, from storage.
         let mut from = match (&cur.target, cur.last) {
-            (SubscriptionTarget::Tenant, Some(l)) => l + 1,
+            // `after` comes from the client: u64::MAX must not wrap around to the start.
+            (SubscriptionTarget::Tenant, Some(l)) => l.saturating_add(1),
             _ => 0,
         };
         if let SubscriptionTarget::Stream(s) = &cur.target {
             // Start from the first position that can hold the next version of the stream.
             let st = t.state.read();
             if let Some(e) = st.streams.get(s) {
-                let next = cur.last.map_or(0, |l| l + 1).max(e.first_version);
+                let next = cur
+                    .last
+                    .map_or(0, |l| l.saturating_add(1))
+                    .max(e.first_version);
                 from = e
                     .positions
                     .position_of(next)

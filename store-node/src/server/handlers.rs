@@ -146,6 +146,7 @@ pub async fn append(
     enforce_append_quotas(&st, &store, &t, &stream, &events).await?;
     let n = events.len() as u64;
     let bytes = batch_bytes(&stream, &events);
+    st.admit_write(bytes)?;
     let started = Instant::now();
     let (tenant, s2, store2) = (t.id.clone(), stream.clone(), store.clone());
     let res = detached(async move { store2.append(&tenant, &s2, expected, events).await }).await?;
@@ -181,7 +182,7 @@ pub async fn read_stream(
         .read_stream(&t.id, &stream, from, direction, limit)
         .await?;
     let next = match (direction, events.last()) {
-        (Direction::Forwards, Some(l)) => Some(l.version + 1),
+        (Direction::Forwards, Some(l)) => Some(l.version.saturating_add(1)),
         (Direction::Forwards, None) => q.from,
         (Direction::Backwards, Some(l)) => l.version.checked_sub(1),
         (Direction::Backwards, None) => None,
@@ -212,7 +213,7 @@ pub async fn read_all(
     let limit = page_limit(q.limit, &store.limits())?;
     let from = q.from.unwrap_or(0);
     let events = store.read_all(&t.id, from, limit).await?;
-    let next = Some(events.last().map_or(from, |l| l.position + 1));
+    let next = Some(events.last().map_or(from, |l| l.position.saturating_add(1)));
     count_read(&st, &t, events.len());
     let enc = q.encoding.unwrap_or_default();
     Ok(Json(EventsPage {
@@ -232,6 +233,8 @@ pub async fn save_snapshot(
     let stream = stream_id(path?.0, &store.limits())?;
     let b = body?.0;
     let payload = decode_payload(b.data, b.data_base64, "snapshot")?;
+    let meta: usize = b.metadata.iter().map(|(k, v)| k.len() + v.len()).sum();
+    st.admit_write((payload.len() + meta + stream.as_str().len()) as u64)?;
     let snap = Snapshot {
         stream,
         version: b.version,
@@ -362,14 +365,20 @@ pub async fn stats(State(st): State<AppState>, Authed(t): Authed) -> ApiResult<J
     Ok(Json(StatsOut::new(t.id.to_string(), s, t.quotas)))
 }
 
-/// `GET /v1/info`: the authenticated tenant, the backend's capabilities and limits, this node.
+/// `GET /v1/info`: the authenticated tenant, the backend's capabilities and limits, this node,
+/// and whether it takes writes now (`writes.accepted`, else `reason` and `message`).
 pub async fn info(State(st): State<AppState>, Authed(t): Authed) -> ApiResult<Json<Value>> {
     let store = st.store()?;
+    let writes = match st.write_refusal() {
+        None => json!({"accepted": true}),
+        Some((reason, message)) => json!({"accepted": false, "reason": reason, "message": message}),
+    };
     Ok(Json(json!({
         "tenant": t.id,
         "node": st.config().node_name,
         "version": env!("CARGO_PKG_VERSION"),
         "capabilities": store.capabilities(),
         "limits": store.limits(),
+        "writes": writes,
     })))
 }

@@ -25,7 +25,7 @@ pub async fn guard(State(st): State<AppState>, req: Request, next: Next) -> Resp
     }
     .to_string();
     let start = Instant::now();
-    let ops = matches!(route.as_str(), "/healthz" | "/readyz" | "/metrics");
+    let ops = matches!(route.as_str(), "/healthz" | "/readyz");
     let permit = if ops {
         None
     } else {

@@ -1,15 +1,19 @@
 //! The HTTP API of a store node (axum): versioned JSON endpoints under `/v1/` for every
 //! [`EventStore`] operation, authenticated by a per-tenant bearer token, plus `/healthz`,
-//! `/readyz`, `/metrics` and the OpenAPI document at `/openapi.yaml`. It serves any
+//! `/readyz` and the OpenAPI document at `/openapi.yaml`; Prometheus `/metrics` (whose labels
+//! name tenants) is served on a listener of its own, never on the API port. Both listeners cap
+//! open connections and bound the time to a request head ([`conn`]). It serves any
 //! `Arc<dyn EventStore>` (the embedded engine in `store-node serve`, a cloud backend in
 //! `store-node gateway`). The tenant always comes from the token, never from the request, so no
 //! id a client sends can reach another tenant's data. This module must never log a token or a
 //! payload, and never let a bad request panic the process or reach the store unvalidated.
 
 mod auth;
+pub mod conn;
 pub mod dto;
 pub mod error;
 mod handlers;
+pub mod health;
 mod middleware;
 mod ops;
 pub mod purge;
@@ -32,6 +36,7 @@ use crate::backend::EventStore;
 use crate::metrics::Metrics;
 use crate::tenant::{RateLimiter, Registry};
 pub use error::ApiError;
+use health::POISONED_ACTION;
 
 /// The OpenAPI document, kept in the repository as `store-node/openapi.yaml`.
 pub const OPENAPI_YAML: &str = include_str!("../../openapi.yaml");
@@ -41,6 +46,17 @@ pub const OPENAPI_YAML: &str = include_str!("../../openapi.yaml");
 pub struct ServerConfig {
     /// Address to listen on.
     pub listen: SocketAddr,
+    /// Address of the Prometheus `/metrics` listener; None: metrics are not served over HTTP.
+    pub metrics_listen: Option<SocketAddr>,
+    /// Open connections per listener; past it, a connection that has sent nothing yet is
+    /// evicted for the new one, else the new one is refused.
+    pub max_connections: usize,
+    /// Time a connection has to deliver a complete request head; also how long an idle
+    /// keep-alive connection stays open.
+    pub header_read_timeout: Duration,
+    /// Free-space reserve of the data volume (appends and snapshots answer 507 below it);
+    /// None for stores without a local volume.
+    pub disk_reserve: Option<health::DiskReserve>,
     /// This node's name; tenants placed on another node answer 421. None: serve every tenant.
     pub node_name: Option<String>,
     /// Largest request body; larger bodies answer 413 before they are read.
@@ -65,6 +81,10 @@ impl Default for ServerConfig {
     fn default() -> Self {
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            metrics_listen: None,
+            max_connections: 4096,
+            header_read_timeout: Duration::from_secs(10),
+            disk_reserve: None,
             node_name: None,
             max_body_bytes: 32 * 1024 * 1024,
             request_timeout: Duration::from_secs(30),
@@ -127,6 +147,9 @@ impl AppState {
         metrics
             .registry_tenants
             .set(registry.snapshot().len() as i64);
+        if let Some(reserve) = config.disk_reserve.clone() {
+            register_disk_gauges(&metrics, reserve);
+        }
         Self {
             inner: Arc::new(Shared {
                 store: OnceLock::new(),
@@ -144,8 +167,19 @@ impl AppState {
 
     /// Installs the store (once); the node becomes ready.
     pub fn set_store(&self, store: Arc<dyn EventStore>) {
+        let watched = Arc::downgrade(&store);
         if self.inner.store.set(store).is_err() {
             tracing::warn!("store was already set; keeping the first one");
+            return;
+        }
+        let poisoned =
+            move || watched.upgrade().is_some_and(|s| s.poisoned().is_some()) as u8 as f64;
+        if let Err(e) = self.inner.metrics.register_gauge_fn(
+            "allsource_wal_poisoned",
+            "1 while the store refuses every write after a failed WAL write or fsync (restart the node)",
+            poisoned,
+        ) {
+            tracing::error!(error = %e, "cannot register allsource_wal_poisoned");
         }
     }
 
@@ -158,9 +192,47 @@ impl AppState {
             .ok_or_else(|| ApiError::unavailable("not_ready", "the store is still starting"))
     }
 
-    /// True once a store is installed and shutdown has not begun.
+    /// True once a store is installed, it takes writes and shutdown has not begun.
     pub fn is_ready(&self) -> bool {
-        self.inner.store.get().is_some() && !self.inner.shutdown.is_cancelled()
+        self.not_ready().is_none()
+    }
+
+    /// Why the node is not ready (a code and an explanation), or None when it is.
+    pub fn not_ready(&self) -> Option<(&'static str, String)> {
+        if self.inner.shutdown.is_cancelled() {
+            return Some(("shutting_down", "the node is shutting down".into()));
+        }
+        let Some(store) = self.inner.store.get() else {
+            return Some((
+                "starting",
+                "the store is still starting (WAL recovery)".into(),
+            ));
+        };
+        store.poisoned().map(|p| {
+            (
+                "wal_poisoned",
+                format!("{p}; every write is refused. To recover, {POISONED_ACTION}"),
+            )
+        })
+    }
+
+    /// Why writes are refused right now (a code and an explanation), or None: a poisoned WAL
+    /// (see [`AppState::not_ready`]) or a data volume at its free-space reserve.
+    pub fn write_refusal(&self) -> Option<(&'static str, String)> {
+        if let Some(r) = self.not_ready().filter(|(code, _)| *code == "wal_poisoned") {
+            return Some(r);
+        }
+        let reserve = self.inner.config.disk_reserve.as_ref()?;
+        reserve.refusal().map(|m| ("disk_reserve", m))
+    }
+
+    /// Refuses (507) a write of about `incoming` bytes that would eat into the free-space
+    /// reserve of the data volume; nothing has been written when it does.
+    pub fn admit_write(&self, incoming: u64) -> Result<(), ApiError> {
+        match &self.inner.config.disk_reserve {
+            Some(r) => r.admit(incoming),
+            None => Ok(()),
+        }
     }
 
     /// The metrics.
@@ -218,7 +290,6 @@ pub fn router(state: AppState) -> Router {
     let ops = Router::new()
         .route("/healthz", get(ops::healthz))
         .route("/readyz", get(ops::readyz))
-        .route("/metrics", get(ops::metrics))
         .route("/openapi.yaml", get(ops::openapi))
         .route("/v1/openapi.yaml", get(ops::openapi));
     let max_body = state.config().max_body_bytes;
@@ -241,9 +312,44 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
-/// Serves `store` on `config.listen` until `shutdown` fires, then drains for at most
-/// `config.shutdown_grace`. The registry is polled for changes meanwhile. The caller closes the
-/// store afterwards.
+/// The Prometheus listener's router: `/metrics` only.
+pub fn metrics_router(state: AppState) -> Router {
+    Router::new()
+        .route("/metrics", get(ops::metrics))
+        .fallback(|| async {
+            ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint")
+        })
+        .with_state(state)
+}
+
+fn register_disk_gauges(metrics: &Metrics, reserve: health::DiskReserve) {
+    let r2 = reserve.clone();
+    let available = metrics.register_gauge_fn(
+        "allsource_disk_available_bytes",
+        "Bytes the node may still write on its data volume",
+        move || r2.space().map_or(f64::NAN, |s| s.available as f64),
+    );
+    let kept = metrics.register_gauge_fn(
+        "allsource_disk_reserve_bytes",
+        "Free bytes kept on the data volume: appends and snapshots answer 507 below it",
+        move || reserve.space().map_or(f64::NAN, |s| s.reserve as f64),
+    );
+    if let Err(e) = available.and(kept) {
+        tracing::error!(error = %e, "cannot register the disk gauges");
+    }
+}
+
+/// The bound listeners of a server.
+pub struct Listeners {
+    /// The API listener.
+    pub api: TcpListener,
+    /// The Prometheus listener, if metrics are served.
+    pub metrics: Option<TcpListener>,
+}
+
+/// Serves `store` on `config.listen` (and metrics on `config.metrics_listen`) until `shutdown`
+/// fires, then drains for at most `config.shutdown_grace`. The registry is polled for changes
+/// meanwhile. The caller closes the store afterwards.
 pub async fn serve(
     store: Arc<dyn EventStore>,
     registry: Arc<Registry>,
@@ -251,10 +357,10 @@ pub async fn serve(
     shutdown: CancellationToken,
 ) -> Result<(), ServerError> {
     let metrics = Arc::new(Metrics::new(config.max_tenant_labels)?);
-    let listener = bind(config.listen).await?;
+    let listeners = bind_all(&config).await?;
     let state = AppState::new(registry, config, metrics, shutdown);
     state.set_store(store);
-    run(state, listener).await
+    run(state, listeners).await
 }
 
 /// Binds a listener.
@@ -264,9 +370,19 @@ pub async fn bind(addr: SocketAddr) -> Result<TcpListener, ServerError> {
         .map_err(|source| ServerError::Bind { addr, source })
 }
 
-/// Runs the server on an already bound listener with a prepared state (the store may be set
+/// Binds the API listener and, when configured, the metrics listener.
+pub async fn bind_all(config: &ServerConfig) -> Result<Listeners, ServerError> {
+    let api = bind(config.listen).await?;
+    let metrics = match config.metrics_listen {
+        Some(addr) => Some(bind(addr).await?),
+        None => None,
+    };
+    Ok(Listeners { api, metrics })
+}
+
+/// Runs the server on already bound listeners with a prepared state (the store may be set
 /// later). Returns after graceful shutdown.
-pub async fn run(state: AppState, listener: TcpListener) -> Result<(), ServerError> {
+pub async fn run(state: AppState, listeners: Listeners) -> Result<(), ServerError> {
     let shutdown = state.shutdown().clone();
     let poller = {
         let st = state.clone();
@@ -296,25 +412,48 @@ pub async fn run(state: AppState, listener: TcpListener) -> Result<(), ServerErr
         )
     };
     let purger = tokio::spawn(purge::run(state.clone(), shutdown.clone()));
-    if let Ok(addr) = listener.local_addr() {
+    let cfg = state.config();
+    let limits = conn::ConnLimits {
+        max_connections: cfg.max_connections,
+        header_read_timeout: cfg.header_read_timeout,
+    };
+    let grace = cfg.shutdown_grace;
+    let metrics_server = listeners.metrics.map(|l| {
+        if let Ok(addr) = l.local_addr() {
+            tracing::info!(%addr, "store-node metrics listening");
+        }
+        tokio::spawn(conn::serve(
+            l,
+            metrics_router(state.clone()),
+            limits,
+            state.metrics().clone(),
+            shutdown.clone(),
+            grace,
+        ))
+    });
+    if let Ok(addr) = listeners.api.local_addr() {
         tracing::info!(%addr, "store-node HTTP API listening");
     }
-    let grace = state.config().shutdown_grace;
-    let app = router(state).into_make_service_with_connect_info::<SocketAddr>();
-    let server =
-        axum::serve(listener, app).with_graceful_shutdown(shutdown.clone().cancelled_owned());
-    let result = tokio::select! {
-        r = server => r.map_err(ServerError::Serve),
-        _ = async { shutdown.cancelled().await; tokio::time::sleep(grace).await } => {
-            tracing::warn!(?grace, "shutdown grace period over; dropping open connections");
-            Ok(())
-        }
-    };
+    conn::serve(
+        listeners.api,
+        router(state.clone()),
+        limits,
+        state.metrics().clone(),
+        shutdown.clone(),
+        grace,
+    )
+    .await;
     shutdown.cancel();
+    if let Some(m) = metrics_server {
+        m.abort();
+    }
     poller.abort();
     purger.abort();
-    result
+    Ok(())
 }
+
+#[cfg(test)]
+mod hostile_tests;
 
 #[cfg(test)]
 mod tests {
@@ -341,7 +480,6 @@ mod tests {
         "/v1/trim",
         "/healthz",
         "/readyz",
-        "/metrics",
         "/openapi.yaml",
     ];
 

@@ -1,5 +1,5 @@
-//! Operational endpoints: liveness, readiness, Prometheus metrics and the OpenAPI document.
-//! None of them needs a token or touches tenant data.
+//! Operational endpoints: liveness, readiness, Prometheus metrics (on the metrics listener only)
+//! and the OpenAPI document. None of them needs a token or touches tenant data.
 
 use axum::extract::State;
 use axum::http::{header, StatusCode};
@@ -14,15 +14,28 @@ pub async fn healthz() -> impl IntoResponse {
     Json(json!({"status": "ok"}))
 }
 
-/// Readiness: the store is open (recovery done) and shutdown has not begun.
+/// Readiness: the store is open (recovery done), its WAL takes writes and shutdown has not
+/// begun. 503 names the reason (`starting`, `shutting_down`, `wal_poisoned`) and what to do. A
+/// data volume at its free-space reserve keeps the node ready (reads and the calls that free
+/// space still work) and is reported in `writes`.
 pub async fn readyz(State(st): State<AppState>) -> impl IntoResponse {
-    if st.is_ready() {
-        (StatusCode::OK, Json(json!({"status": "ready"})))
-    } else {
-        (
+    match st.not_ready() {
+        None => {
+            let writes = match st.write_refusal() {
+                None => json!({"accepted": true}),
+                Some((reason, message)) => {
+                    json!({"accepted": false, "reason": reason, "message": message})
+                }
+            };
+            (
+                StatusCode::OK,
+                Json(json!({"status": "ready", "writes": writes})),
+            )
+        }
+        Some((reason, message)) => (
             StatusCode::SERVICE_UNAVAILABLE,
-            Json(json!({"status": "not_ready"})),
-        )
+            Json(json!({"status": "not_ready", "reason": reason, "message": message})),
+        ),
     }
 }
 

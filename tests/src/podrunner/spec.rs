@@ -56,9 +56,24 @@ pub fn translate(pod: &Pod, pod_dir: &Path, claims_dir: &Path, port: u16) -> Opt
         .and_then(|p| p.first())
         .map(|p| p.container_port)
         .unwrap_or(8080);
+    // The other container ports (the metrics listener) get a free port of their own: pods
+    // share the host's loopback here.
+    let other_ports: Vec<i32> = c
+        .ports
+        .iter()
+        .flatten()
+        .skip(1)
+        .map(|p| p.container_port)
+        .collect();
     let rewrite = |s: &str| -> String {
         if s == format!("0.0.0.0:{container_port}") || s == format!(":{container_port}") {
             return format!("127.0.0.1:{port}");
+        }
+        if other_ports
+            .iter()
+            .any(|p| s == format!("0.0.0.0:{p}") || s == format!(":{p}"))
+        {
+            return "127.0.0.1:0".to_string();
         }
         for (path, dir) in &mounts {
             if let Some(rest) = s.strip_prefix(path.as_str()) {

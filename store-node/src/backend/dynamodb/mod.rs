@@ -95,6 +95,9 @@ struct Inner {
 
 const MAX_ATTEMPTS: usize = 64;
 
+/// Maps an SDK error to a store error whose message a tenant may read: the category only. The
+/// service's own text (table names, ARNs, request ids, endpoint and connector details) is
+/// logged here and never reaches the client.
 fn sdk_err<E: ProvideErrorMetadata + std::fmt::Debug, R: std::fmt::Debug>(
     e: SdkError<E, R>,
 ) -> StoreError {
@@ -102,24 +105,31 @@ fn sdk_err<E: ProvideErrorMetadata + std::fmt::Debug, R: std::fmt::Debug>(
         SdkError::ServiceError(se) => {
             let err = se.err();
             let code = err.code().unwrap_or("Unknown");
-            let msg = err.message().unwrap_or("").to_string();
+            let msg = err.message().unwrap_or("");
+            tracing::warn!(code, message = msg, "dynamodb request failed");
             match code {
                 "ProvisionedThroughputExceededException"
                 | "ThrottlingException"
-                | "RequestLimitExceeded"
-                | "InternalServerError"
+                | "RequestLimitExceeded" => StoreError::Unavailable(
+                    "the database is throttling requests; retry with backoff".into(),
+                ),
+                "InternalServerError"
                 | "ServiceUnavailable"
                 | "TransactionConflictException"
                 | "TransactionInProgressException" => {
-                    StoreError::Unavailable(format!("dynamodb {code}: {msg}"))
+                    StoreError::Unavailable("the database is temporarily unavailable; retry".into())
                 }
-                "ResourceNotFoundException" => {
-                    StoreError::Unavailable(format!("dynamodb table missing: {msg}"))
-                }
+                "ResourceNotFoundException" => StoreError::Unavailable(
+                    "the database table of this tenant is not available; retry later".into(),
+                ),
+                // Internal: the server logs it again and answers a bare "internal error".
                 _ => StoreError::Internal(format!("dynamodb {code}: {msg}")),
             }
         }
-        _ => StoreError::Unavailable(format!("dynamodb: {e:?}")),
+        _ => {
+            tracing::warn!(error = ?e, "dynamodb request failed before an answer");
+            StoreError::Unavailable("the database cannot be reached; retry".into())
+        }
     }
 }
 
@@ -1053,5 +1063,89 @@ impl EventStore for DynamoStore {
             bytes: get_n(&c, "bytes")?,
             next_position: get_n(&c, "next_position")?,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::EventStore;
+    use crate::server::ApiError;
+
+    async fn store_at(endpoint: String, table: &str) -> DynamoStore {
+        let mut cfg = DynamoConfig::new(table, "us-east-1");
+        cfg.endpoint = Some(endpoint);
+        cfg.credentials = Some(StaticCredentials {
+            access_key_id: "test".into(),
+            secret_access_key: "test".into(),
+        });
+        DynamoStore::connect(cfg).await.unwrap()
+    }
+
+    /// What a tenant reads when a read fails, exactly as the HTTP API renders it.
+    async fn tenant_sees(store: &DynamoStore) -> ApiError {
+        let e = store
+            .read_stream(
+                &TenantId::new("acme").unwrap(),
+                &StreamId::new("s").unwrap(),
+                ReadFrom::Edge,
+                Direction::Forwards,
+                10,
+            )
+            .await
+            .unwrap_err();
+        ApiError::from(e)
+    }
+
+    fn assert_generic(e: &ApiError, leaks: &[&str]) {
+        for l in leaks {
+            assert!(
+                !e.message.contains(l),
+                "the tenant sees the database's own text ({l:?}): {}",
+                e.message
+            );
+        }
+    }
+
+    /// A real SDK call that fails before any answer (nothing listens on the port): the
+    /// connector's error, with the endpoint, stays in the log.
+    #[tokio::test]
+    async fn an_unreachable_database_is_reported_without_its_details() {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let store = store_at(format!("http://127.0.0.1:{port}"), "allsource").await;
+        let e = tenant_sees(&store).await;
+        assert_eq!(e.status.as_u16(), 503, "{}", e.message);
+        assert_generic(
+            &e,
+            &[
+                "127.0.0.1",
+                "DispatchFailure",
+                "Connect",
+                "dynamodb",
+                "os error",
+            ],
+        );
+    }
+
+    /// DynamoDB Local (tests/env, `DYNAMODB_ENDPOINT`): a missing table answers with the
+    /// service's text, which names the table; the tenant gets the category only.
+    #[tokio::test]
+    async fn a_service_error_is_reported_without_its_text() {
+        let Ok(endpoint) = std::env::var("DYNAMODB_ENDPOINT") else {
+            eprintln!("SKIPPED: DYNAMODB_ENDPOINT is not set (tests/env/up.sh dynamodb)");
+            return;
+        };
+        let table = format!("missing-{}", uuid::Uuid::new_v4().simple());
+        let store = store_at(endpoint, &table).await;
+        let e = tenant_sees(&store).await;
+        assert_eq!(e.status.as_u16(), 503, "{}", e.message);
+        assert_generic(
+            &e,
+            &[&table, "non-existent", "ResourceNotFound", "dynamodb"],
+        );
     }
 }
