@@ -10,6 +10,7 @@ pub mod fsio;
 pub mod index;
 pub mod metrics;
 pub mod model;
+pub mod nodeconfig;
 pub mod segment;
 pub mod server;
 pub mod tenant;

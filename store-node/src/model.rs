@@ -279,6 +279,44 @@ pub struct Capabilities {
     pub gapless_positions: bool,
 }
 
+/// The implementations of the event-store trait. Each one's [`Capabilities`] are declared once,
+/// here, so that the backend's `capabilities()` and the operator's EventStore status report the
+/// same values; the conformance suite checks every declared capability against the real backend.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum BackendKind {
+    /// The embedded engine (WAL + Parquet segments) of `store-node serve`.
+    Engine,
+    /// The in-memory store (development and tests).
+    Memory,
+    /// PostgreSQL behind `store-node gateway`.
+    Postgres,
+    /// DynamoDB behind `store-node gateway`.
+    Dynamodb,
+    /// Firestore behind `store-node gateway`.
+    Firestore,
+}
+
+impl BackendKind {
+    /// What this backend supports. Subscriptions of the cloud backends are served by polling the
+    /// backend inside the node (clients still get a push stream); positions are gap-free on
+    /// every backend because each reserves them from a per-tenant counter inside the append's
+    /// transaction; archival means `trim_tenant_before` works.
+    pub const fn capabilities(self) -> Capabilities {
+        match self {
+            Self::Engine | Self::Memory | Self::Postgres | Self::Dynamodb | Self::Firestore => {
+                Capabilities {
+                    subscriptions: true,
+                    snapshots: true,
+                    transactions: true,
+                    archival: true,
+                    gapless_positions: true,
+                }
+            }
+        }
+    }
+}
+
 /// Input limits, identical for every backend unless a backend declares a lower one.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", default)]

@@ -731,7 +731,12 @@ async fn s3_binary_archives_from_http_store_node() {
             .send()
             .await
             .unwrap();
-        assert!(r.status().is_success(), "append: {}", r.status());
+        let status = r.status();
+        assert!(
+            status.is_success(),
+            "append: {status} {}",
+            r.text().await.unwrap_or_default()
+        );
     }
     let page: serde_json::Value = http
         .get(format!(

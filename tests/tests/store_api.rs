@@ -1048,3 +1048,47 @@ async fn a_hostile_metadata_key_cannot_cost_another_tenant_its_events() {
     );
     assert!(!n.log().contains("never acknowledged"), "{}", n.log());
 }
+
+/// The limits of an EventStore reach a real node: the operator's own builders make the
+/// ConfigMap's `node.json` from the spec, the real binary reads it (`--node-config`, as the
+/// StatefulSet's `STORE_NODE_CONFIG` does) and enforces it. Before, the node read only its
+/// `STORE_NODE_MAX_*` flags, so a limit set in the spec was silently ignored.
+#[tokio::test]
+async fn limits_set_in_an_eventstore_are_enforced_by_a_real_node() {
+    use allsource_operator::api::EventStore;
+    use allsource_operator::resources::configmap;
+    use store_node::nodeconfig::NODE_CONFIG_FILE;
+    let es: EventStore = serde_yaml::from_str(
+        r#"
+apiVersion: allsource.io/v1alpha1
+kind: EventStore
+metadata: {name: orders, namespace: shop, uid: 6b1e0c1e-0000-4000-8000-000000000001}
+spec:
+  backend: selfHosted
+  selfHosted:
+    replicas: 1
+    limits: {maxBatchEvents: 2, maxEventBytes: 1000}
+"#,
+    )
+    .unwrap();
+    let sh = es.spec.self_hosted.clone().unwrap();
+    let cm = configmap::build(&es, &configmap::node_config(&sh), &Default::default());
+    let node_json = cm.data.unwrap()[NODE_CONFIG_FILE].clone();
+    let cfg_dir = tempfile::tempdir().unwrap();
+    let cfg_path = cfg_dir.path().join(NODE_CONFIG_FILE);
+    std::fs::write(&cfg_path, &node_json).unwrap();
+    let n = Node::start(
+        &two_tenants(),
+        &["--node-config", cfg_path.to_str().unwrap()],
+    )
+    .await;
+    let three: Vec<Value> = (0..3).map(|i| ev(i, json!(i))).collect();
+    let (s, r) = n.append("s", A, json!({"events": three})).await;
+    assert_error(s, &r, StatusCode::PAYLOAD_TOO_LARGE, "too_large");
+    let big = ev(9, json!("x".repeat(1200)));
+    let (s, r) = n.append("s", A, json!({"events": [big]})).await;
+    assert_error(s, &r, StatusCode::PAYLOAD_TOO_LARGE, "too_large");
+    let two: Vec<Value> = (0..2).map(|i| ev(i, json!(i))).collect();
+    let (s, r) = n.append("s", A, json!({"events": two})).await;
+    assert_eq!(s, StatusCode::CREATED, "{r}; node.json: {node_json}");
+}

@@ -3,7 +3,10 @@
 //! restarted, and a ledger of what the writers sent is checked against what the node serves:
 //! every acknowledged event is present exactly once and in order, positions are gap-free, and a
 //! batch whose response was lost in the crash is either entirely present or entirely absent
-//! (never half), and once present stays present.
+//! (never half), and once present stays present. A hostile tenant shares the node meanwhile
+//! (maximal metadata, near-maximal events and snapshots, keys no WAL length field can hold,
+//! largest pages, overflowing positions): its own acknowledged events survive too, and nothing
+//! it does costs the other tenant an event.
 //!
 //! Cycles: 50 by default, `ALLSOURCE_CRASH_CYCLES=<n>` for a longer local run;
 //! `ALLSOURCE_CRASH_SEED=<n>` replays a run (the seed is printed). Needs no external server.
@@ -272,6 +275,143 @@ async fn writer(
     acked
 }
 
+const HOSTILE_TOKEN: &str = "t-hostile";
+
+/// Event ids of the hostile tenant's acknowledged appends.
+type HostileLedger = Arc<Mutex<HashSet<Uuid>>>;
+
+/// Metadata at the node's default limits: 64 entries, 256-byte keys.
+fn maximal_metadata(tag: u64) -> Value {
+    let mut m = serde_json::Map::new();
+    for k in 0..64u64 {
+        let key = format!("{k:02}{}", "k".repeat(254));
+        m.insert(key, Value::String(format!("{tag}-{}", "v".repeat(120))));
+    }
+    Value::Object(m)
+}
+
+/// A tenant doing its worst while the node is killed under it: appends with maximal metadata,
+/// near-maximal events, snapshots with maximal metadata, keys beyond the WAL's 16-bit fields
+/// (must be refused with a 4xx, never written), reads of the largest page and overflowing
+/// positions. Returns the number of requests the node answered.
+async fn hostile_tenant(
+    client: reqwest::Client,
+    base: String,
+    acked: HostileLedger,
+    cycle: u64,
+) -> u64 {
+    let mut answered = 0u64;
+    for seq in 0u64.. {
+        let id = |i: u64| {
+            Uuid::from_u128((0xdead_u128 << 112) | ((cycle as u128) << 64) | (seq * 8 + i) as u128)
+        };
+        let ids: Vec<Uuid> = (0..3).map(id).collect();
+        let mut events: Vec<Value> = ids[..2]
+            .iter()
+            .map(|e| json!({"eventId": e, "eventType": "h".repeat(256), "data": {"seq": seq}, "metadata": maximal_metadata(seq)}))
+            .collect();
+        // Close to the 1 MiB event limit (once per cycle, to keep the ledger checks quick).
+        let blob = if seq == 0 { 900_000 } else { 1_000 };
+        events.push(
+            json!({"eventId": ids[2], "eventType": "big", "data": {"blob": "x".repeat(blob)}}),
+        );
+        let stream = format!("{}-{}", "s".repeat(240), seq % 4);
+        let requests = [
+            client
+                .post(format!("{base}/v1/streams/{stream}/events"))
+                .bearer_auth(HOSTILE_TOKEN)
+                .json(&json!({"events": events})),
+            // A metadata key longer than any WAL length field.
+            client
+                .post(format!("{base}/v1/streams/evil/events"))
+                .bearer_auth(HOSTILE_TOKEN)
+                .json(
+                    &json!({"events": [{"eventId": Uuid::new_v4(), "eventType": "evil",
+                    "data": {}, "metadata": {"k".repeat(70_000): "v"}}]}),
+                ),
+            client
+                .put(format!("{base}/v1/streams/{stream}/snapshot"))
+                .bearer_auth(HOSTILE_TOKEN)
+                .json(
+                    &json!({"version": 0, "data": {"state": "y".repeat(200_000)},
+                    "metadata": maximal_metadata(seq)}),
+                ),
+            client
+                .put(format!("{base}/v1/streams/evil/snapshot"))
+                .bearer_auth(HOSTILE_TOKEN)
+                .json(&json!({"version": 0, "data": {}, "metadata": {"k".repeat(70_000): "v"}})),
+            client
+                .get(format!("{base}/v1/events?from=0&limit=10000"))
+                .bearer_auth(HOSTILE_TOKEN),
+            client
+                .get(format!("{base}/v1/events?from={}&limit=10000", u64::MAX))
+                .bearer_auth(HOSTILE_TOKEN),
+        ];
+        for (kind, req) in requests.into_iter().enumerate() {
+            let Ok(resp) = req.send().await else {
+                return answered; // the node was killed
+            };
+            let status = resp.status();
+            if status.is_server_error() {
+                return answered; // shutting down under us
+            }
+            let ok = match kind {
+                0 => {
+                    if status.is_success() && resp.bytes().await.is_ok() {
+                        acked.lock().unwrap().extend(ids.iter().copied());
+                    }
+                    status.is_success()
+                }
+                1 | 3 => status.is_client_error(),
+                2 => status.is_success(),
+                _ => status == StatusCode::OK,
+            };
+            assert!(
+                ok,
+                "cycle {cycle}: hostile request {kind} answered {status}"
+            );
+            answered += 1;
+        }
+    }
+    answered
+}
+
+/// Every acknowledged event of the hostile tenant is still served. Returns how many.
+async fn check_hostile(
+    client: &reqwest::Client,
+    base: &str,
+    acked: &HostileLedger,
+    cycle: u64,
+) -> usize {
+    let mut found = HashSet::new();
+    let mut from = 0u64;
+    loop {
+        let r = client
+            .get(format!("{base}/v1/events?from={from}&limit=100"))
+            .bearer_auth(HOSTILE_TOKEN)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::OK, "hostile read_all failed");
+        let page: Value = r.json().await.unwrap();
+        let events = page["events"].as_array().unwrap();
+        let Some(last) = events.last() else { break };
+        from = last["position"].as_u64().unwrap() + 1;
+        found.extend(
+            events
+                .iter()
+                .map(|e| e["eventId"].as_str().unwrap().parse::<Uuid>().unwrap()),
+        );
+    }
+    let acked = acked.lock().unwrap();
+    let missing = acked.difference(&found).count();
+    assert_eq!(
+        missing, 0,
+        "cycle {cycle}: {missing} acknowledged events of the hostile tenant are gone"
+    );
+    acked.len()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn sigkill_crash_loop_keeps_every_acknowledged_event_once_and_in_order() {
     let cycles: u64 = std::env::var("ALLSOURCE_CRASH_CYCLES")
@@ -294,7 +434,8 @@ async fn sigkill_crash_loop_keeps_every_acknowledged_event_once_and_in_order() {
     std::fs::write(
         dir.join("registry.json"),
         serde_json::to_vec(&json!({"version": 1, "tenants": [
-            {"id": "crash", "tokenSha256": [sha256_hex(TOKEN)]}
+            {"id": "crash", "tokenSha256": [sha256_hex(TOKEN)]},
+            {"id": "hostile", "tokenSha256": [sha256_hex(HOSTILE_TOKEN)]}
         ]}))
         .unwrap(),
     )
@@ -304,6 +445,8 @@ async fn sigkill_crash_loop_keeps_every_acknowledged_event_once_and_in_order() {
         .build()
         .unwrap();
     let ledger: Ledger = Arc::new(Mutex::new(HashMap::new()));
+    let hostile_acked: HostileLedger = Arc::new(Mutex::new(HashSet::new()));
+    let mut hostile_requests = 0u64;
     let mut total_acked = 0u64;
     let mut killed_with_unknown = 0u64;
     for cycle in 0..cycles {
@@ -311,7 +454,14 @@ async fn sigkill_crash_loop_keeps_every_acknowledged_event_once_and_in_order() {
         wait_ready(&mut node, &client, dir).await;
         let served = read_everything(&client, &node.base).await;
         check(&served, &ledger, cycle);
+        check_hostile(&client, &node.base, &hostile_acked, cycle).await;
 
+        let hostile = tokio::spawn(hostile_tenant(
+            client.clone(),
+            node.base.clone(),
+            hostile_acked.clone(),
+            cycle,
+        ));
         let writers: Vec<_> = (0..WRITERS)
             .map(|w| {
                 tokio::spawn(writer(
@@ -330,6 +480,7 @@ async fn sigkill_crash_loop_keeps_every_acknowledged_event_once_and_in_order() {
         for h in writers {
             total_acked += h.await.unwrap();
         }
+        hostile_requests += hostile.await.unwrap();
         killed_with_unknown += ledger
             .lock()
             .unwrap()
@@ -343,11 +494,17 @@ async fn sigkill_crash_loop_keeps_every_acknowledged_event_once_and_in_order() {
     wait_ready(&mut node, &client, dir).await;
     let served = read_everything(&client, &node.base).await;
     let n = check(&served, &ledger, cycles);
+    let h = check_hostile(&client, &node.base, &hostile_acked, cycles).await;
     node.child.kill().unwrap();
     node.child.wait().unwrap();
     println!(
         "crash loop: {cycles} SIGKILLs, {total_acked} acknowledged batches, {killed_with_unknown} \
-         batches in flight at a kill, {n} events verified"
+         batches in flight at a kill, {n} events verified; hostile tenant: {hostile_requests} \
+         requests answered, {h} of its acknowledged events verified"
+    );
+    assert!(
+        hostile_requests >= cycles,
+        "the hostile tenant barely ran ({hostile_requests} requests answered)"
     );
     assert!(
         total_acked >= cycles,

@@ -509,7 +509,7 @@ pub struct EventStoreStatus {
     /// Label selector of the store-node pods (scale subresource, HorizontalPodAutoscaler).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub selector: Option<String>,
-    /// What the backend supports.
+    /// What this store supports: the capabilities store-node declares for the backend of spec.backend (the same values its GET /v1/info reports), with archival also requiring an HTTP endpoint for the archiver (always on selfHosted, spec.gateway.enabled on cloud backends).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub capabilities: Option<StatusCapabilities>,
     /// Tenant id to the store node (pod name) that owns it (selfHosted only).
@@ -535,18 +535,22 @@ pub struct Endpoint {
     pub url: String,
 }
 
-/// What the backend of an EventStore supports.
+/// What an EventStore supports, from store-node's declaration for its backend
+/// (`store_node::model::BackendKind::capabilities`).
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct StatusCapabilities {
-    /// Push subscriptions.
+    /// Push subscriptions (GET /v1/subscribe); on cloud backends the gateway polls the backend and pushes.
     pub subscriptions: bool,
-    /// Snapshots.
+    /// Stream snapshots (PUT/GET /v1/streams/{id}/snapshot).
     pub snapshots: bool,
-    /// Atomic multi-event appends.
+    /// Atomic multi-event appends: a batch is stored whole or not at all.
     pub transactions: bool,
-    /// Archival to object storage.
+    /// An ArchivePolicy can archive this store: the backend can trim archived events and the store has an HTTP endpoint for the archiver (selfHosted, or a cloud backend with spec.gateway.enabled).
     pub archival: bool,
+    /// Each tenant's positions are gap-free (0, 1, 2, ...), not only increasing.
+    #[serde(default)]
+    pub gapless_positions: bool,
 }
 
 impl EventStore {

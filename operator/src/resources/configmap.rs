@@ -1,38 +1,27 @@
-//! Builds the `<name>-config` ConfigMap the store nodes read: `node.json` (durability, limits,
-//! peers) and `registry.json` (which tenant lives on which node). The operator configures nodes
-//! only through this file and never calls into pods. Pure: no I/O.
+//! Builds the `<name>-config` ConfigMap the store nodes read: `node.json` (durability and input
+//! limits, store-node's own [`NodeConfig`] type, so the node parses exactly what is written) and
+//! `registry.json` (which tenant lives on which node). The operator configures nodes only through
+//! these files and never calls into pods. Pure: no I/O.
 
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::ConfigMap;
 use kube::ResourceExt;
 use serde::{Deserialize, Serialize};
+pub use store_node::nodeconfig::NodeConfig;
+use store_node::nodeconfig::{NodeDurability, NodeLimits, NODE_CONFIG_FILE};
 
 use super::gateway::GatewayBackend;
 use super::{child_meta, config_map_name, headless_service_name, HTTP_PORT};
-use crate::api::eventstore::{NodeLimits, SelfHostedSpec};
+use crate::api::eventstore::{Durability, SelfHostedSpec};
 use crate::api::tenant::Placement;
 use crate::api::{EventStore, Tenant};
 use crate::provision::{dynamodb, firestore, postgres};
 
 /// File name of the node configuration inside the ConfigMap.
-pub const NODE_CONFIG_KEY: &str = "node.json";
+pub const NODE_CONFIG_KEY: &str = NODE_CONFIG_FILE;
 /// File name of the tenant registry inside the ConfigMap.
 pub const REGISTRY_KEY: &str = "registry.json";
-
-/// Node configuration shared by every node of the StatefulSet.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
-#[serde(rename_all = "camelCase")]
-pub struct NodeConfig {
-    /// fsync, interval or none.
-    pub durability: String,
-    /// Input limits; unset fields use the node's defaults.
-    pub limits: NodeLimits,
-    /// HTTP port the node listens on.
-    pub http_port: i32,
-    /// DNS names of every node (`<pod>.<name>-nodes`), in ordinal order.
-    pub peers: Vec<String>,
-}
 
 /// Lifecycle state of a tenant in the registry.
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -225,16 +214,25 @@ pub fn registry_tenant(t: &Tenant, node: String) -> RegistryTenant {
     }
 }
 
-/// Node configuration of an EventStore with `replicas` nodes.
-pub fn node_config(es: &EventStore, sh: &SelfHostedSpec, replicas: i32) -> NodeConfig {
-    let svc = headless_service_name(es);
+/// The node configuration (`node.json`) every node of a selfHosted store reads at start:
+/// `spec.selfHosted.durability` and `spec.selfHosted.limits`. Nothing else goes in: the node's
+/// address comes from its flags and the other nodes' addresses from the registry.
+pub fn node_config(sh: &SelfHostedSpec) -> NodeConfig {
+    // The CRD allows only positive limits; anything else keeps the node's default.
+    let positive = |v: Option<i64>| v.and_then(|v| u64::try_from(v).ok()).filter(|v| *v > 0);
+    let l = &sh.limits;
     NodeConfig {
-        durability: sh.durability.as_str().to_string(),
-        limits: sh.limits.clone(),
-        http_port: HTTP_PORT,
-        peers: (0..replicas)
-            .map(|i| format!("{}.{svc}", super::node_name(es, i)))
-            .collect(),
+        durability: Some(match sh.durability {
+            Durability::Fsync => NodeDurability::Fsync,
+            Durability::Interval => NodeDurability::Interval,
+            Durability::None => NodeDurability::None,
+        }),
+        limits: NodeLimits {
+            max_event_bytes: positive(l.max_event_bytes),
+            max_batch_events: positive(l.max_batch_events),
+            max_batch_bytes: positive(l.max_batch_bytes),
+            max_read_limit: positive(l.max_read_limit),
+        },
     }
 }
 
@@ -250,7 +248,7 @@ pub fn build(es: &EventStore, node: &NodeConfig, registry: &Registry) -> ConfigM
     ConfigMap {
         metadata: child_meta(es, config_map_name(es)),
         data: Some(BTreeMap::from([
-            (NODE_CONFIG_KEY.to_string(), pretty_json(node)),
+            (NODE_CONFIG_KEY.to_string(), node.to_json()),
             (REGISTRY_KEY.to_string(), pretty_json(registry)),
         ])),
         ..ConfigMap::default()
@@ -283,7 +281,45 @@ mod tests {
             }],
             nodes: node_urls(&es, 3),
         };
-        insta::assert_yaml_snapshot!(build(&es, &node_config(&es, &sh, 3), &registry));
+        insta::assert_yaml_snapshot!(build(&es, &node_config(&sh), &registry));
+    }
+
+    /// The node.json the operator writes is what store-node's own parser accepts, with every
+    /// field of the spec carried over: a field added on one side only fails here.
+    #[test]
+    fn node_json_round_trips_through_the_node_parser() {
+        let mut es = super::super::fixtures::selfhosted();
+        let sh = es.spec.self_hosted.as_mut().unwrap();
+        sh.durability = Durability::Interval;
+        sh.limits = crate::api::eventstore::NodeLimits {
+            max_event_bytes: Some(1000),
+            max_batch_events: Some(2),
+            max_batch_bytes: Some(5000),
+            max_read_limit: Some(7),
+        };
+        let sh = sh.clone();
+        let cm = build(&es, &node_config(&sh), &Registry::default());
+        let text = &cm.data.unwrap()[NODE_CONFIG_KEY];
+        let parsed = NodeConfig::parse(text).unwrap_or_else(|e| panic!("{e}: {text}"));
+        assert_eq!(parsed, node_config(&sh));
+        assert_eq!(parsed.durability, Some(NodeDurability::Interval));
+        let l = parsed
+            .limits
+            .apply(store_node::model::Limits::default())
+            .unwrap();
+        assert_eq!(
+            (
+                l.max_event_bytes,
+                l.max_batch_events,
+                l.max_batch_bytes,
+                l.max_read_limit
+            ),
+            (1000, 2, 5000, 7)
+        );
+        // Unset limits stay out of the file, so the node keeps its defaults.
+        let bare = node_config(&crate::api::eventstore::SelfHostedSpec::default());
+        assert_eq!(bare.limits, NodeLimits::default());
+        assert!(NodeConfig::parse(&bare.to_json()).is_ok());
     }
 
     fn tenant(placement: &str) -> Tenant {

@@ -18,12 +18,13 @@ use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::ResourceExt;
+use store_node::nodeconfig::{NODE_CONFIG_ENV, NODE_CONFIG_FILE};
 
 use super::{
     child_meta, common_labels, config_map_name, container_ports, headless_service_name,
     selector_labels, CONFIG_MOUNT, DATA_MOUNT, HTTP_PORT, METRICS_PORT,
 };
-use crate::api::eventstore::{Durability, SelfHostedSpec};
+use crate::api::eventstore::SelfHostedSpec;
 use crate::api::{DeletionPolicy, EventStore};
 
 /// Name of the container running the store node.
@@ -45,6 +46,10 @@ pub fn args() -> Vec<String> {
         &format!("0.0.0.0:{HTTP_PORT}"),
         "--metrics-addr",
         &format!("0.0.0.0:{METRICS_PORT}"),
+        // The claim is the node's alone, so a share of it is kept free as well as the
+        // absolute reserve (a node on a shared disk keeps only the absolute one).
+        "--disk-reserve-percent",
+        "1",
     ]
     .iter()
     .map(|s| s.to_string())
@@ -100,21 +105,11 @@ fn container(sh: &SelfHostedSpec) -> Container {
     let mut env = vec![
         env_from_field("POD_NAME", "metadata.name"),
         env_from_field("POD_NAMESPACE", "metadata.namespace"),
+        // Durability and limits reach the node only through node.json (no flag duplicates them,
+        // so nothing can override the file behind the operator's back).
         EnvVar {
-            name: "STORE_NODE_DURABILITY".to_string(),
-            value: Some(
-                match sh.durability {
-                    Durability::Fsync => "fsync",
-                    Durability::Interval => "periodic",
-                    Durability::None => "none",
-                }
-                .to_string(),
-            ),
-            ..EnvVar::default()
-        },
-        EnvVar {
-            name: "ALLSOURCE_NODE_CONFIG".to_string(),
-            value: Some(format!("{CONFIG_MOUNT}/node.json")),
+            name: NODE_CONFIG_ENV.to_string(),
+            value: Some(format!("{CONFIG_MOUNT}/{NODE_CONFIG_FILE}")),
             ..EnvVar::default()
         },
     ];

@@ -115,13 +115,7 @@ fn dedup(found: &[(u64, u64)]) -> AppendResult {
 #[async_trait::async_trait]
 impl EventStore for MemoryStore {
     fn capabilities(&self) -> Capabilities {
-        Capabilities {
-            subscriptions: true,
-            snapshots: true,
-            transactions: true,
-            archival: true,
-            gapless_positions: true,
-        }
+        crate::model::BackendKind::Memory.capabilities()
     }
 
     fn limits(&self) -> Limits {

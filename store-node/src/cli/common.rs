@@ -101,15 +101,15 @@ impl HttpArgs {
         }
     }
 
-    /// The store limits: defaults overridden by the flags that were given.
-    pub fn limits(&self) -> Limits {
-        let d = Limits::default();
+    /// `base` (for `serve`: the defaults with the node configuration file applied) overridden by
+    /// the flags that were given.
+    pub fn limits_over(&self, base: Limits) -> Limits {
         Limits {
-            max_event_bytes: self.max_event_bytes.unwrap_or(d.max_event_bytes),
-            max_batch_events: self.max_batch_events.unwrap_or(d.max_batch_events),
-            max_batch_bytes: self.max_batch_bytes.unwrap_or(d.max_batch_bytes),
-            max_read_limit: self.max_read_limit.unwrap_or(d.max_read_limit),
-            ..d
+            max_event_bytes: self.max_event_bytes.unwrap_or(base.max_event_bytes),
+            max_batch_events: self.max_batch_events.unwrap_or(base.max_batch_events),
+            max_batch_bytes: self.max_batch_bytes.unwrap_or(base.max_batch_bytes),
+            max_read_limit: self.max_read_limit.unwrap_or(base.max_read_limit),
+            ..base
         }
     }
 

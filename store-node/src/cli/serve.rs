@@ -2,6 +2,12 @@
 //! SIGTERM/SIGINT stop accepting, drain, then flush and close the store so a restart recovers
 //! every acknowledged event. The listener is bound before the store opens, so `/healthz`
 //! answers during recovery while `/readyz` and `/v1/` answer 503 until it is done.
+//!
+//! Durability and input limits come from, in increasing precedence: the built-in defaults, the
+//! node configuration file (`--node-config`, env `STORE_NODE_CONFIG`: the `node.json` the
+//! operator writes, see [`store_node::nodeconfig`]), then explicit flags or their `STORE_NODE_*`
+//! environment variables. A file that is missing, malformed or has an unknown field stops the
+//! node at start.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -12,6 +18,8 @@ use store_node::backend::memory::MemoryStore;
 use store_node::backend::EventStore;
 use store_node::engine::{Engine, EngineConfig};
 use store_node::metrics::Metrics;
+use store_node::model::Limits;
+use store_node::nodeconfig::{NodeConfig, NodeDurability, NODE_CONFIG_ENV};
 use store_node::server::health::DiskReserve;
 use store_node::server::{self, AppState, ServerConfig};
 use store_node::wal::{CorruptionPolicy, Durability};
@@ -53,9 +61,9 @@ pub struct ServeArgs {
     /// Store implementation.
     #[arg(long, env = "STORE_NODE_BACKEND", value_enum, default_value_t = BackendKind::Engine)]
     pub backend: BackendKind,
-    /// When appends are acknowledged.
-    #[arg(long, env = "STORE_NODE_DURABILITY", value_enum, default_value_t = DurabilityKind::Fsync)]
-    pub durability: DurabilityKind,
+    /// When appends are acknowledged (default: the node configuration file's, else fsync).
+    #[arg(long, env = "STORE_NODE_DURABILITY", value_enum)]
+    pub durability: Option<DurabilityKind>,
     /// fsync interval of `--durability periodic`, in milliseconds.
     #[arg(long, env = "STORE_NODE_FSYNC_INTERVAL_MS", default_value_t = 10)]
     pub fsync_interval_ms: u64,
@@ -63,13 +71,19 @@ pub struct ServeArgs {
     /// larger), appends and snapshots answer 507 until space is back (engine backend only).
     #[arg(long, env = "STORE_NODE_DISK_RESERVE_BYTES", default_value_t = 64 * 1024 * 1024)]
     pub disk_reserve_bytes: u64,
-    /// Free share of the data volume kept, in percent (see --disk-reserve-bytes).
-    #[arg(long, env = "STORE_NODE_DISK_RESERVE_PERCENT", default_value_t = 1.0)]
+    /// Free share of the data volume kept, in percent (see --disk-reserve-bytes). 0 by default:
+    /// a node whose data directory is on a shared disk must not claim a share of space it does
+    /// not own; the operator sets 1 because a store node's volume claim is its own.
+    #[arg(long, env = "STORE_NODE_DISK_RESERVE_PERCENT", default_value_t = 0.0)]
     pub disk_reserve_percent: f64,
     /// What start-up does when the WAL is damaged in a way a crash cannot explain: `refuse`
     /// (do not start, say where) or `set-aside` (keep `<file>.corrupt`, serve what precedes).
     #[arg(long, env = "STORE_NODE_WAL_ON_CORRUPTION", value_enum, default_value_t = CorruptionKind::Refuse)]
     pub wal_on_corruption: CorruptionKind,
+    /// Node configuration file (JSON, the operator's `node.json`): durability and limits. Flags
+    /// given explicitly override its values.
+    #[arg(long, env = NODE_CONFIG_ENV)]
+    pub node_config: Option<PathBuf>,
 }
 
 /// `--wal-on-corruption` values.
@@ -82,10 +96,35 @@ pub enum CorruptionKind {
 }
 
 impl ServeArgs {
-    /// The engine configuration these flags describe.
-    pub fn engine_config(&self) -> EngineConfig {
+    /// Reads the node configuration file, if one is named (an empty configuration otherwise).
+    pub fn load_node_config(&self) -> anyhow::Result<NodeConfig> {
+        let Some(path) = &self.node_config else {
+            return Ok(NodeConfig::default());
+        };
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("reading the node configuration {}", path.display()))?;
+        let cfg = NodeConfig::parse(&text)
+            .with_context(|| format!("node configuration {}", path.display()))?;
+        tracing::info!(path = %path.display(), config = ?cfg, "node configuration loaded");
+        Ok(cfg)
+    }
+
+    /// The store limits: defaults, then the file's, then the flags'.
+    pub fn limits(&self, file: &NodeConfig) -> anyhow::Result<Limits> {
+        let base = file.limits.apply(Limits::default())?;
+        Ok(self.http.limits_over(base))
+    }
+
+    /// The engine configuration these flags and the node configuration file describe.
+    pub fn engine_config(&self, file: &NodeConfig) -> anyhow::Result<EngineConfig> {
         let mut cfg = EngineConfig::new(&self.data_dir);
-        cfg.durability = match self.durability {
+        let kind = self.durability.unwrap_or(match file.durability {
+            None | Some(NodeDurability::Fsync) => DurabilityKind::Fsync,
+            Some(NodeDurability::Fdatasync) => DurabilityKind::Fdatasync,
+            Some(NodeDurability::Interval) => DurabilityKind::Periodic,
+            Some(NodeDurability::None) => DurabilityKind::None,
+        });
+        cfg.durability = match kind {
             DurabilityKind::Fsync => Durability::Fsync,
             DurabilityKind::Fdatasync => Durability::Fdatasync,
             DurabilityKind::Periodic => Durability::Periodic {
@@ -93,12 +132,12 @@ impl ServeArgs {
             },
             DurabilityKind::None => Durability::None,
         };
-        cfg.limits = self.http.limits();
+        cfg.limits = self.limits(file)?;
         cfg.wal_on_corruption = match self.wal_on_corruption {
             CorruptionKind::Refuse => CorruptionPolicy::Refuse,
             CorruptionKind::SetAside => CorruptionPolicy::SetAside,
         };
-        cfg
+        Ok(cfg)
     }
 
     /// The server configuration: the HTTP flags plus the data volume's reserve.
@@ -140,11 +179,11 @@ impl Opened {
     }
 }
 
-async fn open(args: &ServeArgs, metrics: &Metrics) -> anyhow::Result<Opened> {
+async fn open(args: &ServeArgs, file: &NodeConfig, metrics: &Metrics) -> anyhow::Result<Opened> {
     match args.backend {
         BackendKind::Engine => {
-            let cfg = args.engine_config();
-            tracing::info!(data_dir = %cfg.data_dir.display(), durability = ?cfg.durability, "opening the engine (recovery)");
+            let cfg = args.engine_config(file)?;
+            tracing::info!(data_dir = %cfg.data_dir.display(), durability = ?cfg.durability, limits = ?cfg.limits, "opening the engine (recovery)");
             let engine = tokio::task::spawn_blocking(move || Engine::open(cfg))
                 .await
                 .context("engine open task")?
@@ -161,7 +200,7 @@ async fn open(args: &ServeArgs, metrics: &Metrics) -> anyhow::Result<Opened> {
         BackendKind::Memory => {
             tracing::warn!("serving the in-memory store: nothing is persisted");
             Ok(Opened::Memory(Arc::new(MemoryStore::new(
-                args.http.limits(),
+                args.limits(file)?,
             ))))
         }
     }
@@ -169,6 +208,9 @@ async fn open(args: &ServeArgs, metrics: &Metrics) -> anyhow::Result<Opened> {
 
 /// Runs `serve` until a signal, then closes the store.
 pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
+    // Read and check the node configuration before binding, so a bad file fails the start.
+    let file = args.load_node_config()?;
+    args.engine_config(&file)?;
     let registry = args.http.load_registry()?;
     let config = args.server_config();
     let metrics = Arc::new(Metrics::new(config.max_tenant_labels)?);
@@ -184,7 +226,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let opener = {
         let (state, shutdown, args) = (state.clone(), shutdown.clone(), args.clone());
         tokio::spawn(async move {
-            match open(&args, &metrics).await {
+            match open(&args, &file, &metrics).await {
                 Ok(opened) => {
                     state.set_store(opened.as_dyn());
                     tracing::info!(data_dir = %args.data_dir.display(), "store open; ready");

@@ -561,13 +561,7 @@ impl Inner {
 #[async_trait::async_trait]
 impl crate::backend::EventStore for Engine {
     fn capabilities(&self) -> Capabilities {
-        Capabilities {
-            subscriptions: true,
-            snapshots: true,
-            transactions: true,
-            archival: true,
-            gapless_positions: true,
-        }
+        crate::model::BackendKind::Engine.capabilities()
     }
 
     fn limits(&self) -> crate::model::Limits {

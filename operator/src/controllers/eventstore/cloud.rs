@@ -22,7 +22,7 @@ use kube::ResourceExt;
 use super::super::apply::apply;
 use super::super::{Context, ReconcileError};
 use super::write_status;
-use crate::api::eventstore::{Backend, Endpoint, EventStoreStatus, StatusCapabilities};
+use crate::api::eventstore::{Backend, Endpoint, EventStoreStatus};
 use crate::api::{
     find_condition, set_condition, Condition, EventStore, Phase, Tenant, CONDITION_DEGRADED,
     CONDITION_PROGRESSING, CONDITION_READY,
@@ -600,13 +600,7 @@ pub fn compute(
         ready_replicas: gw.map(|g| g.available),
         ready_text: gw.map(|g| format!("{}/{}", g.available, g.desired)),
         selector: None,
-        // The same capabilities store-node's PostgreSQL and DynamoDB backends declare.
-        capabilities: Some(StatusCapabilities {
-            subscriptions: true,
-            snapshots: true,
-            transactions: true,
-            archival: true,
-        }),
+        capabilities: Some(super::status::capabilities(es)),
         placement: BTreeMap::new(),
         provisioned,
         image: gw_on

@@ -307,7 +307,7 @@ async fn apply_store(es: &EventStore, state: &State, ns: &str) -> Result<Action,
     };
 
     // Build (pure).
-    let node_cfg = configmap::node_config(es, &sh, plan.replicas);
+    let node_cfg = configmap::node_config(&sh);
     let registry = registry(es, plan.replicas, &tenants, &plan.placement);
     let sts_desired = statefulset::build(es, &sh, plan.replicas, &hash_of(&node_cfg));
 

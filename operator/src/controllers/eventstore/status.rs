@@ -5,12 +5,43 @@
 use k8s_openapi::api::apps::v1::StatefulSet;
 
 use super::placement::Plan;
-use crate::api::eventstore::{Endpoint, EventStoreStatus, SelfHostedSpec, StatusCapabilities};
+use crate::api::eventstore::{
+    Backend, Endpoint, EventStoreStatus, SelfHostedSpec, StatusCapabilities,
+};
 use crate::api::{
     set_condition, Condition, EventStore, Phase, CONDITION_DEGRADED, CONDITION_PROGRESSING,
     CONDITION_READY,
 };
 use crate::resources::{selector_string, service, HTTP_PORT};
+
+/// The store-node implementation that serves a backend of `spec.backend`.
+pub fn backend_kind(backend: Backend) -> store_node::model::BackendKind {
+    use store_node::model::BackendKind;
+    match backend {
+        Backend::SelfHosted => BackendKind::Engine,
+        Backend::Postgres => BackendKind::Postgres,
+        Backend::DynamoDb => BackendKind::Dynamodb,
+        Backend::Firestore => BackendKind::Firestore,
+    }
+}
+
+/// `status.capabilities`: what store-node declares for the store's backend, with archival only
+/// where an archiver can reach the store over HTTP (every selfHosted store; a cloud store only
+/// with its gateway enabled, since the archive Job reads and trims through the endpoint).
+pub fn capabilities(es: &EventStore) -> StatusCapabilities {
+    let c = backend_kind(es.spec.backend).capabilities();
+    let endpoint = match es.spec.backend {
+        Backend::SelfHosted => true,
+        _ => es.spec.gateway.as_ref().is_some_and(|g| g.enabled),
+    };
+    StatusCapabilities {
+        subscriptions: c.subscriptions,
+        snapshots: c.snapshots,
+        transactions: c.transactions,
+        archival: c.archival && endpoint,
+        gapless_positions: c.gapless_positions,
+    }
+}
 
 /// Rollout facts read from a live StatefulSet.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -120,12 +151,7 @@ pub fn compute(es: &EventStore, sh: &SelfHostedSpec, plan: &Plan, r: &Rollout) -
         ready_replicas: Some(r.ready),
         ready_text: Some(format!("{}/{}", r.ready, want)),
         selector: Some(selector_string(es)),
-        capabilities: Some(StatusCapabilities {
-            subscriptions: true,
-            snapshots: true,
-            transactions: true,
-            archival: true,
-        }),
+        capabilities: Some(capabilities(es)),
         placement: plan.placement.clone(),
         provisioned: previous.provisioned.clone(),
         image: if r.rolling {
@@ -149,6 +175,88 @@ mod tests {
             refused: None,
             unplaced: vec![],
         }
+    }
+
+    fn store(backend: &str, gateway: bool) -> EventStore {
+        let mut spec = serde_json::json!({"backend": backend});
+        if backend != "selfHosted" {
+            spec["gateway"] = serde_json::json!({"enabled": gateway});
+        }
+        serde_json::from_value(serde_json::json!({
+            "apiVersion": "allsource.io/v1alpha1", "kind": "EventStore",
+            "metadata": {"name": "orders", "namespace": "shop"}, "spec": spec,
+        }))
+        .unwrap()
+    }
+
+    fn shown(c: store_node::model::Capabilities) -> StatusCapabilities {
+        StatusCapabilities {
+            subscriptions: c.subscriptions,
+            snapshots: c.snapshots,
+            transactions: c.transactions,
+            archival: c.archival,
+            gapless_positions: c.gapless_positions,
+        }
+    }
+
+    /// Each backend's status shows exactly what a real instance of store-node's backend says
+    /// about itself (`EventStore::capabilities`), not a constant of the operator's.
+    #[tokio::test]
+    async fn status_capabilities_are_the_backends_own_declaration() {
+        use store_node::backend::dynamodb::{DynamoConfig, DynamoStore};
+        use store_node::backend::firestore::{FirestoreConfig, FirestoreStore};
+        use store_node::backend::postgres::{PostgresConfig, PostgresStore};
+        use store_node::EventStore as _;
+        // Built without any call to a server: the engine on the simulated file system, the
+        // cloud clients lazily.
+        let engine = store_node::Engine::open_with_fs(
+            store_node::EngineConfig::new("/data"),
+            std::sync::Arc::new(store_node::fsio::SimFs::new()),
+        )
+        .unwrap();
+        let pg = PostgresStore::connect(PostgresConfig::new("postgres://u@127.0.0.1:1/db", "s"))
+            .unwrap();
+        let mut ddb = DynamoConfig::new("orders", "us-east-1");
+        ddb.endpoint = Some("http://127.0.0.1:1".into());
+        let ddb = DynamoStore::connect(ddb).await.unwrap();
+        let fs = FirestoreStore::connect(FirestoreConfig::emulator("p", "127.0.0.1:1")).unwrap();
+        let declared = [
+            ("selfHosted", engine.capabilities()),
+            ("postgres", pg.capabilities()),
+            ("dynamodb", ddb.capabilities()),
+            ("firestore", fs.capabilities()),
+        ];
+        for (backend, caps) in declared {
+            let es = store(backend, true);
+            assert_eq!(
+                caps,
+                backend_kind(es.spec.backend).capabilities(),
+                "{backend}"
+            );
+            assert_eq!(capabilities(&es), shown(caps), "{backend}");
+            // The selfHosted status carries the same value.
+            if backend == "selfHosted" {
+                let sh = fixtures::selfhosted().spec.self_hosted.unwrap();
+                let st = compute(&es, &sh, &plan(3), &Rollout::default());
+                assert_eq!(st.capabilities, Some(shown(caps)));
+            }
+        }
+        engine.close().unwrap();
+    }
+
+    /// A cloud store without a gateway has no endpoint, so no ArchivePolicy can archive it.
+    #[test]
+    fn cloud_store_without_gateway_cannot_archive() {
+        for backend in ["postgres", "dynamodb", "firestore"] {
+            let off = capabilities(&store(backend, false));
+            assert!(!off.archival, "{backend}: {off:?}");
+            assert!(
+                off.transactions && off.gapless_positions,
+                "{backend}: {off:?}"
+            );
+            assert!(capabilities(&store(backend, true)).archival, "{backend}");
+        }
+        assert!(capabilities(&store("selfHosted", false)).archival);
     }
 
     #[test]

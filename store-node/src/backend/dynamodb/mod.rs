@@ -734,13 +734,7 @@ impl DynamoStore {
 #[async_trait::async_trait]
 impl EventStore for DynamoStore {
     fn capabilities(&self) -> Capabilities {
-        Capabilities {
-            subscriptions: true,
-            snapshots: true,
-            transactions: true,
-            archival: true,
-            gapless_positions: true,
-        }
+        crate::model::BackendKind::Dynamodb.capabilities()
     }
 
     fn limits(&self) -> Limits {

@@ -408,14 +408,7 @@ impl FirestoreStore {
 #[async_trait::async_trait]
 impl EventStore for FirestoreStore {
     fn capabilities(&self) -> Capabilities {
-        Capabilities {
-            subscriptions: true,
-            snapshots: true,
-            transactions: true,
-            archival: true,
-            // From the tenant counter document, which serializes a tenant's appends.
-            gapless_positions: true,
-        }
+        crate::model::BackendKind::Firestore.capabilities()
     }
 
     fn limits(&self) -> Limits {

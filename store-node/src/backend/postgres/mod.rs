@@ -431,13 +431,7 @@ impl PostgresStore {
 #[async_trait::async_trait]
 impl EventStore for PostgresStore {
     fn capabilities(&self) -> Capabilities {
-        Capabilities {
-            subscriptions: true,
-            snapshots: true,
-            transactions: true,
-            archival: true,
-            gapless_positions: true,
-        }
+        crate::model::BackendKind::Postgres.capabilities()
     }
 
     fn limits(&self) -> Limits {
