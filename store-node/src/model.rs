@@ -337,6 +337,10 @@ pub struct Limits {
     pub max_metadata_key_len: usize,
     /// Largest page a read may ask for.
     pub max_read_limit: usize,
+    /// Most bytes of events (as [`RecordedEvent::size_bytes`] counts them) one read page
+    /// holds; a page always holds at least one event, and `next` continues after the last one,
+    /// so a page of fewer events than asked for does not mean the end.
+    pub max_read_bytes: usize,
 }
 
 impl Default for Limits {
@@ -350,6 +354,7 @@ impl Default for Limits {
             max_metadata_entries: 64,
             max_metadata_key_len: 256,
             max_read_limit: 10_000,
+            max_read_bytes: 16 * 1024 * 1024,
         }
     }
 }
@@ -383,6 +388,7 @@ impl Limits {
             ("maxBatchEvents", self.max_batch_events),
             ("maxBatchBytes", self.max_batch_bytes),
             ("maxReadLimit", self.max_read_limit),
+            ("maxReadBytes", self.max_read_bytes),
         ] {
             if v == 0 {
                 return Err(format!("{name} must be > 0"));
@@ -511,6 +517,14 @@ impl Limits {
         Ok(())
     }
 
+    /// The byte budget of one read page.
+    pub fn read_budget(&self) -> ReadBudget {
+        ReadBudget {
+            left: self.max_read_bytes as u64,
+            taken: 0,
+        }
+    }
+
     /// Checks a read page size.
     pub fn validate_read_limit(&self, limit: usize) -> Result<(), StoreError> {
         if limit == 0 || limit > self.max_read_limit {
@@ -520,6 +534,41 @@ impl Limits {
             ));
         }
         Ok(())
+    }
+}
+
+/// What is left of a read page's byte budget ([`Limits::max_read_bytes`]). The first event is
+/// always admitted, so a page makes progress whatever the size of one event.
+#[derive(Debug, Clone, Copy)]
+pub struct ReadBudget {
+    left: u64,
+    taken: usize,
+}
+
+impl ReadBudget {
+    /// Admits an event of `size` bytes into the page, or refuses it when the page is full.
+    pub fn admit(&mut self, size: u64) -> bool {
+        if self.taken > 0 && size > self.left {
+            self.left = 0;
+            return false;
+        }
+        self.left = self.left.saturating_sub(size);
+        self.taken += 1;
+        true
+    }
+
+    /// False once an event was refused or the budget is spent (more events would not fit).
+    pub fn open(&self) -> bool {
+        self.taken == 0 || self.left > 0
+    }
+
+    /// Cuts `events` to the longest prefix within the budget.
+    pub fn truncate(mut self, events: &mut Vec<RecordedEvent>) {
+        let keep = events
+            .iter()
+            .take_while(|e| self.admit(e.size_bytes()))
+            .count();
+        events.truncate(keep);
     }
 }
 

@@ -62,6 +62,9 @@ pub struct NodeLimits {
     /// Largest page a read may ask for.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_read_limit: Option<u64>,
+    /// Most bytes of events one read page holds (at least one event is always returned).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_read_bytes: Option<u64>,
 }
 
 /// Why a node configuration was refused.
@@ -114,6 +117,7 @@ impl NodeLimits {
             )?,
             max_batch_bytes: pick("maxBatchBytes", self.max_batch_bytes, base.max_batch_bytes)?,
             max_read_limit: pick("maxReadLimit", self.max_read_limit, base.max_read_limit)?,
+            max_read_bytes: pick("maxReadBytes", self.max_read_bytes, base.max_read_bytes)?,
             ..base
         })
     }

@@ -1092,3 +1092,90 @@ spec:
     let (s, r) = n.append("s", A, json!({"events": two})).await;
     assert_eq!(s, StatusCode::CREATED, "{r}; node.json: {node_json}");
 }
+
+/// Peak resident memory of a process in bytes (`VmHWM`), and its reset (`clear_refs` 5).
+fn peak_rss(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let kb: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmHWM in /proc/<pid>/status");
+    kb * 1024
+}
+
+fn reset_peak_rss(pid: u32) {
+    std::fs::write(format!("/proc/{pid}/clear_refs"), "5").expect("reset VmHWM");
+}
+
+/// A tenant with 100 MB of 1 MB events asking four times at once for the largest page (10,000
+/// events) gets pages of at most maxReadBytes (16 MiB by default), the node's peak RSS grows by
+/// a bounded amount (documented: about 3 x maxReadBytes per read being answered), and another
+/// tenant is served meanwhile. Before the byte budget each read materialized all 100 MB.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn huge_reads_are_bounded_in_bytes_and_in_node_memory() {
+    let n = Node::start(&two_tenants(), &[]).await;
+    let pid = n.child.as_ref().unwrap().id();
+    let blob = "x".repeat(1_000_000);
+    for b in 0..10u128 {
+        let events: Vec<Value> = (0..10).map(|i| ev(b * 10 + i, json!(blob))).collect();
+        let (s, r) = n.append("big", A, json!({"events": events})).await;
+        assert_eq!(s, StatusCode::CREATED, "{r}");
+    }
+    reset_peak_rss(pid);
+    let before = peak_rss(pid);
+    let reads: Vec<_> = (0..4)
+        .map(|_| {
+            let req = n.req(Method::GET, "/v1/events?from=0&limit=10000", Some(A));
+            tokio::spawn(async move {
+                let body = req.send().await.unwrap().bytes().await.unwrap();
+                let page: Value = serde_json::from_slice(&body).unwrap();
+                (body.len(), page["events"].as_array().unwrap().len())
+            })
+        })
+        .collect();
+    let (s, r) = n
+        .append("small", B, json!({"events": [ev(1, json!(1))]}))
+        .await;
+    assert_eq!(
+        s,
+        StatusCode::CREATED,
+        "the other tenant is served meanwhile: {r}"
+    );
+    let mut pages = Vec::new();
+    for r in reads {
+        pages.push(r.await.unwrap());
+    }
+    let grew = peak_rss(pid).saturating_sub(before);
+    println!(
+        "4 concurrent largest-page reads over 100 MB: pages (bytes, events) {pages:?}, peak RSS \
+         grew {} MiB",
+        grew >> 20
+    );
+    for (bytes, events) in &pages {
+        assert!(
+            *events <= 17 && *bytes <= 17 * 1_001_000,
+            "a page must stop at maxReadBytes (16 MiB): got {events} events, {bytes} bytes"
+        );
+    }
+    assert!(
+        grew < 400 << 20,
+        "peak RSS grew {} MiB serving 4 pages of at most 16 MiB",
+        grew >> 20
+    );
+    // Paging by `next` still reaches all 100 events.
+    let (mut from, mut total) = (0u64, 0usize);
+    loop {
+        let (s, page) = n
+            .get(&format!("/v1/events?from={from}&limit=10000"), A)
+            .await;
+        assert_eq!(s, StatusCode::OK);
+        let events = page["events"].as_array().unwrap();
+        if events.is_empty() {
+            break;
+        }
+        total += events.len();
+        from = page["next"].as_u64().unwrap();
+    }
+    assert_eq!(total, 100);
+}

@@ -310,6 +310,12 @@ pub struct NodeLimits {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1))]
     pub max_read_limit: Option<i64>,
+    /// Most bytes of events one read page holds (payload, type, stream id and metadata;
+    /// default 16 MiB). A page always holds at least one event; clients continue from the
+    /// page's `next`, so a page with fewer events than asked for is not the end.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub max_read_bytes: Option<i64>,
 }
 
 /// Overrides merged into the store nodes' pod template.

@@ -232,6 +232,7 @@ pub fn node_config(sh: &SelfHostedSpec) -> NodeConfig {
             max_batch_events: positive(l.max_batch_events),
             max_batch_bytes: positive(l.max_batch_bytes),
             max_read_limit: positive(l.max_read_limit),
+            max_read_bytes: positive(l.max_read_bytes),
         },
     }
 }
@@ -296,6 +297,7 @@ mod tests {
             max_batch_events: Some(2),
             max_batch_bytes: Some(5000),
             max_read_limit: Some(7),
+            max_read_bytes: Some(9000),
         };
         let sh = sh.clone();
         let cm = build(&es, &node_config(&sh), &Registry::default());
@@ -312,9 +314,10 @@ mod tests {
                 l.max_event_bytes,
                 l.max_batch_events,
                 l.max_batch_bytes,
-                l.max_read_limit
+                l.max_read_limit,
+                l.max_read_bytes
             ),
-            (1000, 2, 5000, 7)
+            (1000, 2, 5000, 7, 9000)
         );
         // Unset limits stay out of the file, so the node keeps its defaults.
         let bare = node_config(&crate::api::eventstore::SelfHostedSpec::default());

@@ -79,6 +79,9 @@ pub struct HttpArgs {
     /// Largest read page.
     #[arg(long, env = "STORE_NODE_MAX_READ_LIMIT")]
     pub max_read_limit: Option<usize>,
+    /// Most bytes of events in one read page (default 16 MiB; one event is always returned).
+    #[arg(long, env = "STORE_NODE_MAX_READ_BYTES")]
+    pub max_read_bytes: Option<usize>,
 }
 
 impl HttpArgs {
@@ -109,6 +112,7 @@ impl HttpArgs {
             max_batch_events: self.max_batch_events.unwrap_or(base.max_batch_events),
             max_batch_bytes: self.max_batch_bytes.unwrap_or(base.max_batch_bytes),
             max_read_limit: self.max_read_limit.unwrap_or(base.max_read_limit),
+            max_read_bytes: self.max_read_bytes.unwrap_or(base.max_read_bytes),
             ..base
         }
     }

@@ -116,29 +116,46 @@ impl Inner {
         let t = self
             .tenant(tenant)
             .ok_or_else(|| StoreError::NotFound(format!("stream {stream}")))?;
-        let mut out: Vec<Option<RecordedEvent>> = Vec::new();
-        let mut cold: Vec<(usize, u64, SegmentMeta)> = Vec::new();
-        {
-            let st = t.state.read();
-            let versions = Self::stream_versions(&st, stream, from, direction, limit)?;
-            out.reserve(versions.len());
-            for (i, (_, p)) in versions.into_iter().enumerate() {
-                match st.hot_event(p) {
-                    Some(ev) => out.push(Some(RecordedEvent::clone(ev))),
-                    None => {
-                        out.push(None);
-                        let seg = segment_for(&st.segments, p).cloned().ok_or_else(|| {
-                            StoreError::Internal(format!("no segment holds position {p}"))
-                        })?;
-                        cold.push((i, p, seg));
+        // The versions to read are fixed under the lock; events are then taken in order until
+        // the page's byte budget is spent. Hot ones are copied under the lock (a run at a
+        // time), cold ones are fetched through the row-group cache with the lock released.
+        let versions = Self::stream_versions(&t.state.read(), stream, from, direction, limit)?;
+        let mut budget = self.cfg.limits.read_budget();
+        let mut out: Vec<RecordedEvent> = Vec::new();
+        let mut next = versions.iter().map(|(_, p)| *p).peekable();
+        while budget.open() {
+            let cold = {
+                let st = t.state.read();
+                let mut cold = None;
+                while let Some(&p) = next.peek() {
+                    match st.hot_event(p) {
+                        Some(ev) => {
+                            if !budget.admit(ev.size_bytes()) {
+                                return Ok(out);
+                            }
+                            out.push(RecordedEvent::clone(ev));
+                            next.next();
+                        }
+                        None => {
+                            let seg = segment_for(&st.segments, p).cloned().ok_or_else(|| {
+                                StoreError::Internal(format!("no segment holds position {p}"))
+                            })?;
+                            cold = Some((p, seg));
+                            break;
+                        }
                     }
                 }
+                cold
+            };
+            let Some((p, seg)) = cold else { break };
+            let ev = self.cold_event(tenant, &seg, p)?;
+            if !budget.admit(ev.size_bytes()) {
+                break;
             }
+            out.push(RecordedEvent::clone(&ev));
+            next.next();
         }
-        for (i, p, seg) in cold {
-            out[i] = Some(RecordedEvent::clone(&*self.cold_event(tenant, &seg, p)?));
-        }
-        Ok(out.into_iter().flatten().collect())
+        Ok(out)
     }
 
     pub(crate) fn visit_stream(
@@ -205,7 +222,8 @@ impl Inner {
         let mut out = Vec::new();
         let mut p = from;
         let id = t.state.read().id.clone();
-        while out.len() < limit {
+        let mut budget = self.cfg.limits.read_budget();
+        while out.len() < limit && budget.open() {
             let seg = {
                 let st = t.state.read();
                 p = p.max(st.trimmed_before);
@@ -217,6 +235,9 @@ impl Inner {
                     while p < end && out.len() < limit {
                         if let Some(ev) = st.hot_event(p) {
                             if st.visible(ev) {
+                                if !budget.admit(ev.size_bytes()) {
+                                    break;
+                                }
                                 out.push(ev.clone());
                             }
                         }
@@ -249,6 +270,9 @@ impl Inner {
                     break;
                 }
                 if st.visible(r) {
+                    if !budget.admit(r.size_bytes()) {
+                        break;
+                    }
                     out.push(r.clone());
                 }
                 p = r.position + 1;

@@ -785,3 +785,72 @@ fn damage_in_an_earlier_wal_file_refuses_to_open() {
         .unwrap();
     assert!(err.to_string().contains("not the last WAL file"), "{err}");
 }
+
+/// A read page is bounded in bytes as well as in events, hot and cold, forwards and backwards,
+/// and paging by the last event's position or version still reaches every event once.
+#[tokio::test]
+async fn read_pages_are_bounded_in_bytes_and_page_through_everything() {
+    let fs = SimFs::new();
+    let cfg = EngineConfig {
+        limits: Limits {
+            max_read_bytes: 10_000,
+            ..Limits::default()
+        },
+        ..sim_config()
+    };
+    let e = Engine::open_with_fs(cfg, Arc::new(fs.clone())).unwrap();
+    let (t, s) = (tid("acme"), sid("big"));
+    let big = |i: u128| NewEvent {
+        payload: vec![b'x'; 3_000],
+        ..ev(i)
+    };
+    e.append(&t, &s, ExpectedVersion::Any, (0..8).map(big).collect())
+        .await
+        .unwrap();
+    e.checkpoint().unwrap(); // the first 8 are cold now
+    e.append(&t, &s, ExpectedVersion::Any, (8..16).map(big).collect())
+        .await
+        .unwrap();
+    // One event alone is above the budget: still one per page.
+    e.append(
+        &t,
+        &s,
+        ExpectedVersion::Any,
+        vec![NewEvent {
+            payload: vec![b'y'; 20_000],
+            ..ev(16)
+        }],
+    )
+    .await
+    .unwrap();
+    for from in [0u64, 8, 12] {
+        let page = e.read_all(&t, from, 10_000).await.unwrap();
+        assert_eq!(
+            page.len(),
+            3,
+            "read_all from {from}: 3 events of ~3 KB fit 10 KB"
+        );
+        let page = e
+            .read_stream(&t, &s, ReadFrom::Version(from), Direction::Forwards, 10_000)
+            .await
+            .unwrap();
+        assert_eq!(page.len(), 3, "read_stream from {from}");
+    }
+    let back = e
+        .read_stream(&t, &s, ReadFrom::Version(10), Direction::Backwards, 10_000)
+        .await
+        .unwrap();
+    let versions: Vec<u64> = back.iter().map(|e| e.version).collect();
+    assert_eq!(versions, vec![10, 9, 8]);
+    let huge = e.read_all(&t, 16, 10_000).await.unwrap();
+    assert_eq!(huge.len(), 1, "an event above the budget is served alone");
+    // Paging reaches everything exactly once.
+    let (mut from, mut seen) = (0u64, Vec::new());
+    loop {
+        let page = e.read_all(&t, from, 10_000).await.unwrap();
+        let Some(last) = page.last() else { break };
+        from = last.position + 1;
+        seen.extend(page.iter().map(|e| e.position));
+    }
+    assert_eq!(seen, (0..17).collect::<Vec<_>>());
+}

@@ -178,9 +178,11 @@ pub async fn read_stream(
     let limit = page_limit(q.limit, &limits)?;
     let direction = q.direction.unwrap_or_default();
     let from = q.from.map_or(ReadFrom::Edge, ReadFrom::Version);
-    let events = store
+    let mut events = store
         .read_stream(&t.id, &stream, from, direction, limit)
         .await?;
+    // Every backend's page is cut to the byte budget (the engine already stops reading there).
+    limits.read_budget().truncate(&mut events);
     let next = match (direction, events.last()) {
         (Direction::Forwards, Some(l)) => Some(l.version.saturating_add(1)),
         (Direction::Forwards, None) => q.from,
@@ -210,9 +212,11 @@ pub async fn read_all(
 ) -> ApiResult<Json<EventsPage>> {
     let store = st.store()?;
     let q = query?.0;
-    let limit = page_limit(q.limit, &store.limits())?;
+    let limits = store.limits();
+    let limit = page_limit(q.limit, &limits)?;
     let from = q.from.unwrap_or(0);
-    let events = store.read_all(&t.id, from, limit).await?;
+    let mut events = store.read_all(&t.id, from, limit).await?;
+    limits.read_budget().truncate(&mut events);
     let next = Some(events.last().map_or(from, |l| l.position.saturating_add(1)));
     count_read(&st, &t, events.len());
     let enc = q.encoding.unwrap_or_default();
