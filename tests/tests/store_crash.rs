@@ -850,8 +850,10 @@ struct Victim {
 
 type SharedVictim = Arc<Mutex<Victim>>;
 
-/// Why a step of the victim's script stopped: the node died under it (the kill).
-struct NodeGone;
+/// Why a step of the victim's script stopped: the node died under it (the kill), or answered
+/// a server error (shown when that happens outside a kill).
+#[derive(Debug)]
+struct NodeGone(String);
 
 /// One GET as the victim: the status and the error code, if any.
 async fn victim_get(
@@ -863,12 +865,16 @@ async fn victim_get(
         .bearer_auth(VICTIM_TOKEN)
         .send()
         .await
-        .map_err(|_| NodeGone)?;
+        .map_err(|e| NodeGone(format!("GET {url}: {e}")))?;
     let status = resp.status();
     if status.is_server_error() {
-        return Err(NodeGone);
+        let body = resp.text().await.unwrap_or_default();
+        return Err(NodeGone(format!("GET {url}: {status} {body}")));
     }
-    let body: Value = resp.json().await.map_err(|_| NodeGone)?;
+    let body: Value = resp
+        .json()
+        .await
+        .map_err(|e| NodeGone(format!("GET {url}: body: {e}")))?;
     Ok((status, Some(body)))
 }
 
@@ -904,16 +910,19 @@ async fn victim_append(
         .json(&json!({"events": events}))
         .send()
         .await
-        .map_err(|_| NodeGone)?;
+        .map_err(|e| NodeGone(format!("append: {e}")))?;
     let status = resp.status();
     if status == StatusCode::GONE {
         return Ok(false);
     }
     if status.is_server_error() {
-        return Err(NodeGone);
+        let body = resp.text().await.unwrap_or_default();
+        return Err(NodeGone(format!("append: {status} {body}")));
     }
     assert!(status.is_success(), "victim append answered {status}");
-    resp.bytes().await.map_err(|_| NodeGone)?;
+    resp.bytes()
+        .await
+        .map_err(|e| NodeGone(format!("append body: {e}")))?;
     victim.lock().unwrap().acked.extend(ids);
     Ok(true)
 }
@@ -1151,17 +1160,18 @@ async fn sigkill_during_purges_and_checkpoints_never_serves_purged_events() {
         // A purge requested before the kill is finished by the restarted node.
         if victim.lock().unwrap().purging {
             let r = victim_wait(&client, &node.base, "tenant_purged after restart", purged).await;
-            assert!(r.is_ok(), "cycle {cycle}: node died waiting for the purge");
+            if let Err(e) = r {
+                panic!("cycle {cycle}: waiting for the purge after a restart: {e:?}");
+            }
             let r = victim_recreate(&client, &node.base, &dir, &victim).await;
-            assert!(r.is_ok(), "cycle {cycle}: node died re-creating the victim");
+            if let Err(e) = r {
+                panic!("cycle {cycle}: re-creating the victim after a restart: {e:?}");
+            }
         }
         check(&read_everything(&client, &node.base).await, &ledger, cycle);
-        assert!(
-            victim_check(&client, &node.base, &victim, cycle)
-                .await
-                .is_ok(),
-            "cycle {cycle}: victim check after restart failed"
-        );
+        if let Err(e) = victim_check(&client, &node.base, &victim, cycle).await {
+            panic!("cycle {cycle}: victim check after a restart: {e:?}");
+        }
         if cycle == cycles {
             node.child.kill().unwrap();
             node.child.wait().unwrap();
