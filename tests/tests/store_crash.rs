@@ -852,7 +852,6 @@ type SharedVictim = Arc<Mutex<Victim>>;
 
 /// Why a step of the victim's script stopped: the node died under it (the kill), or answered
 /// a server error (shown when that happens outside a kill).
-#[derive(Debug)]
 struct NodeGone(String);
 
 /// One GET as the victim: the status and the error code, if any.
@@ -1161,16 +1160,22 @@ async fn sigkill_during_purges_and_checkpoints_never_serves_purged_events() {
         if victim.lock().unwrap().purging {
             let r = victim_wait(&client, &node.base, "tenant_purged after restart", purged).await;
             if let Err(e) = r {
-                panic!("cycle {cycle}: waiting for the purge after a restart: {e:?}");
+                panic!(
+                    "cycle {cycle}: waiting for the purge after a restart: {}",
+                    e.0
+                );
             }
             let r = victim_recreate(&client, &node.base, &dir, &victim).await;
             if let Err(e) = r {
-                panic!("cycle {cycle}: re-creating the victim after a restart: {e:?}");
+                panic!(
+                    "cycle {cycle}: re-creating the victim after a restart: {}",
+                    e.0
+                );
             }
         }
         check(&read_everything(&client, &node.base).await, &ledger, cycle);
         if let Err(e) = victim_check(&client, &node.base, &victim, cycle).await {
-            panic!("cycle {cycle}: victim check after a restart: {e:?}");
+            panic!("cycle {cycle}: victim check after a restart: {}", e.0);
         }
         if cycle == cycles {
             node.child.kill().unwrap();
