@@ -137,10 +137,15 @@ struct SimState {
     fail_syncs: bool,
 }
 
+/// Called with the path of every [`FileSystem::write_synced`] before it happens (no lock of the
+/// file system is held, so the hook may block to pause the writer at that point).
+pub type WriteHook = Arc<dyn Fn(&Path) + Send + Sync>;
+
 /// An in-memory file system that remembers what was made durable, for crash tests.
 #[derive(Clone, Default)]
 pub struct SimFs {
     state: Arc<Mutex<SimState>>,
+    write_hook: Arc<Mutex<Option<WriteHook>>>,
 }
 
 impl SimFs {
@@ -156,6 +161,12 @@ impl SimFs {
         for f in st.files.values_mut() {
             f.data = f.synced.clone();
         }
+    }
+
+    /// Installs (or with `None` removes) a hook run before every `write_synced`, so that a test
+    /// can stop a checkpoint at a precise point and interleave other work deterministically.
+    pub fn set_write_hook(&self, hook: Option<WriteHook>) {
+        *self.write_hook.lock() = hook;
     }
 
     /// Makes every following fsync fail (like EIO on a dying disk).
@@ -259,6 +270,10 @@ impl FileSystem for SimFs {
         Ok(st.files.get(id).map(|f| f.data.clone()).unwrap_or_default())
     }
     fn write_synced(&self, path: &Path, data: &[u8]) -> io::Result<()> {
+        let hook = self.write_hook.lock().clone();
+        if let Some(hook) = hook {
+            hook(path);
+        }
         let mut st = self.state.lock();
         if st.fail_syncs {
             return Err(sync_failed());

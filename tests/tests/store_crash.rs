@@ -74,6 +74,10 @@ struct Node {
 }
 
 fn start(dir: &Path) -> Node {
+    start_with(dir, &[])
+}
+
+fn start_with(dir: &Path, extra: &[String]) -> Node {
     let port = free_port();
     let log = std::fs::OpenOptions::new()
         .create(true)
@@ -92,6 +96,7 @@ fn start(dir: &Path) -> Node {
         .arg(dir.join("data"))
         .args(["--durability", "fsync", "--log-format", "text"])
         .args(["--registry-poll-ms", "50"])
+        .args(extra)
         .env_remove("POD_NAME")
         .stdout(Stdio::null())
         .stderr(log)
@@ -812,4 +817,419 @@ async fn sigkill_during_and_after_a_purge_keeps_the_other_tenant_and_resurrects_
     );
     assert!(n >= verified, "the other tenant lost events");
     assert!(crash_acked > 0, "no write raced a purge");
+}
+
+const VICTIM_TOKEN: &str = "t-victim";
+
+/// Writes the registry of the purge crash loop atomically: the other tenant `crash` is always
+/// active, `victim` is `active` or `purging` (how the operator deletes a tenant with its data).
+fn write_registry(dir: &Path, victim_purging: bool) {
+    let mut victim = json!({"id": "victim", "tokenSha256": [sha256_hex(VICTIM_TOKEN)]});
+    if victim_purging {
+        victim["state"] = json!("purging");
+    }
+    let body = serde_json::to_vec(&json!({"version": 1, "tenants": [
+        {"id": "crash", "tokenSha256": [sha256_hex(TOKEN)]},
+        victim
+    ]}))
+    .unwrap();
+    let tmp = dir.join("registry.json.tmp");
+    std::fs::write(&tmp, body).unwrap();
+    std::fs::rename(&tmp, dir.join("registry.json")).unwrap();
+}
+
+/// The incarnation a victim event id was written in.
+fn incarnation_of(id: &Uuid) -> u64 {
+    ((id.as_u128() >> 64) & 0xffff_ffff) as u64
+}
+
+/// What the test knows about the victim tenant: the incarnation it writes (one more after
+/// each purge it saw finish), whether a purge is requested, and the ids of the current
+/// incarnation's acknowledged appends.
+#[derive(Debug, Default)]
+struct Victim {
+    incarnation: u64,
+    purging: bool,
+    acked: HashSet<Uuid>,
+    seq: u64,
+    purges_done: u64,
+    checks: u64,
+}
+
+type SharedVictim = Arc<Mutex<Victim>>;
+
+/// Why a step of the victim's script stopped: the node died under it (the kill), or answered
+/// a server error (shown when that happens outside a kill).
+struct NodeGone(String);
+
+/// One GET as the victim: the status and the error code, if any.
+async fn victim_get(
+    client: &reqwest::Client,
+    url: &str,
+) -> Result<(StatusCode, Option<Value>), NodeGone> {
+    let resp = client
+        .get(url)
+        .bearer_auth(VICTIM_TOKEN)
+        .send()
+        .await
+        .map_err(|e| NodeGone(format!("GET {url}: {e}")))?;
+    let status = resp.status();
+    if status.is_server_error() {
+        let body = resp.text().await.unwrap_or_default();
+        return Err(NodeGone(format!("GET {url}: {status} {body}")));
+    }
+    let body: Value = resp
+        .json()
+        .await
+        .map_err(|e| NodeGone(format!("GET {url}: body: {e}")))?;
+    Ok((status, Some(body)))
+}
+
+/// Appends one batch of the current incarnation; false when the victim is refused (410).
+async fn victim_append(
+    client: &reqwest::Client,
+    base: &str,
+    victim: &SharedVictim,
+) -> Result<bool, NodeGone> {
+    let (ids, stream) = {
+        let mut v = victim.lock().unwrap();
+        v.seq += 1;
+        let ids: Vec<Uuid> = (0..3u128)
+            .map(|i| {
+                Uuid::from_u128(
+                    (0x71c7_u128 << 112)
+                        | ((v.incarnation as u128) << 64)
+                        | ((v.seq as u128) << 8)
+                        | i,
+                )
+            })
+            .collect();
+        // Few streams: a re-created tenant reuses the erased streams' names and versions.
+        (ids, format!("s{}", v.seq % 3))
+    };
+    let events: Vec<Value> = ids
+        .iter()
+        .map(|id| json!({"eventId": id, "eventType": "victim", "data": {"pad": "p".repeat(200)}}))
+        .collect();
+    let resp = client
+        .post(format!("{base}/v1/streams/{stream}/events"))
+        .bearer_auth(VICTIM_TOKEN)
+        .json(&json!({"events": events}))
+        .send()
+        .await
+        .map_err(|e| NodeGone(format!("append: {e}")))?;
+    let status = resp.status();
+    if status == StatusCode::GONE {
+        return Ok(false);
+    }
+    if status.is_server_error() {
+        let body = resp.text().await.unwrap_or_default();
+        return Err(NodeGone(format!("append: {status} {body}")));
+    }
+    assert!(status.is_success(), "victim append answered {status}");
+    resp.bytes()
+        .await
+        .map_err(|e| NodeGone(format!("append body: {e}")))?;
+    victim.lock().unwrap().acked.extend(ids);
+    Ok(true)
+}
+
+/// Polls the victim's `/v1/stats` until `done` accepts the answer (20 s at most).
+async fn victim_wait(
+    client: &reqwest::Client,
+    base: &str,
+    what: &str,
+    done: impl Fn(StatusCode, &Value) -> bool,
+) -> Result<(), NodeGone> {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (status, body) = victim_get(client, &format!("{base}/v1/stats")).await?;
+        if done(status, body.as_ref().unwrap_or(&Value::Null)) {
+            return Ok(());
+        }
+        assert!(
+            Instant::now() < deadline,
+            "victim: {what} not reached in 20 s (last {status} {body:?})"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+fn purged(status: StatusCode, body: &Value) -> bool {
+    status == StatusCode::GONE && body["code"] == json!("tenant_purged")
+}
+
+/// Requests the victim's purge and waits until the node reports it done.
+async fn victim_purge(
+    client: &reqwest::Client,
+    base: &str,
+    dir: &Path,
+    victim: &SharedVictim,
+) -> Result<(), NodeGone> {
+    victim.lock().unwrap().purging = true;
+    write_registry(dir, true);
+    victim_wait(client, base, "tenant_purged", purged).await
+}
+
+/// After a purge the node finished: the tenant id is used again, as a new incarnation.
+async fn victim_recreate(
+    client: &reqwest::Client,
+    base: &str,
+    dir: &Path,
+    victim: &SharedVictim,
+) -> Result<(), NodeGone> {
+    write_registry(dir, false);
+    {
+        let mut v = victim.lock().unwrap();
+        v.purging = false;
+        v.incarnation += 1;
+        v.acked.clear();
+        v.purges_done += 1;
+    }
+    victim_wait(client, base, "active again", |s, _| s == StatusCode::OK).await
+}
+
+/// Everything the victim is served (all events, and each stream) is of its current
+/// incarnation, gap-free from position 0, and holds every acknowledged append of it.
+async fn victim_check(
+    client: &reqwest::Client,
+    base: &str,
+    victim: &SharedVictim,
+    cycle: u64,
+) -> Result<(), NodeGone> {
+    let (incarnation, acked) = {
+        let v = victim.lock().unwrap();
+        (v.incarnation, v.acked.clone())
+    };
+    let mut served: Vec<(u64, Uuid)> = Vec::new();
+    let mut from = 0u64;
+    loop {
+        let (status, page) =
+            victim_get(client, &format!("{base}/v1/events?from={from}&limit=1000")).await?;
+        assert_eq!(
+            status,
+            StatusCode::OK,
+            "cycle {cycle}: victim read_all {page:?}"
+        );
+        let page = page.unwrap_or(Value::Null);
+        let events = page["events"].as_array().cloned().unwrap_or_default();
+        let Some(last) = events.last() else { break };
+        from = last["position"].as_u64().unwrap() + 1;
+        served.extend(events.iter().map(|e| {
+            (
+                e["position"].as_u64().unwrap(),
+                e["eventId"].as_str().unwrap().parse::<Uuid>().unwrap(),
+            )
+        }));
+    }
+    for s in 0..3 {
+        let (status, page) = victim_get(
+            client,
+            &format!("{base}/v1/streams/s{s}/events?from=0&limit=1000"),
+        )
+        .await?;
+        if status == StatusCode::NOT_FOUND {
+            continue;
+        }
+        assert_eq!(
+            status,
+            StatusCode::OK,
+            "cycle {cycle}: victim stream read {page:?}"
+        );
+        let page = page.unwrap_or(Value::Null);
+        for e in page["events"].as_array().cloned().unwrap_or_default() {
+            let id: Uuid = e["eventId"].as_str().unwrap().parse().unwrap();
+            assert_eq!(
+                incarnation_of(&id),
+                incarnation,
+                "cycle {cycle}: stream s{s} serves event {id} of purged incarnation {} \
+                 (current {incarnation})",
+                incarnation_of(&id)
+            );
+        }
+    }
+    let stale: Vec<_> = served
+        .iter()
+        .filter(|(_, id)| incarnation_of(id) != incarnation)
+        .collect();
+    assert!(
+        stale.is_empty(),
+        "cycle {cycle}: {} events of purged incarnations served to the re-created tenant \
+         (current incarnation {incarnation}), e.g. {:?}",
+        stale.len(),
+        &stale[..stale.len().min(5)]
+    );
+    for (i, (p, _)) in served.iter().enumerate() {
+        assert_eq!(
+            *p, i as u64,
+            "cycle {cycle}: victim positions not gap-free from 0"
+        );
+    }
+    let ids: HashSet<Uuid> = served.iter().map(|(_, id)| *id).collect();
+    let missing = acked.difference(&ids).count();
+    assert_eq!(
+        missing, 0,
+        "cycle {cycle}: {missing} acknowledged events of the victim's current incarnation lost"
+    );
+    victim.lock().unwrap().checks += 1;
+    Ok(())
+}
+
+/// The victim's life while the node runs, until the node is killed: write, purge (checkpoints
+/// run every few milliseconds meanwhile), re-create, write again, check, and so on.
+async fn victim_script(
+    client: reqwest::Client,
+    base: String,
+    dir: PathBuf,
+    victim: SharedVictim,
+    cycle: u64,
+    seed: u64,
+) {
+    let mut rng = Rng(seed | 1);
+    let _ = async {
+        loop {
+            // Appends racing the purge request: the last ones are still hot when it comes.
+            let writes = 1 + rng.below(12);
+            let writer = {
+                let (client, base, victim) = (client.clone(), base.clone(), victim.clone());
+                tokio::spawn(async move {
+                    for _ in 0..writes {
+                        if !victim_append(&client, &base, &victim).await? {
+                            break;
+                        }
+                    }
+                    Ok::<(), NodeGone>(())
+                })
+            };
+            tokio::time::sleep(Duration::from_millis(rng.below(40))).await;
+            victim_purge(&client, &base, &dir, &victim).await?;
+            writer.await.unwrap()?;
+            victim_recreate(&client, &base, &dir, &victim).await?;
+            for _ in 0..1 + rng.below(4) {
+                assert!(
+                    victim_append(&client, &base, &victim).await?,
+                    "re-created victim refused"
+                );
+            }
+            victim_check(&client, &base, &victim, cycle).await?;
+        }
+        #[allow(unreachable_code)]
+        Ok::<(), NodeGone>(())
+    }
+    .await;
+}
+
+/// A tenant purged (registry `purging`, as the operator does it) while checkpoints run every
+/// few milliseconds, the node SIGKILLed at random moments (before, during or after the purge,
+/// or after the tenant id was used again), restarted: no event of a purged incarnation is ever
+/// served to the re-created tenant, live or after a restart, and the other tenant keeps every
+/// acknowledged event. `ALLSOURCE_PURGE_CRASH_CYCLES` (default 30) and `ALLSOURCE_CRASH_SEED`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sigkill_during_purges_and_checkpoints_never_serves_purged_events() {
+    let cycles: u64 = std::env::var("ALLSOURCE_PURGE_CRASH_CYCLES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(30);
+    let seed: u64 = std::env::var("ALLSOURCE_CRASH_SEED")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_nanos() as u64
+        });
+    println!("purge crash loop: {cycles} cycles, ALLSOURCE_CRASH_SEED={seed}");
+    let started = Instant::now();
+    let mut rng = Rng(seed | 1);
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().to_path_buf();
+    write_registry(&dir, false);
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(20))
+        .build()
+        .unwrap();
+    let ledger: Ledger = Arc::new(Mutex::new(HashMap::new()));
+    let victim: SharedVictim = Arc::new(Mutex::new(Victim::default()));
+    let mut total_acked = 0u64;
+    for cycle in 0..=cycles {
+        // Checkpoints as often as every few milliseconds, or less often than the registry
+        // poll (so that a purge meets a tenant with unflushed events).
+        let interval = [3, 10, 40, 120][rng.below(4) as usize];
+        let extra = [
+            "--checkpoint-interval-ms".to_string(),
+            interval.to_string(),
+            "--checkpoint-wal-bytes".to_string(),
+            "1".to_string(),
+        ];
+        let mut node = start_with(&dir, &extra);
+        wait_ready(&mut node, &client, &dir).await;
+        // A purge requested before the kill is finished by the restarted node.
+        if victim.lock().unwrap().purging {
+            let r = victim_wait(&client, &node.base, "tenant_purged after restart", purged).await;
+            if let Err(e) = r {
+                panic!(
+                    "cycle {cycle}: waiting for the purge after a restart: {}",
+                    e.0
+                );
+            }
+            let r = victim_recreate(&client, &node.base, &dir, &victim).await;
+            if let Err(e) = r {
+                panic!(
+                    "cycle {cycle}: re-creating the victim after a restart: {}",
+                    e.0
+                );
+            }
+        }
+        check(&read_everything(&client, &node.base).await, &ledger, cycle);
+        if let Err(e) = victim_check(&client, &node.base, &victim, cycle).await {
+            panic!("cycle {cycle}: victim check after a restart: {}", e.0);
+        }
+        if cycle == cycles {
+            node.child.kill().unwrap();
+            node.child.wait().unwrap();
+            break;
+        }
+        let writers: Vec<_> = (0..2)
+            .map(|w| {
+                tokio::spawn(writer(
+                    client.clone(),
+                    node.base.clone(),
+                    ledger.clone(),
+                    w,
+                    cycle,
+                    rng.next(),
+                ))
+            })
+            .collect();
+        let script = tokio::spawn(victim_script(
+            client.clone(),
+            node.base.clone(),
+            dir.clone(),
+            victim.clone(),
+            cycle,
+            rng.next(),
+        ));
+        tokio::time::sleep(Duration::from_millis(50 + rng.below(900))).await;
+        node.child.kill().unwrap(); // SIGKILL
+        node.child.wait().unwrap();
+        for h in writers {
+            total_acked += h.await.unwrap();
+        }
+        script.await.unwrap();
+    }
+    let v = victim.lock().unwrap();
+    println!(
+        "purge crash loop: {cycles} SIGKILLs in {:?}, {} purges finished, {} victim checks, \
+         {total_acked} acknowledged batches of the other tenant",
+        started.elapsed(),
+        v.purges_done,
+        v.checks
+    );
+    assert!(
+        v.purges_done >= cycles / 2,
+        "too few purges ran: {}",
+        v.purges_done
+    );
+    assert!(total_acked >= cycles, "the other tenant barely wrote");
 }

@@ -80,6 +80,16 @@ pub struct ServeArgs {
     /// (do not start, say where) or `set-aside` (keep `<file>.corrupt`, serve what precedes).
     #[arg(long, env = "STORE_NODE_WAL_ON_CORRUPTION", value_enum, default_value_t = CorruptionKind::Refuse)]
     pub wal_on_corruption: CorruptionKind,
+    /// How often the background flusher checks whether a checkpoint (or a compaction) is due,
+    /// in milliseconds (engine backend only).
+    #[arg(long, env = "STORE_NODE_CHECKPOINT_INTERVAL_MS", default_value_t = 1000,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub checkpoint_interval_ms: u64,
+    /// WAL bytes written since the last checkpoint that make the next one due (engine backend
+    /// only): Parquet segments, manifest, WAL trim.
+    #[arg(long, env = "STORE_NODE_CHECKPOINT_WAL_BYTES", default_value_t = 256 * 1024 * 1024,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub checkpoint_wal_bytes: u64,
     /// Node configuration file (JSON, the operator's `node.json`): durability and limits. Flags
     /// given explicitly override its values.
     #[arg(long, env = NODE_CONFIG_ENV)]
@@ -133,6 +143,8 @@ impl ServeArgs {
             DurabilityKind::None => Durability::None,
         };
         cfg.limits = self.limits(file)?;
+        cfg.checkpoint_interval_ms = self.checkpoint_interval_ms;
+        cfg.checkpoint_wal_bytes = self.checkpoint_wal_bytes;
         cfg.wal_on_corruption = match self.wal_on_corruption {
             CorruptionKind::Refuse => CorruptionPolicy::Refuse,
             CorruptionKind::SetAside => CorruptionPolicy::SetAside,

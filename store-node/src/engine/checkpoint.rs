@@ -2,9 +2,12 @@
 //! fsync, rename, fsync directory), then record segments and index state in the manifest
 //! (tmp + fsync + rename + directory fsync), and only then delete WAL files the manifest covers
 //! and evict the flushed events from memory. Compaction merges a tenant's small segments the
-//! same way. A purged tenant's segment files are deleted at the start of the next checkpoint,
-//! before it writes any (its positions restart at 0, so file names repeat). Nothing here may delete a file the current manifest still names, or trim WAL
-//! records the manifest does not cover.
+//! same way. A purged tenant's segment files are deleted at the start of the next checkpoint.
+//! Its positions restart at 0 in a new incarnation, which every segment file name carries, so
+//! a file of the new incarnation never takes the name (or the cached row groups) of an erased
+//! one; a checkpoint that read the tenant before a purge applied never attaches what it wrote
+//! to the purged tenant, and deletes that file instead. Nothing here may delete a file the
+//! current manifest still names, or trim WAL records the manifest does not cover.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -146,8 +149,15 @@ pub struct CheckpointReport {
     pub wal_files_removed: usize,
 }
 
-fn segment_name(first: u64, last: u64) -> String {
-    format!("{first:020}-{last:020}.parquet")
+/// The file name of a segment of `incarnation` holding positions `first..=last`. Names of
+/// incarnation 0 keep the format of nodes that predate incarnations (their files are still
+/// named in manifests); later incarnations are prefixed, so no two incarnations share a name.
+fn segment_name(incarnation: u64, first: u64, last: u64) -> String {
+    if incarnation == 0 {
+        format!("{first:020}-{last:020}.parquet")
+    } else {
+        format!("i{incarnation:020}-{first:020}-{last:020}.parquet")
+    }
 }
 
 impl Inner {
@@ -161,6 +171,7 @@ impl Inner {
         &self,
         dirs: &Dirs,
         tenant: &TenantId,
+        incarnation: u64,
         events: &[Arc<RecordedEvent>],
         name: Option<String>,
     ) -> Result<Option<SegmentMeta>, EngineError> {
@@ -173,7 +184,7 @@ impl Inner {
             self.fs.create_dir_all(&dir)?;
             self.fs.sync_dir(&dirs.segments)?;
         }
-        let file = name.unwrap_or_else(|| segment_name(first.position, last.position));
+        let file = name.unwrap_or_else(|| segment_name(incarnation, first.position, last.position));
         write_atomic(self.fs.as_ref(), &dir.join(&file), &bytes)?;
         Ok(Some(SegmentMeta {
             file,
@@ -186,9 +197,8 @@ impl Inner {
     }
 
     /// Deletes the segment files of a purged tenant (every file its state no longer names),
-    /// before the checkpoint writes new ones: positions restart at 0 after a purge, so a new
-    /// segment may get the name of an erased one. Deleting before the manifest drops them is
-    /// safe: the purge record is durable, so a restart replays it and never reads them.
+    /// before the checkpoint writes new ones. Deleting before the manifest drops them is safe:
+    /// the purge record is durable, so a restart replays it and never reads them.
     fn sweep_purged(
         &self,
         dirs: &Dirs,
@@ -231,6 +241,25 @@ impl Inner {
         }
     }
 
+    /// Deletes a segment a checkpoint wrote for an incarnation purged meanwhile; when that
+    /// fails, the next checkpoint's sweep deletes it (it is named in no live state).
+    fn remove_erased_segment(&self, dirs: &Dirs, id: &TenantId, t: &Tenant, file: &str) {
+        let path = dirs.segment_path(id, file);
+        let removed = self
+            .fs
+            .remove(&path)
+            .and_then(|()| self.fs.sync_dir(&dirs.segments.join(id.as_str())));
+        match removed {
+            Ok(()) => {
+                tracing::info!(tenant = %id, %file, "segment of a tenant purged during the checkpoint deleted");
+            }
+            Err(e) => {
+                tracing::warn!(tenant = %id, %file, error = %e, "could not delete a purged tenant's segment; the next checkpoint retries");
+                t.state.write().sweep = true;
+            }
+        }
+    }
+
     pub(crate) fn checkpoint(&self) -> Result<CheckpointReport, EngineError> {
         let mut ck = self.ckpt.lock();
         let dirs = self.dirs.clone();
@@ -263,21 +292,35 @@ impl Inner {
                 let hot: Vec<Arc<RecordedEvent>> = st.hot.iter().cloned().collect();
                 (hot, st.to_manifest(None))
             };
-            let meta = self.write_segment(&dirs, &id, &hot, None)?;
+            let meta = self.write_segment(&dirs, &id, state.incarnation, &hot, None)?;
             let mut state = state;
             if let Some(m) = &meta {
                 state.segments.push(m.clone());
                 report.segments_written += 1;
                 report.events_flushed += hot.len() as u64;
-                flushed.push((t.clone(), m.clone(), m.last_position + 1));
+                flushed.push((
+                    id.clone(),
+                    t.clone(),
+                    state.incarnation,
+                    m.clone(),
+                    m.last_position + 1,
+                ));
             }
             manifest.tenants.insert(id, state);
         }
         let json =
             serde_json::to_vec(&manifest).map_err(|e| EngineError::Manifest(e.to_string()))?;
         write_atomic(self.fs.as_ref(), &dirs.manifest, &json)?;
-        for (t, meta, upto) in flushed {
-            t.state.write().evict_flushed(meta, upto);
+        for (id, t, incarnation, meta, upto) in flushed {
+            let mut st = t.state.write();
+            if st.evict_flushed(incarnation, meta.clone(), upto) {
+                continue;
+            }
+            // Purged while this checkpoint ran: the file holds erased events. The manifest just
+            // written still names it, but the purge record is durable after `lsn` (it was not
+            // applied when the tenant was read), so a restart replays it and never reads it.
+            drop(st);
+            self.remove_erased_segment(&dirs, &id, &t, &meta.file);
         }
         report.wal_files_removed = self.wal.remove_files_upto(self.fs.as_ref(), lsn)?;
         for f in std::mem::take(&mut ck.graveyard) {
@@ -311,7 +354,7 @@ impl Inner {
             .collect();
         let mut merged_total = 0;
         for (id, t) in tenants {
-            let small: Vec<SegmentMeta> = {
+            let (incarnation, small): (u64, Vec<SegmentMeta>) = {
                 let st = t.state.read();
                 let small: Vec<SegmentMeta> = st
                     .segments
@@ -325,11 +368,12 @@ impl Inner {
                 // Merge a contiguous run of small segments only, to keep position order.
                 let first = st.segments.iter().position(|s| s == &small[0]);
                 let Some(first) = first else { continue };
-                st.segments[first..]
+                let run = st.segments[first..]
                     .iter()
                     .take_while(|s| s.bytes < self.cfg.compact_small_bytes)
                     .cloned()
-                    .collect()
+                    .collect();
+                (st.incarnation, run)
             };
             if small.len() < 2 {
                 continue;
@@ -347,9 +391,12 @@ impl Inner {
             }
             let first_position = small[0].first_position;
             let last_position = small[small.len() - 1].last_position;
-            let name = format!("c{}", segment_name(first_position, last_position));
+            let name = format!(
+                "c{}",
+                segment_name(incarnation, first_position, last_position)
+            );
             let new_meta = self
-                .write_segment(&dirs, &id, &rows, Some(name))?
+                .write_segment(&dirs, &id, incarnation, &rows, Some(name))?
                 .map(|mut m| {
                     // Keep the covered range even when hidden rows at the edges were dropped.
                     m.first_position = first_position;
@@ -359,14 +406,22 @@ impl Inner {
                     }
                     m
                 });
-            // Swap in memory, then persist a manifest naming the new file.
+            // Swap in memory, then persist a manifest naming the new file. The entry on disk
+            // must be of the same incarnation (a checkpoint writes it before attaching any
+            // segment of a new incarnation, under the lock held here).
+            let mut m = load_manifest(self.fs.as_ref(), &dirs)?;
+            let on_disk = m.tenants.get(&id).map(|o| o.incarnation);
             let manifest_tenants;
             {
                 let mut st = t.state.write();
                 let start = st.segments.iter().position(|s| s == &small[0]);
                 let end = start.map(|s| s + small.len());
                 match (start, end) {
-                    (Some(start), Some(end)) if st.segments.get(start..end) == Some(&small[..]) => {
+                    (Some(start), Some(end))
+                        if st.incarnation == incarnation
+                            && on_disk.is_none_or(|i| i == incarnation)
+                            && st.segments.get(start..end) == Some(&small[..]) =>
+                    {
                         st.segments.splice(start..end, new_meta.clone());
                         manifest_tenants = st.to_manifest(None);
                     }
@@ -381,7 +436,6 @@ impl Inner {
                     }
                 }
             }
-            let mut m = load_manifest(self.fs.as_ref(), &dirs)?;
             m.tenants.insert(
                 id.clone(),
                 manifest_tenants_only_segments(m.tenants.get(&id), manifest_tenants),

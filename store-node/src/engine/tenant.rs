@@ -41,6 +41,11 @@ pub enum Reservation {
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct TenantManifest {
+    /// Incarnation of the tenant id on this node: 0 at first, one more after each purge.
+    /// Segment files carry it in their names, and data of an older incarnation is never
+    /// attached to a newer one.
+    #[serde(default)]
+    pub incarnation: u64,
     /// LSN of the last record applied.
     pub applied_lsn: u64,
     /// Next position to commit.
@@ -64,6 +69,8 @@ pub struct TenantManifest {
 pub struct TenantState {
     /// Tenant id.
     pub id: TenantId,
+    /// Incarnation of the tenant id (see [`TenantManifest::incarnation`]).
+    pub incarnation: u64,
     /// LSN of the last record applied.
     pub applied_lsn: u64,
     /// Next position to hand out (counting writes not yet durable).
@@ -113,6 +120,7 @@ impl TenantState {
         }
         Self {
             id,
+            incarnation: m.incarnation,
             applied_lsn: m.applied_lsn,
             next_position: m.next_position,
             committed_position: m.next_position,
@@ -135,6 +143,7 @@ impl TenantState {
         let mut segments = self.segments.clone();
         segments.extend(extra.cloned());
         TenantManifest {
+            incarnation: self.incarnation,
             applied_lsn: self.applied_lsn,
             next_position: self.committed_position,
             trimmed_before: self.trimmed_before,
@@ -342,12 +351,16 @@ impl TenantState {
     }
 
     /// Forgets everything of the tenant: streams, indexes, hot events, snapshots, segments and
-    /// counters; positions start again at 0. Reservations cannot be outstanding here (they are
-    /// refused while `purge_pending`), so restarting the numbering is safe.
+    /// counters; positions start again at 0 in a new incarnation. Reservations cannot be
+    /// outstanding here (they are refused while `purge_pending`), so restarting the numbering
+    /// is safe; a checkpoint that read the old incarnation cannot attach its segment to the
+    /// new one (see [`TenantState::evict_flushed`]).
     fn purge(&mut self) {
         let applied_lsn = self.applied_lsn;
+        let incarnation = self.incarnation + 1;
         *self = Self::new(self.id.clone());
         self.applied_lsn = applied_lsn;
+        self.incarnation = incarnation;
         self.sweep = true;
     }
 
@@ -430,8 +443,14 @@ impl TenantState {
             .and_then(|i| self.hot.get(i as usize))
     }
 
-    /// Moves the hot window past `upto` after those events were flushed to `segment`.
-    pub fn evict_flushed(&mut self, segment: SegmentMeta, upto: u64) {
+    /// Moves the hot window past `upto` after those events were flushed to `segment`, which
+    /// holds events of `incarnation`. Returns false, changing nothing, when the tenant was
+    /// purged since they were read: the segment holds erased data and must be deleted.
+    #[must_use]
+    pub fn evict_flushed(&mut self, incarnation: u64, segment: SegmentMeta, upto: u64) -> bool {
+        if incarnation != self.incarnation {
+            return false;
+        }
         self.segments.push(segment);
         while self.hot.front().is_some_and(|h| h.position < upto) {
             if let Some(h) = self.hot.pop_front() {
@@ -441,5 +460,6 @@ impl TenantState {
             }
         }
         self.hot_base = self.hot_base.max(upto);
+        true
     }
 }

@@ -33,7 +33,8 @@ fn bearer(parts: &Parts) -> Option<&str> {
 
 /// 410 for a tenant being deleted with its data; the code tells whether this node finished.
 fn purging(st: &AppState, tenant: &TenantInfo) -> ApiError {
-    match st.purges().status(&tenant.id) {
+    let mark = st.registry().snapshot().purge_mark(&tenant.id);
+    match st.purges().status(&tenant.id, mark) {
         PurgeStatus::Done => ApiError::new(
             StatusCode::GONE,
             "tenant_purged",

@@ -25,51 +25,57 @@ pub enum PurgeStatus {
     Done,
 }
 
-/// Outcomes of the purges of the tenants currently marked `purging`.
+/// Outcomes of the purges of the tenants currently marked `purging`, per marking (see
+/// [`crate::tenant::RegistrySnapshot::purge_mark`]).
 #[derive(Debug, Default)]
 pub struct Purges {
-    status: Mutex<HashMap<TenantId, PurgeStatus>>,
+    status: Mutex<HashMap<TenantId, (u64, PurgeStatus)>>,
 }
 
 impl Purges {
-    /// The status of `tenant` (pending until a purge finished).
-    pub fn status(&self, tenant: &TenantId) -> PurgeStatus {
+    /// The status of `tenant` under the marking `mark` (pending until a purge started under
+    /// that marking finished: a tenant unmarked and marked again, even between two polls,
+    /// may have written meanwhile and is purged again).
+    pub fn status(&self, tenant: &TenantId, mark: Option<u64>) -> PurgeStatus {
+        match (self.status.lock().get(tenant), mark) {
+            (Some((m, status)), Some(mark)) if *m == mark => status.clone(),
+            _ => PurgeStatus::Pending(None),
+        }
+    }
+
+    /// Forgets markings no longer in force, so a tenant id used again later is purged again
+    /// when it is marked again.
+    fn retain(&self, purging: &[(TenantId, u64)]) {
         self.status
             .lock()
-            .get(tenant)
-            .cloned()
-            .unwrap_or(PurgeStatus::Pending(None))
+            .retain(|t, (m, _)| purging.iter().any(|(id, mark)| id == t && mark == m));
     }
 
-    /// Forgets tenants no longer marked `purging`, so a tenant id used again later is purged
-    /// again when it is marked again.
-    fn retain(&self, purging: &[TenantId]) {
-        self.status.lock().retain(|t, _| purging.contains(t));
+    fn set(&self, tenant: &TenantId, mark: u64, status: PurgeStatus) {
+        self.status.lock().insert(tenant.clone(), (mark, status));
     }
 
-    fn set(&self, tenant: &TenantId, status: PurgeStatus) {
-        self.status.lock().insert(tenant.clone(), status);
-    }
-
-    /// Purges every tenant in `purging` not purged yet, one after the other.
-    pub async fn run_once(&self, store: &Arc<dyn EventStore>, purging: &[TenantId]) {
+    /// Purges every tenant in `purging` (with its marking) not purged yet under that marking,
+    /// one after the other.
+    pub async fn run_once(&self, store: &Arc<dyn EventStore>, purging: &[(TenantId, u64)]) {
         self.retain(purging);
-        for tenant in purging {
-            let previous = self.status(tenant);
+        for (tenant, mark) in purging {
+            let (tenant, mark) = (tenant, *mark);
+            let previous = self.status(tenant, Some(mark));
             if previous == PurgeStatus::Done {
                 continue;
             }
             match store.purge_tenant(tenant).await {
                 Ok(()) => {
                     tracing::info!(%tenant, "tenant marked purging in the registry: data erased");
-                    self.set(tenant, PurgeStatus::Done);
+                    self.set(tenant, mark, PurgeStatus::Done);
                 }
                 Err(e) => {
                     let msg = e.to_string();
                     if previous != PurgeStatus::Pending(Some(msg.clone())) {
                         tracing::error!(%tenant, error = %msg, "purging tenant failed; retrying");
                     }
-                    self.set(tenant, PurgeStatus::Pending(Some(msg)));
+                    self.set(tenant, mark, PurgeStatus::Pending(Some(msg)));
                 }
             }
         }
@@ -86,7 +92,7 @@ pub async fn run(state: AppState, cancel: CancellationToken) {
             _ = tick.tick() => {}
         }
         let Ok(store) = state.store() else { continue };
-        let purging = state.registry().snapshot().purging();
+        let purging = state.registry().snapshot().purging_marked();
         state.purges().run_once(&store, &purging).await;
     }
 }
@@ -119,13 +125,92 @@ mod tests {
                 .unwrap();
         }
         let purges = Purges::default();
-        assert_eq!(purges.status(&a), PurgeStatus::Pending(None));
-        purges.run_once(&store, std::slice::from_ref(&a)).await;
-        assert_eq!(purges.status(&a), PurgeStatus::Done);
+        assert_eq!(purges.status(&a, Some(1)), PurgeStatus::Pending(None));
+        purges.run_once(&store, &[(a.clone(), 1)]).await;
+        assert_eq!(purges.status(&a, Some(1)), PurgeStatus::Done);
+        assert_eq!(purges.status(&a, None), PurgeStatus::Pending(None));
+        // Marked again (unmarked in between): the earlier purge does not count.
+        assert_eq!(purges.status(&a, Some(2)), PurgeStatus::Pending(None));
         assert_eq!(store.stats(&a).await.unwrap().events, 0);
         assert_eq!(store.stats(&b).await.unwrap().events, 1);
         purges.run_once(&store, &[]).await;
-        assert_eq!(purges.status(&a), PurgeStatus::Pending(None));
+        assert_eq!(purges.status(&a, Some(1)), PurgeStatus::Pending(None));
+    }
+
+    /// Marked `purging`, purged, unmarked, written again and marked again before the purge
+    /// loop ran in between: the earlier purge must not count for the new marking (the node
+    /// used to answer `tenant_purged` at once while the new events were still stored).
+    #[tokio::test]
+    async fn a_tenant_marked_again_between_two_polls_is_purged_again() {
+        use crate::tenant::Registry;
+
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("registry.json");
+        let write = |state: &str| {
+            std::fs::write(
+                &path,
+                format!(
+                    r#"{{"version":1,"tenants":[{{"id":"a","tokenSha256":[],"state":"{state}"}}]}}"#
+                ),
+            )
+            .unwrap();
+        };
+        write("purging");
+        let registry = Registry::load(&path).unwrap();
+        let store: Arc<dyn EventStore> = Arc::new(MemoryStore::default());
+        let a = TenantId::new("a").unwrap();
+        let append = |n: u8| {
+            let store = store.clone();
+            let a = a.clone();
+            async move {
+                let ev = NewEvent {
+                    event_id: uuid::Uuid::from_u128(u128::from(n)),
+                    event_type: "E".into(),
+                    payload: b"{}".to_vec(),
+                    metadata: Default::default(),
+                };
+                store
+                    .append(
+                        &a,
+                        &StreamId::new("s").unwrap(),
+                        ExpectedVersion::Any,
+                        vec![ev],
+                    )
+                    .await
+                    .unwrap();
+            }
+        };
+        append(1).await;
+        let purges = Purges::default();
+        let status = |p: &Purges| p.status(&a, registry.snapshot().purge_mark(&a));
+        purges
+            .run_once(&store, &registry.snapshot().purging_marked())
+            .await;
+        assert_eq!(status(&purges), PurgeStatus::Done);
+        // Re-created and written, then marked again, with no purge poll in between.
+        write("active");
+        assert!(registry.reload_if_changed().unwrap());
+        append(2).await;
+        write("purging");
+        assert!(registry.reload_if_changed().unwrap());
+        assert_eq!(
+            status(&purges),
+            PurgeStatus::Pending(None),
+            "the purge of the earlier marking counted for the new one"
+        );
+        purges
+            .run_once(&store, &registry.snapshot().purging_marked())
+            .await;
+        assert_eq!(status(&purges), PurgeStatus::Done);
+        assert_eq!(store.stats(&a).await.unwrap().events, 0);
+        // A reload that keeps the marking keeps the outcome.
+        std::fs::write(
+            &path,
+            r#"{"version": 1, "tenants": [{"id": "a", "tokenSha256": [], "state": "purging"}]}"#,
+        )
+        .unwrap();
+        assert!(registry.reload_if_changed().unwrap());
+        assert_eq!(status(&purges), PurgeStatus::Done);
     }
 
     /// A `purging` tenant's token answers 410 everywhere, `tenant_purging` then
@@ -181,8 +266,8 @@ mod tests {
             (StatusCode::GONE, "tenant_purging".to_string())
         );
         assert_eq!(call("tb", "/v1/stats").await.0, StatusCode::OK);
-        let purging = st.registry().snapshot().purging();
-        assert_eq!(purging, vec![TenantId::new("a").unwrap()]);
+        let purging = st.registry().snapshot().purging_marked();
+        assert_eq!(purging, vec![(TenantId::new("a").unwrap(), 1)]);
         st.purges().run_once(&store, &purging).await;
         assert_eq!(
             call("ta", "/v1/stats").await,

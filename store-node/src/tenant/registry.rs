@@ -1,7 +1,9 @@
 //! The live registry: a compiled, immutable snapshot of the file swapped atomically on reload,
 //! token authentication in constant time, and the poller that reloads on content change.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -40,6 +42,11 @@ pub struct RegistrySnapshot {
     tenants: Vec<Arc<TenantInfo>>,
     /// (digest, index into `tenants`), scanned in full on every lookup.
     digests: Vec<([u8; 32], usize)>,
+    /// For each tenant marked `purging`: which marking this is. It stays the same over
+    /// reloads that keep the tenant `purging` and changes when the tenant is marked again after
+    /// having been unmarked, so a purge finished for an earlier marking never counts for a
+    /// later one (the tenant may have written again in between).
+    purge_marks: HashMap<TenantId, u64>,
 }
 
 fn ct_eq(a: &[u8; 32], b: &[u8; 32]) -> bool {
@@ -77,7 +84,37 @@ impl RegistrySnapshot {
                 digests.push((raw, i));
             }
         }
-        Ok(Self { tenants, digests })
+        let purge_marks = tenants
+            .iter()
+            .filter(|t| t.state == TenantState::Purging)
+            .map(|t| (t.id.clone(), 1))
+            .collect();
+        Ok(Self {
+            tenants,
+            digests,
+            purge_marks,
+        })
+    }
+
+    /// Takes over the markings of tenants that `previous` already marked `purging`; tenants
+    /// newly marked get `mark`.
+    fn inherit_purge_marks(&mut self, previous: &RegistrySnapshot, mark: u64) {
+        for (id, m) in self.purge_marks.iter_mut() {
+            *m = previous.purge_marks.get(id).copied().unwrap_or(mark);
+        }
+    }
+
+    /// Which marking of `purging` the tenant is under (None: not marked).
+    pub fn purge_mark(&self, id: &TenantId) -> Option<u64> {
+        self.purge_marks.get(id).copied()
+    }
+
+    /// The tenants marked `purging`, in file order, with their marking.
+    pub fn purging_marked(&self) -> Vec<(TenantId, u64)> {
+        self.purging()
+            .into_iter()
+            .filter_map(|id| self.purge_mark(&id).map(|m| (id, m)))
+            .collect()
     }
 
     /// The tenant a bearer token belongs to. Compares the token's digest with every stored
@@ -129,6 +166,8 @@ pub struct Registry {
     current: RwLock<Arc<RegistrySnapshot>>,
     path: Option<PathBuf>,
     last_digest: Mutex<[u8; 32]>,
+    /// The last purge marking handed out (see [`RegistrySnapshot::purge_mark`]).
+    last_mark: AtomicU64,
 }
 
 impl Registry {
@@ -138,6 +177,7 @@ impl Registry {
             current: RwLock::new(Arc::new(RegistrySnapshot::compile(file)?)),
             path: None,
             last_digest: Mutex::new([0; 32]),
+            last_mark: AtomicU64::new(1),
         })
     }
 
@@ -150,6 +190,7 @@ impl Registry {
             current: RwLock::new(Arc::new(snap)),
             path: Some(path),
             last_digest: Mutex::new(Sha256::digest(&bytes).into()),
+            last_mark: AtomicU64::new(1),
         })
     }
 
@@ -173,7 +214,11 @@ impl Registry {
         let snap = RegistrySnapshot::compile(&RegistryFile::parse(&bytes)?);
         // Remember the digest even when invalid, so a bad file is reported once, not every poll.
         *last = digest;
-        *self.current.write() = Arc::new(snap?);
+        let mut snap = snap?;
+        let mark = self.last_mark.fetch_add(1, Ordering::Relaxed) + 1;
+        let mut current = self.current.write();
+        snap.inherit_purge_marks(&current, mark);
+        *current = Arc::new(snap);
         Ok(true)
     }
 
