@@ -474,9 +474,11 @@ mod tests {
         let s = login_secret(&t, BTreeMap::from([("user".into(), "u".into())]));
         assert_eq!(s.metadata.name.as_deref(), Some("acme-postgres"));
         assert_eq!(s.metadata.owner_references.unwrap()[0].name, "acme");
+        let role = role_name("allsource_shop_orders", "acme-1");
+        assert!(role.starts_with("allsource_shop_orders_acme_1_"), "{role}");
         assert_eq!(
-            role_name("allsource_shop_orders", "acme-1"),
-            "allsource_shop_orders_acme_1"
+            legacy_role_name("allsource_shop_orders", "acme-1").as_deref(),
+            Some("allsource_shop_orders_acme_1")
         );
     }
 
