@@ -942,6 +942,193 @@ async fn postgres_tenant_role_sees_only_its_rows() {
     ns.cleanup().await.unwrap();
 }
 
+/// Waits until the Tenant `name` has condition `type_` with `status`, and returns (reason, message).
+async fn tenant_condition(
+    api: &Api<allsource_operator::api::Tenant>,
+    name: &str,
+    type_: &str,
+    status: bool,
+) -> (String, String) {
+    wait_for(&format!("{name} {type_}={status}"), DEADLINE, || {
+        let api = api.clone();
+        async move {
+            let t = api.get_opt(name).await.ok()??;
+            let c = t
+                .status?
+                .conditions
+                .into_iter()
+                .find(|c| c.type_ == type_ && c.is_true() == status)?;
+            Some((c.reason, c.message))
+        }
+    })
+    .await
+}
+
+/// Issue 19 defect 1: on a store with a 50-character name (default schema, 63 bytes), two
+/// tenants whose ids share a 40-character prefix get two roles, and the first one's login reads
+/// none of the second's rows; RLS is forced; a role already mapped to another tenant is refused
+/// (Degraded / ResourceConflict), never re-mapped; a tenant provisioned under the old role name
+/// moves to its new role (same password) and the old role is dropped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_pooled_tenants_never_share_a_login_role() {
+    let Some((env, ns, client, op)) = setup("tn-role", &["postgres"]).await else {
+        return;
+    };
+    let n = ns.name().to_string();
+    secret(
+        &client,
+        &n,
+        "pg-admin",
+        BTreeMap::from([("url", env.pg_url().to_string())]),
+    )
+    .await;
+    let store = format!("orders-{}", "x".repeat(43));
+    assert_eq!(store.len(), 50);
+    let mut spec = pg_store(&store, "unused", "Delete", false);
+    if let Some(pg) = spec.spec.postgres.as_mut() {
+        pg.schema = None;
+    }
+    let es: Api<EventStore> = Api::namespaced(client.clone(), &n);
+    es.create(&PostParams::default(), &spec).await.unwrap();
+    let st = wait_status(&es, &store, "postgres store Ready", ready).await;
+    let schema = st.provisioned["schema"].clone();
+    assert_eq!(schema.len(), 63, "{schema}");
+
+    // RLS is forced on every tenant table.
+    let admin = pg(env.pg_url()).await;
+    let forced: i64 = admin
+        .query_one(
+            "SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+             WHERE n.nspname = $1 AND c.relforcerowsecurity",
+            &[&schema],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(forced, 4, "FORCE ROW LEVEL SECURITY on the 4 tenant tables");
+
+    // Tenant ids unique per run (roles are cluster-wide), sharing a 40-character prefix.
+    let prefix = format!("p{}{}", suffix(), "q".repeat(31));
+    assert_eq!(prefix.len(), 40);
+    let (a, b) = (format!("{prefix}-a"), format!("{prefix}-b"));
+    let tenants: Api<allsource_operator::api::Tenant> = Api::namespaced(client.clone(), &n);
+    for t in [&a, &b] {
+        tenants
+            .create(&PostParams::default(), &pooled_tenant(t, &store))
+            .await
+            .unwrap();
+    }
+    tenant_condition(&tenants, &a, "Ready", true).await;
+    tenant_condition(&tenants, &b, "Ready", true).await;
+    let login_a = login(&client, &n, &a).await;
+    let login_b = login(&client, &n, &b).await;
+    assert_ne!(
+        login_a["user"], login_b["user"],
+        "two tenants share the login role {}",
+        login_a["user"]
+    );
+    admin
+        .batch_execute(&format!(
+            "INSERT INTO \"{schema}\".tenants (tenant, events) VALUES ('{a}', 1), ('{b}', 2)"
+        ))
+        .await
+        .unwrap();
+    // Tenant a's credentials read its row and none of b's; b's likewise.
+    for (login, me) in [(&login_a, &a), (&login_b, &b)] {
+        let c = pg(&login["url"]).await;
+        let seen: Vec<String> = c
+            .query(&format!("SELECT tenant FROM \"{schema}\".tenants"), &[])
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        assert_eq!(
+            &seen,
+            &vec![me.clone()],
+            "{} must see only {me}",
+            login["user"]
+        );
+    }
+
+    // A role already mapped to another tenant is refused, and its mapping is left alone.
+    let c = format!("{prefix}-c");
+    let role_c = allsource_operator::controllers::tenant::cloud::role_name(&schema, &c);
+    admin
+        .batch_execute(&format!(
+            "INSERT INTO \"{schema}\".tenant_roles (role, tenant) VALUES ('{role_c}', '{a}')"
+        ))
+        .await
+        .unwrap();
+    tenants
+        .create(&PostParams::default(), &pooled_tenant(&c, &store))
+        .await
+        .unwrap();
+    let (reason, message) = tenant_condition(&tenants, &c, "Degraded", true).await;
+    assert_eq!(reason, "ResourceConflict", "{message}");
+    assert!(message.contains("mapped to another tenant"), "{message}");
+    let mapped: String = admin
+        .query_one(
+            &format!("SELECT tenant FROM \"{schema}\".tenant_roles WHERE role = $1"),
+            &[&role_c],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(
+        mapped, a,
+        "the mapping of another tenant's role was rewritten"
+    );
+
+    // Migration: a tenant whose role still has the pre-hash name (`<schema>_<tenant>` cut to 63
+    // bytes, made here as the old operator made it) moves to its new role with the same password;
+    // the old role is dropped.
+    let d = format!("d{}", suffix());
+    let legacy = {
+        let mut r = format!("{schema}_{}", d.replace('-', "_"));
+        r.truncate(63);
+        r
+    };
+    admin
+        .batch_execute(&format!(
+            "CREATE ROLE \"{legacy}\" LOGIN PASSWORD 'old'; \
+             INSERT INTO \"{schema}\".tenant_roles (role, tenant) VALUES ('{legacy}', '{d}')"
+        ))
+        .await
+        .unwrap();
+    tenants
+        .create(&PostParams::default(), &pooled_tenant(&d, &store))
+        .await
+        .unwrap();
+    tenant_condition(&tenants, &d, "Ready", true).await;
+    let login_d = login(&client, &n, &d).await;
+    assert_ne!(login_d["user"], legacy);
+    let left: i64 = admin
+        .query_one(
+            "SELECT count(*) FROM pg_roles WHERE rolname = $1",
+            &[&legacy],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(left, 0, "the pre-hash role {legacy} was not retired");
+
+    for t in [&a, &b, &c, &d] {
+        tenants.delete(t, &DeleteParams::default()).await.unwrap();
+    }
+    for t in [&a, &b, &c, &d] {
+        wait_for(&format!("tenant {t} gone"), DEADLINE, || {
+            let tenants = tenants.clone();
+            async move { tenants.get_opt(t).await.ok()?.is_none().then_some(()) }
+        })
+        .await;
+    }
+    // c's refused role was never created; the mapping made by hand goes with the schema.
+    delete_and_wait_gone(&es, &store).await;
+    op.stop().await;
+    ns.cleanup().await.unwrap();
+}
+
 // ---- Firestore (the env's emulator; a project id per test isolates its documents) ----
 
 mod firestore_cases {

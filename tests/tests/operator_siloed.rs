@@ -391,7 +391,8 @@ async fn postgres_siloed_tenant_schema_isolation_drift_and_deletion() {
         &own,
     )
     .await;
-    assert_eq!(policies, 4);
+    // The isolation policy and the owner policy (RLS is forced) on each of the 4 tenant tables.
+    assert_eq!(policies, 8);
 
     // Its login Secret has the pooled keys, with its own schema and role.
     let silo_login = secret_data(&client, &n, &format!("{silo}-postgres")).await;

@@ -392,6 +392,133 @@ async fn token_secret_registry_noop_rotation_suspend_and_delete() {
     delete_volumes(&client, &pvs).await;
 }
 
+/// Issue 19 defect 4: two Tenants with one `spec.tenantId` on one store. The first (earliest
+/// creationTimestamp) keeps working: Ready, its digest the registry's only entry for the id, and
+/// a rotation of its token still reaches the registry; the later one is Degraded /
+/// DuplicateTenantId with no digest and no registry entry, and deleting it leaves the first's
+/// entry in place.
+#[tokio::test]
+async fn duplicate_tenant_id_keeps_the_first_tenant_working() {
+    let Some((ns, client)) = setup("tn-dup").await else {
+        return;
+    };
+    let n = ns.name().to_string();
+    let pvs = create_volumes(&client, &n, "orders", 1).await;
+    let op = Operator::start(&client, &n);
+    let stores: Api<EventStore> = Api::namespaced(client.clone(), &n);
+    let tenants: Api<Tenant> = Api::namespaced(client.clone(), &n);
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), &n);
+    let cms: Api<ConfigMap> = Api::namespaced(client.clone(), &n);
+    stores
+        .create(&PostParams::default(), &store("orders"))
+        .await
+        .unwrap();
+    let with_id = |name: &str| {
+        let mut t = tenant(name, "orders");
+        t.spec.tenant_id = "acme".to_string();
+        t
+    };
+    tenants
+        .create(&PostParams::default(), &with_id("first"))
+        .await
+        .unwrap();
+    wait_tenant(&tenants, "first", "first Ready", |_, s| {
+        s.phase == Some(Phase::Ready)
+    })
+    .await;
+    let token = secret_token(&secrets, "first-credentials").await.unwrap();
+    // creationTimestamp has whole seconds: the second one is created strictly later (its name
+    // would not win a tie either: "first" < "second").
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    tenants
+        .create(&PostParams::default(), &with_id("second"))
+        .await
+        .unwrap();
+    let st = wait_tenant(&tenants, "second", "second Degraded", |_, s| {
+        s.phase == Some(Phase::Degraded)
+    })
+    .await;
+    assert_eq!(
+        condition(&st, "Degraded"),
+        Some((true, "DuplicateTenantId".into())),
+        "{st:?}"
+    );
+    assert_eq!(
+        condition(&st, "Ready"),
+        Some((false, "DuplicateTenantId".into()))
+    );
+    assert!(st.token_sha256.is_empty(), "a duplicate's digest: {st:?}");
+    let first = tenants.get("first").await.unwrap().status.unwrap();
+    assert_eq!(first.phase, Some(Phase::Ready));
+    let reg = registry(&cms, "orders").await.unwrap();
+    let ids: Vec<&str> = reg.tenants.iter().map(|t| t.id.as_str()).collect();
+    assert_eq!(ids, vec!["acme"], "the registry lists the id once");
+    assert_eq!(reg.tenants[0].token_sha256, vec![sha256_hex(&token)]);
+
+    // A rotation of the first still reaches the registry.
+    tenants
+        .patch(
+            "first",
+            &PatchParams::default(),
+            &Patch::Merge(serde_json::json!({"spec": {"credentials": {"rotate": "r1"}}})),
+        )
+        .await
+        .unwrap();
+    let new_token = wait_for("rotated token in the Secret", DEADLINE, || {
+        let secrets = secrets.clone();
+        let old = token.clone();
+        async move {
+            let t = secret_token(&secrets, "first-credentials").await?;
+            (t != old).then_some(t)
+        }
+    })
+    .await;
+    wait_for("registry has the rotated digest", DEADLINE, || {
+        let cms = cms.clone();
+        let want = sha256_hex(&new_token);
+        async move {
+            let r = registry(&cms, "orders").await?;
+            (r.tenants.len() == 1 && r.tenants[0].token_sha256.first() == Some(&want)).then_some(())
+        }
+    })
+    .await;
+    let st = wait_tenant(&tenants, "second", "second still Degraded", |_, s| {
+        s.phase == Some(Phase::Degraded)
+    })
+    .await;
+    assert!(st.token_sha256.is_empty());
+
+    // Deleting the duplicate leaves the first's entry (and data) alone.
+    tenants
+        .delete("second", &DeleteParams::default())
+        .await
+        .unwrap();
+    wait_for("second gone", DEADLINE, || {
+        let tenants = tenants.clone();
+        async move {
+            tenants
+                .get_opt("second")
+                .await
+                .ok()?
+                .is_none()
+                .then_some(())
+        }
+    })
+    .await;
+    let (hashes, state) = entry(&cms, "orders", "acme").await.unwrap();
+    assert_eq!(hashes.first(), Some(&sha256_hex(&new_token)));
+    assert_eq!(state, TenantState::Active);
+    assert_eq!(
+        tenants.get("first").await.unwrap().status.unwrap().phase,
+        Some(Phase::Ready)
+    );
+
+    remove_all(&client, &n).await;
+    op.stop().await;
+    ns.cleanup().await.unwrap();
+    delete_volumes(&client, &pvs).await;
+}
+
 #[tokio::test]
 async fn missing_store_is_degraded_until_it_appears() {
     let Some((ns, client)) = setup("tn-missing").await else {

@@ -55,7 +55,7 @@ pub struct TenantSpec {
     /// EventStore (same namespace) that holds this tenant's events.
     pub event_store_ref: EventStoreRef,
 
-    /// Tenant id used in the store's API and storage keys; a DNS label. Immutable. Write it explicitly (usually the same as metadata.name).
+    /// Tenant id used in the store's API and storage keys; a DNS label. Immutable. Write it explicitly (usually the same as metadata.name). One Tenant per id and EventStore: a later Tenant with an id already in use on the store is Degraded (DuplicateTenantId) and gets nothing.
     #[schemars(regex(pattern = r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$"))]
     #[schemars(extend("x-kubernetes-validations" = [
         {"rule": "self == oldSelf", "message": "spec.tenantId is immutable"}

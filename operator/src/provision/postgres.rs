@@ -3,9 +3,10 @@
 //! `store_node::backend::postgres::sql::schema_ddl`, the DDL `store-node gateway --init` runs).
 //! The expected objects are read out of that DDL, so drift detection can never disagree with the
 //! layout. Drift is corrected by re-running the idempotent DDL; a steady state only reads
-//! `pg_catalog`. RLS is enabled, not forced: the gateway connects as the owning admin role and
-//! filters by tenant itself, while tenant login roles are confined by the policies. This module
-//! must never build tenant roles (the Tenant controller does) nor print connection secrets.
+//! `pg_catalog`. RLS is enabled and forced; the owning admin role (the gateway connects as it and
+//! filters by tenant itself) keeps every row through store-node's owner policy, while tenant login
+//! roles are confined by the isolation policy. This module must never build tenant roles (the
+//! Tenant controller does) nor print connection secrets.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -166,6 +167,8 @@ pub struct Expected {
     pub indexes: BTreeSet<String>,
     /// Tables with row-level security enabled.
     pub rls_tables: BTreeSet<String>,
+    /// Tables with row-level security forced (applied to the owner too).
+    pub forced_tables: BTreeSet<String>,
     /// (table, policy) pairs.
     pub policies: BTreeSet<(String, String)>,
     /// Functions (`CREATE OR REPLACE FUNCTION <schema>.<name>(`).
@@ -198,6 +201,8 @@ pub fn expected_from_ddl(ddl: &[String]) -> Expected {
         } else if let Some(t) = object_after(stmt, "ALTER TABLE") {
             if stmt.contains("ENABLE ROW LEVEL SECURITY") {
                 e.rls_tables.insert(t);
+            } else if stmt.contains("FORCE ROW LEVEL SECURITY") {
+                e.forced_tables.insert(t);
             }
         } else if let Some(p) = object_after(stmt, "CREATE POLICY") {
             if let Some((_, on)) = stmt.split_once(" ON ") {
@@ -248,6 +253,11 @@ pub fn drift(expected: &Expected, live: &Catalog, schema: &str) -> Vec<String> {
             d.push(format!("row-level security disabled on {schema}.{t}"));
         }
     }
+    for t in &expected.forced_tables {
+        if live.tables.get(t).is_some_and(|(_, forced)| !forced) {
+            d.push(format!("row-level security not forced on {schema}.{t}"));
+        }
+    }
     for (t, p) in &expected.policies {
         if !live.policies.contains(&(t.clone(), p.clone())) {
             d.push(format!("policy {p} missing on {schema}.{t}"));
@@ -290,6 +300,9 @@ fn pg_err(e: tokio_postgres::Error) -> ProvisionError {
                 service: SERVICE,
                 message,
             };
+        }
+        if code.code() == sql::ROLE_CONFLICT {
+            return ProvisionError::Conflict(db.message().to_string());
         }
         if *code == SqlState::INVALID_CATALOG_NAME {
             return ProvisionError::InvalidSpec(format!("postgres {message}"));
@@ -452,6 +465,37 @@ impl PostgresProvisioner {
                 return Ok(false);
             }
         }
+        run(&mut c, &ddl).await?;
+        Ok(true)
+    }
+
+    /// Retires a login role `tenant` had under an older naming (see `sql::legacy_tenant_role`):
+    /// dropped with its mapping when, and only when, it is mapped to `tenant` in this schema (a
+    /// role mapped to another tenant is that tenant's to retire). Its open sessions see no row
+    /// from the moment the mapping is gone. Returns whether a role was retired.
+    pub async fn retire_legacy_role(
+        &self,
+        legacy: &str,
+        tenant: &str,
+    ) -> Result<bool, ProvisionError> {
+        let mut c = self.connect().await?;
+        if !self.catalog(&c).await?.schema_exists {
+            return Ok(false);
+        }
+        let s = sql::ident(&self.schema).map_err(|e| ProvisionError::InvalidSpec(e.to_string()))?;
+        let mapped = format!("SELECT 1 FROM {s}.tenant_roles WHERE role = $1 AND tenant = $2");
+        let rows = tokio::time::timeout(CALL_TIMEOUT, c.query(&mapped, &[&legacy, &tenant]))
+            .await
+            .map_err(|_| ProvisionError::Unavailable {
+                service: SERVICE,
+                message: "role lookup timed out".to_string(),
+            })?
+            .map_err(pg_err)?;
+        if rows.is_empty() {
+            return Ok(false);
+        }
+        let ddl = sql::drop_tenant_role_ddl(&self.schema, legacy, tenant, false)
+            .map_err(|e| ProvisionError::InvalidSpec(e.to_string()))?;
         run(&mut c, &ddl).await?;
         Ok(true)
     }
@@ -624,7 +668,7 @@ mod tests {
             tables: e
                 .tables
                 .iter()
-                .map(|t| (t.clone(), (true, false)))
+                .map(|t| (t.clone(), (true, e.forced_tables.contains(t))))
                 .collect(),
             indexes: e.indexes.clone(),
             policies: e.policies.clone(),
@@ -646,7 +690,11 @@ mod tests {
             set(&["events_tenant_position", "events_tenant_stream_event_id"])
         );
         assert_eq!(e.rls_tables, set(&sql::TENANT_TABLES));
-        assert_eq!(e.policies.len(), sql::TENANT_TABLES.len());
+        assert_eq!(e.forced_tables, set(&sql::TENANT_TABLES));
+        assert_eq!(e.policies.len(), 2 * sql::TENANT_TABLES.len());
+        assert!(e
+            .policies
+            .contains(&("events".to_string(), sql::OWNER_POLICY.to_string())));
         assert!(e
             .policies
             .contains(&("events".to_string(), sql::POLICY.to_string())));
@@ -663,7 +711,8 @@ mod tests {
     fn drift_lists_each_missing_piece() {
         let mut live = healthy();
         live.indexes.remove("events_tenant_position");
-        live.tables.insert("streams".into(), (false, false));
+        live.tables.insert("streams".into(), (false, true));
+        live.tables.insert("events".into(), (true, false));
         live.policies
             .remove(&("snapshots".to_string(), sql::POLICY.to_string()));
         assert_eq!(
@@ -671,6 +720,7 @@ mod tests {
             vec![
                 "index es1.events_tenant_position missing".to_string(),
                 "row-level security disabled on es1.streams".to_string(),
+                "row-level security not forced on es1.events".to_string(),
                 "policy allsource_tenant_isolation missing on es1.snapshots".to_string(),
             ]
         );
@@ -743,6 +793,9 @@ mod tests {
         assert_eq!((a.len(), b.len()), (63, 63));
         assert_ne!(a, b);
         assert!(sql::ident(&a).is_ok());
+        // A pooled role is never a silo's name, even when only the hashes are left.
+        let t = format!("{}-a", "t".repeat(40));
+        assert_ne!(sql::tenant_role(&long, &t), silo_schema_name(&long, &t));
         // Two stores never share a tenant's silo.
         assert_ne!(silo_schema_name("a", "t"), silo_schema_name("b", "t"));
     }

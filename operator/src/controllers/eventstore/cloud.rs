@@ -12,6 +12,7 @@ use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use crate::controllers::tenant::duplicate;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service};
 use kube::api::{Api, DeleteParams, ListParams};
@@ -412,14 +413,18 @@ async fn apply_gateway(
             }))
         }
     };
-    let tenants: Vec<Tenant> = Api::<Tenant>::namespaced(c.clone(), ns)
+    let of_store: Vec<Tenant> = Api::<Tenant>::namespaced(c.clone(), ns)
         .list(&ListParams::default())
         .await?
         .items
         .into_iter()
-        .filter(|t| {
-            t.spec.event_store_ref.name == es.name_any() && t.metadata.deletion_timestamp.is_none()
-        })
+        .filter(|t| t.spec.event_store_ref.name == es.name_any())
+        .collect();
+    // One entry per tenant id: a later duplicate never enters ([`duplicate`]).
+    let tenants: Vec<Tenant> = duplicate::holders(&of_store)
+        .into_iter()
+        .filter(|t| t.metadata.deletion_timestamp.is_none())
+        .cloned()
         .collect();
     let registry = gateway_registry(&tenants, &backend);
     apply(

@@ -36,6 +36,7 @@ use crate::api::eventstore::{Backend, EventStoreStatus};
 use crate::api::{
     set_condition, Condition, EventStore, Phase, Tenant, CONDITION_READY, FIELD_MANAGER, FINALIZER,
 };
+use crate::controllers::tenant::duplicate;
 use crate::resources::{configmap, hash_of, pdb, service, serviceaccount, statefulset};
 use placement::TenantRequest;
 
@@ -253,18 +254,23 @@ async fn apply_store(es: &EventStore, state: &State, ns: &str) -> Result<Action,
         .wait_until_ready()
         .await
         .map_err(|_| ReconcileError::CacheClosed("Tenant"))?;
-    let tenants: Vec<Tenant> = state
+    let of_store: Vec<Tenant> = state
         .tenants
         .state()
         .iter()
         .filter(|t| {
-            t.namespace().as_deref() == Some(ns)
-                && t.spec.event_store_ref.name == es.name_any()
-                // A Tenant deleted with its data stays placed, as `purging`, until its
-                // finalizer saw the nodes erase it.
-                && (t.metadata.deletion_timestamp.is_none() || configmap::purging(t))
+            t.namespace().as_deref() == Some(ns) && t.spec.event_store_ref.name == es.name_any()
         })
         .map(|t| Tenant::clone(t))
+        .collect();
+    // One entry per tenant id: a later Tenant with an id another one holds never enters (the
+    // nodes refuse a registry listing an id twice); it is Degraded / DuplicateTenantId.
+    let tenants: Vec<Tenant> = duplicate::holders(&of_store)
+        .into_iter()
+        // A Tenant deleted with its data stays placed, as `purging`, until its finalizer saw
+        // the nodes erase it.
+        .filter(|t| t.metadata.deletion_timestamp.is_none() || configmap::purging(t))
+        .cloned()
         .collect();
     let requests: Vec<TenantRequest> = tenants
         .iter()

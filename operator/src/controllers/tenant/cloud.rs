@@ -72,9 +72,17 @@ pub fn login_secret(t: &Tenant, data: BTreeMap<String, String>) -> Secret {
     }
 }
 
-/// Login role of a pooled tenant: `<schema>_<tenant id>` (store-node's naming), cut to 63 bytes.
+/// Login role of a pooled tenant: store-node's `tenant_role`, `<schema>_<tenant id>` cut to 54
+/// bytes, then `_` and a hash of schema and tenant id, so no two tenants share one.
 pub fn role_name(schema: &str, tenant_id: &str) -> String {
     sql::tenant_role(schema, tenant_id)
+}
+
+/// The role a pooled tenant got before role names carried a hash, when it differs from
+/// [`role_name`]: retired (dropped with its mapping) once the tenant has its new role.
+fn legacy_role_name(schema: &str, tenant_id: &str) -> Option<String> {
+    let legacy = sql::legacy_tenant_role(schema, tenant_id);
+    (legacy != role_name(schema, tenant_id)).then_some(legacy)
 }
 
 fn missing(es: &EventStore, what: &str) -> TenantOutcome {
@@ -175,11 +183,27 @@ pub async fn reconcile(
         ensure_login_secret(tenant, ctx, ns, &admin_cfg, &schema, &role).await?;
     // A new or changed Secret (re)sets the role's password; otherwise only a missing role or
     // mapping runs DDL.
-    if let Err(e) = prov
+    let ran = match prov
         .ensure_tenant_role(&role, &tenant.spec.tenant_id, &password, secret_changed)
         .await
     {
-        return Ok(degraded(&e));
+        Ok(ran) => ran,
+        Err(e) => return Ok(degraded(&e)),
+    };
+    // Migration of a tenant provisioned before role names carried a hash: its Secret now names
+    // the new role (same password) and the old one, when it is this tenant's, is dropped.
+    if ran {
+        if let Some(legacy) = legacy_role_name(&schema, &tenant.spec.tenant_id) {
+            match prov
+                .retire_legacy_role(&legacy, &tenant.spec.tenant_id)
+                .await
+            {
+                Ok(true) => tracing::info!(tenant = %tenant.spec.tenant_id, role = %legacy,
+                    "retired the pre-hash login role"),
+                Ok(false) => {}
+                Err(e) => return Ok(degraded(&e)),
+            }
+        }
     }
     Ok(TenantOutcome {
         verdict: Verdict::Ready,
@@ -387,6 +411,10 @@ pub async fn cleanup(
     let role = role_name(prov.schema(), &tenant.spec.tenant_id);
     prov.drop_tenant_role(&role, &tenant.spec.tenant_id, delete)
         .await?;
+    if let Some(legacy) = legacy_role_name(prov.schema(), &tenant.spec.tenant_id) {
+        prov.retire_legacy_role(&legacy, &tenant.spec.tenant_id)
+            .await?;
+    }
     Ok(delete)
 }
 
@@ -446,9 +474,11 @@ mod tests {
         let s = login_secret(&t, BTreeMap::from([("user".into(), "u".into())]));
         assert_eq!(s.metadata.name.as_deref(), Some("acme-postgres"));
         assert_eq!(s.metadata.owner_references.unwrap()[0].name, "acme");
+        let role = role_name("allsource_shop_orders", "acme-1");
+        assert!(role.starts_with("allsource_shop_orders_acme_1_"), "{role}");
         assert_eq!(
-            role_name("allsource_shop_orders", "acme-1"),
-            "allsource_shop_orders_acme_1"
+            legacy_role_name("allsource_shop_orders", "acme-1").as_deref(),
+            Some("allsource_shop_orders_acme_1")
         );
     }
 

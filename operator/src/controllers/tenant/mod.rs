@@ -12,6 +12,7 @@
 //! then deletes the Secret. It must never log, publish or put in status a token.
 
 pub mod cloud;
+pub mod duplicate;
 pub mod fanout;
 pub mod firestore;
 pub mod purge;
@@ -51,6 +52,8 @@ const RESYNC: Duration = Duration::from_secs(600);
 const MISSING_RECHECK: Duration = Duration::from_secs(60);
 /// Re-check while a deleted tenant is still in the registry.
 const CLEANUP_RECHECK: Duration = Duration::from_secs(1);
+/// Re-check of a Tenant whose id another Tenant holds (it takes over once that one is gone).
+const DUPLICATE_RECHECK: Duration = Duration::from_secs(30);
 /// Re-check after a write refused because the reconciled copy was older than the apiserver's.
 const STALE_RECHECK: Duration = Duration::from_millis(500);
 
@@ -87,6 +90,8 @@ struct State {
     stores: Store<EventStore>,
     /// The operator's ConfigMaps (registries among them), kept by the ConfigMap watch.
     configs: Store<ConfigMap>,
+    /// Every Tenant of the watched namespace(s), the controller's own cache.
+    tenants: Store<Tenant>,
 }
 
 impl State {
@@ -117,6 +122,16 @@ impl State {
             .configs
             .get(&ObjectRef::new(&crate::resources::config_map_name(es)).within(ns));
         Ok(cm.as_deref().and_then(selfhosted::parse_registry))
+    }
+
+    /// The other Tenant that holds `t`'s id on its store ([`duplicate::holder`]), from the cache.
+    async fn id_holder(&self, t: &Tenant) -> Result<Option<Tenant>, ReconcileError> {
+        self.tenants
+            .wait_until_ready()
+            .await
+            .map_err(|_| ReconcileError::CacheClosed("Tenant"))?;
+        let all = self.tenants.state();
+        Ok(duplicate::holder(t, all.iter().map(|t| t.as_ref())).cloned())
     }
 }
 
@@ -161,6 +176,7 @@ pub async fn run(ctx: Arc<Context>) {
         let controller = Controller::new(scoped::<Tenant>(c, ns), watcher::Config::default());
         let by_store = controller.store();
         let by_registry = by_store.clone();
+        let all_tenants = by_store.clone();
         let credentials = watcher::Config::default().labels(&format!(
             "app.kubernetes.io/component={}",
             secret::COMPONENT_CREDENTIALS
@@ -188,6 +204,7 @@ pub async fn run(ctx: Arc<Context>) {
             usage_tried: Mutex::new(HashMap::new()),
             stores,
             configs,
+            tenants: all_tenants,
         });
         let store_memory = Mutex::new(fanout::Memory::<EventStore>::default());
         let config_memory = Mutex::new(fanout::Memory::<ConfigMap>::default());
@@ -251,7 +268,10 @@ async fn reconcile_inner(t: &Tenant, state: &State) -> Result<Action, ReconcileE
         if !has_finalizer {
             return Ok(Action::await_change());
         }
-        if !cleanup(t, &state.ctx, &ns).await? {
+        // A duplicate was never provisioned: its id, data and registry entry are another
+        // Tenant's, so its deletion must not touch them (only its own Secret goes).
+        let holder = state.id_holder(t).await?;
+        if !cleanup(t, &state.ctx, &ns, holder.is_none()).await? {
             return Ok(Action::requeue(CLEANUP_RECHECK));
         }
         return Ok(match set_finalizer(t, &state.ctx, &ns, false).await? {
@@ -361,6 +381,33 @@ fn plan_credentials(t: &Tenant, live: Option<&Secret>, now: DateTime<Utc>) -> to
 
 async fn apply_tenant(t: &Tenant, state: &State, ns: &str) -> Result<Action, ReconcileError> {
     let ctx = &state.ctx;
+    if let Some(holder) = state.id_holder(t).await? {
+        let verdict = Verdict::BackendDegraded(
+            duplicate::REASON.to_string(),
+            duplicate::message(t, &holder),
+        );
+        let first = t.status.as_ref().is_none_or(|s| {
+            !s.conditions
+                .iter()
+                .any(|c| c.type_ == crate::api::CONDITION_DEGRADED && c.reason == duplicate::REASON)
+        });
+        // No digest of this Tenant may reach the registry.
+        let facts = Facts {
+            token_sha256: Some(Vec::new()),
+            ..Facts::default()
+        };
+        if write_status(t, ctx, ns, status::compute(t, &verdict, facts)).await? && first {
+            ctx.publish(
+                t,
+                EventType::Warning,
+                duplicate::REASON,
+                "Reconcile",
+                duplicate::message(t, &holder),
+            )
+            .await;
+        }
+        return Ok(Action::requeue(DUPLICATE_RECHECK));
+    }
     let es_name = &t.spec.event_store_ref.name;
     let Some(es) = state.event_store(ns, es_name).await? else {
         let st = status::compute(
@@ -554,10 +601,21 @@ async fn write_status(
 }
 
 /// Cleanup of a deleted Tenant; Ok(true) when the finalizer may go.
-async fn cleanup(t: &Tenant, ctx: &Context, ns: &str) -> Result<bool, ReconcileError> {
-    let es = Api::<EventStore>::namespaced(ctx.client.clone(), ns)
-        .get_opt(&t.spec.event_store_ref.name)
-        .await?;
+/// `holds_id` false: another Tenant holds this one's id ([`duplicate`]); nothing of the backend
+/// or the registry is this Tenant's, so only its Secret is removed.
+async fn cleanup(
+    t: &Tenant,
+    ctx: &Context,
+    ns: &str,
+    holds_id: bool,
+) -> Result<bool, ReconcileError> {
+    let es = if holds_id {
+        Api::<EventStore>::namespaced(ctx.client.clone(), ns)
+            .get_opt(&t.spec.event_store_ref.name)
+            .await?
+    } else {
+        None
+    };
     if let Some(es) = &es {
         match es.spec.backend {
             // Retain: wait until the registry drops the tenant ("Tenant gone" means "access
@@ -584,7 +642,7 @@ async fn cleanup(t: &Tenant, ctx: &Context, ns: &str) -> Result<bool, ReconcileE
                 }
             }
         }
-    } else if t.spec.deletion_policy == DeletionPolicy::Delete {
+    } else if holds_id && t.spec.deletion_policy == DeletionPolicy::Delete {
         ctx.publish(
             t,
             EventType::Warning,

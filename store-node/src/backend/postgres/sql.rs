@@ -11,9 +11,12 @@
 //! (tenant, stream, version), unique (tenant, position) for `read_all` and unique
 //! (tenant, stream, event_id) for idempotency; `snapshots(tenant, stream, ...)`; and
 //! `tenant_roles(role, tenant)`, owned by the admin, mapping a login role to its tenant.
-//! Row-level security on every tenant table compares `tenant` with
+//! Row-level security, enabled and forced, on every tenant table compares `tenant` with
 //! `tenant_of(current_user)`, a SECURITY DEFINER lookup in `tenant_roles`: a tenant role has no
-//! privilege on `tenant_roles` and no setting it could change to see another tenant's rows.
+//! privilege on `tenant_roles` and no setting it could change to see another tenant's rows. A
+//! second policy keeps every row visible to the tables' owner (the admin), which forced RLS
+//! would otherwise confine too. A login role is never shared: its name carries a hash of store
+//! schema and tenant, and `tenant_role_ddl` refuses a role mapped to another tenant.
 
 use crate::error::StoreError;
 
@@ -22,6 +25,14 @@ pub const TENANT_TABLES: [&str; 4] = ["tenants", "streams", "events", "snapshots
 
 /// Name of the row-level-security policy on every tenant table.
 pub const POLICY: &str = "allsource_tenant_isolation";
+
+/// Name of the policy that lets the tables' owner (the admin) see every row under
+/// `FORCE ROW LEVEL SECURITY`.
+pub const OWNER_POLICY: &str = "allsource_owner";
+
+/// SQLSTATE raised by [`tenant_role_ddl`] when the login role is mapped to another tenant or
+/// exists without being a login role of this schema's tenants (never shared, never adopted).
+pub const ROLE_CONFLICT: &str = "AS001";
 
 /// Checks a PostgreSQL identifier we create (schema or role): `[a-z_][a-z0-9_]{0,62}`.
 pub fn ident(name: &str) -> Result<String, StoreError> {
@@ -44,8 +55,37 @@ pub fn ident(name: &str) -> Result<String, StoreError> {
     }
 }
 
-/// Login role name of a pooled tenant: `<prefix>_<tenant with '-' as '_'>`, cut to 63 bytes.
+/// Login role name of a pooled tenant: `<prefix>_<tenant id>` (every byte other than `[a-z0-9_]`
+/// as `_`) cut to 54 bytes, then `_` and 8 hex digits of SHA-256 of `<prefix>/<tenant>/pooled`:
+/// 63 bytes at most, and two tenants whose names agree up to the cut (a long shared prefix, a
+/// long store schema) still get different roles. The `/pooled` domain keeps the hash apart from
+/// the operator's silo schema names (`<schema>__<tenant>_<hash of schema/tenant>`), which are
+/// login roles too. A collision of the 32-bit suffix is not a shared role either: the mapping in
+/// `tenant_roles` is checked by [`tenant_role_ddl`], which refuses a role of another tenant.
 pub fn tenant_role(prefix: &str, tenant: &str) -> String {
+    use sha2::Digest;
+    let mut r: String = format!("{prefix}_{tenant}")
+        .to_ascii_lowercase()
+        .chars()
+        .map(|c| {
+            if c.is_ascii_lowercase() || c.is_ascii_digit() {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    r.truncate(63 - 9);
+    let digest = sha2::Sha256::digest(format!("{prefix}/{tenant}/pooled").as_bytes());
+    r.push('_');
+    r.push_str(&hex::encode(&digest[..4]));
+    r
+}
+
+/// The role name [`tenant_role`] gave before it carried a hash (`<prefix>_<tenant with '-' as
+/// '_'>` cut to 63 bytes, which two tenants could share). Only used to find and retire such a
+/// role when its tenant moves to its new name; never created.
+pub fn legacy_tenant_role(prefix: &str, tenant: &str) -> String {
     let mut r = format!("{prefix}_{}", tenant.replace('-', "_"));
     r.truncate(63);
     r
@@ -127,10 +167,20 @@ pub fn schema_ddl(schema: &str) -> Result<Vec<String>, StoreError> {
     ];
     for t in TENANT_TABLES {
         v.push(format!("ALTER TABLE {s}.{t} ENABLE ROW LEVEL SECURITY"));
+        v.push(format!("ALTER TABLE {s}.{t} FORCE ROW LEVEL SECURITY"));
         v.push(format!("DROP POLICY IF EXISTS {POLICY} ON {s}.{t}"));
         v.push(format!(
             "CREATE POLICY {POLICY} ON {s}.{t} USING (tenant = {s}.tenant_of(current_user)) \
              WITH CHECK (tenant = {s}.tenant_of(current_user))"
+        ));
+        // Forced RLS applies to the table's owner too: the owner (the admin the gateway and the
+        // operator connect as, or a member of it) keeps every row through its own policy, looked
+        // up from the catalog so an ALTER ... OWNER cannot leave a stale name behind.
+        v.push(format!("DROP POLICY IF EXISTS {OWNER_POLICY} ON {s}.{t}"));
+        v.push(format!(
+            "CREATE POLICY {OWNER_POLICY} ON {s}.{t} USING (pg_catalog.pg_has_role(current_user, \
+             (SELECT c.relowner FROM pg_catalog.pg_class c WHERE c.oid = {reg}::regclass), 'USAGE'))",
+            reg = literal(&format!("{s}.{t}"))
         ));
     }
     Ok(v)
@@ -151,21 +201,30 @@ pub fn tenant_role_ddl(
         .map(|t| format!("{s}.{t}"))
         .collect::<Vec<_>>()
         .join(", ");
+    let (rl, tl) = (literal(role), literal(tenant));
     Ok(vec![
+        // Never share a role: refuse one mapped to another tenant, or one that exists without
+        // being mapped here (another database's store, a hand-made role), instead of resetting
+        // its password and mapping under the sessions already open with it.
         format!(
-            "DO $d$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = {rl}) THEN \
-             CREATE ROLE {r} LOGIN NOSUPERUSER NOBYPASSRLS NOCREATEDB NOCREATEROLE; END IF; END $d$",
-            rl = literal(role)
+            "DO $d$ BEGIN \
+             IF EXISTS (SELECT 1 FROM {s}.tenant_roles WHERE role = {rl} AND tenant <> {tl}) THEN \
+             RAISE EXCEPTION 'login role % is mapped to another tenant (%) in schema %; refusing to share it', \
+             {rl}, (SELECT tenant FROM {s}.tenant_roles WHERE role = {rl}), {sl} USING ERRCODE = '{ROLE_CONFLICT}'; END IF; \
+             IF EXISTS (SELECT 1 FROM pg_roles WHERE rolname = {rl}) THEN \
+             IF NOT EXISTS (SELECT 1 FROM {s}.tenant_roles WHERE role = {rl}) THEN \
+             RAISE EXCEPTION 'role % exists but is no login role of schema %; refusing to adopt it (drop it or rename it)', \
+             {rl}, {sl} USING ERRCODE = '{ROLE_CONFLICT}'; END IF; \
+             ELSE CREATE ROLE {r} LOGIN NOSUPERUSER NOBYPASSRLS NOCREATEDB NOCREATEROLE; END IF; END $d$",
+            sl = literal(schema)
         ),
         format!("ALTER ROLE {r} LOGIN NOBYPASSRLS PASSWORD {}", literal(password)),
         format!("GRANT USAGE ON SCHEMA {s} TO {r}"),
         format!("GRANT SELECT, INSERT, UPDATE, DELETE ON {tables} TO {r}"),
         format!("GRANT EXECUTE ON FUNCTION {s}.tenant_of(name) TO {r}"),
         format!(
-            "INSERT INTO {s}.tenant_roles (role, tenant) VALUES ({}, {}) \
-             ON CONFLICT (role) DO UPDATE SET tenant = EXCLUDED.tenant",
-            literal(role),
-            literal(tenant)
+            "INSERT INTO {s}.tenant_roles (role, tenant) VALUES ({rl}, {tl}) \
+             ON CONFLICT (role) DO NOTHING"
         ),
     ])
 }
@@ -188,17 +247,18 @@ pub fn drop_tenant_role_ddl(
             ));
         }
     }
+    // Only a role mapped to this very tenant is ours to drop: a role of another tenant (a name
+    // collision refused by `tenant_role_ddl`) or an unmapped one is left alone.
     v.push(format!(
-        "DELETE FROM {s}.tenant_roles WHERE role = {}",
-        literal(role)
-    ));
-    v.push(format!(
-        "DO $d$ BEGIN IF EXISTS (SELECT 1 FROM pg_roles WHERE rolname = {rl}) THEN \
+        "DO $d$ BEGIN IF EXISTS (SELECT 1 FROM {s}.tenant_roles WHERE role = {rl} AND tenant = {tl}) THEN \
+         DELETE FROM {s}.tenant_roles WHERE role = {rl}; \
+         IF EXISTS (SELECT 1 FROM pg_roles WHERE rolname = {rl}) THEN \
          EXECUTE 'REVOKE ALL ON ALL TABLES IN SCHEMA {sn} FROM {rn}'; \
          EXECUTE 'REVOKE ALL ON SCHEMA {sn} FROM {rn}'; \
          EXECUTE 'REVOKE ALL ON FUNCTION {sn}.tenant_of(name) FROM {rn}'; \
-         EXECUTE 'DROP ROLE {rn}'; END IF; END $d$",
+         EXECUTE 'DROP ROLE {rn}'; END IF; END IF; END $d$",
         rl = literal(role),
+        tl = literal(tenant),
         sn = s.replace('\'', "''"),
         rn = r.replace('\'', "''"),
     ));
@@ -355,10 +415,55 @@ mod tests {
 
     #[test]
     fn role_names_and_passwords_are_escaped() {
-        assert_eq!(tenant_role("as", "acme-1"), "as_acme_1");
+        let r = tenant_role("as", "acme-1");
+        assert!(
+            r.starts_with("as_acme_1_") && r.len() == "as_acme_1_".len() + 8,
+            "{r}"
+        );
+        assert_eq!(legacy_tenant_role("as", "acme-1"), "as_acme_1");
         assert_eq!(silo_schema("es", "acme-1"), "es_t_acme_1");
         let ddl = tenant_role_ddl("es", "as_acme", "acme", "p'w").unwrap_or_default();
         assert!(ddl.iter().any(|s| s.contains("PASSWORD 'p''w'")));
         assert!(tenant_role_ddl("es", "bad-role", "acme", "x").is_err());
+    }
+
+    #[test]
+    fn role_names_never_collide_at_the_cut() {
+        // A 50-character store name (default schema of 63 bytes) and tenant ids sharing a
+        // 40-character prefix: the old names were equal, these are not.
+        let schema = format!("allsource_shop_{}_1a2b3c4d", "s".repeat(38));
+        let prefix = "t".repeat(40);
+        let (a, b) = (format!("{prefix}-a"), format!("{prefix}-b"));
+        assert_eq!(
+            legacy_tenant_role(&schema, &a),
+            legacy_tenant_role(&schema, &b)
+        );
+        let (ra, rb) = (tenant_role(&schema, &a), tenant_role(&schema, &b));
+        assert_ne!(ra, rb);
+        for r in [&ra, &rb] {
+            assert!(ident(r).is_ok(), "{r}");
+        }
+        // Stable, and different per store.
+        assert_eq!(ra, tenant_role(&schema, &a));
+        assert_ne!(tenant_role("s1", "t"), tenant_role("s2", "t"));
+    }
+
+    #[test]
+    fn role_ddl_refuses_a_role_of_another_tenant_and_forces_rls() {
+        let ddl = tenant_role_ddl("es", "es_acme", "acme", "x").unwrap_or_default();
+        assert!(ddl[0].contains("tenant <> 'acme'") && ddl[0].contains(ROLE_CONFLICT));
+        assert!(
+            !ddl.iter().any(|s| s.contains("DO UPDATE")),
+            "mapping is never rewritten"
+        );
+        let schema = schema_ddl("es").unwrap_or_default();
+        for t in TENANT_TABLES {
+            assert!(schema.contains(&format!("ALTER TABLE \"es\".{t} FORCE ROW LEVEL SECURITY")));
+        }
+        let drop = drop_tenant_role_ddl("es", "es_acme", "acme", false).unwrap_or_default();
+        assert!(drop
+            .iter()
+            .all(|s| !s.starts_with("DELETE FROM \"es\".tenant_roles")));
+        assert!(drop.iter().any(|s| s.contains("AND tenant = 'acme'")));
     }
 }
