@@ -317,7 +317,7 @@ async fn hostile_tenant(
             .collect();
         // Close to the 1 MiB event limit (first round of every fifth cycle, to keep the ledger
         // checks quick).
-        let blob = if seq == 0 && cycle % 5 == 0 {
+        let blob = if seq == 0 && cycle.is_multiple_of(5) {
             900_000
         } else {
             1_000
