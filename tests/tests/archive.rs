@@ -88,7 +88,7 @@ async fn read_all(store: &dyn EventStore, t: &TenantId, from: u64) -> Vec<Record
 fn cold_plan(t: &TenantId) -> ArchivePlan {
     let mut plan = ArchivePlan::new(vec![t.clone()], Duration::from_secs(3600));
     plan.now_ms = Some(chrono::Utc::now().timestamp_millis() + 2 * 3_600_000);
-    plan.max_rows_per_file = 400;
+    plan.file_bounds.max_rows = 400;
     plan.read_page = 250;
     plan
 }
@@ -268,6 +268,47 @@ async fn s3_archive_trim_and_read_back() {
     let Some(env) = require("s3") else { return };
     let (objects, bucket) = s3_bucket(env).await;
     archive_trim_and_read_back(objects, &format!("s3://{bucket}/archive/es1")).await;
+}
+
+/// Archive files are bounded in bytes as well as rows (the archiver buffers a file whole before
+/// upload): ten 500 KB events under a 2 MiB bound make files of at most four events, each object
+/// on S3 within the bound, and every event archived once.
+#[tokio::test]
+async fn s3_archive_files_are_bounded_in_bytes() {
+    let Some(env) = require("s3") else { return };
+    let (objects, bucket) = s3_bucket(env).await;
+    let dest = Destination::parse(&format!("s3://{bucket}/archive/bytes")).unwrap();
+    let store = MemoryStore::default();
+    let t = tenant("acme");
+    for i in 0..10u128 {
+        store
+            .append(
+                &t,
+                &StreamId::new("big").unwrap(),
+                ExpectedVersion::Any,
+                vec![NewEvent {
+                    event_id: uuid::Uuid::from_u128(i + 1),
+                    event_type: "Big".into(),
+                    payload: vec![b'a' + i as u8; 500_000],
+                    metadata: BTreeMap::new(),
+                }],
+            )
+            .await
+            .unwrap();
+    }
+    let events = read_all(&store, &t, 0).await;
+    let mut plan = cold_plan(&t);
+    plan.file_bounds.max_bytes = 2 << 20;
+    let report = archive::run(&store, objects.as_ref(), &dest, &plan)
+        .await
+        .unwrap();
+    assert!(report.ok(), "{report:?}");
+    let m = assert_archive_exactly(objects.as_ref(), &dest, &t, &events).await;
+    let rows: Vec<u64> = m.files.iter().map(|f| f.rows).collect();
+    assert_eq!(rows, vec![4, 4, 2], "files of at most 2 MiB of events");
+    for f in &m.files {
+        assert!(f.bytes <= 2 << 20, "{} is {} bytes", f.key, f.bytes);
+    }
 }
 
 #[tokio::test]
@@ -639,7 +680,7 @@ async fn s3_archive_throughput() {
         })
         .sum();
     let mut plan = cold_plan(&t);
-    plan.max_rows_per_file = 50_000;
+    plan.file_bounds.max_rows = 50_000;
     plan.read_page = 5_000;
     let started = std::time::Instant::now();
     let report = archive::run(&store, objects.as_ref(), &dest, &plan)

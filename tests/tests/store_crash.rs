@@ -33,6 +33,21 @@ fn crash_writer() -> PathBuf {
     workspace_bin("crash-writer")
 }
 
+/// A number from the environment (cycle counts, seeds), when set and valid.
+fn env_u64(name: &str) -> Option<u64> {
+    std::env::var(name).ok().and_then(|v| v.parse().ok())
+}
+
+/// `ALLSOURCE_CRASH_SEED` to replay a run, else a fresh seed (printed by each test).
+fn crash_seed() -> u64 {
+    env_u64("ALLSOURCE_CRASH_SEED").unwrap_or_else(|| {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos() as u64
+    })
+}
+
 /// A tiny deterministic generator (no extra dependency); the seed is printed for replays.
 struct Rng(u64);
 
@@ -427,19 +442,8 @@ async fn check_hostile(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn sigkill_crash_loop_keeps_every_acknowledged_event_once_and_in_order() {
-    let cycles: u64 = std::env::var("ALLSOURCE_CRASH_CYCLES")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(50);
-    let seed: u64 = std::env::var("ALLSOURCE_CRASH_SEED")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap()
-                .as_nanos() as u64
-        });
+    let cycles = env_u64("ALLSOURCE_CRASH_CYCLES").unwrap_or(50);
+    let seed = crash_seed();
     println!("crash loop: {cycles} cycles, ALLSOURCE_CRASH_SEED={seed}");
     let mut rng = Rng(seed | 1);
     let tmp = tempfile::tempdir().unwrap();
@@ -555,19 +559,8 @@ fn dump(dir: &Path) -> Vec<Served> {
 #[test]
 fn sigkill_during_checkpoints_and_compaction_keeps_the_ledger() {
     use std::io::BufRead;
-    let cycles: u64 = std::env::var("ALLSOURCE_CRASH_CYCLES")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(50);
-    let seed: u64 = std::env::var("ALLSOURCE_CRASH_SEED")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap()
-                .as_nanos() as u64
-        });
+    let cycles = env_u64("ALLSOURCE_CRASH_CYCLES").unwrap_or(50);
+    let seed = crash_seed();
     println!("engine crash loop: {cycles} cycles, ALLSOURCE_CRASH_SEED={seed}");
     let mut rng = Rng(seed | 1);
     let tmp = tempfile::tempdir().unwrap();
@@ -683,19 +676,8 @@ fn segment_files(dir: &Path, tenant: &str) -> usize {
 /// holds (no acknowledged event lost, none doubled) and "gone" never serves an event again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn sigkill_during_and_after_a_purge_keeps_the_other_tenant_and_resurrects_nothing() {
-    let cycles: u64 = std::env::var("ALLSOURCE_PURGE_CYCLES")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(6);
-    let seed: u64 = std::env::var("ALLSOURCE_CRASH_SEED")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap()
-                .as_nanos() as u64
-        });
+    let cycles = env_u64("ALLSOURCE_PURGE_CYCLES").unwrap_or(6);
+    let seed = crash_seed();
     println!("purge crash loop: {cycles} cycles, ALLSOURCE_CRASH_SEED={seed}");
     let mut rng = Rng(seed | 1);
     let tmp = tempfile::tempdir().unwrap();
@@ -1126,19 +1108,8 @@ async fn victim_script(
 /// acknowledged event. `ALLSOURCE_PURGE_CRASH_CYCLES` (default 30) and `ALLSOURCE_CRASH_SEED`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn sigkill_during_purges_and_checkpoints_never_serves_purged_events() {
-    let cycles: u64 = std::env::var("ALLSOURCE_PURGE_CRASH_CYCLES")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(30);
-    let seed: u64 = std::env::var("ALLSOURCE_CRASH_SEED")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap()
-                .as_nanos() as u64
-        });
+    let cycles = env_u64("ALLSOURCE_PURGE_CRASH_CYCLES").unwrap_or(30);
+    let seed = crash_seed();
     println!("purge crash loop: {cycles} cycles, ALLSOURCE_CRASH_SEED={seed}");
     let started = Instant::now();
     let mut rng = Rng(seed | 1);

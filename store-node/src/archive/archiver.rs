@@ -88,8 +88,8 @@ pub struct ArchivePlan {
     pub hot_retention: Duration,
     /// "Now" in ms since the epoch; None = the system clock.
     pub now_ms: Option<i64>,
-    /// Most rows per Parquet file.
-    pub max_rows_per_file: usize,
+    /// How large one Parquet file may grow (rows and bytes).
+    pub file_bounds: format::FileBounds,
     /// Page size of `read_all` calls.
     pub read_page: usize,
     /// Most events archived per tenant in one run (None = no limit).
@@ -107,7 +107,7 @@ impl ArchivePlan {
             tenants,
             hot_retention,
             now_ms: None,
-            max_rows_per_file: 50_000,
+            file_bounds: format::FileBounds::default(),
             read_page: 1_000,
             max_events_per_tenant: None,
             trim: true,
@@ -350,10 +350,11 @@ async fn upload_cold_events(
     from: u64,
 ) -> ArchiveResult<Vec<FileEntry>> {
     let plan = ctx.plan;
-    let max_rows = plan.max_rows_per_file;
+    let bounds = plan.file_bounds;
     let limit = plan.max_events_per_tenant.unwrap_or(u64::MAX);
     let mut files = Vec::new();
     let mut current: Vec<RecordedEvent> = Vec::new();
+    let mut current_bytes: u64 = 0;
     let mut taken: u64 = 0;
     let mut pos = from;
     'read: loop {
@@ -368,17 +369,14 @@ async fn upload_cold_events(
                 break 'read;
             }
             if let Some(first) = current.first() {
-                if format::starts_new_file(
-                    first.timestamp_ms,
-                    current.len(),
-                    e.timestamp_ms,
-                    max_rows,
-                ) {
+                if bounds.starts_new_file(first.timestamp_ms, current.len(), current_bytes, &e) {
                     files.push(upload_file(ctx, tenant, &current).await?);
                     current.clear();
+                    current_bytes = 0;
                 }
             }
             taken += 1;
+            current_bytes += e.size_bytes();
             current.push(e);
         }
     }

@@ -178,31 +178,60 @@ pub fn part_key(tenant: &TenantId, date: &str, first: u64, last: u64) -> String 
     format!("tenant={tenant}/date={date}/part-{first:020}-{last:020}.parquet")
 }
 
-/// True when an event with timestamp `next_ts` must start a new file after a file that began
-/// at `first_ts` and holds `len` rows: files never span UTC dates nor exceed `max_rows`.
-pub fn starts_new_file(first_ts: i64, len: usize, next_ts: i64, max_rows: usize) -> bool {
-    len >= max_rows.max(1) || utc_date(first_ts) != utc_date(next_ts)
+/// How large one archive file may grow. Files never span UTC dates, nor exceed `max_rows` rows
+/// or `max_bytes` bytes of events ([`RecordedEvent::size_bytes`]; an event larger than
+/// `max_bytes` gets a file of its own). The bytes bound is what keeps the archiver's memory
+/// bounded: a file is buffered whole before it is encoded and uploaded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FileBounds {
+    /// Most rows per file.
+    pub max_rows: usize,
+    /// Most bytes of events per file.
+    pub max_bytes: u64,
 }
 
-/// Splits events (in position order) into files: a new file starts when the UTC date changes or
-/// when `max_rows` is reached. Returns index ranges into `events`.
-pub fn split_files(events: &[RecordedEvent], max_rows: usize) -> Vec<std::ops::Range<usize>> {
-    let mut out = Vec::new();
-    let mut start = 0;
-    for i in 1..=events.len() {
-        let cut = i == events.len()
-            || starts_new_file(
-                events[start].timestamp_ms,
-                i - start,
-                events[i].timestamp_ms,
-                max_rows,
-            );
-        if cut {
-            out.push(start..i);
-            start = i;
+impl Default for FileBounds {
+    fn default() -> Self {
+        Self {
+            max_rows: 50_000,
+            max_bytes: 64 * 1024 * 1024,
         }
     }
-    out
+}
+
+impl FileBounds {
+    /// True when `next` must start a new file after a non-empty file that began at `first_ts`
+    /// and holds `len` rows of `bytes` bytes.
+    pub fn starts_new_file(
+        &self,
+        first_ts: i64,
+        len: usize,
+        bytes: u64,
+        next: &RecordedEvent,
+    ) -> bool {
+        len >= self.max_rows.max(1)
+            || bytes.saturating_add(next.size_bytes()) > self.max_bytes.max(1)
+            || utc_date(first_ts) != utc_date(next.timestamp_ms)
+    }
+
+    /// Splits events (in position order) into files. Returns index ranges into `events`.
+    pub fn split(&self, events: &[RecordedEvent]) -> Vec<std::ops::Range<usize>> {
+        let mut out = Vec::new();
+        let (mut start, mut bytes) = (0, 0u64);
+        for i in 0..events.len() {
+            if i > start
+                && self.starts_new_file(events[start].timestamp_ms, i - start, bytes, &events[i])
+            {
+                out.push(start..i);
+                (start, bytes) = (i, 0);
+            }
+            bytes += events[i].size_bytes();
+        }
+        if start < events.len() {
+            out.push(start..events.len());
+        }
+        out
+    }
 }
 
 #[cfg(test)]
@@ -252,8 +281,20 @@ mod tests {
         let events: Vec<_> = (0..7)
             .map(|p| ev(p, if p < 4 { 10 } else { day + 10 }))
             .collect();
-        assert_eq!(split_files(&events, 3), vec![0..3, 3..4, 4..7]);
-        assert_eq!(split_files(&events, 100), vec![0..4, 4..7]);
-        assert!(split_files(&[], 3).is_empty());
+        let rows = |max_rows| FileBounds {
+            max_rows,
+            ..FileBounds::default()
+        };
+        assert_eq!(rows(3).split(&events), vec![0..3, 3..4, 4..7]);
+        assert_eq!(rows(100).split(&events), vec![0..4, 4..7]);
+        assert!(rows(3).split(&[]).is_empty());
+        // Bytes bound a file too; an event above the bound gets a file of its own.
+        let size = events[0].size_bytes();
+        let bytes = |max_bytes| FileBounds {
+            max_rows: 100,
+            max_bytes,
+        };
+        assert_eq!(bytes(2 * size).split(&events), vec![0..2, 2..4, 4..6, 6..7]);
+        assert_eq!(bytes(1).split(&events).len(), 7);
     }
 }

@@ -68,6 +68,10 @@ pub struct ArchiveArgs {
     /// Most rows per Parquet file.
     #[arg(long, env = "ARCHIVE_MAX_ROWS_PER_FILE", default_value_t = 50_000)]
     pub max_rows_per_file: usize,
+    /// Most bytes of events per Parquet file (a file is buffered whole before upload, so this
+    /// bounds the archiver's memory; an event larger than it gets a file of its own).
+    #[arg(long, env = "ARCHIVE_MAX_BYTES_PER_FILE", default_value_t = 64 * 1024 * 1024)]
+    pub max_bytes_per_file: u64,
     /// Most events per tenant in one run (default: no limit).
     #[arg(long, env = "ARCHIVE_MAX_EVENTS_PER_TENANT")]
     pub max_events_per_tenant: Option<u64>,
@@ -162,7 +166,10 @@ async fn archive_and_report(args: ArchiveArgs, reported: &mut bool) -> anyhow::R
         .collect::<Result<Vec<_>, _>>()?;
     let mut plan = ArchivePlan::new(tenants.clone(), parse_duration(&args.hot_retention)?)
         .with_fault_from_env()?;
-    plan.max_rows_per_file = args.max_rows_per_file;
+    plan.file_bounds = store_node::archive::format::FileBounds {
+        max_rows: args.max_rows_per_file,
+        max_bytes: args.max_bytes_per_file,
+    };
     plan.max_events_per_tenant = args.max_events_per_tenant;
     plan.trim = !args.no_trim;
     let opts = ConnectOptions {
