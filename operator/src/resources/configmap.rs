@@ -134,7 +134,9 @@ pub struct Registry {
 }
 
 /// Node name to base URL for `replicas` nodes.
+/// The scheme is `https` when the store has a TLS Secret.
 pub fn node_urls(es: &EventStore, replicas: i32) -> BTreeMap<String, String> {
+    let scheme = super::node_scheme(es);
     let svc = headless_service_name(es);
     let ns = es
         .metadata
@@ -144,7 +146,7 @@ pub fn node_urls(es: &EventStore, replicas: i32) -> BTreeMap<String, String> {
     (0..replicas)
         .map(|i| {
             let pod = super::node_name(es, i);
-            let url = format!("http://{pod}.{svc}.{ns}.svc:{HTTP_PORT}");
+            let url = format!("{scheme}://{pod}.{svc}.{ns}.svc:{HTTP_PORT}");
             (pod, url)
         })
         .collect()

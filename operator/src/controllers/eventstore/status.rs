@@ -143,7 +143,7 @@ pub fn compute(es: &EventStore, sh: &SelfHostedSpec, plan: &Plan, r: &Rollout) -
         conditions,
         phase: Some(phase),
         endpoint: Some(Endpoint {
-            url: format!("http://{dns}:{HTTP_PORT}"),
+            url: format!("{}://{dns}:{HTTP_PORT}", crate::resources::node_scheme(es)),
             service: dns,
             port: HTTP_PORT,
         }),
