@@ -162,8 +162,10 @@ impl Node {
             .arg(work.join("registry.json"))
             .arg("--data-dir")
             .arg(work.join("data"))
-            .args(["--log-format", "text", "--tls-reload-interval-ms", "200"])
+            .args(["--log-format", "text"])
+            // Both by environment, as the operator sets ALLSOURCE_TLS_DIR.
             .env("ALLSOURCE_TLS_DIR", tls_dir)
+            .env("STORE_NODE_TLS_RELOAD_INTERVAL_MS", "200")
             .env("STORE_NODE_METRICS_ADDR", "127.0.0.1:0")
             .env_remove("POD_NAME")
             .stdout(Stdio::null())

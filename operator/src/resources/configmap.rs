@@ -450,6 +450,15 @@ mod tests {
             }],
             nodes: node_urls(&es, 1),
         };
+        let mut tls = es.clone();
+        tls.spec.self_hosted.as_mut().unwrap().tls_secret_ref = Some(crate::api::SecretRef {
+            name: "orders-tls".into(),
+        });
+        assert_eq!(
+            node_urls(&tls, 1)["orders-0"],
+            "https://orders-0.orders-nodes.shop.svc:8080",
+            "a store with a TLS Secret publishes https node URLs"
+        );
         let json = serde_json::to_string(&registry).unwrap();
         // The exact shape store-node's RegistryFile expects (camelCase keys, lower-case state).
         assert!(json.contains(r#""tokenSha256":[]"#), "{json}");

@@ -7,7 +7,8 @@
 //! Reloading polls the files' content (the kubelet replaces a Secret volume's files by swapping
 //! the `..data` symlink, which no inotify watch on the files themselves would see) and installs a
 //! new pair for the handshakes that follow; established connections keep the certificate they
-//! negotiated. Key material is never logged.
+//! negotiated. Sessions are not resumed, so every new connection gets the pair in use. Key
+//! material is never logged.
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -184,6 +185,11 @@ impl ReloadingCert {
             .with_no_client_auth()
             .with_cert_resolver(self.clone());
         cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        // No session resumption: a resumed session skips the certificate, so after a reload a
+        // client could go on resuming into the old certificate's session until it expired. Every
+        // new connection makes a full handshake with the pair in use (keep-alive amortizes it).
+        cfg.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
+        cfg.send_tls13_tickets = 0;
         Ok(Arc::new(cfg))
     }
 

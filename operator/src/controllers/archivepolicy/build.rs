@@ -405,6 +405,52 @@ mod tests {
         assert!(args.ends_with("--gcs-auth metadata"), "{args}");
     }
 
+    /// An HTTPS store: the archiver gets only `ca.crt` of the store's TLS Secret, mounted, and
+    /// `--ca-file` pointing at it.
+    #[test]
+    fn https_source_gets_the_stores_ca() {
+        let mut inp = inputs();
+        inp.source = "https://orders.team-a.svc:8080".into();
+        inp.ca_secret = Some("orders-tls".into());
+        let args = archiver_args(&policy(), &inp).join(" ");
+        assert!(
+            args.contains("--source https://orders.team-a.svc:8080 ")
+                && args.contains("--ca-file /var/run/allsource/store-ca/ca.crt"),
+            "{args}"
+        );
+        let pod = cron_job(&policy(), &inp)
+            .spec
+            .unwrap()
+            .job_template
+            .spec
+            .unwrap()
+            .template
+            .spec
+            .unwrap();
+        let vol = pod
+            .volumes
+            .unwrap()
+            .into_iter()
+            .find(|v| v.name == "store-ca")
+            .unwrap()
+            .secret
+            .unwrap();
+        assert_eq!(vol.secret_name.as_deref(), Some("orders-tls"));
+        let items = vol.items.unwrap();
+        assert_eq!(items.len(), 1, "only the CA, never tls.key");
+        assert_eq!(
+            (items[0].key.as_str(), items[0].path.as_str()),
+            ("ca.crt", "ca.crt")
+        );
+        let mounts = pod.containers[0].volume_mounts.clone().unwrap();
+        assert!(mounts
+            .iter()
+            .any(|m| m.name == "store-ca" && m.mount_path == CA_DIR));
+        // A plain store: no CA flag, no CA volume.
+        let plain = archiver_args(&policy(), &inputs()).join(" ");
+        assert!(!plain.contains("--ca-file"), "{plain}");
+    }
+
     #[test]
     fn run_now_job_name_is_stable_per_value() {
         let a = run_now_job(&policy(), &inputs(), "2026-11-24T14:00");

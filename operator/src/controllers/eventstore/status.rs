@@ -278,6 +278,34 @@ mod tests {
         );
     }
 
+    /// The published endpoint (credentials Secrets, the archiver's source) follows the nodes'
+    /// scheme: https exactly when the store has a TLS Secret.
+    #[test]
+    fn endpoint_is_https_with_a_tls_secret() {
+        let mut es = fixtures::selfhosted();
+        let r = Rollout {
+            replicas: 3,
+            ready: 3,
+            updated: 3,
+            rolling: false,
+        };
+        let sh = es.spec.self_hosted.clone().unwrap();
+        let url = |st: EventStoreStatus| st.endpoint.unwrap().url;
+        assert_eq!(
+            url(compute(&es, &sh, &plan(3), &r)),
+            "http://orders.shop.svc:8080"
+        );
+        let sh = es.spec.self_hosted.as_mut().unwrap();
+        sh.tls_secret_ref = Some(crate::api::SecretRef {
+            name: "orders-tls".into(),
+        });
+        let sh = sh.clone();
+        assert_eq!(
+            url(compute(&es, &sh, &plan(3), &r)),
+            "https://orders.shop.svc:8080"
+        );
+    }
+
     #[test]
     fn same_observation_gives_equal_status() {
         let mut es = fixtures::selfhosted();
