@@ -464,7 +464,8 @@ async fn a_missing_or_mismatched_pair_refuses_to_start() {
     issue_cert(&pki, "ca", "two", 2, 2);
     let read = |n: &str| std::fs::read(pki.join(n)).unwrap();
 
-    let cases: [(&str, Vec<(&str, Vec<u8>)>, &str); 3] = [
+    type Files<'a> = Vec<(&'a str, Vec<u8>)>;
+    let cases: [(&str, Files, &str); 3] = [
         (
             "no key",
             vec![("tls.crt", read("one.crt"))],

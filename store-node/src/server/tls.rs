@@ -240,8 +240,11 @@ fn read_file(path: &Path) -> Result<Vec<u8>, TlsError> {
     })
 }
 
+/// The bytes of `tls.crt` and `tls.key`.
+type PairBytes = (Vec<u8>, Vec<u8>);
+
 /// Both files' bytes and a digest of them.
-fn read_pair(dir: &Path) -> Result<((Vec<u8>, Vec<u8>), [u8; 32]), TlsError> {
+fn read_pair(dir: &Path) -> Result<(PairBytes, [u8; 32]), TlsError> {
     let cert = read_file(&dir.join(CERT_FILE))?;
     let key = read_file(&dir.join(KEY_FILE))?;
     let mut h = Sha256::new();
@@ -253,7 +256,7 @@ fn read_pair(dir: &Path) -> Result<((Vec<u8>, Vec<u8>), [u8; 32]), TlsError> {
 
 fn parse_pair(
     dir: &Path,
-    (cert, key): &(Vec<u8>, Vec<u8>),
+    (cert, key): &PairBytes,
     provider: &CryptoProvider,
 ) -> Result<Loaded, TlsError> {
     let cert_path = dir.join(CERT_FILE);
