@@ -181,7 +181,13 @@ pub struct SelfHostedSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pod_template: Option<PodTemplateOverrides>,
 
-    /// Secret of type kubernetes.io/tls (keys tls.crt, tls.key) for the nodes' HTTPS listener.
+    /// Secret with the nodes' TLS certificate: keys tls.crt, tls.key and ca.crt (a
+    /// kubernetes.io/tls Secret plus the issuing CA, as cert-manager writes it). When set, every
+    /// node serves its API over HTTPS only (mounted at /etc/allsource/tls, reloaded within
+    /// seconds when the Secret changes, no restart); the operator, the archiver and the tenants'
+    /// credentials Secrets use https:// URLs verified with ca.crt, which is copied into each
+    /// tenant's credentials Secret. The certificate must name <store>.<namespace>.svc and
+    /// *.<store>-nodes.<namespace>.svc.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls_secret_ref: Option<SecretRef>,
 }

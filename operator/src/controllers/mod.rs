@@ -7,6 +7,7 @@
 pub mod apply;
 pub mod archivepolicy;
 pub mod eventstore;
+pub mod nodetls;
 pub mod tenant;
 pub mod trigger;
 

@@ -134,7 +134,9 @@ pub struct Registry {
 }
 
 /// Node name to base URL for `replicas` nodes.
+/// The scheme is `https` when the store has a TLS Secret.
 pub fn node_urls(es: &EventStore, replicas: i32) -> BTreeMap<String, String> {
+    let scheme = super::node_scheme(es);
     let svc = headless_service_name(es);
     let ns = es
         .metadata
@@ -144,7 +146,7 @@ pub fn node_urls(es: &EventStore, replicas: i32) -> BTreeMap<String, String> {
     (0..replicas)
         .map(|i| {
             let pod = super::node_name(es, i);
-            let url = format!("http://{pod}.{svc}.{ns}.svc:{HTTP_PORT}");
+            let url = format!("{scheme}://{pod}.{svc}.{ns}.svc:{HTTP_PORT}");
             (pod, url)
         })
         .collect()
@@ -451,6 +453,15 @@ mod tests {
             }],
             nodes: node_urls(&es, 1),
         };
+        let mut tls = es.clone();
+        tls.spec.self_hosted.as_mut().unwrap().tls_secret_ref = Some(crate::api::SecretRef {
+            name: "orders-tls".into(),
+        });
+        assert_eq!(
+            node_urls(&tls, 1)["orders-0"],
+            "https://orders-0.orders-nodes.shop.svc:8080",
+            "a store with a TLS Secret publishes https node URLs"
+        );
         let json = serde_json::to_string(&registry).unwrap();
         // The exact shape store-node's RegistryFile expects (camelCase keys, lower-case state).
         assert!(json.contains(r#""tokenSha256":[]"#), "{json}");

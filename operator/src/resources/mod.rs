@@ -47,6 +47,26 @@ pub const CONFIG_MOUNT: &str = "/etc/allsource/registry";
 /// Mount path of the data volume.
 pub const DATA_MOUNT: &str = "/data";
 
+/// Key of the CA certificate in the Secret of `spec.selfHosted.tlsSecretRef` (and in a tenant's
+/// credentials Secret when its store serves HTTPS).
+pub const TLS_CA_KEY: &str = "ca.crt";
+
+/// The Secret of a selfHosted store's HTTPS listener (`spec.selfHosted.tlsSecretRef`), if any.
+pub fn tls_secret_name(es: &EventStore) -> Option<&str> {
+    es.self_hosted()
+        .and_then(|sh| sh.tls_secret_ref.as_ref())
+        .map(|r| r.name.as_str())
+}
+
+/// URL scheme of the store nodes' API: `https` when the store has a TLS Secret, else `http`.
+pub fn node_scheme(es: &EventStore) -> &'static str {
+    if tls_secret_name(es).is_some() {
+        "https"
+    } else {
+        "http"
+    }
+}
+
 /// Name of the headless Service that gives each node a stable DNS name.
 pub fn headless_service_name(es: &EventStore) -> String {
     format!("{}-nodes", es.name_any())

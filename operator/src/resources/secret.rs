@@ -7,6 +7,7 @@
 //! | `tenantId` | the tenant id (`spec.tenantId`) |
 //! | `token` | the bearer token (`Authorization: Bearer <token>`) |
 //! | `backend` | the EventStore backend: `selfHosted`, `dynamodb`, `firestore` or `postgres` |
+//! | `ca.crt` | only when the store's nodes serve HTTPS: the PEM CA to verify `endpoint` with |
 //!
 //! The Secret is owned by the Tenant (controller owner reference) and carries the
 //! `allsource.io/rotate-handled` annotation: the `spec.credentials.rotate` value its token was
@@ -50,6 +51,8 @@ pub struct Connection {
     pub token: String,
     /// Backend name.
     pub backend: String,
+    /// PEM CA certificate of an HTTPS endpoint (`ca.crt`); None for plain HTTP.
+    pub ca: Option<String>,
 }
 
 impl std::fmt::Debug for Connection {
@@ -59,6 +62,7 @@ impl std::fmt::Debug for Connection {
             .field("tenant_id", &self.tenant_id)
             .field("token", &"<redacted>")
             .field("backend", &self.backend)
+            .field("ca", &self.ca.is_some())
             .finish()
     }
 }
@@ -88,7 +92,7 @@ pub fn labels(tenant: &Tenant) -> BTreeMap<String, String> {
 
 /// The desired connection Secret.
 pub fn build(tenant: &Tenant, conn: &Connection, handled_rotate: Option<&str>) -> Secret {
-    let data = BTreeMap::from([
+    let mut data = BTreeMap::from([
         (
             ENDPOINT_KEY.to_string(),
             ByteString(conn.endpoint.clone().into_bytes()),
@@ -106,6 +110,12 @@ pub fn build(tenant: &Tenant, conn: &Connection, handled_rotate: Option<&str>) -
             ByteString(conn.backend.clone().into_bytes()),
         ),
     ]);
+    if let Some(ca) = &conn.ca {
+        data.insert(
+            super::TLS_CA_KEY.to_string(),
+            ByteString(ca.clone().into_bytes()),
+        );
+    }
     let annotations = handled_rotate
         .map(|r| BTreeMap::from([(ROTATE_HANDLED_ANNOTATION.to_string(), r.to_string())]));
     Secret {
@@ -186,6 +196,7 @@ spec:
             tenant_id: "acme".into(),
             token: token.into(),
             backend: "selfHosted".into(),
+            ca: None,
         }
     }
 
@@ -206,5 +217,28 @@ spec:
         assert!(!up_to_date(&s, &build(&t, &conn("tok2"), Some("r1"))));
         assert!(!up_to_date(&s, &build(&t, &conn("tok"), Some("r2"))));
         assert!(!format!("{:?}", conn("s3cr3t")).contains("s3cr3t"));
+    }
+
+    /// A store serving HTTPS hands its CA to the tenant's applications next to the https
+    /// endpoint; a plain store's Secret has no `ca.crt`.
+    #[test]
+    fn https_endpoint_comes_with_the_ca() {
+        let t = tenant();
+        let plain = build(&t, &conn("tok"), None);
+        assert_eq!(value(&plain, crate::resources::TLS_CA_KEY), None);
+        let mut c = conn("tok");
+        c.endpoint = "https://orders.shop.svc:8080".into();
+        c.ca = Some("-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n".into());
+        let s = build(&t, &c, None);
+        assert_eq!(
+            value(&s, crate::resources::TLS_CA_KEY),
+            c.ca.as_deref(),
+            "ca.crt"
+        );
+        assert_eq!(
+            value(&s, ENDPOINT_KEY),
+            Some("https://orders.shop.svc:8080")
+        );
+        assert!(!up_to_date(&plain, &s));
     }
 }

@@ -56,11 +56,14 @@ pub fn args() -> Vec<String> {
     .collect()
 }
 
-fn http_probe(path: &str, period: i32, failures: i32) -> Probe {
+/// A kubelet httpGet probe; `https` when the node serves its API over TLS (the kubelet does not
+/// verify the certificate of a probe).
+fn http_probe(path: &str, period: i32, failures: i32, https: bool) -> Probe {
     Probe {
         http_get: Some(HTTPGetAction {
             path: Some(path.to_string()),
             port: IntOrString::String("http".to_string()),
+            scheme: https.then(|| "HTTPS".to_string()),
             ..HTTPGetAction::default()
         }),
         period_seconds: Some(period),
@@ -113,13 +116,15 @@ fn container(sh: &SelfHostedSpec) -> Container {
             ..EnvVar::default()
         },
     ];
-    if sh.tls_secret_ref.is_some() {
+    let tls = sh.tls_secret_ref.is_some();
+    if tls {
         mounts.push(VolumeMount {
             name: "tls".to_string(),
             mount_path: TLS_MOUNT.to_string(),
             read_only: Some(true),
             ..VolumeMount::default()
         });
+        // store-node serve reads tls.crt and tls.key here and serves HTTPS (see --tls-dir).
         env.push(EnvVar {
             name: "ALLSOURCE_TLS_DIR".to_string(),
             value: Some(TLS_MOUNT.to_string()),
@@ -133,8 +138,8 @@ fn container(sh: &SelfHostedSpec) -> Container {
         args: Some(args()),
         env: Some(env),
         ports: Some(container_ports()),
-        readiness_probe: Some(http_probe("/readyz", 5, 3)),
-        liveness_probe: Some(http_probe("/healthz", 10, 6)),
+        readiness_probe: Some(http_probe("/readyz", 5, 3, tls)),
+        liveness_probe: Some(http_probe("/healthz", 10, 6, tls)),
         resources: sh.resources.clone(),
         volume_mounts: Some(mounts),
         security_context: Some(SecurityContext {
@@ -311,5 +316,49 @@ mod tests {
         let labels = sts.spec.unwrap().template.metadata.unwrap().labels.unwrap();
         assert_eq!(labels["app.kubernetes.io/instance"], "orders");
         assert_eq!(labels["team"], "payments");
+    }
+
+    /// With a TLS Secret the node gets the Secret at ALLSOURCE_TLS_DIR and the kubelet probes it
+    /// over HTTPS (an HTTP probe of a TLS-only listener fails, so the pod would never be Ready).
+    #[test]
+    fn tls_secret_mounts_and_probes_over_https() {
+        let mut es = super::super::fixtures::selfhosted();
+        let sh = es.spec.self_hosted.as_mut().unwrap();
+        sh.tls_secret_ref = Some(crate::api::SecretRef {
+            name: "orders-tls".into(),
+        });
+        let sh = sh.clone();
+        let sts = build(&es, &sh, 1, "h");
+        let pod = sts.spec.unwrap().template.spec.unwrap();
+        let c = &pod.containers[0];
+        let env = c.env.clone().unwrap();
+        let dir = env.iter().find(|e| e.name == "ALLSOURCE_TLS_DIR").unwrap();
+        assert_eq!(dir.value.as_deref(), Some(TLS_MOUNT));
+        assert!(c
+            .volume_mounts
+            .as_ref()
+            .unwrap()
+            .iter()
+            .any(|m| m.mount_path == TLS_MOUNT && m.read_only == Some(true)));
+        let vol = pod
+            .volumes
+            .unwrap()
+            .into_iter()
+            .find(|v| v.name == "tls")
+            .unwrap();
+        assert_eq!(
+            vol.secret.unwrap().secret_name.as_deref(),
+            Some("orders-tls")
+        );
+        for p in [&c.readiness_probe, &c.liveness_probe] {
+            let get = p.clone().unwrap().http_get.unwrap();
+            assert_eq!(get.scheme.as_deref(), Some("HTTPS"));
+        }
+        // Without TLS the probes keep the default scheme (HTTP) and nothing is mounted.
+        let plain = super::super::fixtures::selfhosted();
+        let sts = build(&plain, plain.spec.self_hosted.as_ref().unwrap(), 1, "h");
+        let c = sts.spec.unwrap().template.spec.unwrap().containers[0].clone();
+        assert_eq!(c.readiness_probe.unwrap().http_get.unwrap().scheme, None);
+        assert!(!c.env.unwrap().iter().any(|e| e.name == "ALLSOURCE_TLS_DIR"));
     }
 }

@@ -85,10 +85,31 @@ fn unsupported<T>(what: &str) -> StoreResult<T> {
 impl HttpSource {
     /// A source for the store node at `base` (e.g. `http://es-0.es:8080`).
     pub fn new(base: &str, tokens: HashMap<TenantId, String>) -> Result<Self, StoreError> {
+        Self::with_ca(base, tokens, None)
+    }
+
+    /// A source for the store node at `base`; with `ca_pem` (PEM certificates), an `https://`
+    /// node is verified against those CAs only (the public roots are not trusted for it).
+    pub fn with_ca(
+        base: &str,
+        tokens: HashMap<TenantId, String>,
+        ca_pem: Option<&[u8]>,
+    ) -> Result<Self, StoreError> {
         let base = reqwest::Url::parse(base)
             .map_err(|e| StoreError::invalid("source", format!("{base:?}: {e}")))?;
-        let http = reqwest::Client::builder()
-            .timeout(Duration::from_secs(120))
+        let mut builder = reqwest::Client::builder().timeout(Duration::from_secs(120));
+        if let Some(pem) = ca_pem {
+            let certs = reqwest::Certificate::from_pem_bundle(pem)
+                .map_err(|e| StoreError::invalid("ca", format!("not PEM certificates: {e}")))?;
+            if certs.is_empty() {
+                return Err(StoreError::invalid("ca", "holds no PEM CERTIFICATE"));
+            }
+            builder = builder.tls_built_in_root_certs(false);
+            for c in certs {
+                builder = builder.add_root_certificate(c);
+            }
+        }
+        let http = builder
             .build()
             .map_err(|e| StoreError::Internal(e.to_string()))?;
         Ok(Self { http, base, tokens })

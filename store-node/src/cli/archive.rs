@@ -65,6 +65,10 @@ pub struct ArchiveArgs {
     /// Directory with one file per tenant holding its bearer token (HTTP source).
     #[arg(long, env = "ARCHIVE_TOKENS_DIR")]
     pub tokens_dir: Option<PathBuf>,
+    /// PEM CA certificate(s) an `https://` source is verified with, instead of the public roots
+    /// (the `ca.crt` of the store's TLS Secret).
+    #[arg(long, env = "ARCHIVE_CA_FILE")]
+    pub ca_file: Option<PathBuf>,
     /// Most rows per Parquet file.
     #[arg(long, env = "ARCHIVE_MAX_ROWS_PER_FILE", default_value_t = 50_000)]
     pub max_rows_per_file: usize,
@@ -205,7 +209,14 @@ async fn archive_and_report(args: ArchiveArgs, reported: &mut bool) -> anyhow::R
         let Some(dir) = &args.tokens_dir else {
             bail!("an HTTP source needs --tokens-dir with one token file per tenant");
         };
-        let source = HttpSource::new(&args.source, read_tokens(dir, &tenants)?)?;
+        let ca = match &args.ca_file {
+            Some(p) => Some(
+                std::fs::read(p).with_context(|| format!("reading --ca-file {}", p.display()))?,
+            ),
+            None => None,
+        };
+        let source = HttpSource::with_ca(&args.source, read_tokens(dir, &tenants)?, ca.as_deref())
+            .with_context(|| format!("--ca-file {:?}", args.ca_file))?;
         archive::run(&source, objects.as_ref(), &dest, &plan).await?
     } else {
         bail!("--source must be engine:<data dir> or http(s)://<store node>");

@@ -12,6 +12,11 @@
 //!   unproven one (closing a socket that has sent nothing costs no request), and only when every
 //!   open connection has sent a request is the new one refused with a bare 503 and closed.
 //!
+//! - With TLS (the API listener of a node started with `--tls-dir`), the TLS handshake must also
+//!   finish within the header deadline; a client speaking plain HTTP fails the handshake and is
+//!   closed. The certificate is chosen per handshake ([`super::tls::ReloadingCert`]), so a
+//!   reload applies to new connections without touching open ones.
+//!
 //! It must never close a connection that is handling a request because of the cap (the shutdown
 //! grace period is the only exception), nor hold an unbounded number of sockets.
 
@@ -27,9 +32,10 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::service::TowerToHyperService;
 use parking_lot::Mutex;
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
+use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
 
@@ -82,11 +88,12 @@ fn closed(metrics: &Metrics, reason: &str) {
         .inc();
 }
 
-/// Serves `app` on `listener` until `shutdown`, then lets open connections finish their
-/// requests for at most `grace`.
+/// Serves `app` on `listener` (over TLS when `tls` is set) until `shutdown`, then lets open
+/// connections finish their requests for at most `grace`.
 pub async fn serve(
     listener: TcpListener,
     app: Router,
+    tls: Option<TlsAcceptor>,
     limits: ConnLimits,
     metrics: Arc<Metrics>,
     shutdown: CancellationToken,
@@ -137,6 +144,7 @@ pub async fn serve(
         let (id, evict) = unproven.lock().add();
         let task = Connection {
             app: app.clone(),
+            tls: tls.clone(),
             limits,
             metrics: metrics.clone(),
             shutdown: shutdown.clone(),
@@ -171,6 +179,7 @@ fn refuse(stream: TcpStream, metrics: &Metrics) {
 
 struct Connection {
     app: Router,
+    tls: Option<TlsAcceptor>,
     limits: ConnLimits,
     metrics: Arc<Metrics>,
     shutdown: CancellationToken,
@@ -206,6 +215,39 @@ impl Connection {
                 return;
             }
         }
+        match self.tls.clone() {
+            None => self.serve_io(stream).await,
+            Some(acceptor) => {
+                let handshake = tokio::select! {
+                    r = tokio::time::timeout(deadline, acceptor.accept(stream)) => r,
+                    _ = self.evict.cancelled() => return,
+                    _ = self.shutdown.cancelled() => {
+                        self.forget();
+                        return;
+                    }
+                };
+                match handshake {
+                    Ok(Ok(tls)) => self.serve_io(tls).await,
+                    Ok(Err(e)) => {
+                        self.forget();
+                        closed(&self.metrics, "tls_handshake");
+                        tracing::debug!(error = %e, "TLS handshake failed");
+                    }
+                    Err(_) => {
+                        self.forget();
+                        closed(&self.metrics, "header_timeout");
+                    }
+                }
+            }
+        }
+    }
+
+    /// Serves HTTP/1.1 or HTTP/2 on an established (plain or TLS) connection.
+    async fn serve_io<I>(self, io: I)
+    where
+        I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let deadline = self.limits.header_read_timeout;
         let proven = Arc::new(AtomicBool::new(false));
         let svc = {
             let (app, unproven, proven, id) = (
@@ -231,8 +273,8 @@ impl Connection {
             .timer(TokioTimer::new())
             .keep_alive_interval(Some(deadline))
             .keep_alive_timeout(deadline);
-        let conn = builder
-            .serve_connection_with_upgrades(TokioIo::new(stream), TowerToHyperService::new(svc));
+        let conn =
+            builder.serve_connection_with_upgrades(TokioIo::new(io), TowerToHyperService::new(svc));
         let mut conn = std::pin::pin!(conn);
         let result = tokio::select! {
             r = conn.as_mut() => r,

@@ -384,5 +384,6 @@ pub async fn info(State(st): State<AppState>, Authed(t): Authed) -> ApiResult<Js
         "capabilities": store.capabilities(),
         "limits": store.limits(),
         "writes": writes,
+        "tls": st.config().tls.as_ref().map(|c| c.status()),
     })))
 }

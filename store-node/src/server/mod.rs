@@ -18,6 +18,7 @@ mod middleware;
 mod ops;
 pub mod purge;
 mod subscribe;
+pub mod tls;
 
 use std::net::SocketAddr;
 use std::sync::{Arc, OnceLock};
@@ -75,6 +76,10 @@ pub struct ServerConfig {
     pub shutdown_grace: Duration,
     /// Interval of SSE keep-alive comments.
     pub sse_keepalive: Duration,
+    /// HTTPS on the API listener with this (reloading) certificate; None: plain HTTP.
+    pub tls: Option<Arc<tls::ReloadingCert>>,
+    /// How often the TLS files are checked for a new pair.
+    pub tls_reload_interval: Duration,
 }
 
 impl Default for ServerConfig {
@@ -94,6 +99,8 @@ impl Default for ServerConfig {
             registry_poll: Duration::from_secs(1),
             shutdown_grace: Duration::from_secs(20),
             sse_keepalive: Duration::from_secs(15),
+            tls: None,
+            tls_reload_interval: Duration::from_secs(5),
         }
     }
 }
@@ -115,6 +122,9 @@ pub enum ServerError {
     /// Metrics could not be registered.
     #[error("metrics: {0}")]
     Metrics(#[from] prometheus::Error),
+    /// The TLS configuration of the API listener could not be built.
+    #[error(transparent)]
+    Tls(#[from] tls::TlsError),
 }
 
 /// Everything a request handler needs; cheap to clone.
@@ -149,6 +159,9 @@ impl AppState {
             .set(registry.snapshot().len() as i64);
         if let Some(reserve) = config.disk_reserve.clone() {
             register_disk_gauges(&metrics, reserve);
+        }
+        if let Some(cert) = config.tls.clone() {
+            register_tls_gauges(&metrics, cert);
         }
         Self {
             inner: Arc::new(Shared {
@@ -339,6 +352,33 @@ fn register_disk_gauges(metrics: &Metrics, reserve: health::DiskReserve) {
     }
 }
 
+fn register_tls_gauges(metrics: &Metrics, cert: Arc<tls::ReloadingCert>) {
+    let c2 = cert.clone();
+    let not_after = metrics.register_gauge_fn(
+        "allsource_tls_cert_not_after_seconds",
+        "End of validity (Unix seconds) of the API listener's certificate in use",
+        move || {
+            c2.status()
+                .not_after
+                .map_or(f64::NAN, |t| t.timestamp() as f64)
+        },
+    );
+    let c3 = cert.clone();
+    let failing = metrics.register_gauge_fn(
+        "allsource_tls_reload_failing",
+        "1 while the last attempt to load a changed certificate/key pair failed (the previous pair is kept)",
+        move || c3.status().last_reload_error.is_some() as u8 as f64,
+    );
+    let reloads = metrics.register_gauge_fn(
+        "allsource_tls_reloads",
+        "Certificate/key pairs installed since start without a restart",
+        move || cert.status().reloads as f64,
+    );
+    if let Err(e) = not_after.and(failing).and(reloads) {
+        tracing::error!(error = %e, "cannot register the TLS gauges");
+    }
+}
+
 /// The bound listeners of a server.
 pub struct Listeners {
     /// The API listener.
@@ -418,6 +458,14 @@ pub async fn run(state: AppState, listeners: Listeners) -> Result<(), ServerErro
         header_read_timeout: cfg.header_read_timeout,
     };
     let grace = cfg.shutdown_grace;
+    let (acceptor, tls_poller) = match &cfg.tls {
+        None => (None, None),
+        Some(cert) => {
+            let acceptor = tokio_rustls::TlsAcceptor::from(cert.server_config()?);
+            let poller = tokio::spawn(cert.clone().poll(cfg.tls_reload_interval, shutdown.clone()));
+            (Some(acceptor), Some(poller))
+        }
+    };
     let metrics_server = listeners.metrics.map(|l| {
         if let Ok(addr) = l.local_addr() {
             tracing::info!(%addr, "store-node metrics listening");
@@ -425,6 +473,7 @@ pub async fn run(state: AppState, listeners: Listeners) -> Result<(), ServerErro
         tokio::spawn(conn::serve(
             l,
             metrics_router(state.clone()),
+            None,
             limits,
             state.metrics().clone(),
             shutdown.clone(),
@@ -432,11 +481,13 @@ pub async fn run(state: AppState, listeners: Listeners) -> Result<(), ServerErro
         ))
     });
     if let Ok(addr) = listeners.api.local_addr() {
-        tracing::info!(%addr, "store-node HTTP API listening");
+        let scheme = if acceptor.is_some() { "https" } else { "http" };
+        tracing::info!(%addr, scheme, "store-node HTTP API listening");
     }
     conn::serve(
         listeners.api,
         router(state.clone()),
+        acceptor,
         limits,
         state.metrics().clone(),
         shutdown.clone(),
@@ -449,6 +500,9 @@ pub async fn run(state: AppState, listeners: Listeners) -> Result<(), ServerErro
     }
     poller.abort();
     purger.abort();
+    if let Some(p) = tls_poller {
+        p.abort();
+    }
     Ok(())
 }
 

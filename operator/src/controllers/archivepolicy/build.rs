@@ -11,9 +11,9 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::api::batch::v1::{CronJob, CronJobSpec, Job, JobSpec, JobTemplateSpec};
 use k8s_openapi::api::core::v1::{
-    Capabilities, Container, EnvFromSource, PodSecurityContext, PodSpec, PodTemplateSpec,
-    SeccompProfile, Secret, SecretEnvSource, SecretVolumeSource, SecurityContext, Volume,
-    VolumeMount,
+    Capabilities, Container, EnvFromSource, KeyToPath, PodSecurityContext, PodSpec,
+    PodTemplateSpec, SeccompProfile, Secret, SecretEnvSource, SecretVolumeSource, SecurityContext,
+    Volume, VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::ByteString;
@@ -26,6 +26,8 @@ use crate::api::ArchivePolicy;
 pub const RUN_NOW_ANNOTATION: &str = "allsource.io/run-now";
 /// Where the tenants' token files are mounted.
 pub const TOKENS_DIR: &str = "/var/run/allsource/tokens";
+/// Where `ca.crt` of the store's TLS Secret is mounted (HTTPS stores only).
+pub const CA_DIR: &str = "/var/run/allsource/store-ca";
 
 /// What the controller resolved before building (from the EventStore and the Tenants).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -38,6 +40,9 @@ pub struct ArchiverInputs {
     pub tenants: Vec<String>,
     /// Secret holding one key per tenant id with its bearer token.
     pub tokens_secret: String,
+    /// The store's TLS Secret when its nodes serve HTTPS: its `ca.crt` is mounted and passed as
+    /// `--ca-file`, so the archiver verifies the https `source` with it.
+    pub ca_secret: Option<String>,
 }
 
 /// Name of the CronJob of a policy.
@@ -107,6 +112,9 @@ pub fn archiver_args(p: &ArchivePolicy, inp: &ArchiverInputs) -> Vec<String> {
         "--report-file".into(),
         "/dev/termination-log".into(),
     ];
+    if inp.ca_secret.is_some() {
+        args.extend(["--ca-file".into(), format!("{CA_DIR}/ca.crt")]);
+    }
     let d = &p.spec.destination;
     if let Some(s3) = &d.s3 {
         if let Some(ep) = &s3.endpoint {
@@ -143,6 +151,44 @@ fn pod_template(p: &ArchivePolicy, inp: &ArchiverInputs) -> PodTemplateSpec {
                     .as_ref()
                     .and_then(|g| g.credentials_secret_ref.as_ref())
             });
+    let mut mounts = vec![VolumeMount {
+        name: "tenant-tokens".into(),
+        mount_path: TOKENS_DIR.into(),
+        read_only: Some(true),
+        ..VolumeMount::default()
+    }];
+    let mut volumes = vec![Volume {
+        name: "tenant-tokens".into(),
+        secret: Some(SecretVolumeSource {
+            secret_name: Some(inp.tokens_secret.clone()),
+            default_mode: Some(0o440),
+            ..SecretVolumeSource::default()
+        }),
+        ..Volume::default()
+    }];
+    if let Some(ca) = &inp.ca_secret {
+        mounts.push(VolumeMount {
+            name: "store-ca".into(),
+            mount_path: CA_DIR.into(),
+            read_only: Some(true),
+            ..VolumeMount::default()
+        });
+        // Only the CA: the archiver has no use for the nodes' private key.
+        volumes.push(Volume {
+            name: "store-ca".into(),
+            secret: Some(SecretVolumeSource {
+                secret_name: Some(ca.clone()),
+                items: Some(vec![KeyToPath {
+                    key: "ca.crt".into(),
+                    path: "ca.crt".into(),
+                    ..KeyToPath::default()
+                }]),
+                default_mode: Some(0o444),
+                ..SecretVolumeSource::default()
+            }),
+            ..Volume::default()
+        });
+    }
     let container = Container {
         name: "archiver".into(),
         image: Some(inp.image.clone()),
@@ -156,12 +202,7 @@ fn pod_template(p: &ArchivePolicy, inp: &ArchiverInputs) -> PodTemplateSpec {
                 ..EnvFromSource::default()
             }]
         }),
-        volume_mounts: Some(vec![VolumeMount {
-            name: "tenant-tokens".into(),
-            mount_path: TOKENS_DIR.into(),
-            read_only: Some(true),
-            ..VolumeMount::default()
-        }]),
+        volume_mounts: Some(mounts),
         termination_message_policy: Some("File".into()),
         security_context: Some(SecurityContext {
             allow_privilege_escalation: Some(false),
@@ -184,15 +225,7 @@ fn pod_template(p: &ArchivePolicy, inp: &ArchiverInputs) -> PodTemplateSpec {
             restart_policy: Some("Never".into()),
             automount_service_account_token: Some(false),
             containers: vec![container],
-            volumes: Some(vec![Volume {
-                name: "tenant-tokens".into(),
-                secret: Some(SecretVolumeSource {
-                    secret_name: Some(inp.tokens_secret.clone()),
-                    default_mode: Some(0o440),
-                    ..SecretVolumeSource::default()
-                }),
-                ..Volume::default()
-            }]),
+            volumes: Some(volumes),
             security_context: Some(PodSecurityContext {
                 run_as_non_root: Some(true),
                 run_as_user: Some(65_532),
@@ -309,6 +342,7 @@ mod tests {
             source: "http://orders:8080".into(),
             tenants: vec!["acme".into(), "globex".into()],
             tokens_secret: "nightly-archive-tokens".into(),
+            ca_secret: None,
         }
     }
 
@@ -369,6 +403,52 @@ mod tests {
         let args = archiver_args(&p, &inputs()).join(" ");
         assert!(args.contains("--destination gs://acme-gcs "), "{args}");
         assert!(args.ends_with("--gcs-auth metadata"), "{args}");
+    }
+
+    /// An HTTPS store: the archiver gets only `ca.crt` of the store's TLS Secret, mounted, and
+    /// `--ca-file` pointing at it.
+    #[test]
+    fn https_source_gets_the_stores_ca() {
+        let mut inp = inputs();
+        inp.source = "https://orders.team-a.svc:8080".into();
+        inp.ca_secret = Some("orders-tls".into());
+        let args = archiver_args(&policy(), &inp).join(" ");
+        assert!(
+            args.contains("--source https://orders.team-a.svc:8080 ")
+                && args.contains("--ca-file /var/run/allsource/store-ca/ca.crt"),
+            "{args}"
+        );
+        let pod = cron_job(&policy(), &inp)
+            .spec
+            .unwrap()
+            .job_template
+            .spec
+            .unwrap()
+            .template
+            .spec
+            .unwrap();
+        let vol = pod
+            .volumes
+            .unwrap()
+            .into_iter()
+            .find(|v| v.name == "store-ca")
+            .unwrap()
+            .secret
+            .unwrap();
+        assert_eq!(vol.secret_name.as_deref(), Some("orders-tls"));
+        let items = vol.items.unwrap();
+        assert_eq!(items.len(), 1, "only the CA, never tls.key");
+        assert_eq!(
+            (items[0].key.as_str(), items[0].path.as_str()),
+            ("ca.crt", "ca.crt")
+        );
+        let mounts = pod.containers[0].volume_mounts.clone().unwrap();
+        assert!(mounts
+            .iter()
+            .any(|m| m.name == "store-ca" && m.mount_path == CA_DIR));
+        // A plain store: no CA flag, no CA volume.
+        let plain = archiver_args(&policy(), &inputs()).join(" ");
+        assert!(!plain.contains("--ca-file"), "{plain}");
     }
 
     #[test]

@@ -352,6 +352,7 @@ async fn apply_policy(p: &ArchivePolicy, st: &State, ns: &str) -> Result<Action,
         source,
         tenants: tokens.keys().cloned().collect(),
         tokens_secret: build::tokens_secret_name(p),
+        ca_secret: crate::resources::tls_secret_name(&es).map(str::to_string),
     };
 
     // Apply: tokens Secret and CronJob. With no tenant to archive the CronJob stays suspended,

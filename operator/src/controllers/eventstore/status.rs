@@ -143,7 +143,7 @@ pub fn compute(es: &EventStore, sh: &SelfHostedSpec, plan: &Plan, r: &Rollout) -
         conditions,
         phase: Some(phase),
         endpoint: Some(Endpoint {
-            url: format!("http://{dns}:{HTTP_PORT}"),
+            url: format!("{}://{dns}:{HTTP_PORT}", crate::resources::node_scheme(es)),
             service: dns,
             port: HTTP_PORT,
         }),
@@ -275,6 +275,34 @@ mod tests {
         assert_eq!(
             st.image.as_deref(),
             Some("ghcr.io/allsource/store-node:0.1.0")
+        );
+    }
+
+    /// The published endpoint (credentials Secrets, the archiver's source) follows the nodes'
+    /// scheme: https exactly when the store has a TLS Secret.
+    #[test]
+    fn endpoint_is_https_with_a_tls_secret() {
+        let mut es = fixtures::selfhosted();
+        let r = Rollout {
+            replicas: 3,
+            ready: 3,
+            updated: 3,
+            rolling: false,
+        };
+        let sh = es.spec.self_hosted.clone().unwrap();
+        let url = |st: EventStoreStatus| st.endpoint.unwrap().url;
+        assert_eq!(
+            url(compute(&es, &sh, &plan(3), &r)),
+            "http://orders.shop.svc:8080"
+        );
+        let sh = es.spec.self_hosted.as_mut().unwrap();
+        sh.tls_secret_ref = Some(crate::api::SecretRef {
+            name: "orders-tls".into(),
+        });
+        let sh = sh.clone();
+        assert_eq!(
+            url(compute(&es, &sh, &plan(3), &r)),
+            "https://orders.shop.svc:8080"
         );
     }
 

@@ -350,7 +350,13 @@ fn endpoint(es: &EventStore) -> String {
         .as_ref()
         .and_then(|s| s.endpoint.as_ref())
         .map(|e| e.url.clone())
-        .unwrap_or_else(|| format!("http://{}:{HTTP_PORT}", service::client_dns(es)))
+        .unwrap_or_else(|| {
+            format!(
+                "{}://{}:{HTTP_PORT}",
+                crate::resources::node_scheme(es),
+                service::client_dns(es)
+            )
+        })
 }
 
 /// Now in whole seconds, like metav1.Time, so a status read back compares equal.
@@ -447,6 +453,16 @@ async fn apply_tenant(t: &Tenant, state: &State, ns: &str) -> Result<Action, Rec
         }
     };
     let previous = t.status.clone().unwrap_or_default();
+    // The CA of a store whose nodes serve HTTPS: applications get it in the credentials Secret,
+    // and the operator verifies the nodes with it. Unreadable: the Secret goes without it (the
+    // EventStore reports the TLS Secret's problem) and usage is not read.
+    let tls_ca = match crate::controllers::nodetls::store_ca(&ctx.client, &es, ns).await {
+        Ok(ca) => ca,
+        Err(e) => {
+            tracing::warn!(error = %e, tenant = %t.name_any(), "store CA unavailable");
+            None
+        }
+    };
     let desired = secret::build(
         t,
         &secret::Connection {
@@ -454,6 +470,7 @@ async fn apply_tenant(t: &Tenant, state: &State, ns: &str) -> Result<Action, Rec
             tenant_id: t.spec.tenant_id.clone(),
             token: plan.token.clone(),
             backend: es.spec.backend.as_str().to_string(),
+            ca: tls_ca.clone(),
         },
         plan.handled_rotate.as_deref(),
     );
@@ -471,7 +488,7 @@ async fn apply_tenant(t: &Tenant, state: &State, ns: &str) -> Result<Action, Rec
     let interval = seconds_annotation(t, USAGE_INTERVAL_ANNOTATION, DEFAULT_USAGE_INTERVAL);
     let usage = match (&outcome.usage_url, outcome.verdict == Verdict::Ready) {
         (Some(url), true) if usage_due(state, t, &previous, interval) => {
-            read_usage(state, t, url, &plan.token, now).await
+            read_usage(state, t, &es, tls_ca.as_deref(), url, &plan.token, now).await
         }
         _ => None,
     };
@@ -558,13 +575,26 @@ fn usage_due(state: &State, t: &Tenant, previous: &TenantStatus, interval: Durat
 async fn read_usage(
     state: &State,
     t: &Tenant,
+    es: &EventStore,
+    tls_ca: Option<&str>,
     url: &str,
     token: &str,
     now: DateTime<Utc>,
 ) -> Option<crate::api::tenant::TenantUsage> {
-    let http = state.http.as_ref()?;
+    let plain = state.http.as_ref()?;
     state.usage_tried.lock().insert(key(t), Instant::now());
-    match usage::fetch(http, url, token, now).await {
+    let http = match crate::resources::tls_secret_name(es) {
+        None => plain.clone(),
+        // HTTPS nodes are only ever called verified with the store's own CA.
+        Some(name) => match crate::controllers::nodetls::client_for(Some(tls_ca?), name) {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read tenant usage over HTTPS");
+                return None;
+            }
+        },
+    };
+    match usage::fetch(&http, url, token, now).await {
         Ok(u) => Some(u),
         Err(e) => {
             // Unreachable nodes are normal while pods start; keep the old figures, no flapping.

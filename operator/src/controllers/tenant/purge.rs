@@ -9,14 +9,12 @@
 //! `spec.deletionPolicy: Retain` on the deleted Tenant is the way to give up on erasing.
 //! [`plan`] and [`classify`] are pure; nothing here writes the registry or configures a pod.
 
-use std::sync::OnceLock;
-
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::events::EventType;
 use kube::ResourceExt;
 
-use super::{selfhosted, usage};
+use super::selfhosted;
 use crate::api::tenant::TenantStatus;
 use crate::api::{
     set_condition, Condition, DeletionPolicy, EventStore, Phase, Tenant, CONDITION_DEGRADED,
@@ -121,21 +119,9 @@ pub fn classify(status: u16, code: Option<&str>, message: Option<&str>) -> Probe
     }
 }
 
-fn http() -> Result<&'static reqwest::Client, String> {
-    static CLIENT: OnceLock<reqwest::Client> = OnceLock::new();
-    if let Some(c) = CLIENT.get() {
-        return Ok(c);
-    }
-    let c = usage::client().map_err(|e| e.to_string())?;
-    Ok(CLIENT.get_or_init(|| c))
-}
-
-/// Asks the node at `base_url` about the tenant owning `token`. Never logs the token.
-pub async fn probe(base_url: &str, token: &str) -> Probe {
-    let client = match http() {
-        Ok(c) => c,
-        Err(e) => return Probe::Unreachable(e),
-    };
+/// Asks the node at `base_url` about the tenant owning `token` with `client` (plain, or verifying
+/// the store's CA: [`crate::controllers::nodetls::node_client`]). Never logs the token.
+pub async fn probe(client: &reqwest::Client, base_url: &str, token: &str) -> Probe {
     let url = format!("{}/v1/stats", base_url.trim_end_matches('/'));
     let resp = match client.get(url).bearer_auth(token).send().await {
         Ok(r) => r,
@@ -249,26 +235,35 @@ pub async fn cleanup(
                     secret::secret_name(t)
                 ),
             },
-            Some(token) => match probe(&ctx.node_url(&url), &token).await {
-                Probe::Purged => {
-                    done_event(t, es, ctx, Some(&node)).await;
-                    return Ok(true);
-                }
-                Probe::Purging(m) => Waiting {
-                    degraded: false,
-                    reason: "PurgePending",
-                    message: format!("node {node} is erasing the tenant's data: {m}"),
-                },
-                Probe::Unreachable(m) => Waiting {
-                    degraded: true,
-                    reason: "NodeUnreachable",
-                    message: format!(
+            Some(token) => {
+                match crate::controllers::nodetls::node_client(&ctx.client, es, ns).await {
+                    Err(e) => Waiting {
+                        degraded: true,
+                        reason: "NodeTlsUnavailable",
+                        message: format!("node {node} cannot be asked over HTTPS: {e}"),
+                    },
+                    Ok(client) => match probe(&client, &ctx.node_url(&url), &token).await {
+                        Probe::Purged => {
+                            done_event(t, es, ctx, Some(&node)).await;
+                            return Ok(true);
+                        }
+                        Probe::Purging(m) => Waiting {
+                            degraded: false,
+                            reason: "PurgePending",
+                            message: format!("node {node} is erasing the tenant's data: {m}"),
+                        },
+                        Probe::Unreachable(m) => Waiting {
+                            degraded: true,
+                            reason: "NodeUnreachable",
+                            message: format!(
                         "cannot confirm that node {node} erased the tenant's data ({m}); the \
                          Tenant stays until it can, or until spec.deletionPolicy is set to \
                          Retain (the data is then kept)"
                     ),
-                },
-            },
+                        },
+                    },
+                }
+            }
         },
     };
     write_waiting(t, ctx, ns, &waiting).await?;

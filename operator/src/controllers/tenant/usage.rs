@@ -34,12 +34,16 @@ struct StatsOut {
     bytes: u64,
 }
 
-/// Builds the HTTP client used for stats requests.
+/// Builds the HTTP client used for stats requests to plain-HTTP nodes.
 pub fn client() -> Result<reqwest::Client, UsageError> {
-    Ok(reqwest::Client::builder()
+    Ok(builder().build()?)
+}
+
+/// The settings of every client that calls store nodes (timeouts), before any TLS root.
+pub fn builder() -> reqwest::ClientBuilder {
+    reqwest::Client::builder()
         .timeout(TIMEOUT)
         .connect_timeout(TIMEOUT)
-        .build()?)
 }
 
 fn to_usage(s: StatsOut, at: DateTime<Utc>) -> Result<TenantUsage, UsageError> {

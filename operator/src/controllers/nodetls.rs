@@ -1,0 +1,130 @@
+//! How the operator calls the store nodes of a selfHosted EventStore: plain HTTP, or, when the
+//! store has `spec.selfHosted.tlsSecretRef`, HTTPS verified against `ca.crt` of that same Secret
+//! (and only that CA: the public roots are not trusted for a store's nodes). Clients are cached
+//! per CA, so a rotated CA gets a new client and an unchanged one reuses its connections.
+
+use std::collections::HashMap;
+use std::sync::OnceLock;
+
+use k8s_openapi::api::core::v1::Secret;
+use kube::Api;
+use parking_lot::Mutex;
+use sha2::{Digest, Sha256};
+
+use super::tenant::usage;
+use crate::api::EventStore;
+use crate::resources::{secret, tls_secret_name, TLS_CA_KEY};
+
+/// Why the operator cannot call a store's nodes over HTTPS.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeTlsError {
+    /// The TLS Secret does not exist.
+    #[error("TLS Secret {0} (spec.selfHosted.tlsSecretRef) does not exist")]
+    SecretMissing(String),
+    /// The TLS Secret has no `ca.crt`.
+    #[error("TLS Secret {0} has no ca.crt; the operator needs it to verify the store nodes")]
+    NoCa(String),
+    /// Reading the Secret failed.
+    #[error("reading TLS Secret {name}: {source}")]
+    Api {
+        /// The Secret.
+        name: String,
+        /// Cause.
+        source: kube::Error,
+    },
+    /// The CA is not a PEM certificate, or the client could not be built.
+    #[error("TLS Secret {name}: ca.crt is not usable: {what}")]
+    BadCa {
+        /// The Secret.
+        name: String,
+        /// What is wrong.
+        what: String,
+    },
+    /// The plain client could not be built.
+    #[error("HTTP client: {0}")]
+    Client(#[from] usage::UsageError),
+}
+
+/// PEM of `ca.crt` of the store's TLS Secret; None when the store serves plain HTTP.
+pub async fn store_ca(
+    client: &kube::Client,
+    es: &EventStore,
+    ns: &str,
+) -> Result<Option<String>, NodeTlsError> {
+    let Some(name) = tls_secret_name(es) else {
+        return Ok(None);
+    };
+    let s = Api::<Secret>::namespaced(client.clone(), ns)
+        .get_opt(name)
+        .await
+        .map_err(|source| NodeTlsError::Api {
+            name: name.to_string(),
+            source,
+        })?
+        .ok_or_else(|| NodeTlsError::SecretMissing(name.to_string()))?;
+    secret::value(&s, TLS_CA_KEY)
+        .filter(|v| !v.trim().is_empty())
+        .map(|v| Some(v.to_string()))
+        .ok_or_else(|| NodeTlsError::NoCa(name.to_string()))
+}
+
+/// An HTTP client for nodes verified with `ca` (PEM), or the plain client when None.
+pub fn client_for(ca: Option<&str>, secret_name: &str) -> Result<reqwest::Client, NodeTlsError> {
+    static CLIENTS: OnceLock<Mutex<HashMap<Option<[u8; 32]>, reqwest::Client>>> = OnceLock::new();
+    let key = ca.map(|c| <[u8; 32]>::from(Sha256::digest(c.as_bytes())));
+    let clients = CLIENTS.get_or_init(|| Mutex::new(HashMap::new()));
+    if let Some(c) = clients.lock().get(&key) {
+        return Ok(c.clone());
+    }
+    let client = match ca {
+        None => usage::client()?,
+        Some(pem) => {
+            let bad = |what: String| NodeTlsError::BadCa {
+                name: secret_name.to_string(),
+                what,
+            };
+            let certs = reqwest::Certificate::from_pem_bundle(pem.as_bytes())
+                .map_err(|e| bad(e.to_string()))?;
+            if certs.is_empty() {
+                return Err(bad("holds no PEM CERTIFICATE".into()));
+            }
+            let mut b = usage::builder().tls_built_in_root_certs(false);
+            for cert in certs {
+                b = b.add_root_certificate(cert);
+            }
+            b.build().map_err(|e| bad(e.to_string()))?
+        }
+    };
+    let mut clients = clients.lock();
+    // A handful of stores per operator; forget old CAs rather than grow without bound.
+    if clients.len() > 64 {
+        clients.clear();
+    }
+    clients.insert(key, client.clone());
+    Ok(client)
+}
+
+/// The client to call the nodes of `es` with (reads the CA from the API when TLS is on).
+pub async fn node_client(
+    client: &kube::Client,
+    es: &EventStore,
+    ns: &str,
+) -> Result<reqwest::Client, NodeTlsError> {
+    let ca = store_ca(client, es, ns).await?;
+    client_for(ca.as_deref(), tls_secret_name(es).unwrap_or_default())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_ca_that_is_not_pem_is_refused_with_the_secret_name() {
+        let e = client_for(Some("-----BEGIN CERTIFICATE-----\nnope\n"), "orders-tls")
+            .map(|_| ())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("orders-tls") && e.contains("ca.crt"), "{e}");
+        assert!(client_for(None, "").is_ok());
+    }
+}

@@ -1,0 +1,496 @@
+//! HTTPS of `store-node serve --tls-dir` end to end, against the real binary, with a CA and
+//! server certificates made by the openssl CLI and a TLS directory laid out the way the kubelet
+//! lays out a Secret volume (`tls.crt -> ..data/tls.crt`, `..data -> ..<timestamp>`), so a
+//! rotation is the kubelet's: new files in a new directory, then one rename of the `..data`
+//! symlink.
+//! - the API answers over HTTPS verified with the CA; plain HTTP and a client without the CA
+//!   are refused; `/v1/info` reports the certificate's serial and notAfter;
+//! - a missing or mismatched file stops the node at start with an error naming it;
+//! - the certificate is rotated while clients append in a loop (reused and fresh connections):
+//!   no append fails, every acknowledged event is read back, and a new connection sees the new
+//!   certificate; a bad pair afterwards is refused, reported, and the node keeps serving.
+//!
+//! Needs no external server, only the `openssl` CLI.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use allsource_tests::bins::{free_port, store_node as binary};
+use allsource_tests::env::install_crypto_provider;
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+use store_node::server::tls::leaf_facts;
+use store_node::tenant::sha256_hex;
+
+const TOKEN: &str = "tls-test-token-7f3a";
+
+/// Runs `cmd`, panicking with its output when it fails.
+fn run(cmd: &mut Command) {
+    let out = cmd.output().unwrap_or_else(|e| panic!("run {cmd:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A self-signed CA (`name.crt`, `name.key`) in `dir`.
+fn make_ca(dir: &Path, name: &str) {
+    run(Command::new("openssl")
+        .current_dir(dir)
+        .args(["req", "-x509", "-newkey", "ec", "-pkeyopt"])
+        .args(["ec_paramgen_curve:prime256v1", "-nodes", "-days", "2"])
+        .args(["-subj", &format!("/CN=allsource-{name}")])
+        .args([
+            "-keyout",
+            &format!("{name}.key"),
+            "-out",
+            &format!("{name}.crt"),
+        ]));
+}
+
+const SERVER_EXT: &str = "subjectAltName=DNS:localhost,IP:127.0.0.1\nextendedKeyUsage=serverAuth\n\
+     basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature\n";
+
+/// A server certificate for `localhost`/`127.0.0.1` issued by `ca`, valid `days`, with `serial`
+/// (`<out>.crt`, `<out>.key` in `dir`).
+fn issue_cert(dir: &Path, ca: &str, out: &str, serial: u32, days: u32) {
+    let ext_file = format!("{out}.ext");
+    std::fs::write(dir.join(&ext_file), SERVER_EXT).unwrap();
+    run(Command::new("openssl")
+        .current_dir(dir)
+        .args(["req", "-newkey", "ec", "-pkeyopt"])
+        .args(["ec_paramgen_curve:prime256v1", "-nodes"])
+        .args(["-subj", "/CN=localhost"])
+        .args([
+            "-keyout",
+            &format!("{out}.key"),
+            "-out",
+            &format!("{out}.csr"),
+        ]));
+    run(Command::new("openssl")
+        .current_dir(dir)
+        .args(["x509", "-req", "-in", &format!("{out}.csr")])
+        .args(["-CA", &format!("{ca}.crt"), "-CAkey", &format!("{ca}.key")])
+        .args([
+            "-set_serial",
+            &serial.to_string(),
+            "-days",
+            &days.to_string(),
+        ])
+        .args(["-extfile", &ext_file, "-out", &format!("{out}.crt")]));
+}
+
+/// notAfter of a PEM certificate as openssl prints it (`Jan  2 03:04:05 2027 GMT`).
+fn openssl_not_after(pem: &Path) -> String {
+    let out = Command::new("openssl")
+        .args(["x509", "-noout", "-enddate", "-in"])
+        .arg(pem)
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .trim_start_matches("notAfter=")
+        .to_string()
+}
+
+/// A TLS directory laid out like a kubelet Secret volume.
+struct SecretVolume {
+    dir: PathBuf,
+    generation: u32,
+}
+
+impl SecretVolume {
+    fn new(dir: PathBuf) -> Self {
+        std::fs::create_dir_all(&dir).unwrap();
+        Self { dir, generation: 0 }
+    }
+
+    /// Publishes `files` (name, content) the kubelet's way: a new timestamped directory, a
+    /// `..data_tmp` symlink to it renamed over `..data`, and per-key symlinks into `..data`.
+    fn publish(&mut self, files: &[(&str, &[u8])]) {
+        self.generation += 1;
+        let ts = format!(
+            "..2026_12_02_00_00_{:02}.{}",
+            self.generation, self.generation
+        );
+        let gen_dir = self.dir.join(&ts);
+        std::fs::create_dir(&gen_dir).unwrap();
+        for (name, content) in files {
+            std::fs::write(gen_dir.join(name), content).unwrap();
+        }
+        let tmp = self.dir.join("..data_tmp");
+        let _ = std::fs::remove_file(&tmp);
+        std::os::unix::fs::symlink(&ts, &tmp).unwrap();
+        std::fs::rename(&tmp, self.dir.join("..data")).unwrap();
+        for (name, _) in files {
+            let link = self.dir.join(name);
+            if std::fs::symlink_metadata(&link).is_err() {
+                std::os::unix::fs::symlink(format!("..data/{name}"), &link).unwrap();
+            }
+        }
+    }
+}
+
+struct Node {
+    child: Child,
+    port: u16,
+    log: PathBuf,
+}
+
+impl Node {
+    fn spawn(work: &Path, tls_dir: &Path) -> Node {
+        std::fs::write(
+            work.join("registry.json"),
+            serde_json::to_vec(&json!({"version": 1, "tenants": [
+                {"id": "acme", "tokenSha256": [sha256_hex(TOKEN)]}
+            ]}))
+            .unwrap(),
+        )
+        .unwrap();
+        let port = free_port();
+        let log = work.join(format!("node-{port}.log"));
+        let child = Command::new(binary())
+            .arg("serve")
+            .arg("--listen")
+            .arg(format!("127.0.0.1:{port}"))
+            .arg("--registry")
+            .arg(work.join("registry.json"))
+            .arg("--data-dir")
+            .arg(work.join("data"))
+            .args(["--log-format", "text"])
+            // Both by environment, as the operator sets ALLSOURCE_TLS_DIR.
+            .env("ALLSOURCE_TLS_DIR", tls_dir)
+            .env("STORE_NODE_TLS_RELOAD_INTERVAL_MS", "200")
+            .env("STORE_NODE_METRICS_ADDR", "127.0.0.1:0")
+            .env_remove("POD_NAME")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .expect("spawn store-node");
+        Node { child, port, log }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    fn https(&self, path: &str) -> String {
+        format!("https://localhost:{}{path}", self.port)
+    }
+
+    /// Waits for `/readyz` over HTTPS with `client`.
+    async fn ready(&mut self, client: &reqwest::Client) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Ok(r) = client.get(self.https("/readyz")).send().await {
+                if r.status() == StatusCode::OK {
+                    return;
+                }
+            }
+            if let Some(st) = self.child.try_wait().unwrap() {
+                panic!("store-node exited early ({st}); log:\n{}", self.log());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "store-node not ready over https; log:\n{}",
+                self.log()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Waits for the process to exit by itself; its status and log.
+    async fn exit(mut self) -> (std::process::ExitStatus, String) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(st) = self.child.try_wait().unwrap() {
+                return (st, self.log());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "store-node did not exit; log:\n{}",
+                self.log()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A client trusting only `ca_pem`; `fresh`: no connection reuse (every request handshakes).
+fn client(ca_pem: &[u8], fresh: bool) -> reqwest::Client {
+    install_crypto_provider();
+    let mut b = reqwest::Client::builder()
+        .tls_built_in_root_certs(false)
+        .add_root_certificate(reqwest::Certificate::from_pem(ca_pem).unwrap())
+        .tls_info(true)
+        .timeout(Duration::from_secs(10));
+    if fresh {
+        b = b.pool_max_idle_per_host(0);
+    }
+    b.build().unwrap()
+}
+
+/// Serial (hex) of the certificate the server presented on `resp`'s connection.
+fn peer_serial(resp: &reqwest::Response) -> String {
+    let info = resp
+        .extensions()
+        .get::<reqwest::tls::TlsInfo>()
+        .expect("TLS info of the response");
+    let der = info.peer_certificate().expect("peer certificate");
+    leaf_facts(der).expect("an X.509 certificate").0
+}
+
+async fn info(c: &reqwest::Client, node: &Node) -> Value {
+    let r = c
+        .get(node.https("/v1/info"))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    r.json().await.unwrap()
+}
+
+async fn append(c: &reqwest::Client, node: &Node, stream: &str, n: u64) -> Result<(), String> {
+    let body = json!({"events": [{
+        "eventId": uuid::Uuid::from_u128(u128::from(n) + 1), "eventType": "t", "data": {"n": n}
+    }]});
+    let r = c
+        .post(node.https(&format!("/v1/streams/{stream}/events")))
+        .bearer_auth(TOKEN)
+        .json(&body)
+        .send()
+        .await
+        .map_err(|e| format!("append {n}: {e:?}"))?;
+    if r.status() != StatusCode::CREATED {
+        return Err(format!("append {n}: HTTP {}", r.status()));
+    }
+    Ok(())
+}
+
+async fn count(c: &reqwest::Client, node: &Node, stream: &str) -> usize {
+    let mut total = 0;
+    let mut from = 0u64;
+    loop {
+        let r = c
+            .get(node.https(&format!(
+                "/v1/streams/{stream}/events?from={from}&limit=1000"
+            )))
+            .bearer_auth(TOKEN)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::OK);
+        let v: Value = r.json().await.unwrap();
+        let events = v["events"].as_array().cloned().unwrap_or_default();
+        if events.is_empty() {
+            return total;
+        }
+        total += events.len();
+        from += events.len() as u64;
+    }
+}
+
+/// The whole HTTPS story of one node: serve, refuse plain HTTP, rotate under load, refuse a bad
+/// pair. On a store-node that ignores `ALLSOURCE_TLS_DIR` the first HTTPS request never
+/// succeeds (the node answers plain HTTP) and the readiness wait fails.
+#[tokio::test]
+async fn https_from_a_secret_volume_survives_rotation_under_load() {
+    let tmp = tempfile::tempdir().unwrap();
+    let pki = tmp.path().join("pki");
+    std::fs::create_dir(&pki).unwrap();
+    make_ca(&pki, "ca");
+    make_ca(&pki, "other");
+    issue_cert(&pki, "ca", "one", 1001, 2);
+    issue_cert(&pki, "ca", "two", 2002, 30);
+    let read = |n: &str| std::fs::read(pki.join(n)).unwrap();
+    let ca = read("ca.crt");
+
+    let mut volume = SecretVolume::new(tmp.path().join("tls"));
+    volume.publish(&[
+        ("ca.crt", &ca),
+        ("tls.crt", &read("one.crt")),
+        ("tls.key", &read("one.key")),
+    ]);
+    let work = tmp.path().join("node");
+    std::fs::create_dir(&work).unwrap();
+    let mut node = Node::spawn(&work, &volume.dir);
+    let reused = client(&ca, false);
+    let fresh = client(&ca, true);
+    node.ready(&reused).await;
+
+    // HTTPS with the CA works and shows certificate one.
+    append(&fresh, &node, "s", 0).await.unwrap();
+    let r = fresh.get(node.https("/healthz")).send().await.unwrap();
+    assert_eq!(peer_serial(&r), "03e9", "serial 1001");
+    let i = info(&fresh, &node).await;
+    assert_eq!(i["tls"]["serial"], "03e9", "{i}");
+    assert_eq!(i["tls"]["lastReloadError"], Value::Null, "{i}");
+    let not_after: chrono::DateTime<chrono::Utc> =
+        serde_json::from_value(i["tls"]["notAfter"].clone()).unwrap();
+    assert_eq!(
+        not_after.format("%b %e %H:%M:%S %Y GMT").to_string(),
+        openssl_not_after(&pki.join("one.crt")),
+        "{i}"
+    );
+
+    // Plain HTTP on the same port is refused; so is a client that does not trust the CA.
+    let plain = reqwest::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .build()
+        .unwrap();
+    let r = plain
+        .get(format!("http://127.0.0.1:{}/readyz", node.port))
+        .send()
+        .await;
+    assert!(r.is_err(), "plain HTTP answered: {r:?}");
+    let stranger = client(&read("other.crt"), true);
+    let r = stranger.get(node.https("/readyz")).send().await;
+    assert!(r.is_err(), "a client without the CA connected: {r:?}");
+
+    // Rotation under load: two writers (kept-alive and fresh connections) append in a loop.
+    let stop = Arc::new(AtomicBool::new(false));
+    let next = Arc::new(AtomicU64::new(1));
+    let node = Arc::new(node);
+    let mut writers = Vec::new();
+    for c in [reused.clone(), fresh.clone()] {
+        let (stop, next, node) = (stop.clone(), next.clone(), node.clone());
+        writers.push(tokio::spawn(async move {
+            let mut failures = Vec::new();
+            let mut done = 0u64;
+            while !stop.load(Ordering::Acquire) {
+                let n = next.fetch_add(1, Ordering::AcqRel);
+                match append(&c, &node, "s", n).await {
+                    Ok(()) => done += 1,
+                    Err(e) => failures.push(e),
+                }
+            }
+            (done, failures)
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    volume.publish(&[
+        ("ca.crt", &ca),
+        ("tls.crt", &read("two.crt")),
+        ("tls.key", &read("two.key")),
+    ]);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let r = fresh.get(node.https("/healthz")).send().await.unwrap();
+        if peer_serial(&r) == "07d2" {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "new connections still get the old certificate; log:\n{}",
+            node.log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stop.store(true, Ordering::Release);
+    let mut acked = 1u64;
+    for w in writers {
+        let (done, failures) = w.await.unwrap();
+        assert!(
+            failures.is_empty(),
+            "appends failed during the rotation: {failures:?}"
+        );
+        assert!(done > 0, "a writer made no progress");
+        acked += done;
+    }
+    assert_eq!(
+        count(&fresh, &node, "s").await as u64,
+        acked,
+        "acknowledged appends"
+    );
+    let i = info(&fresh, &node).await;
+    assert_eq!(i["tls"]["serial"], "07d2", "{i}");
+    assert_eq!(i["tls"]["reloads"], 1, "{i}");
+
+    // A bad pair (key of certificate one with certificate two) is refused and reported; the node
+    // keeps serving certificate two.
+    volume.publish(&[
+        ("ca.crt", &ca),
+        ("tls.crt", &read("two.crt")),
+        ("tls.key", &read("one.key")),
+    ]);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let i = loop {
+        let i = info(&fresh, &node).await;
+        if i["tls"]["lastReloadError"].is_string() {
+            break i;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "bad pair not reported: {i}; log:\n{}",
+            node.log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let err = i["tls"]["lastReloadError"].as_str().unwrap();
+    assert!(err.contains("tls.key"), "{err}");
+    assert_eq!(i["tls"]["serial"], "07d2", "{i}");
+    append(&fresh, &node, "s", 1_000_000).await.unwrap();
+    let r = fresh.get(node.https("/healthz")).send().await.unwrap();
+    assert_eq!(peer_serial(&r), "07d2");
+    assert!(
+        node.log().contains("TLS certificate reload refused"),
+        "{}",
+        node.log()
+    );
+}
+
+/// A TLS directory without a usable pair stops the node at start, naming the file.
+#[tokio::test]
+async fn a_missing_or_mismatched_pair_refuses_to_start() {
+    let tmp = tempfile::tempdir().unwrap();
+    let pki = tmp.path().join("pki");
+    std::fs::create_dir(&pki).unwrap();
+    make_ca(&pki, "ca");
+    issue_cert(&pki, "ca", "one", 1, 2);
+    issue_cert(&pki, "ca", "two", 2, 2);
+    let read = |n: &str| std::fs::read(pki.join(n)).unwrap();
+
+    type Files<'a> = Vec<(&'a str, Vec<u8>)>;
+    let cases: [(&str, Files, &str); 3] = [
+        (
+            "no key",
+            vec![("tls.crt", read("one.crt"))],
+            "tls.key: No such file",
+        ),
+        (
+            "key of another certificate",
+            vec![("tls.crt", read("one.crt")), ("tls.key", read("two.key"))],
+            "do not form a usable pair",
+        ),
+        (
+            "not a certificate",
+            vec![("tls.crt", b"hello".to_vec()), ("tls.key", read("one.key"))],
+            "tls.crt: holds no CERTIFICATE block",
+        ),
+    ];
+    for (what, files, want) in cases {
+        let mut volume = SecretVolume::new(tmp.path().join(what.replace(' ', "-")));
+        let files: Vec<(&str, &[u8])> = files.iter().map(|(n, c)| (*n, c.as_slice())).collect();
+        volume.publish(&files);
+        let work = tmp.path().join(format!("node-{}", what.replace(' ', "-")));
+        std::fs::create_dir(&work).unwrap();
+        let (status, log) = Node::spawn(&work, &volume.dir).exit().await;
+        assert!(!status.success(), "{what}: started; log:\n{log}");
+        assert!(log.contains(want), "{what}: want {want:?} in:\n{log}");
+        assert!(log.contains("ALLSOURCE_TLS_DIR"), "{what}: {log}");
+    }
+}
