@@ -24,6 +24,7 @@ use std::time::Duration;
 
 use allsource_operator::api::eventstore::EventStoreStatus;
 use allsource_operator::api::{EventStore, Phase, Tenant};
+use allsource_tests::certs::{make_ca, run};
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Api, PostParams};
 use kube::Client;
@@ -37,17 +38,6 @@ const PASSWORD: &str = "tls-test-pw-5d1c";
 
 fn suffix() -> String {
     uuid::Uuid::new_v4().simple().to_string()[..8].to_string()
-}
-
-/// Runs `cmd`, panicking with its output when it fails.
-fn run(cmd: &mut Command) {
-    let out = cmd.output().unwrap_or_else(|e| panic!("run {cmd:?}: {e}"));
-    assert!(
-        out.status.success(),
-        "{cmd:?} failed: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
 }
 
 fn is_root() -> bool {
@@ -70,21 +60,6 @@ fn pg_bin() -> PathBuf {
     dirs.sort();
     dirs.pop()
         .unwrap_or_else(|| panic!("no PostgreSQL server binaries (tests/env/install.sh)"))
-}
-
-/// A self-signed CA (`name.crt`, `name.key`) in `dir`.
-fn make_ca(dir: &Path, name: &str) {
-    run(Command::new("openssl")
-        .current_dir(dir)
-        .args(["req", "-x509", "-newkey", "ec", "-pkeyopt"])
-        .args(["ec_paramgen_curve:prime256v1", "-nodes", "-days", "2"])
-        .args(["-subj", &format!("/CN=allsource-{name}")])
-        .args([
-            "-keyout",
-            &format!("{name}.key"),
-            "-out",
-            &format!("{name}.crt"),
-        ]));
 }
 
 /// A private PostgreSQL server with TLS only; stopped (immediately) on drop.

@@ -19,6 +19,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use allsource_tests::bins::{free_port, store_node as binary};
+use allsource_tests::certs::{make_ca, run};
 use allsource_tests::env::install_crypto_provider;
 use reqwest::StatusCode;
 use serde_json::{json, Value};
@@ -26,32 +27,6 @@ use store_node::server::tls::leaf_facts;
 use store_node::tenant::sha256_hex;
 
 const TOKEN: &str = "tls-test-token-7f3a";
-
-/// Runs `cmd`, panicking with its output when it fails.
-fn run(cmd: &mut Command) {
-    let out = cmd.output().unwrap_or_else(|e| panic!("run {cmd:?}: {e}"));
-    assert!(
-        out.status.success(),
-        "{cmd:?} failed: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-/// A self-signed CA (`name.crt`, `name.key`) in `dir`.
-fn make_ca(dir: &Path, name: &str) {
-    run(Command::new("openssl")
-        .current_dir(dir)
-        .args(["req", "-x509", "-newkey", "ec", "-pkeyopt"])
-        .args(["ec_paramgen_curve:prime256v1", "-nodes", "-days", "2"])
-        .args(["-subj", &format!("/CN=allsource-{name}")])
-        .args([
-            "-keyout",
-            &format!("{name}.key"),
-            "-out",
-            &format!("{name}.crt"),
-        ]));
-}
 
 const SERVER_EXT: &str = "subjectAltName=DNS:localhost,IP:127.0.0.1\nextendedKeyUsage=serverAuth\n\
      basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature\n";
