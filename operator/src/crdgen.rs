@@ -72,8 +72,19 @@ pub fn generated_files() -> Result<BTreeMap<PathBuf, String>, CrdgenError> {
         render("ClusterRole", &rbac::cluster_role("allsource-operator"))?,
     );
     files.insert(
+        PathBuf::from("config/rbac/leader_election_role.yaml"),
+        render(
+            "Role",
+            &rbac::leader_election_role("allsource-operator-leader-election"),
+        )?,
+    );
+    files.insert(
         PathBuf::from("charts/allsource-operator/files/rbac-rules.yaml"),
         render("rules", &rbac::policy_rules())?,
+    );
+    files.insert(
+        PathBuf::from("charts/allsource-operator/files/leader-election-rules.yaml"),
+        render("rules", &rbac::leader_election_rules())?,
     );
     Ok(files)
 }

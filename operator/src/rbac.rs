@@ -66,13 +66,30 @@ pub fn policy_rules() -> Vec<PolicyRule> {
         rule("batch", &["cronjobs", "jobs"], MANAGE),
         // Kubernetes Events for notable actions.
         rule("events.k8s.io", &["events"], &["create", "patch"]),
-        // Leader election.
-        rule(
-            "coordination.k8s.io",
-            &["leases"],
-            &["get", "create", "update", "patch"],
-        ),
     ]
+}
+
+/// The rules of leader election: Leases, granted by a Role in the operator's own namespace
+/// only, never with [`policy_rules`] (cluster-wide or in watched namespaces).
+pub fn leader_election_rules() -> Vec<PolicyRule> {
+    vec![rule(
+        "coordination.k8s.io",
+        &["leases"],
+        &["get", "create", "update", "patch"],
+    )]
+}
+
+/// The leader-election Role built from [`leader_election_rules`] (kustomize layout: namespace
+/// `system`, replaced by the overlay).
+pub fn leader_election_role(name: &str) -> k8s_openapi::api::rbac::v1::Role {
+    k8s_openapi::api::rbac::v1::Role {
+        metadata: ObjectMeta {
+            name: Some(name.to_string()),
+            namespace: Some("system".to_string()),
+            ..ObjectMeta::default()
+        },
+        rules: Some(leader_election_rules()),
+    }
 }
 
 /// The operator's ClusterRole built from [`policy_rules`].
@@ -116,7 +133,11 @@ mod tests {
                     && r.verbs.iter().any(|v| v == verb)
             })
         };
-        assert!(allows("coordination.k8s.io", "leases", "update"));
+        // Leases only through the leader-election Role of the operator's namespace.
+        assert!(!allows("coordination.k8s.io", "leases", "update"));
+        assert!(leader_election_rules()
+            .iter()
+            .all(|r| r.api_groups.as_deref() == Some(&["coordination.k8s.io".to_string()][..])));
         assert!(allows("allsource.io", "eventstores/status", "patch"));
         assert!(allows("apps", "statefulsets", "patch"));
         assert!(!allows("", "persistentvolumeclaims", "create"));

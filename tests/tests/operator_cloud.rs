@@ -340,11 +340,19 @@ async fn postgres_provision_drift_gateway_and_delete() {
     assert!(env_vars
         .iter()
         .any(|e| e.name == "STORE_NODE_PG_SCHEMA" && e.value.as_deref() == Some(schema.as_str())));
-    let cm = Api::<ConfigMap>::namespaced(client.clone(), &n)
-        .get("orders-gateway")
+    let reg = Api::<Secret>::namespaced(client.clone(), &n)
+        .get("orders-registry")
         .await
         .unwrap();
-    assert!(cm.data.unwrap()["registry.json"].contains("\"version\": 1"));
+    assert!(
+        String::from_utf8_lossy(&reg.data.unwrap()["registry.json"].0).contains("\"version\": 1")
+    );
+    // The registry left its ConfigMap: none is created for the gateway.
+    assert!(Api::<ConfigMap>::namespaced(client.clone(), &n)
+        .get_opt("orders-gateway")
+        .await
+        .unwrap()
+        .is_none());
     Api::<Service>::namespaced(client.clone(), &n)
         .get("orders")
         .await
@@ -1248,6 +1256,87 @@ mod firestore_cases {
             async move { api.get_opt(name).await.ok()?.is_none().then_some(()) }
         })
         .await;
+    }
+
+    /// Two stores of one Firestore database registering the same tenant id at the same moment:
+    /// exactly one may hold it (they would share `tenants/<id>`), the other is refused with a
+    /// conflict, and each round's loser stays refused afterwards.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn firestore_one_tenant_id_registered_by_two_stores_at_once_goes_to_one() {
+        use allsource_operator::provision::firestore::{plan, Credentials, FirestoreProvisioner};
+        use allsource_operator::provision::{ProvisionError, Provisioner};
+        let Some(env) = allsource_tests::env::require("firestore") else {
+            return;
+        };
+        let project = project(env);
+        let spec = allsource_operator::api::eventstore::FirestoreSpec {
+            project_id: project.clone(),
+            database_id: "(default)".into(),
+            endpoint: Some(format!("http://{}", env.firestore_emulator_host())),
+            credentials_secret_ref: None,
+            ttl_field: Some("expires_at".into()),
+        };
+        let connect = |ns: &str| {
+            let p = plan(ns, "orders", &spec).unwrap();
+            async move {
+                FirestoreProvisioner::connect(p, &Credentials::Emulator)
+                    .await
+                    .unwrap()
+            }
+        };
+        let (a, b) = (connect("shop-a").await, connect("shop-b").await);
+        a.ensure().await.unwrap();
+        b.ensure().await.unwrap();
+        let (mut both, mut a_won) = (Vec::new(), 0);
+        const ROUNDS: usize = 20;
+        for round in 0..ROUNDS {
+            let id = format!("race{round}");
+            let (ra, rb) = tokio::join!(
+                a.register_tenant(&id, "shop-a/acme"),
+                b.register_tenant(&id, "shop-b/acme")
+            );
+            match (&ra, &rb) {
+                (Ok(()), Ok(())) => both.push(id.clone()),
+                (Ok(()), Err(ProvisionError::Conflict(_))) => a_won += 1,
+                (Err(ProvisionError::Conflict(_)), Ok(())) => {}
+                other => panic!("round {round}: unexpected {other:?}"),
+            }
+            // Registering again changes nothing: the holder stays, the other is refused.
+            let (again_a, again_b) = (
+                a.register_tenant(&id, "shop-a/acme").await,
+                b.register_tenant(&id, "shop-b/acme").await,
+            );
+            if both.last() != Some(&id) {
+                assert_eq!(
+                    again_a.is_ok(),
+                    ra.is_ok(),
+                    "round {round}: a's second registration"
+                );
+                assert_eq!(
+                    again_b.is_ok(),
+                    rb.is_ok(),
+                    "round {round}: b's second registration"
+                );
+            }
+        }
+        println!(
+            "firestore registration race: {ROUNDS} rounds, store a won {a_won}, both held the id in {}",
+            both.len()
+        );
+        assert!(
+            both.is_empty(),
+            "both stores hold tenant ids {both:?}: they would share tenants/<id>"
+        );
+        // The loser may register the id once the holder let it go.
+        let id = "race0";
+        let holder = if a.register_tenant(id, "shop-a/acme").await.is_ok() {
+            &a
+        } else {
+            &b
+        };
+        let other = if std::ptr::eq(holder, &a) { &b } else { &a };
+        holder.unregister_tenant(id).await.unwrap();
+        other.register_tenant(id, "shop/acme").await.unwrap();
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -12,7 +12,9 @@ use std::time::{Duration, Instant};
 use allsource_operator::api::eventstore::EventStoreStatus;
 use allsource_operator::api::{EventStore, Phase, Tenant, FINALIZER};
 use k8s_openapi::api::apps::v1::StatefulSet;
-use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Service};
+use k8s_openapi::api::core::v1::{
+    ConfigMap, PersistentVolumeClaim, Secret, Service, ServiceAccount,
+};
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use kube::{Client, ResourceExt};
 use operator_support::{create_volumes, delete_volumes, install_crds, wait_for, Operator};
@@ -120,14 +122,15 @@ async fn create_ready_scale_and_roll_image() {
             .as_deref(),
         Some("None")
     );
+    // node.json in the ConfigMap, the registry (token digests, states) only in a Secret.
     let cm: Api<ConfigMap> = Api::namespaced(client.clone(), &n);
-    assert!(cm
-        .get("orders-config")
-        .await
-        .unwrap()
-        .data
-        .unwrap()
-        .contains_key("registry.json"));
+    let config = cm.get("orders-config").await.unwrap().data.unwrap();
+    assert!(config.contains_key("node.json"), "{config:?}");
+    assert!(!config.contains_key("registry.json"), "{config:?}");
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), &n);
+    let reg = secrets.get("orders-registry").await.unwrap();
+    assert_eq!(reg.owner_references()[0].uid, live.uid().unwrap());
+    assert!(reg.data.unwrap().contains_key("registry.json"));
 
     // Scale up through the scale subresource (what `kubectl scale` and an HPA use).
     es.patch_scale(
@@ -216,9 +219,9 @@ async fn scale_down_of_nodes_owning_tenants_is_refused_until_they_leave() {
     assert_eq!(st.placement["b"], "ledger-1");
     assert_eq!(st.placement["c"], "ledger-2");
     // The registry the nodes read has the same placement, in the store node's format.
-    let cm: Api<ConfigMap> = Api::namespaced(client.clone(), &n);
-    let reg = cm.get("ledger-config").await.unwrap().data.unwrap()["registry.json"].clone();
-    let reg: serde_json::Value = serde_json::from_str(&reg).unwrap();
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), &n);
+    let reg = secrets.get("ledger-registry").await.unwrap().data.unwrap()["registry.json"].clone();
+    let reg: serde_json::Value = serde_json::from_slice(&reg.0).unwrap();
     assert_eq!(reg["tenants"][2]["id"], "c");
     assert_eq!(reg["tenants"][2]["node"], "ledger-2");
     assert_eq!(reg["tenants"][2]["quotas"]["storageBytes"], 1u64 << 30);
@@ -270,6 +273,237 @@ async fn scale_down_of_nodes_owning_tenants_is_refused_until_they_leave() {
         Some((false, "AsExpected".into()))
     );
     assert_eq!(st.placement.len(), 1);
+
+    op.stop().await;
+    ns.cleanup().await.unwrap();
+    delete_volumes(&client, &pvs).await;
+}
+
+/// The notes of the Events with `reason` in the namespace.
+async fn event_notes(client: &Client, ns: &str, reason: &str) -> Vec<String> {
+    let events: Api<k8s_openapi::api::events::v1::Event> = Api::namespaced(client.clone(), ns);
+    events
+        .list(&Default::default())
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .filter(|e| e.reason.as_deref() == Some(reason))
+        .filter_map(|e| e.note)
+        .collect()
+}
+
+/// Objects that merely share a name with what the operator would create are never taken over
+/// nor deleted: a ServiceAccount named like the store and a `<tenant>-credentials` Secret made
+/// by hand park their EventStore / Tenant as Degraded / ResourceConflict, stay untouched (no
+/// owner reference, no token written), and the owner goes on once the name is free.
+#[tokio::test]
+async fn objects_of_our_names_that_are_not_ours_are_never_taken_over() {
+    let Some((ns, client)) = setup("es-notours").await else {
+        return;
+    };
+    let n = ns.name().to_string();
+    let pvs = create_volumes(&client, &n, "orders", 1).await;
+    let sas: Api<ServiceAccount> = Api::namespaced(client.clone(), &n);
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), &n);
+    let theirs = serde_json::json!({"metadata": {"name": "orders", "labels": {"example.com/app": "billing"}}});
+    sas.create(
+        &PostParams::default(),
+        &serde_json::from_value(theirs).unwrap(),
+    )
+    .await
+    .unwrap();
+    let app_secret = serde_json::json!({"metadata": {"name": "acme-credentials"},
+        "stringData": {"token": "the application's own value"}});
+    secrets
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(app_secret).unwrap(),
+        )
+        .await
+        .unwrap();
+    let op = Operator::start(&client, &n);
+    let es: Api<EventStore> = Api::namespaced(client.clone(), &n);
+    let tn: Api<Tenant> = Api::namespaced(client.clone(), &n);
+    es.create(&PostParams::default(), &store("orders", 1, "Retain"))
+        .await
+        .unwrap();
+    tn.create(&PostParams::default(), &tenant("acme", "orders"))
+        .await
+        .unwrap();
+
+    let st = wait_status(
+        &es,
+        "orders",
+        "ResourceConflict on the ServiceAccount",
+        |_, s| condition(s, "Degraded") == Some((true, "ResourceConflict".into())),
+    )
+    .await;
+    let msg = &st
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Degraded")
+        .unwrap()
+        .message;
+    assert!(
+        msg.contains("ServiceAccount orders") && msg.contains("no owner reference"),
+        "{msg}"
+    );
+    assert_eq!(st.phase, Some(Phase::Degraded));
+    let sa = sas.get("orders").await.unwrap();
+    assert!(
+        sa.owner_references().is_empty(),
+        "the ServiceAccount was adopted: {sa:?}"
+    );
+    assert_eq!(
+        sa.labels().get("example.com/app").map(String::as_str),
+        Some("billing")
+    );
+    let sts: Api<StatefulSet> = Api::namespaced(client.clone(), &n);
+    assert!(sts.get_opt("orders").await.unwrap().is_none());
+
+    let tenant_degraded = wait_for("Tenant ResourceConflict", DEADLINE, || {
+        let tn = tn.clone();
+        async move {
+            let st = tn.get("acme").await.ok()?.status?;
+            let c = st.conditions.iter().find(|c| c.type_ == "Degraded")?;
+            (c.reason == "ResourceConflict" && c.is_true()).then(|| c.message.clone())
+        }
+    })
+    .await;
+    assert!(
+        tenant_degraded.contains("Secret acme-credentials"),
+        "{tenant_degraded}"
+    );
+    let kept = secrets.get("acme-credentials").await.unwrap();
+    assert!(kept.owner_references().is_empty(), "the Secret was adopted");
+    assert_eq!(
+        kept.data.unwrap()["token"].0,
+        b"the application's own value".to_vec(),
+        "the application's Secret was overwritten"
+    );
+    assert!(!event_notes(&client, &n, "ResourceConflict")
+        .await
+        .is_empty());
+
+    // The name is freed: the store goes on by itself (re-checked every minute).
+    sas.delete("orders", &DeleteParams::default())
+        .await
+        .unwrap();
+    wait_status(&es, "orders", "Ready once the name is free", |e, s| {
+        is_ready(e, s, 1)
+    })
+    .await;
+    assert_eq!(
+        sas.get("orders").await.unwrap().owner_references()[0].uid,
+        es.get("orders").await.unwrap().uid().unwrap()
+    );
+    // Deleting the Tenant leaves the application's Secret alone.
+    tn.delete("acme", &DeleteParams::default()).await.unwrap();
+    wait_for("tenant gone", DEADLINE, || {
+        let tn = tn.clone();
+        async move { tn.get_opt("acme").await.ok()?.is_none().then_some(()) }
+    })
+    .await;
+    assert!(
+        secrets.get_opt("acme-credentials").await.unwrap().is_some(),
+        "the Tenant's finalizer deleted a Secret it does not own"
+    );
+
+    op.stop().await;
+    ns.cleanup().await.unwrap();
+    delete_volumes(&client, &pvs).await;
+}
+
+/// A hand edit of an object the operator owns is reverted on the next reconcile, with a
+/// DriftCorrected Event: the StatefulSet's securityContext, and the registry (a forged token
+/// digest added to the Secret the nodes read).
+#[tokio::test]
+async fn hand_edits_of_owned_objects_are_reverted_with_an_event() {
+    let Some((ns, client)) = setup("es-drift").await else {
+        return;
+    };
+    let n = ns.name().to_string();
+    let pvs = create_volumes(&client, &n, "orders", 1).await;
+    let op = Operator::start(&client, &n);
+    let es: Api<EventStore> = Api::namespaced(client.clone(), &n);
+    let tn: Api<Tenant> = Api::namespaced(client.clone(), &n);
+    es.create(&PostParams::default(), &store("orders", 1, "Retain"))
+        .await
+        .unwrap();
+    tn.create(&PostParams::default(), &tenant("acme", "orders"))
+        .await
+        .unwrap();
+    wait_status(&es, "orders", "Ready with acme placed", |e, s| {
+        is_ready(e, s, 1) && s.placement.contains_key("acme")
+    })
+    .await;
+
+    // 1. The StatefulSet: privilege escalation allowed by hand.
+    let sts: Api<StatefulSet> = Api::namespaced(client.clone(), &n);
+    let escalation = |s: &StatefulSet| {
+        s.spec.as_ref()?.template.spec.as_ref()?.containers[0]
+            .security_context
+            .as_ref()?
+            .allow_privilege_escalation
+    };
+    assert_eq!(escalation(&sts.get("orders").await.unwrap()), Some(false));
+    let edit = serde_json::json!({"spec": {"template": {"spec": {"containers": [
+        {"name": "store-node", "securityContext": {"allowPrivilegeEscalation": true}}]}}}});
+    sts.patch("orders", &PatchParams::default(), &Patch::Strategic(edit))
+        .await
+        .unwrap();
+    wait_for("the securityContext edit reverted", DEADLINE, || {
+        let sts = sts.clone();
+        async move { (escalation(&sts.get("orders").await.ok()?) == Some(false)).then_some(()) }
+    })
+    .await;
+    let notes = event_notes(&client, &n, "DriftCorrected").await;
+    assert!(
+        notes.iter().any(|m| m.contains("StatefulSet orders")
+            && m.contains("securityContext.allowPrivilegeEscalation")),
+        "{notes:?}"
+    );
+
+    // 2. The registry: a digest added by hand never stays.
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), &n);
+    let registry = |s: &Secret| s.data.as_ref()?.get("registry.json").map(|b| b.0.clone());
+    let original = registry(&secrets.get("orders-registry").await.unwrap()).unwrap();
+    let mut forged: serde_json::Value = serde_json::from_slice(&original).unwrap();
+    forged["tenants"][0]["tokenSha256"]
+        .as_array_mut()
+        .unwrap()
+        .push(serde_json::json!("0".repeat(64)));
+    let text = serde_json::to_string(&forged).unwrap();
+    let b64 = base64::Engine::encode(&base64::engine::general_purpose::STANDARD, text);
+    secrets
+        .patch(
+            "orders-registry",
+            &PatchParams::default(),
+            &Patch::Merge(serde_json::json!({"data": {"registry.json": b64}})),
+        )
+        .await
+        .unwrap();
+    wait_for("the registry edit reverted", DEADLINE, || {
+        let secrets = secrets.clone();
+        let original = original.clone();
+        async move {
+            (registry(&secrets.get("orders-registry").await.ok()?)? == original).then_some(())
+        }
+    })
+    .await;
+    let notes = event_notes(&client, &n, "DriftCorrected").await;
+    assert!(
+        notes
+            .iter()
+            .any(|m| m.contains("Secret orders-registry") && m.contains("data.registry.json")),
+        "{notes:?}"
+    );
+    // Paths only, never values.
+    assert!(
+        notes.iter().all(|m| !m.contains(&"0".repeat(64))),
+        "{notes:?}"
+    );
 
     op.stop().await;
     ns.cleanup().await.unwrap();

@@ -25,7 +25,7 @@ use allsource_tests::ddb::{describe, index_names};
 use allsource_tests::env::{
     TestEnv, TestNamespace, AWS_TEST_ACCESS_KEY, AWS_TEST_REGION, AWS_TEST_SECRET_KEY,
 };
-use k8s_openapi::api::core::v1::{ConfigMap, Secret};
+use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Api, DeleteParams, PostParams};
 use kube::Client;
 use operator_support::{install_crds, wait_for, Operator};
@@ -156,12 +156,12 @@ async fn delete_store(client: &Client, ns: &str) {
 /// The gateway registry the operator wrote, once it lists `ids` with token digests and the
 /// siloed ones with a location.
 async fn gateway_registry(client: &Client, ns: &str, ids: &[&str], siloed: &str) -> String {
-    let api: Api<ConfigMap> = Api::namespaced(client.clone(), ns);
+    let api: Api<Secret> = Api::namespaced(client.clone(), ns);
     wait_for("gateway registry with every tenant", DEADLINE, || {
         let api = api.clone();
         async move {
-            let cm = api.get_opt("orders-gateway").await.ok()??;
-            let text = cm.data?.get("registry.json")?.clone();
+            let s = api.get_opt("orders-registry").await.ok()??;
+            let text = String::from_utf8(s.data?.get("registry.json")?.0.clone()).ok()?;
             let reg: serde_json::Value = serde_json::from_str(&text).ok()?;
             let tenants = reg["tenants"].as_array()?;
             let complete = ids.iter().all(|id| {
@@ -710,18 +710,20 @@ async fn dynamodb_siloed_tenant_table_isolation_drift_and_deletion() {
     );
     event(&client, &n, "DataRetained", &kept_table).await;
     // And the gateway registry no longer lists either.
-    let cms: Api<ConfigMap> = Api::namespaced(client.clone(), &n);
+    let cms: Api<Secret> = Api::namespaced(client.clone(), &n);
     wait_for("registry without the deleted tenants", DEADLINE, || {
         let cms = cms.clone();
         let (silo, kept) = (silo.clone(), kept.clone());
         async move {
-            let text = cms
-                .get("orders-gateway")
+            let bytes = cms
+                .get("orders-registry")
                 .await
                 .ok()?
                 .data?
                 .get("registry.json")?
+                .0
                 .clone();
+            let text = String::from_utf8(bytes).ok()?;
             (!text.contains(&silo) && !text.contains(&kept)).then_some(())
         }
     })

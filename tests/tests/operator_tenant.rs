@@ -18,7 +18,7 @@ use std::time::Duration;
 use allsource_operator::api::tenant::TenantStatus;
 use allsource_operator::api::{DeletionPolicy, EventStore, Phase, Tenant, FINALIZER};
 use allsource_operator::resources::configmap::{Registry, TenantState};
-use k8s_openapi::api::core::v1::{ConfigMap, Node, Pod, Secret};
+use k8s_openapi::api::core::v1::{Node, Pod, Secret};
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::{Client, ResourceExt};
 use operator_support::{create_volumes, delete_volumes, install_crds, wait_for, Operator};
@@ -107,7 +107,7 @@ async fn describe(api: &Api<Tenant>, name: &str) -> String {
         .await
         .ok()
         .flatten();
-    let cms: Api<ConfigMap> = Api::namespaced(client.clone(), &ns);
+    let cms: Api<Secret> = Api::namespaced(client.clone(), &ns);
     let reg = registry(&cms, &store).await;
     let pods: Vec<String> = Api::<Pod>::namespaced(client, &ns)
         .list(&ListParams::default())
@@ -160,13 +160,13 @@ async fn assert_no_reissue(client: &Client, ns: &str) {
     assert!(reissued.is_empty(), "tokens re-issued: {reissued:?}");
 }
 
-async fn registry(cms: &Api<ConfigMap>, store: &str) -> Option<Registry> {
-    let cm = cms.get_opt(&format!("{store}-config")).await.ok()??;
-    serde_json::from_str(cm.data?.get("registry.json")?).ok()
+async fn registry(secrets: &Api<Secret>, store: &str) -> Option<Registry> {
+    let s = secrets.get_opt(&format!("{store}-registry")).await.ok()??;
+    serde_json::from_slice(&s.data?.get("registry.json")?.0).ok()
 }
 
 /// The registry entry of `id`: (token digests, state).
-async fn entry(cms: &Api<ConfigMap>, store: &str, id: &str) -> Option<(Vec<String>, TenantState)> {
+async fn entry(cms: &Api<Secret>, store: &str, id: &str) -> Option<(Vec<String>, TenantState)> {
     let r = registry(cms, store).await?;
     let t = r.tenants.into_iter().find(|t| t.id == id)?;
     Some((t.token_sha256, t.state))
@@ -213,7 +213,7 @@ async fn token_secret_registry_noop_rotation_suspend_and_delete() {
     let stores: Api<EventStore> = Api::namespaced(client.clone(), &n);
     let tenants: Api<Tenant> = Api::namespaced(client.clone(), &n);
     let secrets: Api<Secret> = Api::namespaced(client.clone(), &n);
-    let cms: Api<ConfigMap> = Api::namespaced(client.clone(), &n);
+    let cms: Api<Secret> = Api::namespaced(client.clone(), &n);
     stores
         .create(&PostParams::default(), &store("orders"))
         .await
@@ -408,7 +408,7 @@ async fn duplicate_tenant_id_keeps_the_first_tenant_working() {
     let stores: Api<EventStore> = Api::namespaced(client.clone(), &n);
     let tenants: Api<Tenant> = Api::namespaced(client.clone(), &n);
     let secrets: Api<Secret> = Api::namespaced(client.clone(), &n);
-    let cms: Api<ConfigMap> = Api::namespaced(client.clone(), &n);
+    let cms: Api<Secret> = Api::namespaced(client.clone(), &n);
     stores
         .create(&PostParams::default(), &store("orders"))
         .await
@@ -689,7 +689,7 @@ async fn real_store_node_accepts_the_secret_token_and_isolates_tenants() {
         "eventType": "OrderPlaced",
         "data": {"total": 42}
     }]});
-    // The node reloads the registry within a few seconds of the ConfigMap change.
+    // The node reloads the registry within a few seconds of the registry Secret change.
     wait_for("append with alice's token", DEADLINE, || {
         let (http, url, alice, body) = (http.clone(), url.clone(), alice.clone(), body.clone());
         async move {
@@ -825,7 +825,7 @@ async fn deletion_policy_delete_erases_the_tenants_events_on_the_node_and_retain
     let tenants: Api<Tenant> = Api::namespaced(client.clone(), &n);
     let secrets: Api<Secret> = Api::namespaced(client.clone(), &n);
     let pods: Api<Pod> = Api::namespaced(client.clone(), &n);
-    let cms: Api<ConfigMap> = Api::namespaced(client.clone(), &n);
+    let cms: Api<Secret> = Api::namespaced(client.clone(), &n);
     let mut es = store("orders");
     es.spec.self_hosted.as_mut().unwrap().pod_template = Some(
         serde_json::from_value(serde_json::json!({

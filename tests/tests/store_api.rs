@@ -1072,7 +1072,7 @@ spec:
     )
     .unwrap();
     let sh = es.spec.self_hosted.clone().unwrap();
-    let cm = configmap::build(&es, &configmap::node_config(&sh), &Default::default());
+    let cm = configmap::build(&es, &configmap::node_config(&sh));
     let node_json = cm.data.unwrap()[NODE_CONFIG_FILE].clone();
     let cfg_dir = tempfile::tempdir().unwrap();
     let cfg_path = cfg_dir.path().join(NODE_CONFIG_FILE);

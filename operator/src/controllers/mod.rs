@@ -174,6 +174,24 @@ pub enum ReconcileError {
     /// The watch feeding a cache of this kind stopped (the operator is shutting down).
     #[error("the {0} cache is closed")]
     CacheClosed(&'static str),
+    /// An object the operator would write exists and is not its own; reported in the owner's
+    /// status (`ResourceConflict`), never taken over.
+    #[error("{0}")]
+    NotOwned(String),
+    /// The apiserver refused an object built from the spec as invalid; reported in the owner's
+    /// status (`InvalidSpec`).
+    #[error("{0}")]
+    Invalid(String),
+}
+
+impl From<apply::ApplyError> for ReconcileError {
+    fn from(e: apply::ApplyError) -> Self {
+        match e {
+            apply::ApplyError::Kube(e) => ReconcileError::Kube(e),
+            e @ apply::ApplyError::NotOwned { .. } => ReconcileError::NotOwned(e.to_string()),
+            e @ apply::ApplyError::Invalid { .. } => ReconcileError::Invalid(e.to_string()),
+        }
+    }
 }
 
 impl ReconcileError {
@@ -185,9 +203,15 @@ impl ReconcileError {
             ReconcileError::NoNamespace => "NoNamespace",
             ReconcileError::Backend(_) => "Backend",
             ReconcileError::CacheClosed(_) => "CacheClosed",
+            ReconcileError::NotOwned(_) => "NotOwned",
+            ReconcileError::Invalid(_) => "Invalid",
         }
     }
 }
+
+/// How often an object parked on a name conflict looks again (the foreign object's deletion
+/// wakes nothing: it is not ours to watch).
+pub const CONFLICT_RECHECK: Duration = Duration::from_secs(60);
 
 /// The requeue after a failed reconcile (permanent spec errors never get here: reconcilers park
 /// them in a Degraded condition and wait for a change).

@@ -1,18 +1,24 @@
-//! Builds the `<name>-config` ConfigMap the store nodes read: `node.json` (durability and input
-//! limits, store-node's own [`NodeConfig`] type, so the node parses exactly what is written) and
-//! `registry.json` (which tenant lives on which node). The operator configures nodes only through
+//! Builds what the store nodes read: the `<name>-config` ConfigMap with `node.json` (durability
+//! and input limits, store-node's own [`NodeConfig`] type, so the node parses exactly what is
+//! written) and the `<name>-registry` Secret with `registry.json` (which tenant lives on which
+//! node, its token digests and state; a Secret, because whoever could edit it could add a token,
+//! trigger a purge or redirect the operator's calls). The operator configures nodes only through
 //! these files and never calls into pods. Pure: no I/O.
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::api::core::v1::ConfigMap;
+use k8s_openapi::api::core::v1::{ConfigMap, Secret};
+use k8s_openapi::ByteString;
 use kube::ResourceExt;
 use serde::{Deserialize, Serialize};
 pub use store_node::nodeconfig::NodeConfig;
 use store_node::nodeconfig::{NodeDurability, NodeLimits, NODE_CONFIG_FILE};
 
 use super::gateway::GatewayBackend;
-use super::{child_meta, config_map_name, headless_service_name, HTTP_PORT};
+use super::{
+    child_meta, config_map_name, headless_service_name, registry_secret_name, HTTP_PORT,
+    REGISTRY_ROLE, ROLE_LABEL,
+};
 use crate::api::eventstore::{Durability, SelfHostedSpec};
 use crate::api::tenant::Placement;
 use crate::api::{EventStore, Tenant};
@@ -246,16 +252,44 @@ fn pretty_json<T: Serialize>(value: &T) -> String {
     s
 }
 
-/// The ConfigMap holding `node.json` and `registry.json`.
-pub fn build(es: &EventStore, node: &NodeConfig, registry: &Registry) -> ConfigMap {
+/// The ConfigMap holding `node.json`.
+pub fn build(es: &EventStore, node: &NodeConfig) -> ConfigMap {
     ConfigMap {
         metadata: child_meta(es, config_map_name(es)),
-        data: Some(BTreeMap::from([
-            (NODE_CONFIG_KEY.to_string(), node.to_json()),
-            (REGISTRY_KEY.to_string(), pretty_json(registry)),
-        ])),
+        data: Some(BTreeMap::from([(
+            NODE_CONFIG_KEY.to_string(),
+            node.to_json(),
+        )])),
         ..ConfigMap::default()
     }
+}
+
+/// The Secret holding `registry.json` ([`registry_secret_name`]), labelled for the Tenant
+/// controller's watch.
+pub fn registry_secret(es: &EventStore, registry: &Registry) -> Secret {
+    let mut metadata = child_meta(es, registry_secret_name(es));
+    metadata
+        .labels
+        .get_or_insert_with(BTreeMap::new)
+        .insert(ROLE_LABEL.to_string(), REGISTRY_ROLE.to_string());
+    Secret {
+        metadata,
+        type_: Some("Opaque".to_string()),
+        data: Some(BTreeMap::from([(
+            REGISTRY_KEY.to_string(),
+            ByteString(pretty_json(registry).into_bytes()),
+        )])),
+        ..Secret::default()
+    }
+}
+
+/// The registry a registry Secret carries (None: unreadable content). Pure.
+pub fn parse_registry(secret: &Secret) -> Option<Registry> {
+    secret
+        .data
+        .as_ref()
+        .and_then(|d| d.get(REGISTRY_KEY))
+        .and_then(|raw| serde_json::from_slice(&raw.0).ok())
 }
 
 #[cfg(test)]
@@ -284,7 +318,14 @@ mod tests {
             }],
             nodes: node_urls(&es, 3),
         };
-        insta::assert_yaml_snapshot!(build(&es, &node_config(&sh), &registry));
+        insta::assert_yaml_snapshot!(build(&es, &node_config(&sh)));
+        let secret = registry_secret(&es, &registry);
+        assert_eq!(
+            secret.metadata.labels.as_ref().unwrap()[ROLE_LABEL],
+            REGISTRY_ROLE
+        );
+        assert_eq!(parse_registry(&secret), Some(registry.clone()));
+        insta::assert_yaml_snapshot!("registry_secret", secret);
     }
 
     /// The node.json the operator writes is what store-node's own parser accepts, with every
@@ -302,7 +343,7 @@ mod tests {
             max_read_bytes: Some(9000),
         };
         let sh = sh.clone();
-        let cm = build(&es, &node_config(&sh), &Registry::default());
+        let cm = build(&es, &node_config(&sh));
         let text = &cm.data.unwrap()[NODE_CONFIG_KEY];
         let parsed = NodeConfig::parse(text).unwrap_or_else(|e| panic!("{e}: {text}"));
         assert_eq!(parsed, node_config(&sh));

@@ -10,17 +10,18 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec};
 use k8s_openapi::api::core::v1::{
-    Capabilities, ConfigMap, ConfigMapVolumeSource, Container, EnvVar, EnvVarSource, HTTPGetAction,
-    KeyToPath, PodSecurityContext, PodSpec, PodTemplateSpec, Probe, SeccompProfile,
-    SecretKeySelector, SecretVolumeSource, SecurityContext, Service, ServicePort, ServiceSpec,
-    Volume, VolumeMount,
+    Capabilities, Container, EnvVar, EnvVarSource, HTTPGetAction, KeyToPath, PodSecurityContext,
+    PodSpec, PodTemplateSpec, Probe, SeccompProfile, Secret, SecretKeySelector, SecretVolumeSource,
+    SecurityContext, Service, ServicePort, ServiceSpec, Volume, VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::ResourceExt;
 
 use super::configmap::{Registry, REGISTRY_KEY};
-use super::{child_meta, common_labels, CONFIG_MOUNT, HTTP_PORT, METRICS_PORT};
+use super::{
+    child_meta, common_labels, registry_secret_name, HTTP_PORT, METRICS_PORT, REGISTRY_MOUNT,
+};
 use crate::api::eventstore::{GatewaySpec, SslMode};
 use crate::api::EventStore;
 use crate::provision::postgres::tls_mode;
@@ -114,7 +115,7 @@ fn key_volume(backend: &GatewayBackend) -> Option<(Volume, VolumeMount)> {
     ))
 }
 
-/// Name of the gateway Deployment and ConfigMap.
+/// Name of the gateway Deployment.
 pub fn gateway_name(es: &EventStore) -> String {
     format!("{}-gateway", es.name_any())
 }
@@ -189,7 +190,7 @@ pub fn args_and_env(backend: &GatewayBackend) -> (Vec<String>, Vec<EnvVar>) {
         "--backend",
         name,
         "--registry",
-        &format!("{CONFIG_MOUNT}/{REGISTRY_KEY}"),
+        &format!("{REGISTRY_MOUNT}/{REGISTRY_KEY}"),
         "--listen",
         &format!("0.0.0.0:{HTTP_PORT}"),
         "--metrics-addr",
@@ -309,15 +310,15 @@ pub fn deployment(es: &EventStore, gw: &GatewaySpec, backend: &GatewayBackend) -
     let key = key_volume(backend);
     let mut mounts = vec![VolumeMount {
         name: "registry".to_string(),
-        mount_path: CONFIG_MOUNT.to_string(),
+        mount_path: REGISTRY_MOUNT.to_string(),
         read_only: Some(true),
         ..VolumeMount::default()
     }];
     let mut volumes = vec![Volume {
         name: "registry".to_string(),
-        config_map: Some(ConfigMapVolumeSource {
-            name: gateway_name(es),
-            ..ConfigMapVolumeSource::default()
+        secret: Some(SecretVolumeSource {
+            secret_name: Some(registry_secret_name(es)),
+            ..SecretVolumeSource::default()
         }),
         ..Volume::default()
     }];
@@ -405,8 +406,8 @@ pub fn service(es: &EventStore) -> Service {
     }
 }
 
-/// The `<name>-gateway` ConfigMap with `registry.json` (the gateway reloads it on change).
-pub fn config_map(es: &EventStore, registry: &Registry) -> ConfigMap {
+/// The `<name>-registry` Secret with `registry.json` (the gateway reloads it on change).
+pub fn registry_secret(es: &EventStore, registry: &Registry) -> Secret {
     // Every entry names GATEWAY_NODE, and store-node rejects a file whose tenants name a node
     // missing from `nodes` (the gateway would not start).
     let mut registry = registry.clone();
@@ -414,13 +415,7 @@ pub fn config_map(es: &EventStore, registry: &Registry) -> ConfigMap {
         .nodes
         .entry(GATEWAY_NODE.to_string())
         .or_insert_with(|| format!("http://{}:{HTTP_PORT}", super::service::client_dns(es)));
-    let mut json = serde_json::to_string_pretty(&registry).unwrap_or_default();
-    json.push('\n');
-    ConfigMap {
-        metadata: meta(es, gateway_name(es)),
-        data: Some(BTreeMap::from([(REGISTRY_KEY.to_string(), json)])),
-        ..ConfigMap::default()
-    }
+    super::configmap::registry_secret(es, &registry)
 }
 
 #[cfg(test)]
@@ -494,7 +489,7 @@ mod tests {
             }],
             nodes: BTreeMap::new(),
         };
-        insta::assert_yaml_snapshot!("config_map", config_map(&es, &registry));
+        insta::assert_yaml_snapshot!("registry_secret", registry_secret(&es, &registry));
     }
 
     #[test]
@@ -680,9 +675,9 @@ mod tests {
             ],
             nodes: BTreeMap::new(),
         };
-        let cm = config_map(&es("postgres"), &registry);
-        let text = cm.data.unwrap()[REGISTRY_KEY].clone();
-        let f = store_node::tenant::RegistryFile::parse(text.as_bytes()).unwrap();
+        let secret = registry_secret(&es("postgres"), &registry);
+        let text = secret.data.unwrap()[REGISTRY_KEY].0.clone();
+        let f = store_node::tenant::RegistryFile::parse(&text).unwrap();
         assert_eq!(
             f.nodes.get(GATEWAY_NODE).map(String::as_str),
             Some("http://orders.shop.svc:8080")

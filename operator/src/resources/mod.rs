@@ -42,8 +42,15 @@ pub fn container_ports() -> Vec<k8s_openapi::api::core::v1::ContainerPort> {
 }
 /// Component label value of store-node pods.
 pub const COMPONENT_STORE_NODE: &str = "store-node";
-/// Mount path of the ConfigMap with node.json and registry.json.
-pub const CONFIG_MOUNT: &str = "/etc/allsource/registry";
+/// Mount path of the ConfigMap with node.json.
+pub const CONFIG_MOUNT: &str = "/etc/allsource/config";
+/// Mount path of the registry Secret with registry.json.
+pub const REGISTRY_MOUNT: &str = "/etc/allsource/registry";
+/// Label on a store's registry Secret (value [`REGISTRY_ROLE`]): the Tenant controller watches
+/// only these Secrets, never the credentials of tenants.
+pub const ROLE_LABEL: &str = "allsource.io/role";
+/// Value of [`ROLE_LABEL`] on registry Secrets.
+pub const REGISTRY_ROLE: &str = "registry";
 /// Mount path of the data volume.
 pub const DATA_MOUNT: &str = "/data";
 
@@ -72,9 +79,19 @@ pub fn headless_service_name(es: &EventStore) -> String {
     format!("{}-nodes", es.name_any())
 }
 
-/// Name of the ConfigMap with the node configuration and tenant registry.
+/// Name of the ConfigMap with the node configuration.
 pub fn config_map_name(es: &EventStore) -> String {
     format!("{}-config", es.name_any())
+}
+
+/// Suffix of a store's registry Secret.
+pub const REGISTRY_SUFFIX: &str = "-registry";
+
+/// Name of the Secret with the tenant registry the store's nodes (or its gateway) read: token
+/// digests, states (a `purging` entry erases a tenant) and node addresses, so it lives in a
+/// Secret that only the operator writes, not in a ConfigMap.
+pub fn registry_secret_name(es: &EventStore) -> String {
+    format!("{}{REGISTRY_SUFFIX}", es.name_any())
 }
 
 /// Name of the pod (and node id) of ordinal `i`.

@@ -4,6 +4,7 @@
 
 use std::collections::BTreeMap;
 
+use super::configmap::REGISTRY_KEY;
 use k8s_openapi::api::apps::v1::{
     RollingUpdateStatefulSetStrategy, StatefulSet, StatefulSetPersistentVolumeClaimRetentionPolicy,
     StatefulSetSpec, StatefulSetUpdateStrategy,
@@ -22,7 +23,8 @@ use store_node::nodeconfig::{NODE_CONFIG_ENV, NODE_CONFIG_FILE};
 
 use super::{
     child_meta, common_labels, config_map_name, container_ports, headless_service_name,
-    selector_labels, CONFIG_MOUNT, DATA_MOUNT, HTTP_PORT, METRICS_PORT,
+    registry_secret_name, selector_labels, CONFIG_MOUNT, DATA_MOUNT, HTTP_PORT, METRICS_PORT,
+    REGISTRY_MOUNT,
 };
 use crate::api::eventstore::SelfHostedSpec;
 use crate::api::{DeletionPolicy, EventStore};
@@ -41,7 +43,7 @@ pub fn args() -> Vec<String> {
         "--data-dir",
         DATA_MOUNT,
         "--registry",
-        &format!("{CONFIG_MOUNT}/registry.json"),
+        &format!("{REGISTRY_MOUNT}/{REGISTRY_KEY}"),
         "--listen",
         &format!("0.0.0.0:{HTTP_PORT}"),
         "--metrics-addr",
@@ -96,6 +98,12 @@ fn container(sh: &SelfHostedSpec) -> Container {
         VolumeMount {
             name: "config".to_string(),
             mount_path: CONFIG_MOUNT.to_string(),
+            read_only: Some(true),
+            ..VolumeMount::default()
+        },
+        VolumeMount {
+            name: "registry".to_string(),
+            mount_path: REGISTRY_MOUNT.to_string(),
             read_only: Some(true),
             ..VolumeMount::default()
         },
@@ -163,6 +171,14 @@ fn volumes(es: &EventStore, sh: &SelfHostedSpec) -> Vec<Volume> {
             config_map: Some(ConfigMapVolumeSource {
                 name: config_map_name(es),
                 ..ConfigMapVolumeSource::default()
+            }),
+            ..Volume::default()
+        },
+        Volume {
+            name: "registry".to_string(),
+            secret: Some(SecretVolumeSource {
+                secret_name: Some(registry_secret_name(es)),
+                ..SecretVolumeSource::default()
             }),
             ..Volume::default()
         },

@@ -13,7 +13,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::{ConfigMap, Node, Pod};
+use k8s_openapi::api::core::v1::{ConfigMap, Node, Pod, Secret};
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::{Client, ResourceExt};
 use serde_json::json;
@@ -106,15 +106,29 @@ async fn materialize(
     for (dir, name) in &spec.config_maps {
         if let Some(cm) = api.get_opt(name).await? {
             for (k, v) in cm.data.unwrap_or_default() {
-                let path = dir.join(&k);
-                if std::fs::read_to_string(&path).ok().as_deref() != Some(v.as_str()) {
-                    // Write then rename, like the kubelet's atomic ConfigMap update.
-                    let tmp = dir.join(format!(".{k}.tmp"));
-                    std::fs::write(&tmp, v)?;
-                    std::fs::rename(&tmp, &path)?;
-                }
+                write_if_changed(dir, &k, v.as_bytes())?;
             }
         }
+    }
+    let api: Api<Secret> = Api::namespaced(client.clone(), ns);
+    for (dir, name) in &spec.secrets {
+        if let Some(s) = api.get_opt(name).await? {
+            for (k, v) in s.data.unwrap_or_default() {
+                write_if_changed(dir, &k, &v.0)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Writes `dir/name` when its content differs: write then rename, like the kubelet's atomic
+/// ConfigMap and Secret volume updates.
+fn write_if_changed(dir: &std::path::Path, name: &str, bytes: &[u8]) -> std::io::Result<()> {
+    let path = dir.join(name);
+    if std::fs::read(&path).ok().as_deref() != Some(bytes) {
+        let tmp = dir.join(format!(".{name}.tmp"));
+        std::fs::write(&tmp, bytes)?;
+        std::fs::rename(&tmp, &path)?;
     }
     Ok(())
 }

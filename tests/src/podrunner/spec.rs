@@ -18,6 +18,8 @@ pub struct ProcessSpec {
     pub dirs: BTreeMap<String, PathBuf>,
     /// ConfigMap volumes: local directory -> ConfigMap name.
     pub config_maps: BTreeMap<PathBuf, String>,
+    /// Secret volumes: local directory -> Secret name.
+    pub secrets: BTreeMap<PathBuf, String>,
     /// Container port moved to `port`.
     pub container_port: i32,
 }
@@ -29,6 +31,7 @@ pub fn translate(pod: &Pod, pod_dir: &Path, claims_dir: &Path, port: u16) -> Opt
     let c = spec.containers.first()?;
     let mut dirs = BTreeMap::new();
     let mut config_maps = BTreeMap::new();
+    let mut secrets = BTreeMap::new();
     for v in spec.volumes.clone().unwrap_or_default() {
         let dir = if let Some(pvc) = &v.persistent_volume_claim {
             claims_dir.join(&pvc.claim_name)
@@ -37,6 +40,9 @@ pub fn translate(pod: &Pod, pod_dir: &Path, claims_dir: &Path, port: u16) -> Opt
         };
         if let Some(cm) = &v.config_map {
             config_maps.insert(dir.clone(), cm.name.clone());
+        }
+        if let Some(name) = v.secret.as_ref().and_then(|s| s.secret_name.clone()) {
+            secrets.insert(dir.clone(), name);
         }
         dirs.insert(v.name.clone(), dir);
     }
@@ -111,6 +117,7 @@ pub fn translate(pod: &Pod, pod_dir: &Path, claims_dir: &Path, port: u16) -> Opt
         env,
         dirs,
         config_maps,
+        secrets,
         container_port,
     })
 }
@@ -129,16 +136,18 @@ mod tests {
                     "args": ["serve", "--data-dir", "/data", "--registry", "/etc/allsource/registry/registry.json", "--listen", "0.0.0.0:8080"],
                     "env": [
                         {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
-                        {"name": "CFG", "value": "/etc/allsource/registry/node.json"}
+                        {"name": "CFG", "value": "/etc/allsource/config/node.json"}
                     ],
                     "ports": [{"containerPort": 8080}],
                     "volumeMounts": [
                         {"name": "data", "mountPath": "/data"},
-                        {"name": "config", "mountPath": "/etc/allsource/registry"}
+                        {"name": "config", "mountPath": "/etc/allsource/config"},
+                        {"name": "registry", "mountPath": "/etc/allsource/registry"}
                     ]
                 }],
                 "volumes": [
                     {"name": "config", "configMap": {"name": "orders-config"}},
+                    {"name": "registry", "secret": {"secretName": "orders-registry"}},
                     {"name": "data", "persistentVolumeClaim": {"claimName": "data-orders-0"}}
                 ]
             }
@@ -158,7 +167,7 @@ mod tests {
                 "--data-dir",
                 "/s/claims/shop/data-orders-0",
                 "--registry",
-                "/s/pods/shop/orders-0/volumes/config/registry.json",
+                "/s/pods/shop/orders-0/volumes/registry/registry.json",
                 "--listen",
                 "127.0.0.1:40001"
             ]
@@ -171,6 +180,10 @@ mod tests {
         assert_eq!(
             p.config_maps[Path::new("/s/pods/shop/orders-0/volumes/config")],
             "orders-config"
+        );
+        assert_eq!(
+            p.secrets[Path::new("/s/pods/shop/orders-0/volumes/registry")],
+            "orders-registry"
         );
     }
 }

@@ -31,8 +31,8 @@ use kube::{Resource, ResourceExt};
 use parking_lot::Mutex;
 use tracing::Instrument;
 
-use super::apply::apply;
-use super::{error_action, Context, ReconcileError};
+use super::apply::apply_for;
+use super::{error_action, Context, ReconcileError, CONFLICT_RECHECK};
 use crate::api::archivepolicy::{ArchivePolicyStatus, ConcurrencyPolicy};
 use crate::api::{
     set_condition, ArchivePolicy, Condition, EventStore, Tenant, FIELD_MANAGER, FINALIZER,
@@ -162,7 +162,17 @@ async fn reconcile_inner(p: Arc<ArchivePolicy>, st: Arc<State>) -> Result<Action
     let api: Api<ArchivePolicy> = Api::namespaced(st.ctx.client.clone(), &ns);
     finalizer(&api, FINALIZER, p, |event| async {
         match event {
-            FinalizerEvent::Apply(p) => apply_policy(&p, &st, &ns).await,
+            FinalizerEvent::Apply(p) => match apply_policy(&p, &st, &ns).await {
+                Err(ReconcileError::NotOwned(m)) => {
+                    let problem = Problem::new("ResourceConflict", m);
+                    park(&p, &st.ctx, &ns, problem, Action::requeue(CONFLICT_RECHECK)).await
+                }
+                Err(ReconcileError::Invalid(m)) => {
+                    let problem = Problem::new("InvalidSpec", m);
+                    park(&p, &st.ctx, &ns, problem, Action::await_change()).await
+                }
+                other => other,
+            },
             FinalizerEvent::Cleanup(p) => cleanup(&p, &st, &ns).await,
         }
     })
@@ -358,9 +368,10 @@ async fn apply_policy(p: &ArchivePolicy, st: &State, ns: &str) -> Result<Action,
     // Apply: tokens Secret and CronJob. With no tenant to archive the CronJob stays suspended,
     // so that no run fails every night.
     let c = &ctx.client;
-    apply(
+    apply_for(
+        ctx,
+        p,
         &Api::<Secret>::namespaced(c.clone(), ns),
-        &ctx.metrics,
         build::tokens_secret(p, &tokens),
     )
     .await?;
@@ -379,7 +390,7 @@ async fn apply_policy(p: &ArchivePolicy, st: &State, ns: &str) -> Result<Action,
     if let Some(spec) = cj.spec.as_mut() {
         spec.suspend = Some(suspended.is_some());
     }
-    let cj = apply(&Api::<CronJob>::namespaced(c.clone(), ns), &ctx.metrics, cj).await?;
+    let cj = apply_for(ctx, p, &Api::<CronJob>::namespaced(c.clone(), ns), cj).await?;
 
     // Observe the runs.
     let by_policy = ListParams::default().labels(&format!("{POLICY_LABEL}={}", p.name_any()));

@@ -15,12 +15,12 @@ use std::time::Duration;
 use crate::controllers::tenant::duplicate;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service};
-use kube::api::{Api, DeleteParams, ListParams};
+use kube::api::{Api, ListParams};
 use kube::runtime::controller::Action;
 use kube::runtime::events::EventType;
 use kube::ResourceExt;
 
-use super::super::apply::apply;
+use super::super::apply::{apply_for, delete_owned};
 use super::super::{Context, ReconcileError};
 use super::write_status;
 use crate::api::eventstore::{Backend, Endpoint, EventStoreStatus};
@@ -33,7 +33,7 @@ use crate::provision::firestore::{self, FirestoreProvisioner};
 use crate::provision::postgres::{self, PostgresProvisioner};
 use crate::provision::{Deleted, EnsureAction, Ensured, Observed, ProvisionError, Provisioner};
 use crate::resources::gateway::{self, GatewayBackend};
-use crate::resources::{configmap, service, HTTP_PORT};
+use crate::resources::{configmap, registry_secret_name, service, HTTP_PORT};
 use store_node::backend::firestore::FIRESTORE_ENDPOINT;
 
 /// Default interval between drift checks of a healthy cloud store (reads only).
@@ -385,21 +385,13 @@ async fn apply_gateway(
     let deployments: Api<Deployment> = Api::namespaced(c.clone(), ns);
     let Some(gw) = es.spec.gateway.as_ref().filter(|g| g.enabled) else {
         // Disabled: remove what an earlier enabled spec created (owned objects only).
-        if let Some(d) = deployments.get_opt(&gateway::gateway_name(es)).await? {
-            if d.owner_references()
-                .iter()
-                .any(|o| Some(&o.uid) == es.metadata.uid.as_ref())
-            {
-                let dp = DeleteParams::default();
-                ctx.metrics.wrote("Deployment", "DELETE");
-                let _ = deployments.delete(&gateway::gateway_name(es), &dp).await;
-                let _ = Api::<Service>::namespaced(c.clone(), ns)
-                    .delete(&es.name_any(), &dp)
-                    .await;
-                let _ = Api::<ConfigMap>::namespaced(c.clone(), ns)
-                    .delete(&gateway::gateway_name(es), &dp)
-                    .await;
-            }
+        if let Some(uid) = es.metadata.uid.as_deref() {
+            let m = &ctx.metrics;
+            delete_owned(&deployments, m, &gateway::gateway_name(es), uid).await?;
+            let services = Api::<Service>::namespaced(c.clone(), ns);
+            delete_owned(&services, m, &es.name_any(), uid).await?;
+            let secrets = Api::<Secret>::namespaced(c.clone(), ns);
+            delete_owned(&secrets, m, &registry_secret_name(es), uid).await?;
         }
         return Ok(None);
     };
@@ -427,24 +419,26 @@ async fn apply_gateway(
         .cloned()
         .collect();
     let registry = gateway_registry(&tenants, &backend);
-    apply(
-        &Api::<ConfigMap>::namespaced(c.clone(), ns),
-        &ctx.metrics,
-        gateway::config_map(es, &registry),
+    apply_for(
+        ctx,
+        es,
+        &Api::<Secret>::namespaced(c.clone(), ns),
+        gateway::registry_secret(es, &registry),
     )
     .await?;
-    apply(
+    // Before the registry moved to a Secret it was the `<name>-gateway` ConfigMap: remove ours.
+    if let Some(uid) = es.metadata.uid.as_deref() {
+        let legacy = Api::<ConfigMap>::namespaced(c.clone(), ns);
+        delete_owned(&legacy, &ctx.metrics, &gateway::gateway_name(es), uid).await?;
+    }
+    apply_for(
+        ctx,
+        es,
         &Api::<Service>::namespaced(c.clone(), ns),
-        &ctx.metrics,
         gateway::service(es),
     )
     .await?;
-    let d = apply(
-        &deployments,
-        &ctx.metrics,
-        gateway::deployment(es, gw, &backend),
-    )
-    .await?;
+    let d = apply_for(ctx, es, &deployments, gateway::deployment(es, gw, &backend)).await?;
     let available = d
         .object
         .status

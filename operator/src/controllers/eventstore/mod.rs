@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
-use k8s_openapi::api::core::v1::{ConfigMap, Service, ServiceAccount};
+use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service, ServiceAccount};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::controller::{Action, Controller};
@@ -29,9 +29,9 @@ use kube::ResourceExt;
 use parking_lot::Mutex;
 use tracing::Instrument;
 
-use super::apply::apply;
+use super::apply::apply_for;
 use super::trigger::{hash_json, reflected_changes};
-use super::{error_action, Context, ReconcileError};
+use super::{error_action, Context, ReconcileError, CONFLICT_RECHECK};
 use crate::api::eventstore::{Backend, EventStoreStatus};
 use crate::api::{
     set_condition, Condition, EventStore, Phase, Tenant, CONDITION_READY, FIELD_MANAGER, FINALIZER,
@@ -120,6 +120,14 @@ pub async fn run(ctx: Arc<Context>) {
             .owns(scoped::<Deployment>(c, ns), owned.clone())
             .owns(scoped::<Service>(c, ns), owned.clone())
             .owns(scoped::<ConfigMap>(c, ns), owned.clone())
+            .owns(
+                scoped::<Secret>(c, ns),
+                watcher::Config::default().labels(&format!(
+                    "{}={}",
+                    crate::resources::ROLE_LABEL,
+                    crate::resources::REGISTRY_ROLE
+                )),
+            )
             .owns(scoped::<PodDisruptionBudget>(c, ns), owned.clone())
             .owns(scoped::<ServiceAccount>(c, ns), owned)
             .watches_stream(tenant_changes, move |t: Tenant| {
@@ -168,7 +176,15 @@ async fn reconcile_inner(es: Arc<EventStore>, state: &State) -> Result<Action, R
     let api: Api<EventStore> = Api::namespaced(ctx.client.clone(), &ns);
     finalizer(&api, FINALIZER, es, |event| async {
         match event {
-            FinalizerEvent::Apply(es) => apply_store(&es, state, &ns).await,
+            FinalizerEvent::Apply(es) => match apply_store(&es, state, &ns).await {
+                Err(ReconcileError::NotOwned(m)) => {
+                    park(&es, ctx, &ns, "ResourceConflict", m, CONFLICT_RECHECK).await
+                }
+                Err(ReconcileError::Invalid(m)) => {
+                    park(&es, ctx, &ns, "InvalidSpec", m, RESYNC).await
+                }
+                other => other,
+            },
             FinalizerEvent::Cleanup(es) => cleanup::run(&es, ctx, &ns).await,
         }
     })
@@ -178,6 +194,45 @@ async fn reconcile_inner(es: Arc<EventStore>, state: &State) -> Result<Action, R
         | kube::runtime::finalizer::Error::CleanupFailed(e) => e,
         other => ReconcileError::Finalizer(other.to_string()),
     })
+}
+
+/// Parks a store whose objects cannot be applied as they are (one of them belongs to someone
+/// else, or the apiserver refuses it): Degraded and not Ready with `reason` and the message, a
+/// Warning Event when the reason is new, and a re-check after `recheck` (an object we do not
+/// own wakes nothing when it goes away).
+async fn park(
+    es: &EventStore,
+    ctx: &Context,
+    ns: &str,
+    reason: &str,
+    message: String,
+    recheck: Duration,
+) -> Result<Action, ReconcileError> {
+    let mut status = es.status.clone().unwrap_or_default();
+    let before = status
+        .conditions
+        .iter()
+        .any(|c| c.type_ == crate::api::CONDITION_DEGRADED && c.is_true() && c.reason == reason);
+    status.phase = Some(Phase::Degraded);
+    status.observed_generation = es.metadata.generation;
+    set_condition(
+        &mut status.conditions,
+        Condition::new(
+            crate::api::CONDITION_DEGRADED,
+            true,
+            reason,
+            message.clone(),
+        ),
+    );
+    set_condition(
+        &mut status.conditions,
+        Condition::new(CONDITION_READY, false, reason, message.clone()),
+    );
+    if write_status(es, ctx, ns, status).await? && !before {
+        ctx.publish(es, EventType::Warning, reason, "Reconcile", message)
+            .await;
+    }
+    Ok(Action::requeue(recheck))
 }
 
 /// Writes `status` with server-side apply when it differs from the live status.
@@ -319,31 +374,42 @@ async fn apply_store(es: &EventStore, state: &State, ns: &str) -> Result<Action,
 
     // Apply, skipping no-ops.
     let c = &ctx.client;
-    apply(
+    apply_for(
+        ctx,
+        es,
         &Api::<ServiceAccount>::namespaced(c.clone(), ns),
-        &ctx.metrics,
         serviceaccount::build(es),
     )
     .await?;
-    apply(
+    apply_for(
+        ctx,
+        es,
         &Api::<ConfigMap>::namespaced(c.clone(), ns),
-        &ctx.metrics,
-        configmap::build(es, &node_cfg, &registry),
+        configmap::build(es, &node_cfg),
+    )
+    .await?;
+    apply_for(
+        ctx,
+        es,
+        &Api::<Secret>::namespaced(c.clone(), ns),
+        configmap::registry_secret(es, &registry),
     )
     .await?;
     let svc_api = Api::<Service>::namespaced(c.clone(), ns);
-    apply(&svc_api, &ctx.metrics, service::headless(es)).await?;
-    apply(&svc_api, &ctx.metrics, service::client(es)).await?;
-    apply(
+    apply_for(ctx, es, &svc_api, service::headless(es)).await?;
+    apply_for(ctx, es, &svc_api, service::client(es)).await?;
+    apply_for(
+        ctx,
+        es,
         &Api::<PodDisruptionBudget>::namespaced(c.clone(), ns),
-        &ctx.metrics,
         pdb::build(es),
     )
     .await?;
     let old_image = previous.image.clone();
-    let sts = apply(
+    let sts = apply_for(
+        ctx,
+        es,
         &Api::<StatefulSet>::namespaced(c.clone(), ns),
-        &ctx.metrics,
         sts_desired,
     )
     .await?;

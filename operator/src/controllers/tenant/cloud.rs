@@ -17,6 +17,8 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Secret;
+
+use crate::controllers::apply::owned_by;
 use kube::api::{Api, ObjectMeta, Patch, PatchParams};
 use kube::{Resource, ResourceExt};
 use store_node::backend::dynamodb::{DynamoConfig, DynamoStore};
@@ -220,16 +222,27 @@ pub async fn reconcile(
     })
 }
 
-/// Reads a Secret's data as UTF-8 strings (empty when the Secret is missing).
+/// Reads the data of `tenant`'s Secret `name` as UTF-8 strings (empty when the Secret is
+/// missing). A Secret of that name the Tenant does not own is neither read nor taken over:
+/// [`ReconcileError::NotOwned`].
 async fn live_secret(
+    tenant: &Tenant,
     ctx: &Context,
     ns: &str,
     name: &str,
 ) -> Result<BTreeMap<String, String>, ReconcileError> {
     let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), ns);
-    Ok(secrets
-        .get_opt(name)
-        .await?
+    let live = secrets.get_opt(name).await?;
+    if let Some(holder) = live
+        .as_ref()
+        .and_then(|l| owned_by(l, tenant.metadata.uid.as_deref().unwrap_or_default()).err())
+    {
+        return Err(ReconcileError::NotOwned(format!(
+            "Secret {name} already exists and is not owned by this Tenant ({holder}); delete or \
+             rename it"
+        )));
+    }
+    Ok(live
         .and_then(|s| s.data)
         .unwrap_or_default()
         .into_iter()
@@ -249,7 +262,7 @@ async fn ensure_login_secret(
     role: &str,
 ) -> Result<(String, bool), ReconcileError> {
     let name = login_secret_name(tenant);
-    let live = live_secret(ctx, ns, &name).await?;
+    let live = live_secret(tenant, ctx, ns, &name).await?;
     let password = live
         .get("password")
         .filter(|p| !p.is_empty())
@@ -278,7 +291,7 @@ async fn ensure_dynamodb_secret(
     desired: BTreeMap<String, String>,
 ) -> Result<(), ReconcileError> {
     let name = dynamodb_secret_name(tenant);
-    if live_secret(ctx, ns, &name).await? == desired {
+    if live_secret(tenant, ctx, ns, &name).await? == desired {
         return Ok(());
     }
     let mut secret = login_secret(tenant, desired);

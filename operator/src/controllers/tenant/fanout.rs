@@ -1,4 +1,4 @@
-//! Which Tenants a change of their EventStore or of its registry ConfigMap concerns. A store
+//! Which Tenants a change of their EventStore or of its registry Secret concerns. A store
 //! with 1,000 tenants writes its status and its registry once per tenant added; waking every
 //! tenant each time would make tenant creation quadratic. So each watch remembers what it saw last
 //! per object and wakes only the tenants whose part changed: a change of what every tenant reads
@@ -8,18 +8,14 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
-use k8s_openapi::api::core::v1::ConfigMap;
+use k8s_openapi::api::core::v1::Secret;
 use kube::runtime::reflector::ObjectRef;
 use kube::ResourceExt;
 
 use crate::api::{EventStore, Tenant};
 use crate::controllers::trigger::hash_json;
-use crate::resources::configmap::{Registry, REGISTRY_KEY};
-
-/// Suffix of the registry ConfigMap of a selfHosted store (`<store>-config`).
-const CONFIG_SUFFIX: &str = "-config";
-/// Suffix of the registry ConfigMap of a cloud store's gateway (`<store>-gateway`).
-const GATEWAY_SUFFIX: &str = "-gateway";
+use crate::resources::configmap::{parse_registry, REGISTRY_KEY};
+use crate::resources::REGISTRY_SUFFIX;
 
 /// What a store means to its tenants: a hash of what all of them read, and the per-tenant part
 /// (placement node, or registry entry hash), keyed by tenant id.
@@ -71,19 +67,19 @@ pub fn store_view(es: &EventStore) -> View {
     }
 }
 
-/// The store a registry ConfigMap belongs to, if it is one.
-pub fn registry_store(cm: &ConfigMap) -> Option<String> {
-    let name = cm.name_any();
-    name.strip_suffix(CONFIG_SUFFIX)
-        .or_else(|| name.strip_suffix(GATEWAY_SUFFIX))
+/// The store a registry Secret (`<store>-registry`, selfHosted or gateway) belongs to.
+pub fn registry_store(secret: &Secret) -> Option<String> {
+    secret
+        .name_any()
+        .strip_suffix(REGISTRY_SUFFIX)
         .map(str::to_string)
 }
 
-/// The view of a registry ConfigMap: node addresses are shared, entries are per tenant. An
+/// The view of a registry Secret: node addresses are shared, entries are per tenant. An
 /// unreadable registry is a shared change (every tenant re-judges it).
-pub fn registry_view(cm: &ConfigMap) -> View {
-    let raw = cm.data.as_ref().and_then(|d| d.get(REGISTRY_KEY));
-    match raw.and_then(|r| serde_json::from_str::<Registry>(r).ok()) {
+pub fn registry_view(secret: &Secret) -> View {
+    let raw = secret.data.as_ref().and_then(|d| d.get(REGISTRY_KEY));
+    match parse_registry(secret) {
         Some(reg) => View {
             shared: hash_json(&(reg.version, &reg.nodes)),
             per_tenant: reg
@@ -190,12 +186,19 @@ mod tests {
         assert_eq!(m.observe(&degraded, store_view(&degraded)), Wake::All);
     }
 
-    fn registry_cm(name: &str, reg: serde_json::Value) -> ConfigMap {
-        serde_json::from_value(serde_json::json!({
-            "metadata": {"name": name, "namespace": "shop"},
-            "data": {REGISTRY_KEY: reg.to_string()},
-        }))
-        .unwrap()
+    fn registry_cm(name: &str, reg: serde_json::Value) -> Secret {
+        Secret {
+            metadata: kube::api::ObjectMeta {
+                name: Some(name.into()),
+                namespace: Some("shop".into()),
+                ..Default::default()
+            },
+            data: Some(BTreeMap::from([(
+                REGISTRY_KEY.to_string(),
+                k8s_openapi::ByteString(reg.to_string().into_bytes()),
+            )])),
+            ..Secret::default()
+        }
     }
 
     fn entry(id: &str, hash: &str) -> serde_json::Value {
@@ -206,22 +209,22 @@ mod tests {
     fn a_registry_entry_change_wakes_only_that_tenant() {
         let nodes = serde_json::json!({"orders-0": "http://orders-0:8080"});
         let one = registry_cm(
-            "orders-config",
+            "orders-registry",
             serde_json::json!({"version": 1, "tenants": [entry("a", "1")], "nodes": nodes}),
         );
         let two = registry_cm(
-            "orders-config",
+            "orders-registry",
             serde_json::json!({"version": 1, "tenants": [entry("a", "1"), entry("b", "1")], "nodes": nodes}),
         );
         let rotated = registry_cm(
-            "orders-config",
+            "orders-registry",
             serde_json::json!({"version": 1, "tenants": [entry("a", "2"), entry("b", "1")], "nodes": nodes}),
         );
         let moved_nodes = registry_cm(
-            "orders-config",
+            "orders-registry",
             serde_json::json!({"version": 1, "tenants": [entry("a", "2"), entry("b", "1")], "nodes": {"orders-0": "http://elsewhere:8080"}}),
         );
-        let mut m = Memory::<ConfigMap>::default();
+        let mut m = Memory::<Secret>::default();
         assert_eq!(m.observe(&one, registry_view(&one)), Wake::All);
         assert_eq!(m.observe(&two, registry_view(&two)), ids(&["b"]));
         assert_eq!(m.observe(&rotated, registry_view(&rotated)), ids(&["a"]));
@@ -231,8 +234,8 @@ mod tests {
         );
         assert_eq!(registry_store(&one).as_deref(), Some("orders"));
         assert_eq!(
-            registry_store(&registry_cm("x-gateway", serde_json::json!({}))).as_deref(),
-            Some("x")
+            registry_store(&registry_cm("x-gateway-registry", serde_json::json!({}))).as_deref(),
+            Some("x-gateway")
         );
         assert_eq!(
             registry_store(&registry_cm("other", serde_json::json!({}))),

@@ -27,8 +27,8 @@ use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::{ConfigMap, Secret};
-use kube::api::{Api, DeleteParams, Patch, PatchParams};
+use k8s_openapi::api::core::v1::Secret;
+use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::EventType;
 use kube::runtime::reflector::{ObjectRef, Store};
@@ -37,11 +37,13 @@ use kube::ResourceExt;
 use parking_lot::Mutex;
 use tracing::Instrument;
 
+use super::apply::{delete_owned, owned_by};
 use super::trigger::{hash_json, reflected_changes};
-use super::{error_action, Context, ReconcileError, Scope};
+use super::{error_action, Context, ReconcileError, Scope, CONFLICT_RECHECK};
 use crate::api::eventstore::Backend;
 use crate::api::tenant::{TenantLocation, TenantStatus};
 use crate::api::{DeletionPolicy, EventStore, Tenant, FIELD_MANAGER, FINALIZER};
+use crate::resources::configmap::parse_registry;
 use crate::resources::{secret, service, HTTP_PORT};
 use status::{Facts, Verdict};
 
@@ -88,8 +90,8 @@ struct State {
     usage_tried: Mutex<HashMap<String, Instant>>,
     /// EventStores, kept by the controller's EventStore watch.
     stores: Store<EventStore>,
-    /// The operator's ConfigMaps (registries among them), kept by the ConfigMap watch.
-    configs: Store<ConfigMap>,
+    /// The stores' registry Secrets, kept by their watch.
+    configs: Store<Secret>,
     /// Every Tenant of the watched namespace(s), the controller's own cache.
     tenants: Store<Tenant>,
 }
@@ -117,11 +119,11 @@ impl State {
         self.configs
             .wait_until_ready()
             .await
-            .map_err(|_| ReconcileError::CacheClosed("ConfigMap"))?;
-        let cm = self
+            .map_err(|_| ReconcileError::CacheClosed("Secret"))?;
+        let secret = self
             .configs
-            .get(&ObjectRef::new(&crate::resources::config_map_name(es)).within(ns));
-        Ok(cm.as_deref().and_then(selfhosted::parse_registry))
+            .get(&ObjectRef::new(&crate::resources::registry_secret_name(es)).within(ns));
+        Ok(secret.as_deref().and_then(parse_registry))
     }
 
     /// The other Tenant that holds `t`'s id on its store ([`duplicate::holder`]), from the cache.
@@ -181,8 +183,6 @@ pub async fn run(ctx: Arc<Context>) {
             "app.kubernetes.io/component={}",
             secret::COMPONENT_CREDENTIALS
         ));
-        let managed =
-            watcher::Config::default().labels("app.kubernetes.io/managed-by=allsource-operator");
         let (stores, store_changes) = reflected_changes(
             scoped::<EventStore>(c, ns),
             watcher::Config::default(),
@@ -194,9 +194,15 @@ pub async fn run(ctx: Arc<Context>) {
                 ))
             },
         );
+        // Only the stores' registry Secrets, never the tenants' credentials.
+        let registries = watcher::Config::default().labels(&format!(
+            "{}={}",
+            crate::resources::ROLE_LABEL,
+            crate::resources::REGISTRY_ROLE
+        ));
         let (configs, config_changes) =
-            reflected_changes(scoped::<ConfigMap>(c, ns), managed, |cm| {
-                hash_json(&(&cm.data, cm.metadata.deletion_timestamp.is_some()))
+            reflected_changes(scoped::<Secret>(c, ns), registries, |s| {
+                hash_json(&(&s.data, s.metadata.deletion_timestamp.is_some()))
             });
         let state = Arc::new(State {
             ctx: ctx.clone(),
@@ -207,7 +213,7 @@ pub async fn run(ctx: Arc<Context>) {
             tenants: all_tenants,
         });
         let store_memory = Mutex::new(fanout::Memory::<EventStore>::default());
-        let config_memory = Mutex::new(fanout::Memory::<ConfigMap>::default());
+        let config_memory = Mutex::new(fanout::Memory::<Secret>::default());
         let run = controller
             .owns(scoped::<Secret>(c, ns), credentials)
             // A store change wakes the tenants whose part of it changed.
@@ -215,8 +221,8 @@ pub async fn run(ctx: Arc<Context>) {
                 let w = store_memory.lock().observe(&es, fanout::store_view(&es));
                 wake(&by_store, es.namespace(), &es.name_any(), &w)
             })
-            // The registry ConfigMap: a tenant waiting for its digests to be published wakes up.
-            .watches_stream(config_changes, move |cm: ConfigMap| {
+            // The registry Secret: a tenant waiting for its digests to be published wakes up.
+            .watches_stream(config_changes, move |cm: Secret| {
                 let Some(store) = fanout::registry_store(&cm) else {
                     return Vec::new();
                 };
@@ -286,7 +292,40 @@ async fn reconcile_inner(t: &Tenant, state: &State) -> Result<Action, ReconcileE
             Patched::Stale => return Ok(Action::requeue(STALE_RECHECK)),
         }
     }
-    apply_tenant(t, state, &ns).await
+    match apply_tenant(t, state, &ns).await {
+        Err(ReconcileError::NotOwned(m)) => {
+            park(t, &state.ctx, &ns, "ResourceConflict", m, Facts::default()).await
+        }
+        Err(ReconcileError::Invalid(m)) => {
+            park(t, &state.ctx, &ns, "InvalidSpec", m, Facts::default()).await
+        }
+        other => other,
+    }
+}
+
+/// Parks a Tenant that cannot go on as it is (an object it needs belongs to someone else, or
+/// the apiserver refuses one): Degraded with `reason` and `message`, a Warning Event when the
+/// reason is new, and a re-check after [`CONFLICT_RECHECK`] (a foreign object going away wakes
+/// nothing).
+async fn park(
+    t: &Tenant,
+    ctx: &Context,
+    ns: &str,
+    reason: &str,
+    message: String,
+    facts: Facts,
+) -> Result<Action, ReconcileError> {
+    let before = t.status.as_ref().is_some_and(|s| {
+        s.conditions
+            .iter()
+            .any(|c| c.type_ == crate::api::CONDITION_DEGRADED && c.reason == reason)
+    });
+    let verdict = Verdict::BackendDegraded(reason.to_string(), message.clone());
+    if write_status(t, ctx, ns, status::compute(t, &verdict, facts)).await? && !before {
+        ctx.publish(t, EventType::Warning, reason, "Reconcile", message)
+            .await;
+    }
+    Ok(Action::requeue(CONFLICT_RECHECK))
 }
 
 /// What became of a finalizer patch.
@@ -429,6 +468,23 @@ async fn apply_tenant(t: &Tenant, state: &State, ns: &str) -> Result<Action, Rec
     let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), ns);
     let name = secret::secret_name(t);
     let live = secrets.get_opt(&name).await?;
+    // A Secret of that name that is not this Tenant's is never taken over (nor read for a
+    // token): the tenant gets no credentials, and no digest reaches the registry, until it is
+    // renamed or deleted.
+    if let Some(holder) = live
+        .as_ref()
+        .and_then(|l| owned_by(l, t.metadata.uid.as_deref().unwrap_or_default()).err())
+    {
+        let message = format!(
+            "Secret {name} already exists and is not owned by this Tenant ({holder}); the \
+             Tenant's credentials go to that name: delete or rename the Secret"
+        );
+        let facts = Facts {
+            token_sha256: Some(Vec::new()),
+            ..Facts::default()
+        };
+        return park(t, ctx, ns, "ResourceConflict", message, facts).await;
+    }
     let now = now();
     let mut plan = plan_credentials(t, live.as_ref(), now);
     // A new token is decided on the apiserver's copy of the Tenant, never on the cached one: the
@@ -685,15 +741,10 @@ async fn cleanup(
         )
         .await;
     }
-    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), ns);
-    ctx.metrics.wrote("Secret", "DELETE");
-    match secrets
-        .delete(&secret::secret_name(t), &DeleteParams::default())
-        .await
-    {
-        Ok(_) => {}
-        Err(kube::Error::Api(e)) if e.code == 404 => {}
-        Err(e) => return Err(e.into()),
+    // Only our own credentials Secret goes: one of that name that is not ours stays.
+    if let Some(uid) = t.metadata.uid.as_deref() {
+        let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), ns);
+        delete_owned(&secrets, &ctx.metrics, &secret::secret_name(t), uid).await?;
     }
     Ok(true)
 }

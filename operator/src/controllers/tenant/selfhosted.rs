@@ -1,5 +1,5 @@
 //! What a selfHosted EventStore says about a tenant: whether the store is Ready, and whether the
-//! registry the store nodes read (`registry.json` in the `<store>-config` ConfigMap, written by
+//! registry the store nodes read (`registry.json` in the `<store>-registry` Secret, written by
 //! the EventStore controller) already carries the tenant with its current token digests and
 //! suspend state, on which node. Reads only: it must never write the registry (that is the
 //! EventStore controller's job) nor call into store-node pods.
@@ -7,7 +7,7 @@
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::ConfigMap;
+use k8s_openapi::api::core::v1::Secret;
 use kube::{Api, ResourceExt};
 
 use super::status::Verdict;
@@ -15,31 +15,23 @@ use super::TenantOutcome;
 use crate::api::tenant::{LocationKind, TenantLocation};
 use crate::api::{EventStore, Phase, Tenant};
 use crate::controllers::{Context, ReconcileError};
-use crate::resources::config_map_name;
-use crate::resources::configmap::{Registry, TenantState, REGISTRY_KEY};
+use crate::resources::configmap::{parse_registry, Registry, TenantState};
+use crate::resources::registry_secret_name;
 
 /// How soon to look again while the registry lags the Tenant.
 pub const PENDING_RECHECK: Duration = Duration::from_secs(2);
 /// How soon to look again while the store is not Ready.
 pub const STORE_RECHECK: Duration = Duration::from_secs(10);
 
-/// The registry a ConfigMap carries (None: unreadable content). Pure.
-pub fn parse_registry(cm: &ConfigMap) -> Option<Registry> {
-    cm.data
-        .as_ref()
-        .and_then(|d| d.get(REGISTRY_KEY))
-        .and_then(|raw| serde_json::from_str(raw).ok())
-}
-
-/// Reads the registry of `es` from the API (None: no ConfigMap yet or unreadable content).
+/// Reads the registry of `es` from the API (None: no Secret yet or unreadable content).
 pub async fn registry(
     es: &EventStore,
     ctx: &Context,
     ns: &str,
 ) -> Result<Option<Registry>, ReconcileError> {
-    let api: Api<ConfigMap> = Api::namespaced(ctx.client.clone(), ns);
+    let api: Api<Secret> = Api::namespaced(ctx.client.clone(), ns);
     Ok(api
-        .get_opt(&config_map_name(es))
+        .get_opt(&registry_secret_name(es))
         .await?
         .as_ref()
         .and_then(parse_registry))

@@ -17,6 +17,12 @@ use crate::provision::ProvisionError;
 pub const MARKERS: &str = "allsource";
 /// Sub-collection of a marker with one document per tenant of the store.
 pub const MEMBERS: &str = "members";
+/// Collection with one document per tenant id used in the database, naming the store (marker)
+/// that holds it: created with an exists=false precondition, it makes a tenant id belong to
+/// exactly one store even when two register it at the same moment.
+pub const CLAIMS: &str = "allsourceTenantClaims";
+/// Field of a claim naming the marker of the store that holds the tenant id.
+pub const CLAIM_MARKER: &str = "marker";
 /// Documents deleted per commit (Firestore allows 500 writes).
 pub const DELETE_PAGE: usize = 300;
 /// store-node's collections under a tenant document, deepest first: deleting in this order
@@ -66,12 +72,35 @@ pub fn create_marker(root: &str, marker: &str, namespace: &str, name: &str) -> V
     )
 }
 
-/// The write registering a tenant as a member of a store.
-pub fn create_member(root: &str, marker: &str, tenant_id: &str, tenant: &str) -> Value {
-    layout::create(
-        &member_doc(root, marker, tenant_id),
-        strings(&[("tenantId", tenant_id), ("tenant", tenant)]),
-    )
+/// Full name of the claim document of a tenant id ([`CLAIMS`]).
+pub fn claim_doc(root: &str, tenant_id: &str) -> String {
+    format!("{root}/{CLAIMS}/{tenant_id}")
+}
+
+/// The writes registering a tenant as a member of a store, in one commit: the claim of its id
+/// (fails when any store holds it already) and the member document (replaced if present).
+pub fn claim_member(root: &str, marker: &str, tenant_id: &str, tenant: &str) -> Vec<Value> {
+    vec![
+        layout::create(
+            &claim_doc(root, tenant_id),
+            strings(&[(CLAIM_MARKER, marker), ("tenant", tenant)]),
+        ),
+        layout::set(
+            &member_doc(root, marker, tenant_id),
+            strings(&[("tenantId", tenant_id), ("tenant", tenant)]),
+        ),
+    ]
+}
+
+/// The marker a claim document names (None: not a claim this operator wrote).
+pub fn claim_holder(doc: &Value) -> Option<&str> {
+    doc["fields"][CLAIM_MARKER]["stringValue"].as_str()
+}
+
+/// A delete of `name` that fails unless the document is still at `update_time` (so a claim
+/// is only ever removed by the store that read it as its own).
+pub fn delete_unchanged(name: &str, update_time: &str) -> Value {
+    json!({ "delete": name, "currentDocument": { "updateTime": update_time } })
 }
 
 /// A plain delete (no precondition: a document already gone is fine).

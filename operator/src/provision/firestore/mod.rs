@@ -433,23 +433,35 @@ impl FirestoreProvisioner {
             .collect())
     }
 
-    /// Registers `tenant_id` (Tenant `tenant`, `<namespace>/<name>`) as a member of this store.
-    /// Refuses an id another store of the same database already registered: both would share
-    /// `tenants/<id>`.
+    /// Registers `tenant_id` (held by the Tenant `tenant`, `<namespace>/<name>`) as a member
+    /// of this store. The id's claim document ([`data::CLAIMS`]) is created with an
+    /// exists=false precondition in the same commit as the member document, so of two stores
+    /// registering one id at the same moment exactly one succeeds; the other, and any later
+    /// one, gets [`ProvisionError::Conflict`]. Idempotent for the holder.
     pub async fn register_tenant(
         &self,
         tenant_id: &str,
         tenant: &str,
     ) -> Result<(), ProvisionError> {
         let root = self.root().to_string();
-        let mine = data::member_doc(&root, &self.plan.marker, tenant_id);
-        if self
-            .timed(self.rest.get(&root, mine.clone()))
-            .await?
-            .is_some()
-        {
-            return Ok(());
+        let claim = data::claim_doc(&root, tenant_id);
+        let conflict = |holder: &str| {
+            ProvisionError::Conflict(format!(
+                "tenant id {tenant_id} is already used by EventStore {} in Firestore database \
+                 {}/{}: both would share tenants/{tenant_id}",
+                holder.replacen('.', "/", 1),
+                self.plan.project,
+                self.plan.database
+            ))
+        };
+        if let Some(doc) = self.timed(self.rest.get(&root, claim.clone())).await? {
+            return match data::claim_holder(&doc) {
+                Some(m) if m == self.plan.marker => Ok(()),
+                Some(m) => Err(conflict(m)),
+                None => Err(conflict("unknown")),
+            };
         }
+        // Registrations made before claims existed: a member document of another store.
         let markers = self
             .timed(
                 self.rest
@@ -463,24 +475,26 @@ impl FirestoreProvisioner {
             }
             let theirs = data::member_doc(&root, id, tenant_id);
             if self.timed(self.rest.get(&root, theirs)).await?.is_some() {
-                return Err(ProvisionError::Conflict(format!(
-                    "tenant id {tenant_id} is already used by EventStore {} in Firestore database \
-                     {}/{}: both would share tenants/{tenant_id}",
-                    id.replacen('.', "/", 1),
-                    self.plan.project,
-                    self.plan.database
-                )));
+                return Err(conflict(id));
             }
         }
-        // Created meanwhile by another reconcile: the same registration.
-        self.create_doc(data::create_member(
-            &root,
-            &self.plan.marker,
-            tenant_id,
-            tenant,
-        ))
-        .await
-        .map(|_| ())
+        let writes = data::claim_member(&root, &self.plan.marker, tenant_id, tenant);
+        match self.call(self.rest.commit(&root, writes, None)).await? {
+            Ok(()) => Ok(()),
+            // Claimed meanwhile: ours (a racing reconcile of this store) or another store's.
+            Err(RestError::Precondition(_)) => {
+                match self.timed(self.rest.get(&root, claim)).await? {
+                    Some(doc) if data::claim_holder(&doc) == Some(self.plan.marker.as_str()) => {
+                        Ok(())
+                    }
+                    Some(doc) => Err(conflict(data::claim_holder(&doc).unwrap_or("unknown"))),
+                    None => Err(Self::unavailable(format!(
+                        "the claim of tenant id {tenant_id} changed during registration; retrying"
+                    ))),
+                }
+            }
+            Err(e) => Err(data::rest_err(e)),
+        }
     }
 
     /// Deletes a tenant's documents (`tenants/<id>` and store-node's collections under it);
@@ -517,8 +531,21 @@ impl FirestoreProvisioner {
     /// Removes a tenant's membership (its documents stay unless deleted first).
     pub async fn unregister_tenant(&self, tenant_id: &str) -> Result<(), ProvisionError> {
         let root = self.root().to_string();
-        let w = data::delete(&data::member_doc(&root, &self.plan.marker, tenant_id));
-        self.timed(self.rest.commit(&root, vec![w], None)).await
+        let mut writes = vec![data::delete(&data::member_doc(
+            &root,
+            &self.plan.marker,
+            tenant_id,
+        ))];
+        // The claim goes only if it is this store's, and still the one read.
+        let claim = data::claim_doc(&root, tenant_id);
+        if let Some(doc) = self.timed(self.rest.get(&root, claim.clone())).await? {
+            if data::claim_holder(&doc) == Some(self.plan.marker.as_str()) {
+                if let Some(t) = doc["updateTime"].as_str() {
+                    writes.push(data::delete_unchanged(&claim, t));
+                }
+            }
+        }
+        self.timed(self.rest.commit(&root, writes, None)).await
     }
 }
 
