@@ -1178,6 +1178,7 @@ mod e2e {
                     }
                     Some("firestore") => {
                         spec["firestore"]["endpoint"] = Value::from(env.firestore_emulator_host());
+                        spec["firestore"]["emulator"] = Value::from(true);
                         spec["firestore"]["projectId"] = Value::from(env.firestore_project());
                     }
                     _ => {}

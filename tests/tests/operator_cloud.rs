@@ -1168,7 +1168,7 @@ mod firestore_cases {
             "metadata": {"name": name},
             "spec": {
                 "backend": "firestore",
-                "firestore": {"projectId": project, "endpoint": endpoint, "ttlField": "expires_at"},
+                "firestore": {"projectId": project, "endpoint": endpoint, "emulator": true, "ttlField": "expires_at"},
                 "deletionPolicy": policy,
             }
         }))
@@ -1273,6 +1273,7 @@ mod firestore_cases {
             project_id: project.clone(),
             database_id: "(default)".into(),
             endpoint: Some(format!("http://{}", env.firestore_emulator_host())),
+            emulator: true,
             credentials_secret_ref: None,
             ttl_field: Some("expires_at".into()),
         };
@@ -1666,6 +1667,7 @@ mod firestore_cases {
         // As the chart's sample test points it: the emulator's host:port and project.
         let project = project(env);
         doc["spec"]["firestore"]["endpoint"] = env.firestore_emulator_host().into();
+        doc["spec"]["firestore"]["emulator"] = true.into();
         doc["spec"]["firestore"]["projectId"] = project.clone().into();
         let sample: EventStore = serde_json::from_value(doc).unwrap();
         let name = sample.metadata.name.clone().unwrap();

@@ -510,6 +510,58 @@ async fn hand_edits_of_owned_objects_are_reverted_with_an_event() {
     delete_volumes(&client, &pvs).await;
 }
 
+/// A spec whose objects the apiserver refuses as invalid (HTTP 422: here a pod label value
+/// with spaces, which the CRD cannot check) is a spec error in status, Degraded / InvalidSpec
+/// with the apiserver's message, not a silent retry loop; fixing the spec clears it.
+#[tokio::test]
+async fn objects_the_apiserver_refuses_make_the_store_degraded_invalid_spec() {
+    let Some((ns, client)) = setup("es-invalid").await else {
+        return;
+    };
+    let n = ns.name().to_string();
+    let pvs = create_volumes(&client, &n, "orders", 1).await;
+    let op = Operator::start(&client, &n);
+    let es: Api<EventStore> = Api::namespaced(client.clone(), &n);
+    let mut bad = store("orders", 1, "Retain");
+    let sh = bad.spec.self_hosted.as_mut().unwrap();
+    sh.pod_template = Some(
+        serde_json::from_value(serde_json::json!({"labels": {"team": "not a label value!"}}))
+            .unwrap(),
+    );
+    es.create(&PostParams::default(), &bad).await.unwrap();
+    let st = wait_status(&es, "orders", "Degraded InvalidSpec", |_, s| {
+        condition(s, "Degraded") == Some((true, "InvalidSpec".into()))
+    })
+    .await;
+    let msg = &st
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Degraded")
+        .unwrap()
+        .message;
+    assert!(
+        msg.contains("StatefulSet orders") && msg.contains("not a label value!"),
+        "{msg}"
+    );
+    assert_eq!(st.phase, Some(Phase::Degraded));
+    println!("refused spec: {msg}");
+    es.patch(
+        "orders",
+        &PatchParams::default(),
+        &Patch::Merge(serde_json::json!({"spec": {"selfHosted": {"podTemplate": {"labels": {"team": "payments"}}}}})),
+    )
+    .await
+    .unwrap();
+    wait_status(&es, "orders", "Ready once the spec is fixed", |e, s| {
+        is_ready(e, s, 1)
+    })
+    .await;
+
+    op.stop().await;
+    ns.cleanup().await.unwrap();
+    delete_volumes(&client, &pvs).await;
+}
+
 async fn delete_and_check_volumes(policy: &str) -> Option<(bool, bool)> {
     let (ns, client) = setup(&format!("es-del-{}", policy.to_lowercase())).await?;
     let n = ns.name().to_string();

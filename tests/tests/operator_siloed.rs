@@ -759,7 +759,7 @@ fn fs_store(project: &str, endpoint: &str, gateway: bool) -> serde_json::Value {
            "metadata": {"name": "orders"},
            "spec": {"backend": "firestore",
                     "firestore": {"projectId": project, "endpoint": endpoint,
-                                  "ttlField": "expires_at"},
+                                  "emulator": true, "ttlField": "expires_at"},
                     "gateway": {"enabled": gateway, "replicas": 1},
                     "deletionPolicy": "Delete"}})
 }

@@ -13,7 +13,7 @@ mod operator_support;
 #[path = "../src/podrunner/mod.rs"]
 mod podrunner;
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use allsource_operator::api::tenant::TenantStatus;
 use allsource_operator::api::{DeletionPolicy, EventStore, Phase, Tenant, FINALIZER};
@@ -727,6 +727,64 @@ async fn real_store_node_accepts_the_secret_token_and_isolates_tenants() {
     );
     let (code, _) = read("not-a-token".to_string()).await;
     assert_eq!(code, 401);
+
+    // Rotation, seen by the real node: the old token keeps working for the whole grace period
+    // (set to 20 s here) next to the new one, then stops. Mallory has no stream order-1, so an
+    // accepted token reads 404 and a refused one 401.
+    const GRACE: Duration = Duration::from_secs(20);
+    tenants
+        .patch(
+            "mallory",
+            &PatchParams::default(),
+            &Patch::Merge(serde_json::json!({
+                "metadata": {"annotations": {"allsource.io/rotation-grace-seconds": GRACE.as_secs().to_string()}},
+                "spec": {"credentials": {"rotate": "r1"}}})),
+        )
+        .await
+        .unwrap();
+    let rotated_at = Instant::now();
+    let mallory_new = wait_for("mallory's rotated token in the Secret", DEADLINE, || {
+        let secrets = secrets.clone();
+        let old = mallory.clone();
+        async move {
+            let t = secret_token(&secrets, "mallory-credentials").await?;
+            (t != old).then_some(t)
+        }
+    })
+    .await;
+    wait_for("the node accepts the new token", DEADLINE, || {
+        let read = &read;
+        let t = mallory_new.clone();
+        async move { (read(t).await.0 == 404).then_some(()) }
+    })
+    .await;
+    let (code, text) = read(mallory.clone()).await;
+    let in_grace = rotated_at.elapsed();
+    assert!(
+        in_grace < GRACE,
+        "the new token took {in_grace:?} to work, longer than the grace period"
+    );
+    assert_eq!(
+        code, 404,
+        "the old token stopped {in_grace:?} after the rotation, within the {GRACE:?} grace period: {text}"
+    );
+    wait_for(
+        "the old token rejected after the grace period",
+        DEADLINE,
+        || {
+            let read = &read;
+            let t = mallory.clone();
+            async move { (read(t).await.0 == 401).then_some(()) }
+        },
+    )
+    .await;
+    let stopped = rotated_at.elapsed();
+    println!("rotation on a real node: new token works, old one refused {stopped:?} after the rotation (grace {GRACE:?})");
+    assert!(
+        stopped + Duration::from_secs(1) >= GRACE,
+        "the old token stopped after {stopped:?}, before the {GRACE:?} grace period ended"
+    );
+    assert_eq!(read(mallory_new.clone()).await.0, 404);
 
     // Deleting alice's Tenant takes her token away on the node.
     tenants

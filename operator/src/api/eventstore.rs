@@ -409,6 +409,10 @@ pub enum BillingMode {
 /// A Firestore database prepared by the operator.
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-validations" = [
+    {"rule": "!has(self.emulator) || !self.emulator || has(self.endpoint)", "message": "spec.firestore.emulator needs spec.firestore.endpoint (the emulator's host:port)"},
+    {"rule": "(has(self.emulator) && self.emulator) || !has(self.endpoint) || self.endpoint.startsWith('https://')", "message": "spec.firestore.endpoint must be https:// unless spec.firestore.emulator is true"}
+]))]
 pub struct FirestoreSpec {
     /// Google Cloud project id.
     #[schemars(length(min = 1))]
@@ -416,9 +420,12 @@ pub struct FirestoreSpec {
     /// Firestore database id.
     #[serde(default = "default_firestore_database")]
     pub database_id: String,
-    /// Endpoint override, e.g. the emulator's host:port; Google's endpoint when unset.
+    /// Endpoint override: an https:// URL (a private or regional endpoint), or with emulator true the emulator's host:port or http:// URL; Google's endpoint when unset.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub endpoint: Option<String>,
+    /// The endpoint is a Firestore emulator (development and tests only): the operator and the gateway send the emulator's owner token instead of Google credentials, and an Admin API the emulator does not serve is a note on Ready ("indexes and TTL not verified") instead of Degraded. Needs endpoint. When false, an Admin API that cannot be reached or cannot verify the indexes makes the store Degraded.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub emulator: bool,
     /// Secret with a service-account key under key.json; workload identity when unset.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub credentials_secret_ref: Option<SecretRef>,

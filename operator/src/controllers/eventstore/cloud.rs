@@ -816,6 +816,7 @@ mod tests {
             project_id: "p".into(),
             database_id: "(default)".into(),
             endpoint: endpoint.map(str::to_string),
+            emulator: endpoint.is_some_and(|e| !e.starts_with("https://")),
             ..Default::default()
         };
         let emu = firestore::plan("shop", "orders", &spec(Some("127.0.0.1:8080"))).unwrap();

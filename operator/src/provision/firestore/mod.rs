@@ -9,12 +9,12 @@
 //! tenant gets a database of its own ([`silo_database_name`], [`silo::SiloProvisioner`]) that
 //! this same provisioner prepares, with the same layout.
 //!
-//! **Emulator rule.** An endpoint without `https://` (`host:port` as in
-//! `FIRESTORE_EMULATOR_HOST`, or `http://...`) is an emulator: the provisioner sends the
+//! **Emulator rule.** Only `spec.firestore.emulator: true` makes an endpoint an emulator
+//! (`host:port` as in `FIRESTORE_EMULATOR_HOST`, or `http://...`): the provisioner sends the
 //! emulator's `owner` token and, when the Admin API answers "not served" (the gcloud emulator's
 //! plain-text 404, or 501 / `UNIMPLEMENTED`), reports "admin API unavailable at <endpoint>:
-//! indexes and TTL not verified" as a note that does not block Ready. The same answer from an
-//! `https://` endpoint is a Degraded `FeatureUnsupported` condition.
+//! indexes and TTL not verified" as a note that does not block Ready. Any other endpoint must be
+//! `https://`, and the same answer from it is a Degraded `FeatureUnsupported` condition.
 //!
 //! It must never read Kubernetes objects, and never log or return a token.
 
@@ -62,13 +62,23 @@ pub struct Plan {
     pub owner: (String, String),
 }
 
-/// Base URL and emulator flag of `spec.firestore.endpoint`.
-pub fn endpoint(spec: Option<&str>) -> (String, bool) {
-    match spec.map(str::trim).filter(|s| !s.is_empty()) {
-        None => (FIRESTORE_ENDPOINT.to_string(), false),
-        Some(e) if e.starts_with("https://") => (e.trim_end_matches('/').to_string(), false),
-        Some(e) if e.starts_with("http://") => (e.trim_end_matches('/').to_string(), true),
-        Some(e) => (format!("http://{}", e.trim_end_matches('/')), true),
+/// Base URL of `spec.firestore.endpoint` (`emulator`: `spec.firestore.emulator`). Pure.
+pub fn endpoint(spec: Option<&str>, emulator: bool) -> Result<String, ProvisionError> {
+    match (spec.map(str::trim).filter(|s| !s.is_empty()), emulator) {
+        (None, false) => Ok(FIRESTORE_ENDPOINT.to_string()),
+        (None, true) => Err(ProvisionError::InvalidSpec(
+            "spec.firestore.emulator needs spec.firestore.endpoint (the emulator's host:port)"
+                .to_string(),
+        )),
+        (Some(e), false) if e.starts_with("https://") => Ok(e.trim_end_matches('/').to_string()),
+        (Some(e), false) => Err(ProvisionError::InvalidSpec(format!(
+            "spec.firestore.endpoint {e} is not https://; set spec.firestore.emulator: true for \
+             an emulator"
+        ))),
+        (Some(e), true) if e.starts_with("http://") || e.starts_with("https://") => {
+            Ok(e.trim_end_matches('/').to_string())
+        }
+        (Some(e), true) => Ok(format!("http://{}", e.trim_end_matches('/'))),
     }
 }
 
@@ -89,12 +99,12 @@ pub fn plan(namespace: &str, name: &str, spec: &FirestoreSpec) -> Result<Plan, P
             )))
         }
     };
-    let (endpoint, emulator) = endpoint(spec.endpoint.as_deref());
+    let endpoint = endpoint(spec.endpoint.as_deref(), spec.emulator)?;
     Ok(Plan {
         project: spec.project_id.clone(),
         database: spec.database_id.clone(),
         endpoint,
-        emulator,
+        emulator: spec.emulator,
         ttl,
         marker: data::marker_id(namespace, name),
         owner: (namespace.to_string(), name.to_string()),
@@ -649,6 +659,8 @@ mod tests {
             project_id: "proj".into(),
             database_id: "(default)".into(),
             endpoint: endpoint.map(str::to_string),
+            // An endpoint that is not https:// is the emulator in these tests.
+            emulator: endpoint.is_some_and(|e| !e.starts_with("https://")),
             credentials_secret_ref: None,
             ttl_field: ttl.map(str::to_string),
         }
@@ -656,22 +668,34 @@ mod tests {
 
     #[test]
     fn endpoint_rule() {
+        let ok = |e: Result<String, ProvisionError>| e.unwrap();
         assert_eq!(
-            endpoint(None),
-            ("https://firestore.googleapis.com".to_string(), false)
+            ok(endpoint(None, false)),
+            "https://firestore.googleapis.com"
         );
         assert_eq!(
-            endpoint(Some("127.0.0.1:8080")),
-            ("http://127.0.0.1:8080".to_string(), true)
+            ok(endpoint(Some("127.0.0.1:8080"), true)),
+            "http://127.0.0.1:8080"
         );
         assert_eq!(
-            endpoint(Some("http://emu:8080/")),
-            ("http://emu:8080".to_string(), true)
+            ok(endpoint(Some("http://emu:8080/"), true)),
+            "http://emu:8080"
         );
         assert_eq!(
-            endpoint(Some("https://firestore.example")),
-            ("https://firestore.example".to_string(), false)
+            ok(endpoint(Some("https://firestore.example"), false)),
+            "https://firestore.example"
         );
+        // No emulator by accident: a plain endpoint without the flag is a spec error.
+        for e in ["127.0.0.1:8080", "http://emu:8080"] {
+            assert!(matches!(
+                endpoint(Some(e), false),
+                Err(ProvisionError::InvalidSpec(_))
+            ));
+        }
+        assert!(matches!(
+            endpoint(None, true),
+            Err(ProvisionError::InvalidSpec(_))
+        ));
         assert_eq!(emulator_host("http://127.0.0.1:8080"), "127.0.0.1:8080");
     }
 

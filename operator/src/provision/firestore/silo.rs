@@ -204,6 +204,7 @@ mod tests {
             project_id: "proj".into(),
             database_id: "events-eu".into(),
             endpoint: Some("https://firestore.example".into()),
+            emulator: false,
             credentials_secret_ref: None,
             ttl_field: Some("expires_at".into()),
         };
