@@ -45,6 +45,15 @@ pub enum StoreError {
     /// The store refuses writes after an unrecoverable I/O failure (e.g. failed fsync).
     #[error("store is read-only after an I/O failure: {0}")]
     Poisoned(String),
+    /// The tenant id was purged and re-created since the caller looked (its positions started
+    /// again): an operation meant for the old incarnation must not touch the new one's data.
+    #[error("tenant incarnation changed: expected {expected}, the tenant is at {current}")]
+    IncarnationChanged {
+        /// The incarnation the caller acted for.
+        expected: u64,
+        /// The tenant's incarnation now.
+        current: u64,
+    },
     /// Any other internal failure.
     #[error("internal error: {0}")]
     Internal(String),
@@ -71,6 +80,7 @@ impl StoreError {
             Self::Unsupported(_) => "unsupported",
             Self::Unavailable(_) => "unavailable",
             Self::Poisoned(_) => "read_only",
+            Self::IncarnationChanged { .. } => "incarnation_changed",
             Self::Internal(_) => "internal",
         }
     }
@@ -87,6 +97,7 @@ impl StoreError {
             Self::Unsupported(_) => 501,
             Self::Unavailable(_) => 503,
             Self::Poisoned(_) => 503,
+            Self::IncarnationChanged { .. } => 409,
             Self::Internal(_) => 500,
         }
     }

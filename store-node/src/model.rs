@@ -261,6 +261,11 @@ pub struct TenantStats {
     pub bytes: u64,
     /// Next position to be assigned.
     pub next_position: u64,
+    /// Incarnation of the tenant id: 0 at first, one more each time the tenant is purged (its
+    /// positions then start again at 0). Backends that never purge report 0. The archiver keys
+    /// its manifests by it, so a re-created tenant never inherits an old watermark.
+    #[serde(default)]
+    pub incarnation: u64,
 }
 
 /// What a backend supports; reported in EventStore status and checked by the conformance suite.

@@ -13,12 +13,13 @@ use arrow_array::types::UInt64Type;
 use bytes::Bytes;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use store_node::archive::archiver::sha256_hex;
+use store_node::archive::lease::Lease;
 use store_node::archive::lifecycle::{self, LifecycleSpec, Tier};
 use store_node::archive::manifest::{self, TenantManifest};
-use store_node::archive::objstore::{GcsAuth, GcsStore, S3Store};
+use store_node::archive::objstore::{GcsAuth, GcsStore, PutCondition, S3Store, Versioned};
 use store_node::archive::{
-    self, ArchiveAwareStore, ArchiveError, ArchivePlan, ArchiveReader, CrashPoint, Destination,
-    FaultAction, ObjectStore,
+    self, ArchiveAwareStore, ArchiveError, ArchivePlan, ArchiveReader, ArchiveScope, CrashPoint,
+    Destination, FaultAction, ObjectStore,
 };
 use store_node::backend::memory::MemoryStore;
 use store_node::{
@@ -27,6 +28,22 @@ use store_node::{
 
 fn tenant(s: &str) -> TenantId {
     TenantId::new(s).unwrap()
+}
+
+/// Store uid of the archives these tests write (the operator passes the EventStore's uid).
+const STORE: &str = "store-uid-1";
+
+/// The archive scope of a tenant of [`STORE`] at incarnation 0.
+fn scope(t: &TenantId) -> ArchiveScope {
+    ArchiveScope::new(t.clone(), STORE, 0).unwrap()
+}
+
+/// How long the tests' archiver lease lasts (a crashed run holds it this long).
+const TEST_LEASE: Duration = Duration::from_secs(1);
+
+/// Waits until a crashed run's lease has lapsed.
+async fn lease_lapses() {
+    tokio::time::sleep(TEST_LEASE + Duration::from_millis(200)).await;
 }
 
 const TIERS: [&str; 3] = ["gold", "silver", "bronze"];
@@ -86,8 +103,11 @@ async fn read_all(store: &dyn EventStore, t: &TenantId, from: u64) -> Vec<Record
 
 /// A plan that treats everything appended so far as cold.
 fn cold_plan(t: &TenantId) -> ArchivePlan {
-    let mut plan = ArchivePlan::new(vec![t.clone()], Duration::from_secs(3600));
+    let mut plan = ArchivePlan::new(STORE, vec![t.clone()], Duration::from_secs(3600));
     plan.now_ms = Some(chrono::Utc::now().timestamp_millis() + 2 * 3_600_000);
+    // Garbage of a crashed run is collected at once (no run of these tests is still uploading).
+    plan.gc_grace = Duration::ZERO;
+    plan.lease_ttl = TEST_LEASE;
     plan.file_bounds.max_rows = 400;
     plan.read_page = 250;
     plan
@@ -168,7 +188,9 @@ async fn assert_archive_exactly(
     assert_eq!(rows.len(), want.len(), "archived row count");
     assert!(rows == want, "archived rows differ from the events");
 
-    let m = manifest::load_tenant(objects, dest, t).await.unwrap();
+    let m = manifest::load_tenant(objects, dest, &scope(t))
+        .await
+        .unwrap();
     let listed: Vec<_> = m.files.iter().map(|f| dest.key(&f.key)).collect();
     let present: Vec<_> = files.iter().map(|(k, _)| k.clone()).collect();
     assert_eq!(listed, present, "objects == committed manifest files");
@@ -202,7 +224,9 @@ async fn archive_trim_and_read_back(objects: Arc<dyn ObjectStore>, url: &str) {
     assert_eq!(report.tenants[0].watermark, 1_000);
     let m = assert_archive_exactly(objects.as_ref(), &dest, &acme, &events).await;
     assert_eq!(m.files.len(), 3, "400-row files: 400 + 400 + 200");
-    assert!(m.files[0].key.starts_with("tenant=acme/date="));
+    assert!(m.files[0]
+        .key
+        .starts_with("tenant=acme/store=store-uid-1/incarnation=0/date="));
     let run_key = dest.key(&manifest::run_manifest_key(&report.run_id));
     let run: serde_json::Value =
         serde_json::from_slice(&objects.get(&run_key).await.unwrap()).unwrap();
@@ -227,7 +251,7 @@ async fn archive_trim_and_read_back(objects: Arc<dyn ObjectStore>, url: &str) {
     // Reads through the archive: everything, in order, exactly once.
     let aware = ArchiveAwareStore::new(
         store.clone(),
-        ArchiveReader::new(objects.clone(), dest.clone()),
+        ArchiveReader::new(objects.clone(), dest.clone(), STORE).unwrap(),
     );
     let all: Vec<_> = events.iter().chain(&newer).cloned().collect();
     assert_eq!(read_all(&aware, &acme, 0).await, all);
@@ -341,14 +365,21 @@ async fn s3_crash_at_each_step_then_rerun_in_process() {
         assert!(matches!(err, ArchiveError::InjectedStop(_)), "{err}");
         // Nothing is trimmed before the commit, nor by the crashed run at all.
         assert_eq!(store.stats(&t).await.unwrap().events, 500, "{point:?}");
-        let m = manifest::load_tenant(objects.as_ref(), &dest, &t)
+        let m = manifest::load_tenant(objects.as_ref(), &dest, &scope(&t))
             .await
             .unwrap();
         let committed = point == CrashPoint::Watermark;
         assert_eq!(m.watermark, if committed { 500 } else { 0 }, "{point:?}");
 
-        // More events arrive before the rerun, so uncommitted file names change.
+        // More events arrive before the rerun, so uncommitted file names change. The crashed
+        // run still holds the lease: a rerun before it lapses is refused.
         events.extend(fill(&store, &t, 123).await);
+        let early = archive::run(&store, objects.as_ref(), &dest, &cold_plan(&t)).await;
+        assert!(
+            matches!(early, Err(ArchiveError::LeaseHeld { .. })),
+            "{point:?}: a rerun while the crashed run's lease holds: {early:?}"
+        );
+        lease_lapses().await;
         let report = archive::run(&store, objects.as_ref(), &dest, &cold_plan(&t))
             .await
             .unwrap();
@@ -376,7 +407,7 @@ async fn s3_corrupted_upload_is_not_committed() {
     assert!(err.contains("verification failed"), "{err}");
     assert_eq!(store.stats(&t).await.unwrap().events, 50);
     assert_eq!(
-        manifest::load_tenant(objects.as_ref(), &dest, &t)
+        manifest::load_tenant(objects.as_ref(), &dest, &scope(&t))
             .await
             .unwrap()
             .watermark,
@@ -416,6 +447,17 @@ impl ObjectStore for Corrupting {
     }
     async fn delete(&self, key: &str) -> archive::ArchiveResult<()> {
         self.0.delete(key).await
+    }
+    async fn get_versioned(&self, key: &str) -> archive::ArchiveResult<Option<Versioned>> {
+        self.0.get_versioned(key).await
+    }
+    async fn put_if(
+        &self,
+        key: &str,
+        body: Bytes,
+        cond: &PutCondition,
+    ) -> archive::ArchiveResult<Option<String>> {
+        self.0.put_if(key, body, cond).await
     }
     fn bucket(&self) -> &str {
         self.0.bucket()
@@ -581,6 +623,14 @@ fn run_archive_binary(
         .args(["--destination", dest, "--hot-retention", "0s"])
         .args(["--endpoint", env.s3_endpoint(), "--force-path-style"])
         .args(["--max-rows-per-file", "100"])
+        .args([
+            "--store-uid",
+            STORE,
+            "--gc-grace",
+            "0s",
+            "--lease-ttl",
+            "1s",
+        ])
         .env("AWS_ACCESS_KEY_ID", env.s3_access_key())
         .env("AWS_SECRET_ACCESS_KEY", env.s3_secret_key())
         .env("AWS_REGION", "us-east-1")
@@ -613,7 +663,7 @@ async fn s3_binary_crash_at_each_step_then_rerun() {
             Some(6),
             "{point}: not aborted: {stderr}"
         );
-        let m = manifest::load_tenant(objects.as_ref(), &dest, &t)
+        let m = manifest::load_tenant(objects.as_ref(), &dest, &scope(&t))
             .await
             .unwrap();
         assert_eq!(
@@ -633,6 +683,7 @@ async fn s3_binary_crash_at_each_step_then_rerun() {
         engine.close().unwrap();
         drop(engine);
 
+        lease_lapses().await;
         let out = run_archive_binary(env, dir.path(), &url, None);
         assert!(
             out.status.success(),
@@ -807,6 +858,7 @@ async fn s3_binary_archives_from_http_store_node() {
         .arg(tmp.path().join("tokens"))
         .args(["--destination", &url, "--hot-retention", "0s"])
         .args(["--endpoint", env.s3_endpoint(), "--force-path-style"])
+        .args(["--store-uid", STORE])
         .env("AWS_ACCESS_KEY_ID", env.s3_access_key())
         .env("AWS_SECRET_ACCESS_KEY", env.s3_secret_key())
         .env("AWS_REGION", "us-east-1")
@@ -831,7 +883,7 @@ async fn s3_binary_archives_from_http_store_node() {
         serde_json::from_slice::<serde_json::Value>(archived_payload).unwrap(),
         serde_json::from_slice::<serde_json::Value>(&payload(5)).unwrap()
     );
-    let m = manifest::load_tenant(objects.as_ref(), &dest, &tenant("acme"))
+    let m = manifest::load_tenant(objects.as_ref(), &dest, &scope(&tenant("acme")))
         .await
         .unwrap();
     assert_eq!(m.watermark, 120);
@@ -870,7 +922,7 @@ async fn early_failure_leaves_its_reason_in_the_report_file() {
         .arg("--tokens-dir")
         .arg(tmp.path().join("tokens"))
         .args(["--destination", "s3://no-such-bucket-for-this-test/x"])
-        .args(["--hot-retention", "0s"])
+        .args(["--hot-retention", "0s", "--store-uid", STORE])
         .args(["--endpoint", env.s3_endpoint(), "--force-path-style"])
         .arg("--report-file")
         .arg(&report)
@@ -890,4 +942,246 @@ async fn early_failure_leaves_its_reason_in_the_report_file() {
         "report file: {text:?}"
     );
     assert!(text.len() < 4096, "termination messages are cut at 4 KiB");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Whose archive is whose: tenant incarnations, stores sharing a prefix, concurrent archivers.
+
+/// A tenant archived, purged and created again (same id, positions from 0 again) keeps its new,
+/// unarchived events: the old incarnation's watermark is not its own.
+async fn purged_and_recreated_tenant_keeps_unarchived_events(
+    objects: Arc<dyn ObjectStore>,
+    url: &str,
+) {
+    let dest = Destination::parse(url).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let engine = open_engine(dir.path());
+    let t = tenant("acme");
+    let old = fill(&engine, &t, 200).await;
+    let report = archive::run(&engine, objects.as_ref(), &dest, &cold_plan(&t))
+        .await
+        .unwrap();
+    assert!(report.ok(), "{report:?}");
+    assert_eq!(report.tenants[0].watermark, 200);
+
+    engine.purge_tenant(&t).await.unwrap();
+    let new = fill(&engine, &t, 120).await;
+    assert_eq!(
+        new[0].position, 0,
+        "a re-created tenant starts at position 0"
+    );
+    assert_eq!(engine.stats(&t).await.unwrap().incarnation, 1);
+
+    // The new events are young (inside the 1 h hot window): nothing of them may go.
+    let mut plan = cold_plan(&t);
+    plan.now_ms = None;
+    let report = archive::run(&engine, objects.as_ref(), &dest, &plan)
+        .await
+        .unwrap();
+    assert!(report.ok(), "{report:?}");
+    let left = read_all(&engine, &t, 0).await;
+    assert_eq!(
+        left.len(),
+        new.len(),
+        "unarchived events of the new incarnation were trimmed"
+    );
+    assert_eq!(left, new);
+
+    // The old incarnation's archive is whole; the new one archives into its own manifest.
+    let m0 = manifest::load_tenant(objects.as_ref(), &dest, &scope(&t))
+        .await
+        .unwrap();
+    assert_eq!((m0.watermark, m0.events()), (200, old.len() as u64));
+    let report = archive::run(&engine, objects.as_ref(), &dest, &cold_plan(&t))
+        .await
+        .unwrap();
+    assert!(report.ok(), "{report:?}");
+    assert_eq!(report.tenants[0].incarnation, 1);
+    assert_eq!(report.tenants[0].watermark, 120);
+    let s1 = ArchiveScope::new(t.clone(), STORE, 1).unwrap();
+    let m1 = manifest::load_tenant(objects.as_ref(), &dest, &s1)
+        .await
+        .unwrap();
+    assert_eq!((m1.watermark, m1.events()), (120, 120));
+    let m0_again = manifest::load_tenant(objects.as_ref(), &dest, &scope(&t))
+        .await
+        .unwrap();
+    assert_eq!(m0_again, m0, "the old incarnation's manifest changed");
+    for f in m0.files.iter().chain(&m1.files) {
+        let data = objects.get(&dest.key(&f.key)).await.unwrap();
+        assert_eq!(sha256_hex(&data), f.sha256, "{}", f.key);
+    }
+    assert!(read_all(&engine, &t, 0).await.is_empty(), "not trimmed");
+    engine.close().unwrap();
+}
+
+#[tokio::test]
+async fn s3_purged_and_recreated_tenant_keeps_unarchived_events() {
+    let Some(env) = require("s3") else { return };
+    let (objects, bucket) = s3_bucket(env).await;
+    purged_and_recreated_tenant_keeps_unarchived_events(objects, &format!("s3://{bucket}/p")).await;
+}
+
+#[tokio::test]
+async fn gcs_purged_and_recreated_tenant_keeps_unarchived_events() {
+    let Some(env) = require("gcs") else { return };
+    let (objects, bucket) = gcs_bucket(env).await;
+    purged_and_recreated_tenant_keeps_unarchived_events(objects, &format!("gs://{bucket}/p")).await;
+}
+
+/// Two stores archiving the same tenant id to one destination prefix: neither trims to, nor
+/// collects the files of, the other's archive.
+async fn two_stores_sharing_a_prefix_keep_their_events(objects: Arc<dyn ObjectStore>, url: &str) {
+    let dest = Destination::parse(url).unwrap();
+    let (a, b) = (MemoryStore::default(), MemoryStore::default());
+    let t = tenant("acme");
+    let a_events = fill(&a, &t, 150).await;
+    let b_events = fill(&b, &t, 100).await;
+    let plan_for = |uid: &str| {
+        let mut p = cold_plan(&t);
+        p.store_uid = uid.into();
+        p
+    };
+    let report = archive::run(&a, objects.as_ref(), &dest, &plan_for("store-a"))
+        .await
+        .unwrap();
+    assert!(report.ok(), "{report:?}");
+    assert_eq!(report.tenants[0].watermark, 150);
+
+    // B's events are young: they stay hot, whatever A's watermark says.
+    let mut young = plan_for("store-b");
+    young.now_ms = None;
+    let report = archive::run(&b, objects.as_ref(), &dest, &young)
+        .await
+        .unwrap();
+    assert!(report.ok(), "{report:?}");
+    let left = read_all(&b, &t, 0).await;
+    assert_eq!(
+        left.len(),
+        b_events.len(),
+        "B lost unarchived events to a watermark it does not own"
+    );
+
+    // B archives later (GC grace 0): both archives are whole and apart.
+    let report = archive::run(&b, objects.as_ref(), &dest, &plan_for("store-b"))
+        .await
+        .unwrap();
+    assert!(report.ok(), "{report:?}");
+    assert_eq!(report.tenants[0].watermark, 100);
+    for (uid, events) in [("store-a", &a_events), ("store-b", &b_events)] {
+        let s = ArchiveScope::new(t.clone(), uid, 0).unwrap();
+        let m = manifest::load_tenant(objects.as_ref(), &dest, &s)
+            .await
+            .unwrap();
+        assert_eq!(m.events(), events.len() as u64, "{uid}");
+        let on_bucket: Vec<String> = objects
+            .list(&dest.key(&s.dir()))
+            .await
+            .unwrap()
+            .into_iter()
+            .filter(|o| o.key.ends_with(".parquet"))
+            .map(|o| o.key)
+            .collect();
+        let listed: Vec<String> = m.files.iter().map(|f| dest.key(&f.key)).collect();
+        assert_eq!(on_bucket, listed, "{uid}: files removed or foreign");
+        let reader = ArchiveReader::new(objects.clone(), dest.clone(), uid).unwrap();
+        let back = reader.read_all(&m, 0, usize::MAX).await.unwrap();
+        assert_eq!(&back, events, "{uid}: archived events differ");
+    }
+}
+
+#[tokio::test]
+async fn s3_two_stores_sharing_a_prefix_keep_their_events() {
+    let Some(env) = require("s3") else { return };
+    let (objects, bucket) = s3_bucket(env).await;
+    two_stores_sharing_a_prefix_keep_their_events(objects, &format!("s3://{bucket}/shared")).await;
+}
+
+#[tokio::test]
+async fn gcs_two_stores_sharing_a_prefix_keep_their_events() {
+    let Some(env) = require("gcs") else { return };
+    let (objects, bucket) = gcs_bucket(env).await;
+    two_stores_sharing_a_prefix_keep_their_events(objects, &format!("gs://{bucket}/shared")).await;
+}
+
+/// A second archiver of a store, started while a first still holds the destination's lease (it
+/// hangs after its upload), is refused and changes nothing; a run whose lease lapsed and was taken
+/// over cannot renew it, so it cannot commit.
+async fn two_archivers_at_once_one_refuses(objects: Arc<dyn ObjectStore>, url: &str) {
+    let dest = Destination::parse(url).unwrap();
+    let store = MemoryStore::default();
+    let t = tenant("acme");
+    fill(&store, &t, 300).await;
+    let mut first = cold_plan(&t);
+    first.lease_ttl = Duration::from_secs(60);
+    first.fault = Some((CrashPoint::Upload, FaultAction::Stop));
+    let err = archive::run(&store, objects.as_ref(), &dest, &first)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, ArchiveError::InjectedStop(_)), "{err}");
+    let uploaded: Vec<String> = objects
+        .list(&dest.key(&scope(&t).dir()))
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|o| o.key)
+        .collect();
+    assert!(!uploaded.is_empty(), "the first run uploaded nothing");
+
+    let second = archive::run(&store, objects.as_ref(), &dest, &cold_plan(&t)).await;
+    match &second {
+        Err(ArchiveError::LeaseHeld { holder, .. }) => assert!(!holder.is_empty()),
+        other => panic!("both archivers ran at once: the second got {other:?}"),
+    }
+    assert_eq!(store.stats(&t).await.unwrap().events, 300, "trimmed");
+    let still: Vec<String> = objects
+        .list(&dest.key(&scope(&t).dir()))
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|o| o.key)
+        .collect();
+    assert_eq!(
+        still, uploaded,
+        "the refused run touched the first run's files"
+    );
+
+    // Fencing: a lease that lapsed and was taken over cannot be renewed.
+    let mut stale = Lease::acquire(objects.as_ref(), &dest, "store-x", "run-1", TEST_LEASE)
+        .await
+        .unwrap();
+    lease_lapses().await;
+    let _taken = Lease::acquire(
+        objects.as_ref(),
+        &dest,
+        "store-x",
+        "run-2",
+        Duration::from_secs(60),
+    )
+    .await
+    .unwrap();
+    let renewed = stale.renew(objects.as_ref()).await;
+    assert!(
+        matches!(renewed, Err(ArchiveError::LeaseLost(_))),
+        "a taken-over lease renewed: {renewed:?}"
+    );
+    let third = Lease::acquire(objects.as_ref(), &dest, "store-x", "run-3", TEST_LEASE).await;
+    assert!(
+        matches!(third, Err(ArchiveError::LeaseHeld { .. })),
+        "an unexpired lease was taken: {third:?}"
+    );
+}
+
+#[tokio::test]
+async fn s3_two_archivers_at_once_one_refuses() {
+    let Some(env) = require("s3") else { return };
+    let (objects, bucket) = s3_bucket(env).await;
+    two_archivers_at_once_one_refuses(objects, &format!("s3://{bucket}/lease")).await;
+}
+
+#[tokio::test]
+async fn gcs_two_archivers_at_once_one_refuses() {
+    let Some(env) = require("gcs") else { return };
+    let (objects, bucket) = gcs_bucket(env).await;
+    two_archivers_at_once_one_refuses(objects, &format!("gs://{bucket}/lease")).await;
 }

@@ -1149,7 +1149,7 @@ async fn dynamodb_forged_index_items_are_ignored() {
             .unwrap()
             .count()
     };
-    store.trim_tenant_before(&victim, 2).await.unwrap();
+    store.trim_tenant_before(&victim, 2, None).await.unwrap();
     assert_eq!(
         forged_left().await,
         151,

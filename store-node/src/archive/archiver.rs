@@ -2,16 +2,23 @@
 //! Parquet files in a bucket, verifies them, commits them in the tenant manifest and only then
 //! trims them from the store.
 //!
-//! Per tenant the steps are: load the committed manifest (watermark W); trim the store below W
-//! (finishes a run that crashed after its commit); delete data files under the tenant's directory
-//! that no committed manifest lists (garbage of a crashed run); read events from W in position
-//! order up to the first one newer than `now - hot_retention`; write them as files named by
-//! their first and last position (a rerun over the same events writes the same keys); read every
-//! file back and check checksum, size, row count and positions; write the new manifest with one
-//! PUT (the commit point); trim the store below the new watermark. A crash anywhere therefore
-//! leaves every event in exactly one committed file or still hot, and never trims unverified
-//! data. One archiver per destination prefix at a time is assumed (the CronJob runs with
-//! `concurrencyPolicy: Forbid`). This module must never trim above a committed watermark.
+//! A run first takes the store's lease in the destination ([`super::lease`]): a second archiver
+//! of the same store fails with `LeaseHeld` instead of racing the first. Then, per tenant: read
+//! the tenant's incarnation from the store; load the committed manifest of this store and
+//! incarnation ([`ArchiveScope`]; watermark W); trim the store below W, only while the tenant is
+//! still at that incarnation (finishes a run that crashed after its commit); delete data files in
+//! the scope's own directory that no committed manifest lists and that are older than the GC
+//! grace (garbage of a crashed run; a run still uploading is younger); read events from W in
+//! position order up to the first one newer than `now - hot_retention`; write them as files
+//! named by their first and last position (a rerun over the same events writes the same keys);
+//! read every file back and check checksum, size, row count and positions; check that the tenant
+//! is still at the same incarnation and renew the lease (a run that lost it stops here); write the
+//! new manifest with one PUT (the commit point); trim the store below the new watermark, again
+//! only for that incarnation. A crash anywhere therefore leaves every event in exactly one
+//! committed file or still hot, and never trims unverified data. Another store sharing the
+//! prefix, or an earlier incarnation of the tenant id, has its own directory and manifest and is
+//! never read, trimmed to or collected. This module must never trim above a committed watermark
+//! of its own scope.
 
 use std::collections::BTreeSet;
 use std::str::FromStr;
@@ -22,7 +29,8 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use super::format;
-use super::manifest::{self, FileEntry, RunManifest, TenantManifest, TenantRunEntry};
+use super::lease::Lease;
+use super::manifest::{self, ArchiveScope, FileEntry, RunManifest, TenantManifest, TenantRunEntry};
 use super::objstore::{Destination, ObjectStore};
 use super::{ArchiveError, ArchiveResult};
 use crate::backend::EventStore;
@@ -79,9 +87,17 @@ pub enum FaultAction {
     Stop,
 }
 
+/// Default of [`ArchivePlan::gc_grace`].
+pub const DEFAULT_GC_GRACE: Duration = Duration::from_secs(24 * 3600);
+/// Default of [`ArchivePlan::lease_ttl`].
+pub const DEFAULT_LEASE_TTL: Duration = Duration::from_secs(300);
+
 /// What to archive and how.
 #[derive(Debug, Clone)]
 pub struct ArchivePlan {
+    /// Uid of the store the events come from (the EventStore's `metadata.uid`); the archive's
+    /// manifests, files and lease are keyed by it.
+    pub store_uid: String,
     /// Tenants to archive, in order.
     pub tenants: Vec<TenantId>,
     /// Events younger than this stay hot.
@@ -96,14 +112,21 @@ pub struct ArchivePlan {
     pub max_events_per_tenant: Option<u64>,
     /// Trim the store after commit (false: copy only).
     pub trim: bool,
+    /// An uncommitted data file is deleted only when older than this (a run still uploading
+    /// it is younger).
+    pub gc_grace: Duration,
+    /// How long the store's lease lasts unless renewed (renewed between files and before each
+    /// commit).
+    pub lease_ttl: Duration,
     /// Fault-injection hook.
     pub fault: Option<(CrashPoint, FaultAction)>,
 }
 
 impl ArchivePlan {
-    /// A plan with defaults for the given tenants and hot retention.
-    pub fn new(tenants: Vec<TenantId>, hot_retention: Duration) -> Self {
+    /// A plan with defaults for the given store, tenants and hot retention.
+    pub fn new(store_uid: &str, tenants: Vec<TenantId>, hot_retention: Duration) -> Self {
         Self {
+            store_uid: store_uid.to_string(),
             tenants,
             hot_retention,
             now_ms: None,
@@ -111,6 +134,8 @@ impl ArchivePlan {
             read_page: 1_000,
             max_events_per_tenant: None,
             trim: true,
+            gc_grace: DEFAULT_GC_GRACE,
+            lease_ttl: DEFAULT_LEASE_TTL,
             fault: None,
         }
     }
@@ -201,7 +226,9 @@ fn fire(plan: &ArchivePlan, at: CrashPoint) -> ArchiveResult<()> {
 }
 
 /// Archives every tenant of the plan; a failing tenant is reported and the others still run.
-/// Returns `Err` only for a fault-injection stop or when the run manifest cannot be written.
+/// Returns `Err` for an invalid store uid, when another run holds the lease, for a
+/// fault-injection stop or when the run manifest cannot be written. A run whose lease was taken
+/// over stops at the tenant where it noticed (reported), committing nothing more.
 pub async fn run(
     store: &dyn EventStore,
     objects: &dyn ObjectStore,
@@ -216,6 +243,8 @@ pub async fn run(
         .unwrap_or_else(|| chrono::Utc::now().timestamp_millis());
     let retention_ms = i64::try_from(plan.hot_retention.as_millis()).unwrap_or(i64::MAX);
     let cutoff_ms = now_ms.saturating_sub(retention_ms);
+    manifest::validate_store_uid(&plan.store_uid)?;
+    let mut lease = Lease::acquire(objects, dest, &plan.store_uid, &run_id, plan.lease_ttl).await?;
     let ctx = RunCtx {
         store,
         objects,
@@ -230,21 +259,29 @@ pub async fn run(
             tenant: tenant.to_string(),
             ..Default::default()
         };
-        match archive_tenant(&ctx, tenant, &mut entry).await {
+        let mut lost = false;
+        match archive_tenant(&ctx, &mut lease, tenant, &mut entry).await {
             Ok(()) => {}
+            // A crash: the lease stays held until it expires.
             Err(e @ ArchiveError::InjectedStop(_)) => return Err(e),
             Err(e) => {
                 tracing::warn!(tenant = %tenant, error = %e, "archiving tenant failed");
+                lost = matches!(e, ArchiveError::LeaseLost(_));
                 entry.error = Some(e.to_string());
             }
         }
         tenants.push(entry);
+        if lost {
+            break;
+        }
     }
+    lease.release(objects).await;
     let events_archived = tenants.iter().flat_map(|t| &t.files).map(|f| f.rows).sum();
     let bytes_archived = tenants.iter().flat_map(|t| &t.files).map(|f| f.bytes).sum();
     let run = RunManifest {
         format: manifest::FORMAT_VERSION,
         run_id: run_id.clone(),
+        store_uid: plan.store_uid.clone(),
         destination: dest.url(),
         started_at,
         finished_at: now_rfc3339(),
@@ -272,11 +309,16 @@ struct RunCtx<'a> {
     cutoff_ms: i64,
 }
 
-async fn trim(ctx: &RunCtx<'_>, tenant: &TenantId, before: u64) -> ArchiveResult<u64> {
+/// Trims the scope's tenant below `before`, only while it is at the scope's incarnation.
+async fn trim(ctx: &RunCtx<'_>, scope: &ArchiveScope, before: u64) -> ArchiveResult<u64> {
     if !ctx.plan.trim || before == 0 {
         return Ok(0);
     }
-    match ctx.store.trim_tenant_before(tenant, before).await {
+    match ctx
+        .store
+        .trim_tenant_before(&scope.tenant, before, Some(scope.incarnation))
+        .await
+    {
         Ok(n) => Ok(n),
         // A backend without trim keeps its copy; the archive is still complete.
         Err(StoreError::Unsupported(_)) => Ok(0),
@@ -284,19 +326,35 @@ async fn trim(ctx: &RunCtx<'_>, tenant: &TenantId, before: u64) -> ArchiveResult
     }
 }
 
+/// The tenant's incarnation on the store (0 for a store that cannot tell).
+async fn incarnation(ctx: &RunCtx<'_>, tenant: &TenantId) -> ArchiveResult<u64> {
+    match ctx.store.stats(tenant).await {
+        Ok(s) => Ok(s.incarnation),
+        Err(StoreError::Unsupported(_)) => Ok(0),
+        Err(e) => Err(e.into()),
+    }
+}
+
 async fn archive_tenant(
     ctx: &RunCtx<'_>,
+    lease: &mut Lease,
     tenant: &TenantId,
     entry: &mut TenantRunEntry,
 ) -> ArchiveResult<()> {
-    let committed = manifest::load_tenant(ctx.objects, ctx.dest, tenant).await?;
+    let scope = ArchiveScope::new(
+        tenant.clone(),
+        &ctx.plan.store_uid,
+        incarnation(ctx, tenant).await?,
+    )?;
+    entry.incarnation = scope.incarnation;
+    let committed = manifest::load_tenant(ctx.objects, ctx.dest, &scope).await?;
     entry.previous_watermark = committed.watermark;
     entry.watermark = committed.watermark;
     // Finish the trim of a run that crashed after its commit: the data is verified and listed.
-    entry.trimmed += trim(ctx, tenant, committed.watermark).await?;
-    remove_garbage(ctx, tenant, &committed).await?;
+    entry.trimmed += trim(ctx, &scope, committed.watermark).await?;
+    remove_garbage(ctx, &scope, &committed).await?;
 
-    let new_files = upload_cold_events(ctx, tenant, committed.watermark).await?;
+    let new_files = upload_cold_events(ctx, lease, &scope, committed.watermark).await?;
     if new_files.is_empty() {
         return Ok(());
     }
@@ -304,6 +362,18 @@ async fn archive_tenant(
 
     verify(ctx, tenant, committed.watermark, &new_files).await?;
     fire(ctx.plan, CrashPoint::Verify)?;
+
+    // The events must still be those of this incarnation (a purge in between restarted the
+    // positions), and this run must still hold the lease: else commit nothing.
+    let current = incarnation(ctx, tenant).await?;
+    if current != scope.incarnation {
+        return Err(StoreError::IncarnationChanged {
+            expected: scope.incarnation,
+            current,
+        }
+        .into());
+    }
+    lease.renew(ctx.objects).await?;
 
     let watermark = new_files
         .last()
@@ -318,14 +388,15 @@ async fn archive_tenant(
     entry.files = new_files;
     fire(ctx.plan, CrashPoint::Watermark)?;
 
-    entry.trimmed += trim(ctx, tenant, watermark).await?;
+    entry.trimmed += trim(ctx, &scope, watermark).await?;
     Ok(())
 }
 
-/// Deletes `.parquet` objects of the tenant that the committed manifest does not list.
+/// Deletes `.parquet` objects in the scope's own directory that the committed manifest does not
+/// list and that are older than the GC grace; an object without a modification time is kept.
 async fn remove_garbage(
     ctx: &RunCtx<'_>,
-    tenant: &TenantId,
+    scope: &ArchiveScope,
     committed: &TenantManifest,
 ) -> ArchiveResult<()> {
     let listed: BTreeSet<String> = committed
@@ -333,11 +404,21 @@ async fn remove_garbage(
         .iter()
         .map(|f| ctx.dest.key(&f.key))
         .collect();
-    let dir = ctx.dest.key(&format::tenant_dir(tenant));
+    let grace_ms = i64::try_from(ctx.plan.gc_grace.as_millis()).unwrap_or(i64::MAX);
+    let older_than = chrono::Utc::now()
+        .timestamp_millis()
+        .saturating_sub(grace_ms);
+    let dir = ctx.dest.key(&scope.dir());
     for obj in ctx.objects.list(&dir).await? {
-        if obj.key.ends_with(".parquet") && !listed.contains(&obj.key) {
-            tracing::info!(key = %obj.key, "removing uncommitted archive file");
-            ctx.objects.delete(&obj.key).await?;
+        if !obj.key.ends_with(".parquet") || listed.contains(&obj.key) {
+            continue;
+        }
+        match obj.modified_ms {
+            Some(m) if m <= older_than => {
+                tracing::info!(key = %obj.key, "removing uncommitted archive file");
+                ctx.objects.delete(&obj.key).await?;
+            }
+            _ => tracing::debug!(key = %obj.key, "uncommitted archive file kept (within grace)"),
         }
     }
     Ok(())
@@ -346,9 +427,11 @@ async fn remove_garbage(
 /// Reads cold events from `from` and uploads them as files; returns their entries.
 async fn upload_cold_events(
     ctx: &RunCtx<'_>,
-    tenant: &TenantId,
+    lease: &mut Lease,
+    scope: &ArchiveScope,
     from: u64,
 ) -> ArchiveResult<Vec<FileEntry>> {
+    let tenant = &scope.tenant;
     let plan = ctx.plan;
     let bounds = plan.file_bounds;
     let limit = plan.max_events_per_tenant.unwrap_or(u64::MAX);
@@ -370,7 +453,8 @@ async fn upload_cold_events(
             }
             if let Some(first) = current.first() {
                 if bounds.starts_new_file(first.timestamp_ms, current.len(), current_bytes, &e) {
-                    files.push(upload_file(ctx, tenant, &current).await?);
+                    lease.keep(ctx.objects).await?;
+                    files.push(upload_file(ctx, scope, &current).await?);
                     current.clear();
                     current_bytes = 0;
                 }
@@ -381,21 +465,22 @@ async fn upload_cold_events(
         }
     }
     if !current.is_empty() {
-        files.push(upload_file(ctx, tenant, &current).await?);
+        lease.keep(ctx.objects).await?;
+        files.push(upload_file(ctx, scope, &current).await?);
     }
     Ok(files)
 }
 
 async fn upload_file(
     ctx: &RunCtx<'_>,
-    tenant: &TenantId,
+    scope: &ArchiveScope,
     events: &[RecordedEvent],
 ) -> ArchiveResult<FileEntry> {
     let (Some(first), Some(last)) = (events.first(), events.last()) else {
         return Err(ArchiveError::Parquet("empty file".into()));
     };
     let date = format::utc_date(first.timestamp_ms);
-    let key = format::part_key(tenant, &date, first.position, last.position);
+    let key = format::part_key(scope, &date, first.position, last.position);
     let data = format::encode(events)?;
     let entry = FileEntry {
         key: key.clone(),

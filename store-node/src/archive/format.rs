@@ -22,6 +22,7 @@ use parquet::arrow::ArrowWriter;
 use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::properties::WriterProperties;
 
+use super::manifest::ArchiveScope;
 use super::{ArchiveError, ArchiveResult};
 use crate::model::{RecordedEvent, StreamId, TenantId};
 
@@ -167,15 +168,14 @@ pub fn utc_date(timestamp_ms: i64) -> String {
         .unwrap_or_else(|| "1970-01-01".to_string())
 }
 
-/// Key (relative to the destination prefix) of the directory of a tenant.
-pub fn tenant_dir(tenant: &TenantId) -> String {
-    format!("tenant={tenant}/")
-}
-
-/// Key (relative) of a data file: `tenant=<t>/date=<d>/part-<first>-<last>.parquet`, positions
+/// Key (relative) of a data file:
+/// `tenant=<t>/store=<uid>/incarnation=<n>/date=<d>/part-<first>-<last>.parquet`, positions
 /// zero-padded to 20 digits so keys sort in position order.
-pub fn part_key(tenant: &TenantId, date: &str, first: u64, last: u64) -> String {
-    format!("tenant={tenant}/date={date}/part-{first:020}-{last:020}.parquet")
+pub fn part_key(scope: &ArchiveScope, date: &str, first: u64, last: u64) -> String {
+    format!(
+        "{}date={date}/part-{first:020}-{last:020}.parquet",
+        scope.dir()
+    )
 }
 
 /// How large one archive file may grow. Files never span UTC dates, nor exceed `max_rows` rows
@@ -272,9 +272,11 @@ mod tests {
     #[test]
     fn names_and_splits() {
         let t = TenantId::new("acme").unwrap();
+        let scope = ArchiveScope::new(t, "uid-1", 0).unwrap();
         assert_eq!(
-            part_key(&t, "2026-11-24", 5, 17),
-            "tenant=acme/date=2026-11-24/part-00000000000000000005-00000000000000000017.parquet"
+            part_key(&scope, "2026-11-24", 5, 17),
+            "tenant=acme/store=uid-1/incarnation=0/date=2026-11-24/\
+             part-00000000000000000005-00000000000000000017.parquet"
         );
         assert_eq!(utc_date(0), "1970-01-01");
         let day = 86_400_000;

@@ -66,6 +66,8 @@ struct StatsWire {
     bytes: u64,
     #[serde(default)]
     next_position: u64,
+    #[serde(default)]
+    incarnation: u64,
 }
 
 #[derive(Deserialize)]
@@ -270,9 +272,14 @@ impl EventStore for HttpSource {
         unsupported("truncate_before")
     }
 
-    async fn trim_tenant_before(&self, tenant: &TenantId, before: u64) -> StoreResult<u64> {
+    async fn trim_tenant_before(
+        &self,
+        tenant: &TenantId,
+        before: u64,
+        incarnation: Option<u64>,
+    ) -> StoreResult<u64> {
         let url = self.url("v1/trim")?;
-        let body = serde_json::json!({ "before": before });
+        let body = serde_json::json!({ "before": before, "incarnation": incarnation });
         let out: DroppedWire = self.call(tenant, self.http.post(url).json(&body)).await?;
         Ok(out.dropped)
     }
@@ -286,6 +293,7 @@ impl EventStore for HttpSource {
             streams: s.streams,
             bytes: s.bytes,
             next_position: s.next_position,
+            incarnation: s.incarnation,
         })
     }
 }

@@ -12,12 +12,14 @@
 pub mod archiver;
 pub mod format;
 pub mod http_source;
+pub mod lease;
 pub mod lifecycle;
 pub mod manifest;
 pub mod objstore;
 pub mod reader;
 
 pub use archiver::{run, ArchivePlan, ArchiveReport, CrashPoint, FaultAction, TenantReport};
+pub use manifest::ArchiveScope;
 pub use objstore::{Destination, ObjectStore};
 pub use reader::{ArchiveAwareStore, ArchiveReader};
 
@@ -69,6 +71,20 @@ pub enum ArchiveError {
     /// Lifecycle rules are invalid (e.g. data would expire inside the hot window).
     #[error("invalid lifecycle: {0}")]
     Lifecycle(String),
+    /// Another archiver run of the same store holds the destination's lease.
+    #[error("another archiver run holds the lease {key} (holder {holder}, expires at {expires_at_ms} ms); runs of one store never overlap")]
+    LeaseHeld {
+        /// Object key of the lease.
+        key: String,
+        /// Run id of the holder.
+        holder: String,
+        /// When it lapses unless renewed (ms since the epoch).
+        expires_at_ms: i64,
+    },
+    /// This run's lease was taken over (it expired while the run was paused or slow): the run
+    /// stopped before committing anything.
+    #[error("the lease {0} was taken over by another run; nothing more was committed")]
+    LeaseLost(String),
     /// The fault-injection hook stopped the run at this point (tests only).
     #[error("fault injection: stopped after {0}")]
     InjectedStop(&'static str),

@@ -29,6 +29,27 @@ pub struct ObjectMeta {
     pub key: String,
     /// Size in bytes.
     pub size: u64,
+    /// Last modification time (ms since the epoch), when the provider lists it.
+    pub modified_ms: Option<i64>,
+}
+
+/// An object read together with the version a conditional write can be made against (the S3
+/// ETag or the GCS generation).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Versioned {
+    /// The object's bytes.
+    pub body: Bytes,
+    /// Opaque version of exactly these bytes.
+    pub version: String,
+}
+
+/// The precondition of [`ObjectStore::put_if`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PutCondition {
+    /// Only if no object exists under the key (S3 `If-None-Match: *`, GCS `ifGenerationMatch=0`).
+    Absent,
+    /// Only if the object is still at this version (S3 `If-Match`, GCS `ifGenerationMatch`).
+    Version(String),
 }
 
 /// The operations the archiver needs from a bucket. Keys are full keys inside the bucket.
@@ -45,6 +66,17 @@ pub trait ObjectStore: Send + Sync + 'static {
     async fn list(&self, prefix: &str) -> ArchiveResult<Vec<ObjectMeta>>;
     /// Deletes an object; deleting an absent object is not an error.
     async fn delete(&self, key: &str) -> ArchiveResult<()>;
+    /// Reads an object with its version, or None when absent.
+    async fn get_versioned(&self, key: &str) -> ArchiveResult<Option<Versioned>>;
+    /// Writes an object only if `cond` holds at the server, atomically; returns the new version,
+    /// or `None` when the condition did not hold (another writer got there first). Small objects
+    /// only (no multipart).
+    async fn put_if(
+        &self,
+        key: &str,
+        body: Bytes,
+        cond: &PutCondition,
+    ) -> ArchiveResult<Option<String>>;
     /// The bucket name (for reports and manifests).
     fn bucket(&self) -> &str;
 }
@@ -391,6 +423,7 @@ impl ObjectStore for S3Store {
                     out.push(ObjectMeta {
                         key: key.to_string(),
                         size: o.size().and_then(|s| u64::try_from(s).ok()).unwrap_or(0),
+                        modified_ms: o.last_modified().and_then(|t| t.to_millis().ok()),
                     });
                 }
             }
@@ -412,6 +445,69 @@ impl ObjectStore for S3Store {
             .await
             .map_err(|e| store_err("delete", key, sdk_msg(e)))?;
         Ok(())
+    }
+
+    async fn get_versioned(&self, key: &str) -> ArchiveResult<Option<Versioned>> {
+        let out = match self
+            .client
+            .get_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .send()
+            .await
+        {
+            Ok(o) => o,
+            Err(e) if e.as_service_error().is_some_and(|s| s.is_no_such_key()) => return Ok(None),
+            Err(e) => return Err(store_err("get", key, sdk_msg(e))),
+        };
+        let Some(version) = out.e_tag().map(str::to_string) else {
+            return Err(store_err("get", key, "the answer carries no ETag"));
+        };
+        let body = out
+            .body
+            .collect()
+            .await
+            .map_err(|e| store_err("get", key, e))?
+            .into_bytes();
+        Ok(Some(Versioned { body, version }))
+    }
+
+    async fn put_if(
+        &self,
+        key: &str,
+        body: Bytes,
+        cond: &PutCondition,
+    ) -> ArchiveResult<Option<String>> {
+        let req = self
+            .client
+            .put_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .body(body.into());
+        let req = match cond {
+            PutCondition::Absent => req.if_none_match("*"),
+            PutCondition::Version(etag) => req.if_match(etag),
+        };
+        match req.send().await {
+            Ok(out) => match out.e_tag() {
+                Some(etag) => Ok(Some(etag.to_string())),
+                None => Err(store_err(
+                    "conditional put",
+                    key,
+                    "the answer carries no ETag",
+                )),
+            },
+            // 412 Precondition Failed; 409 ConditionalRequestConflict (a concurrent write won).
+            Err(e)
+                if matches!(
+                    e.raw_response().map(|r| r.status().as_u16()),
+                    Some(412 | 409)
+                ) =>
+            {
+                Ok(None)
+            }
+            Err(e) => Err(store_err("conditional put", key, sdk_msg(e))),
+        }
     }
 
     fn bucket(&self) -> &str {
@@ -461,6 +557,10 @@ struct GcsObject {
     name: String,
     #[serde(default)]
     size: Option<String>,
+    #[serde(default)]
+    updated: Option<String>,
+    #[serde(default)]
+    generation: Option<String>,
 }
 
 #[derive(serde::Deserialize)]
@@ -650,9 +750,15 @@ impl ObjectStore for GcsStore {
                 .json()
                 .await
                 .map_err(|e| store_err("list", prefix, e))?;
-            out.extend(page.items.into_iter().map(|o| ObjectMeta {
-                size: o.size.and_then(|s| s.parse().ok()).unwrap_or(0),
-                key: o.name,
+            out.extend(page.items.into_iter().map(|o| {
+                ObjectMeta {
+                    size: o.size.and_then(|s| s.parse().ok()).unwrap_or(0),
+                    modified_ms: o
+                        .updated
+                        .and_then(|u| chrono::DateTime::parse_from_rfc3339(&u).ok())
+                        .map(|t| t.timestamp_millis()),
+                    key: o.name,
+                }
             }));
             match page.next_page_token {
                 Some(t) if !t.is_empty() => token = Some(t),
@@ -668,6 +774,84 @@ impl ObjectStore for GcsStore {
         match self.send("delete", key, self.http.delete(url)).await {
             Ok(_) | Err(ArchiveError::NotFound(_)) => Ok(()),
             Err(e) => Err(e),
+        }
+    }
+
+    async fn get_versioned(&self, key: &str) -> ArchiveResult<Option<Versioned>> {
+        let mut url = self.url(&["storage", "v1", "b", &self.bucket, "o", key]);
+        url.query_pairs_mut().append_pair("alt", "media");
+        let resp = match self.send("get", key, self.http.get(url)).await {
+            Ok(r) => r,
+            Err(ArchiveError::NotFound(_)) => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        let Some(version) = resp
+            .headers()
+            .get("x-goog-generation")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string)
+        else {
+            return Err(store_err(
+                "get",
+                key,
+                "the answer carries no x-goog-generation",
+            ));
+        };
+        let body = resp.bytes().await.map_err(|e| store_err("get", key, e))?;
+        Ok(Some(Versioned { body, version }))
+    }
+
+    async fn put_if(
+        &self,
+        key: &str,
+        body: Bytes,
+        cond: &PutCondition,
+    ) -> ArchiveResult<Option<String>> {
+        let mut url = self.url(&["upload", "storage", "v1", "b", &self.bucket, "o"]);
+        let generation = match cond {
+            PutCondition::Absent => "0",
+            PutCondition::Version(g) => g.as_str(),
+        };
+        url.query_pairs_mut()
+            .append_pair("uploadType", "media")
+            .append_pair("name", key)
+            .append_pair("ifGenerationMatch", generation);
+        let req = self
+            .http
+            .post(url)
+            .header(reqwest::header::CONTENT_TYPE, "application/octet-stream")
+            .body(body);
+        let req = match self.token().await? {
+            Some(t) => req.bearer_auth(t),
+            None => req,
+        };
+        let resp = req
+            .send()
+            .await
+            .map_err(|e| store_err("conditional put", key, e))?;
+        let status = resp.status();
+        if status == reqwest::StatusCode::PRECONDITION_FAILED {
+            return Ok(None);
+        }
+        if !status.is_success() {
+            let body = resp.text().await.unwrap_or_default();
+            return Err(store_err(
+                "conditional put",
+                key,
+                format!("HTTP {status}: {body}"),
+            ));
+        }
+        let o: GcsObject = resp
+            .json()
+            .await
+            .map_err(|e| store_err("conditional put", key, e))?;
+        match o.generation {
+            Some(g) => Ok(Some(g)),
+            None => Err(store_err(
+                "conditional put",
+                key,
+                "the answer carries no generation",
+            )),
         }
     }
 

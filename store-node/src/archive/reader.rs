@@ -16,7 +16,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use futures::StreamExt;
 
-use super::manifest::{self, TenantManifest};
+use super::manifest::{self, ArchiveScope, TenantManifest};
 use super::objstore::{Destination, ObjectStore};
 use super::{format, ArchiveResult};
 use crate::backend::{EventStore, EventSubscription, StoreResult, SubscriptionTarget};
@@ -26,22 +26,37 @@ use crate::model::{
     Snapshot, StreamId, StreamInfo, TenantId, TenantStats,
 };
 
-/// Reads archived events of a destination.
+/// Reads archived events of one store in a destination.
 #[derive(Clone)]
 pub struct ArchiveReader {
     objects: Arc<dyn ObjectStore>,
     dest: Destination,
+    store_uid: String,
 }
 
 impl ArchiveReader {
-    /// A reader over `dest` through `objects`.
-    pub fn new(objects: Arc<dyn ObjectStore>, dest: Destination) -> Self {
-        Self { objects, dest }
+    /// A reader of the archive of store `store_uid` in `dest` through `objects`.
+    pub fn new(
+        objects: Arc<dyn ObjectStore>,
+        dest: Destination,
+        store_uid: &str,
+    ) -> ArchiveResult<Self> {
+        manifest::validate_store_uid(store_uid)?;
+        Ok(Self {
+            objects,
+            dest,
+            store_uid: store_uid.to_string(),
+        })
     }
 
-    /// The committed manifest of a tenant (empty when never archived).
-    pub async fn manifest(&self, tenant: &TenantId) -> ArchiveResult<TenantManifest> {
-        manifest::load_tenant(self.objects.as_ref(), &self.dest, tenant).await
+    /// The committed manifest of a tenant's incarnation (empty when never archived).
+    pub async fn manifest(
+        &self,
+        tenant: &TenantId,
+        incarnation: u64,
+    ) -> ArchiveResult<TenantManifest> {
+        let scope = ArchiveScope::new(tenant.clone(), &self.store_uid, incarnation)?;
+        manifest::load_tenant(self.objects.as_ref(), &self.dest, &scope).await
     }
 
     async fn file(&self, key: &str) -> ArchiveResult<Vec<RecordedEvent>> {
@@ -107,6 +122,16 @@ impl<S: EventStore> ArchiveAwareStore<S> {
         &self.inner
     }
 
+    /// The committed manifest of the tenant's current incarnation on the wrapped store.
+    async fn manifest(&self, tenant: &TenantId) -> StoreResult<TenantManifest> {
+        let incarnation = match self.inner.stats(tenant).await {
+            Ok(s) => s.incarnation,
+            Err(StoreError::Unsupported(_)) => 0,
+            Err(e) => return Err(e),
+        };
+        Ok(self.reader.manifest(tenant, incarnation).await?)
+    }
+
     async fn read_all_merged(
         &self,
         tenant: &TenantId,
@@ -114,7 +139,7 @@ impl<S: EventStore> ArchiveAwareStore<S> {
         limit: usize,
     ) -> StoreResult<Vec<RecordedEvent>> {
         for _ in 0..WATERMARK_RETRIES {
-            let m = self.reader.manifest(tenant).await?;
+            let m = self.manifest(tenant).await?;
             if from >= m.watermark {
                 return self.inner.read_all(tenant, from, limit).await;
             }
@@ -127,7 +152,7 @@ impl<S: EventStore> ArchiveAwareStore<S> {
                         .await?,
                 );
             }
-            if self.reader.manifest(tenant).await?.watermark == m.watermark {
+            if self.manifest(tenant).await?.watermark == m.watermark {
                 return Ok(out);
             }
         }
@@ -145,7 +170,7 @@ impl<S: EventStore> ArchiveAwareStore<S> {
         limit: usize,
         hot: StoreResult<Vec<RecordedEvent>>,
     ) -> StoreResult<Vec<RecordedEvent>> {
-        let m = self.reader.manifest(tenant).await?;
+        let m = self.manifest(tenant).await?;
         if m.watermark == 0 {
             return hot;
         }
@@ -258,7 +283,7 @@ impl<S: EventStore> EventStore for ArchiveAwareStore<S> {
         let SubscriptionTarget::Tenant = target else {
             return self.inner.subscribe(tenant, target, after).await;
         };
-        let m = self.reader.manifest(tenant).await?;
+        let m = self.manifest(tenant).await?;
         let from = after.map_or(0, |a| a + 1);
         if from >= m.watermark {
             return self.inner.subscribe(tenant, target, after).await;
@@ -312,8 +337,15 @@ impl<S: EventStore> EventStore for ArchiveAwareStore<S> {
         self.inner.truncate_before(tenant, stream, before).await
     }
 
-    async fn trim_tenant_before(&self, tenant: &TenantId, before: u64) -> StoreResult<u64> {
-        self.inner.trim_tenant_before(tenant, before).await
+    async fn trim_tenant_before(
+        &self,
+        tenant: &TenantId,
+        before: u64,
+        incarnation: Option<u64>,
+    ) -> StoreResult<u64> {
+        self.inner
+            .trim_tenant_before(tenant, before, incarnation)
+            .await
     }
 
     async fn stats(&self, tenant: &TenantId) -> StoreResult<TenantStats> {

@@ -435,7 +435,13 @@ impl EventStore for MemoryStore {
         Ok(dropped.len() as u64)
     }
 
-    async fn trim_tenant_before(&self, tenant: &TenantId, before: u64) -> StoreResult<u64> {
+    async fn trim_tenant_before(
+        &self,
+        tenant: &TenantId,
+        before: u64,
+        incarnation: Option<u64>,
+    ) -> StoreResult<u64> {
+        crate::backend::check_fixed_incarnation(incarnation)?;
         let mut inner = self.inner.lock();
         let Some(t) = inner.tenants.get_mut(tenant) else {
             return Ok(0);
@@ -466,6 +472,7 @@ impl EventStore for MemoryStore {
                 streams: t.streams.values().filter(|s| s.current().is_some()).count() as u64,
                 bytes: t.bytes,
                 next_position: t.next_position,
+                incarnation: 0,
             }))
     }
 }

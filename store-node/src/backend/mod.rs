@@ -127,8 +127,15 @@ pub trait EventStore: Send + Sync + 'static {
     ) -> StoreResult<u64>;
 
     /// Drops a tenant's events with position < `before` (after archival); returns the count.
-    /// Backends without archival answer [`StoreError::Unsupported`].
-    async fn trim_tenant_before(&self, tenant: &TenantId, before: u64) -> StoreResult<u64>;
+    /// With `incarnation`, only while the tenant is at that incarnation ([`TenantStats::incarnation`]),
+    /// checked atomically with the trim; else [`StoreError::IncarnationChanged`] and nothing is
+    /// dropped. Backends without archival answer [`StoreError::Unsupported`].
+    async fn trim_tenant_before(
+        &self,
+        tenant: &TenantId,
+        before: u64,
+        incarnation: Option<u64>,
+    ) -> StoreResult<u64>;
 
     /// Usage of a tenant.
     async fn stats(&self, tenant: &TenantId) -> StoreResult<TenantStats>;
@@ -141,5 +148,17 @@ pub trait EventStore: Send + Sync + 'static {
         Err(StoreError::Unsupported(format!(
             "purging tenant {tenant} is not supported by this backend"
         )))
+    }
+}
+
+/// The incarnation check of [`EventStore::trim_tenant_before`] for backends whose tenant ids are
+/// never purged in place (their incarnation is always 0).
+pub fn check_fixed_incarnation(expected: Option<u64>) -> StoreResult<()> {
+    match expected {
+        Some(e) if e != 0 => Err(StoreError::IncarnationChanged {
+            expected: e,
+            current: 0,
+        }),
+        _ => Ok(()),
     }
 }

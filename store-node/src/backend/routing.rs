@@ -170,9 +170,14 @@ impl EventStore for RoutingStore {
             .await
     }
 
-    async fn trim_tenant_before(&self, tenant: &TenantId, before: u64) -> StoreResult<u64> {
+    async fn trim_tenant_before(
+        &self,
+        tenant: &TenantId,
+        before: u64,
+        incarnation: Option<u64>,
+    ) -> StoreResult<u64> {
         self.store_for(tenant)?
-            .trim_tenant_before(tenant, before)
+            .trim_tenant_before(tenant, before, incarnation)
             .await
     }
 

@@ -47,6 +47,18 @@ pub struct ArchiveArgs {
     /// Destination: `s3://bucket/prefix` or `gs://bucket/prefix`.
     #[arg(long, env = "ARCHIVE_DESTINATION")]
     pub destination: String,
+    /// Uid of the store (the EventStore's `metadata.uid`; the operator passes it). Manifests,
+    /// files and the lease are keyed by it, so stores sharing a destination never touch each
+    /// other's archive. 1 to 64 letters, digits, `-`, `_` or `.`.
+    #[arg(long, env = "ARCHIVE_STORE_UID")]
+    pub store_uid: String,
+    /// An uncommitted data file of this store is deleted only when older than this.
+    #[arg(long, env = "ARCHIVE_GC_GRACE", default_value = "24h")]
+    pub gc_grace: String,
+    /// How long the store's lease in the destination lasts unless renewed; a run that crashed
+    /// holds it this long.
+    #[arg(long, env = "ARCHIVE_LEASE_TTL", default_value = "5m")]
+    pub lease_ttl: String,
     /// Events younger than this stay hot (e.g. 720h, 30d).
     #[arg(long, env = "ARCHIVE_HOT_RETENTION", default_value = "720h")]
     pub hot_retention: String,
@@ -168,8 +180,17 @@ async fn archive_and_report(args: ArchiveArgs, reported: &mut bool) -> anyhow::R
         .iter()
         .map(|t| TenantId::new(t.trim()))
         .collect::<Result<Vec<_>, _>>()?;
-    let mut plan = ArchivePlan::new(tenants.clone(), parse_duration(&args.hot_retention)?)
-        .with_fault_from_env()?;
+    let mut plan = ArchivePlan::new(
+        &args.store_uid,
+        tenants.clone(),
+        parse_duration(&args.hot_retention)?,
+    )
+    .with_fault_from_env()?;
+    plan.gc_grace = parse_duration(&args.gc_grace).context("--gc-grace")?;
+    plan.lease_ttl = parse_duration(&args.lease_ttl).context("--lease-ttl")?;
+    if plan.lease_ttl.is_zero() {
+        bail!("--lease-ttl must be longer than 0s");
+    }
     plan.file_bounds = store_node::archive::format::FileBounds {
         max_rows: args.max_rows_per_file,
         max_bytes: args.max_bytes_per_file,

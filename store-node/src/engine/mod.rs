@@ -746,7 +746,12 @@ impl crate::backend::EventStore for Engine {
         Ok(n)
     }
 
-    async fn trim_tenant_before(&self, tenant: &TenantId, before: u64) -> StoreResult<u64> {
+    async fn trim_tenant_before(
+        &self,
+        tenant: &TenantId,
+        before: u64,
+        incarnation: Option<u64>,
+    ) -> StoreResult<u64> {
         let rec = WalRecord::TrimTenant {
             tenant: tenant.clone(),
             before,
@@ -755,6 +760,16 @@ impl crate::backend::EventStore for Engine {
         let d = dropped.clone();
         self.inner
             .submit_other(tenant, rec, move |st| {
+                // Under the tenant lock: a purge (which bumps the incarnation) is ordered
+                // either before this check or after this record.
+                if let Some(expected) = incarnation {
+                    if st.incarnation != expected {
+                        return Err(StoreError::IncarnationChanged {
+                            expected,
+                            current: st.incarnation,
+                        });
+                    }
+                }
                 *d.lock() = before
                     .min(st.next_position)
                     .saturating_sub(st.trimmed_before);

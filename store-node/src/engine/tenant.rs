@@ -162,6 +162,7 @@ impl TenantState {
             streams: self.live_streams,
             bytes: self.bytes,
             next_position: self.committed_position,
+            incarnation: self.incarnation,
         }
     }
 

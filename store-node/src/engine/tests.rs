@@ -269,7 +269,7 @@ async fn snapshot_delete_truncate_and_trim() {
     assert_eq!(e.count_streams(&t).await.unwrap(), 2);
 
     // Trim the tenant below position 4: positions 0..4 disappear everywhere.
-    assert_eq!(e.trim_tenant_before(&t, 4).await.unwrap(), 4);
+    assert_eq!(e.trim_tenant_before(&t, 4, None).await.unwrap(), 4);
     let ra = all(&e, &t).await;
     assert!(ra.iter().all(|x| x.position >= 4));
     let s_rest = e

@@ -402,12 +402,24 @@ impl SnapshotOut {
     }
 }
 
-/// Body of truncate and trim calls.
+/// Body of truncate calls.
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct BeforeIn {
     /// Drop everything strictly before this version/position.
     pub before: u64,
+}
+
+/// Body of `POST /v1/trim`.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct TrimIn {
+    /// Drop the tenant's events strictly before this position.
+    pub before: u64,
+    /// Only if the tenant is still at this incarnation (see `/v1/stats`); otherwise 409
+    /// `incarnation_changed` and nothing is dropped.
+    #[serde(default)]
+    pub incarnation: Option<u64>,
 }
 
 /// Response of truncate and trim calls.
@@ -432,6 +444,8 @@ pub struct StatsOut {
     pub bytes: u64,
     /// Next position to be assigned.
     pub next_position: u64,
+    /// Incarnation of the tenant id (one more after each purge; positions restart at 0).
+    pub incarnation: u64,
     /// Quotas in force.
     pub quotas: Quotas,
 }
@@ -445,6 +459,7 @@ impl StatsOut {
             streams: s.streams,
             bytes: s.bytes,
             next_position: s.next_position,
+            incarnation: s.incarnation,
             quotas,
         }
     }

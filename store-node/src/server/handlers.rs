@@ -16,7 +16,7 @@ use super::auth::Authed;
 use super::dto::{
     decode_payload, resolve_expected, AppendOut, AppendRequest, BeforeIn, DroppedOut, Encoding,
     EventOut, EventsPage, ListStreamsQuery, ReadAllQuery, ReadStreamQuery, SnapshotIn, SnapshotOut,
-    StatsOut, StreamOut, StreamsPage, DEFAULT_LIMIT, EXPECTED_VERSION_HEADER,
+    StatsOut, StreamOut, StreamsPage, TrimIn, DEFAULT_LIMIT, EXPECTED_VERSION_HEADER,
 };
 use super::error::ApiError;
 use super::AppState;
@@ -348,17 +348,22 @@ pub async fn truncate(
     Ok(Json(DroppedOut { dropped }))
 }
 
-/// `POST /v1/trim` with `{"before": position}`: drops the tenant's events before a position
-/// (after archival).
+/// `POST /v1/trim` with `{"before": position, "incarnation": n}`: drops the tenant's events
+/// before a position (after archival), only while the tenant is at incarnation `n` when given.
 pub async fn trim(
     State(st): State<AppState>,
     Authed(t): Authed,
-    body: Result<Json<BeforeIn>, JsonRejection>,
+    body: Result<Json<TrimIn>, JsonRejection>,
 ) -> ApiResult<Json<DroppedOut>> {
     let store = st.store()?;
-    let before = body?.0.before;
+    let TrimIn {
+        before,
+        incarnation,
+    } = body?.0;
     let tenant = t.id.clone();
-    let dropped = detached(async move { store.trim_tenant_before(&tenant, before).await }).await?;
+    let dropped =
+        detached(async move { store.trim_tenant_before(&tenant, before, incarnation).await })
+            .await?;
     Ok(Json(DroppedOut { dropped }))
 }
 

@@ -766,8 +766,13 @@ mod tests {
         ) -> crate::StoreResult<u64> {
             self.0.truncate_before(t, s, b).await
         }
-        async fn trim_tenant_before(&self, t: &crate::TenantId, b: u64) -> crate::StoreResult<u64> {
-            self.0.trim_tenant_before(t, b).await
+        async fn trim_tenant_before(
+            &self,
+            t: &crate::TenantId,
+            b: u64,
+            i: Option<u64>,
+        ) -> crate::StoreResult<u64> {
+            self.0.trim_tenant_before(t, b, i).await
         }
         async fn stats(&self, _: &crate::TenantId) -> crate::StoreResult<crate::TenantStats> {
             futures::future::pending().await

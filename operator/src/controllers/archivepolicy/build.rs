@@ -36,6 +36,10 @@ pub struct ArchiverInputs {
     pub image: String,
     /// Where the archiver reads events (`http://<service>:<port>` of the store nodes).
     pub source: String,
+    /// The EventStore's `metadata.uid`: the archive's manifests, files and lease are keyed by
+    /// it, so stores sharing a destination, or a store deleted and created again under the same
+    /// name, never touch each other's archive.
+    pub store_uid: String,
     /// Tenant ids selected by the policy, sorted.
     pub tenants: Vec<String>,
     /// Secret holding one key per tenant id with its bearer token.
@@ -105,6 +109,8 @@ pub fn archiver_args(p: &ArchivePolicy, inp: &ArchiverInputs) -> Vec<String> {
         inp.tenants.join(","),
         "--destination".into(),
         destination_url(p).unwrap_or_default(),
+        "--store-uid".into(),
+        inp.store_uid.clone(),
         "--hot-retention".into(),
         p.spec.hot_retention.clone(),
         "--tokens-dir".into(),
@@ -340,6 +346,7 @@ mod tests {
         ArchiverInputs {
             image: "ghcr.io/allsource/store-node:0.1.0".into(),
             source: "http://orders:8080".into(),
+            store_uid: "0b6f7c1e-3c9a-4d0e-9d55-6c3a2f1e9b00".into(),
             tenants: vec!["acme".into(), "globex".into()],
             tokens_secret: "nightly-archive-tokens".into(),
             ca_secret: None,
@@ -367,7 +374,8 @@ mod tests {
         assert_eq!(
             c.args.clone().unwrap().join(" "),
             "archive --source http://orders:8080 --tenant acme,globex \
-             --destination s3://acme-archive/es/orders --hot-retention 720h \
+             --destination s3://acme-archive/es/orders \
+             --store-uid 0b6f7c1e-3c9a-4d0e-9d55-6c3a2f1e9b00 --hot-retention 720h \
              --tokens-dir /var/run/allsource/tokens --report-file /dev/termination-log \
              --endpoint http://minio:9000 --force-path-style"
         );

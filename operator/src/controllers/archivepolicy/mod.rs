@@ -348,6 +348,13 @@ async fn apply_policy(p: &ArchivePolicy, st: &State, ns: &str) -> Result<Action,
         );
         return park(p, ctx, ns, pr, Action::requeue(WAIT_FOR_STORE)).await;
     };
+    let Some(store_uid) = es.metadata.uid.clone() else {
+        let pr = Problem::new(
+            "EventStoreNotReady",
+            format!("EventStore {store_name} has no uid yet"),
+        );
+        return park(p, ctx, ns, pr, Action::requeue(WAIT_FOR_STORE)).await;
+    };
     let image = es
         .self_hosted()
         .map(|s| s.image.clone())
@@ -360,6 +367,7 @@ async fn apply_policy(p: &ArchivePolicy, st: &State, ns: &str) -> Result<Action,
     let inputs = ArchiverInputs {
         image,
         source,
+        store_uid,
         tenants: tokens.keys().cloned().collect(),
         tokens_secret: build::tokens_secret_name(p),
         ca_secret: crate::resources::tls_secret_name(&es).map(str::to_string),

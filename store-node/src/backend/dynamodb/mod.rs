@@ -998,7 +998,13 @@ impl EventStore for DynamoStore {
         self.drop_events(tenant, items).await
     }
 
-    async fn trim_tenant_before(&self, tenant: &TenantId, before: u64) -> StoreResult<u64> {
+    async fn trim_tenant_before(
+        &self,
+        tenant: &TenantId,
+        before: u64,
+        incarnation: Option<u64>,
+    ) -> StoreResult<u64> {
+        crate::backend::check_fixed_incarnation(incarnation)?;
         let vals = HashMap::from([
             (":t".to_string(), s(tenant.as_str())),
             (":p".to_string(), n(before)),
@@ -1056,6 +1062,7 @@ impl EventStore for DynamoStore {
             streams: get_n(&c, "streams")?,
             bytes: get_n(&c, "bytes")?,
             next_position: get_n(&c, "next_position")?,
+            incarnation: 0,
         })
     }
 }

@@ -342,6 +342,7 @@ impl FirestoreStore {
             streams: stats.streams + u64::from(current.is_none()),
             bytes: stats.bytes + bytes,
             next_position: first_position + count,
+            incarnation: 0,
         };
         writes.push(layout::set(&tname, layout::tenant_fields(&new_stats)));
         Ok(Decision::Write(
@@ -587,7 +588,13 @@ impl EventStore for FirestoreStore {
         }
     }
 
-    async fn trim_tenant_before(&self, tenant: &TenantId, before: u64) -> StoreResult<u64> {
+    async fn trim_tenant_before(
+        &self,
+        tenant: &TenantId,
+        before: u64,
+        incarnation: Option<u64>,
+    ) -> StoreResult<u64> {
+        crate::backend::check_fixed_incarnation(incarnation)?;
         let query = layout::tenant_position_query(tenant, before, false, DELETE_PAGE);
         let _guard = self.tenant_lock(tenant).lock().await;
         let mut dropped = 0;

@@ -660,7 +660,13 @@ impl EventStore for PostgresStore {
         Ok(to_u64(n))
     }
 
-    async fn trim_tenant_before(&self, tenant: &TenantId, before: u64) -> StoreResult<u64> {
+    async fn trim_tenant_before(
+        &self,
+        tenant: &TenantId,
+        before: u64,
+        incarnation: Option<u64>,
+    ) -> StoreResult<u64> {
+        crate::backend::check_fixed_incarnation(incarnation)?;
         let q = self.q(tenant);
         let mut c = self.client().await?;
         let tx = c.transaction().await.map_err(pg_err)?;
@@ -699,6 +705,7 @@ impl EventStore for PostgresStore {
             events: to_u64(r.try_get(1).map_err(pg_err)?),
             bytes: to_u64(r.try_get(2).map_err(pg_err)?),
             streams: to_u64(r.try_get(3).map_err(pg_err)?),
+            incarnation: 0,
         })
     }
 }
