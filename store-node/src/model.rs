@@ -346,6 +346,9 @@ pub struct Limits {
     /// holds; a page always holds at least one event, and `next` continues after the last one,
     /// so a page of fewer events than asked for does not mean the end.
     pub max_read_bytes: usize,
+    /// Most subscriptions one tenant holds open at once; more answer 429
+    /// `too_many_subscriptions` (the node-wide cap answers 503).
+    pub max_subscriptions_per_tenant: usize,
 }
 
 impl Default for Limits {
@@ -360,6 +363,7 @@ impl Default for Limits {
             max_metadata_key_len: 256,
             max_read_limit: 10_000,
             max_read_bytes: 16 * 1024 * 1024,
+            max_subscriptions_per_tenant: 32,
         }
     }
 }
@@ -394,6 +398,10 @@ impl Limits {
             ("maxBatchBytes", self.max_batch_bytes),
             ("maxReadLimit", self.max_read_limit),
             ("maxReadBytes", self.max_read_bytes),
+            (
+                "maxSubscriptionsPerTenant",
+                self.max_subscriptions_per_tenant,
+            ),
         ] {
             if v == 0 {
                 return Err(format!("{name} must be > 0"));

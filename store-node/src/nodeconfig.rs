@@ -65,6 +65,9 @@ pub struct NodeLimits {
     /// Most bytes of events one read page holds (at least one event is always returned).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_read_bytes: Option<u64>,
+    /// Most subscriptions one tenant holds open at once (more answer 429).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_subscriptions_per_tenant: Option<u64>,
 }
 
 /// Why a node configuration was refused.
@@ -118,6 +121,11 @@ impl NodeLimits {
             max_batch_bytes: pick("maxBatchBytes", self.max_batch_bytes, base.max_batch_bytes)?,
             max_read_limit: pick("maxReadLimit", self.max_read_limit, base.max_read_limit)?,
             max_read_bytes: pick("maxReadBytes", self.max_read_bytes, base.max_read_bytes)?,
+            max_subscriptions_per_tenant: pick(
+                "maxSubscriptionsPerTenant",
+                self.max_subscriptions_per_tenant,
+                base.max_subscriptions_per_tenant,
+            )?,
             ..base
         })
     }

@@ -943,6 +943,75 @@ async fn subscriptions_catch_up_then_follow_live() {
     );
 }
 
+/// Opens a subscription that must be refused: its status and JSON body (an accepted one fails
+/// at once instead of streaming forever).
+async fn refused_subscription(n: &Node, token: &str) -> (StatusCode, Value) {
+    let resp = n
+        .req(Method::GET, "/v1/subscribe", Some(token))
+        .send()
+        .await
+        .unwrap();
+    let status = resp.status();
+    assert_ne!(status, StatusCode::OK, "the subscription was accepted");
+    (status, resp.json().await.unwrap())
+}
+
+/// One tenant cannot take every subscription slot of a node: its 33rd concurrent subscription
+/// (default `maxSubscriptionsPerTenant` 32) answers 429 `too_many_subscriptions`, while another
+/// tenant still subscribes and receives events; the node-wide cap (`--max-subscriptions`) still
+/// answers 503 once all of its slots are taken.
+#[tokio::test]
+async fn one_tenant_cannot_take_every_subscription() {
+    let n = Node::start(&two_tenants(), &["--max-subscriptions", "40"]).await;
+    let mut held = Vec::new();
+    for _ in 0..32 {
+        held.push(Sse::open(&n, "", A, None).await);
+    }
+    let (s, body) = refused_subscription(&n, A).await;
+    assert_error(
+        s,
+        &body,
+        StatusCode::TOO_MANY_REQUESTS,
+        "too_many_subscriptions",
+    );
+
+    // Another tenant is still served, live.
+    let mut b = Sse::open(&n, "", B, None).await;
+    n.append("s", B, json!({"events": [ev(1, json!("b"))]}))
+        .await;
+    let (e, id, d) = b.next().await.unwrap();
+    assert_eq!(
+        (e.as_str(), id.as_str(), d["data"].clone()),
+        ("event", "0", json!("b"))
+    );
+    // A's subscriptions that were accepted still work.
+    n.append("s", A, json!({"events": [ev(2, json!("a"))]}))
+        .await;
+    let (_, _, d) = held[31].next().await.unwrap();
+    assert_eq!(d["data"], "a");
+
+    // A closed subscription gives its slot back.
+    held.pop();
+    wait_for("a freed slot", async || {
+        n.metrics().await.contains("allsource_subscriptions 32")
+    })
+    .await;
+    held.push(Sse::open(&n, "", A, None).await);
+
+    // The node-wide cap: 32 of A + 8 of B = 40.
+    let mut bs = Vec::new();
+    for _ in 0..7 {
+        bs.push(Sse::open(&n, "", B, None).await);
+    }
+    let (s, body) = refused_subscription(&n, B).await;
+    assert_error(
+        s,
+        &body,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "too_many_subscriptions",
+    );
+}
+
 #[tokio::test]
 async fn sigterm_closes_subscriptions_and_exits_cleanly() {
     let mut n = Node::start(&two_tenants(), &[]).await;

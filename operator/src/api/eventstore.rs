@@ -322,6 +322,12 @@ pub struct NodeLimits {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1))]
     pub max_read_bytes: Option<i64>,
+    /// Most subscriptions (`GET /v1/subscribe`) one tenant holds open at once on a node
+    /// (default 32); more answer 429 `too_many_subscriptions`. The node-wide cap of 1,024
+    /// (503) applies as well.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub max_subscriptions_per_tenant: Option<i64>,
 }
 
 /// Overrides merged into the store nodes' pod template.

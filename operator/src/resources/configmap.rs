@@ -241,6 +241,7 @@ pub fn node_config(sh: &SelfHostedSpec) -> NodeConfig {
             max_batch_bytes: positive(l.max_batch_bytes),
             max_read_limit: positive(l.max_read_limit),
             max_read_bytes: positive(l.max_read_bytes),
+            max_subscriptions_per_tenant: positive(l.max_subscriptions_per_tenant),
         },
     }
 }
@@ -341,6 +342,7 @@ mod tests {
             max_batch_bytes: Some(5000),
             max_read_limit: Some(7),
             max_read_bytes: Some(9000),
+            max_subscriptions_per_tenant: Some(3),
         };
         let sh = sh.clone();
         let cm = build(&es, &node_config(&sh));
@@ -358,9 +360,10 @@ mod tests {
                 l.max_batch_events,
                 l.max_batch_bytes,
                 l.max_read_limit,
-                l.max_read_bytes
+                l.max_read_bytes,
+                l.max_subscriptions_per_tenant
             ),
-            (1000, 2, 5000, 7, 9000)
+            (1000, 2, 5000, 7, 9000, 3)
         );
         // Unset limits stay out of the file, so the node keeps its defaults.
         let bare = node_config(&crate::api::eventstore::SelfHostedSpec::default());

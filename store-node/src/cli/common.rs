@@ -82,6 +82,9 @@ pub struct HttpArgs {
     /// Most bytes of events in one read page (default 16 MiB; one event is always returned).
     #[arg(long, env = "STORE_NODE_MAX_READ_BYTES")]
     pub max_read_bytes: Option<usize>,
+    /// Most subscriptions one tenant holds open at once (default 32; more answer 429).
+    #[arg(long, env = "STORE_NODE_MAX_SUBSCRIPTIONS_PER_TENANT")]
+    pub max_subscriptions_per_tenant: Option<usize>,
 }
 
 impl HttpArgs {
@@ -113,6 +116,9 @@ impl HttpArgs {
             max_batch_bytes: self.max_batch_bytes.unwrap_or(base.max_batch_bytes),
             max_read_limit: self.max_read_limit.unwrap_or(base.max_read_limit),
             max_read_bytes: self.max_read_bytes.unwrap_or(base.max_read_bytes),
+            max_subscriptions_per_tenant: self
+                .max_subscriptions_per_tenant
+                .unwrap_or(base.max_subscriptions_per_tenant),
             ..base
         }
     }

@@ -142,6 +142,7 @@ struct Shared {
     shutdown: CancellationToken,
     requests: Arc<Semaphore>,
     subscriptions: Arc<Semaphore>,
+    tenant_subscriptions: subscribe::TenantSubscriptions,
     purges: purge::Purges,
 }
 
@@ -168,6 +169,7 @@ impl AppState {
                 store: OnceLock::new(),
                 requests: Arc::new(Semaphore::new(config.max_concurrent_requests.max(1))),
                 subscriptions: Arc::new(Semaphore::new(config.max_subscriptions)),
+                tenant_subscriptions: subscribe::TenantSubscriptions::default(),
                 registry,
                 config,
                 metrics,

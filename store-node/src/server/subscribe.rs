@@ -1,14 +1,17 @@
 //! `GET /v1/subscribe`: server-sent events, catch-up then live, from the backend's
 //! subscription. Each SSE event is `event: event`, `id: <position or version>`, `data: <event
 //! JSON>`; a store error ends the stream with one `event: error` carrying `{code, message}`.
-//! A reconnecting client resumes with `Last-Event-ID`. Subscriptions are capped and end when the
+//! A reconnecting client resumes with `Last-Event-ID`. Subscriptions are capped per tenant
+//! (`maxSubscriptionsPerTenant`, 429) and per node (`--max-subscriptions`, 503), and end when the
 //! node shuts down, so they never hold a graceful shutdown open.
 
+use std::collections::HashMap;
 use std::convert::Infallible;
+use std::sync::Arc;
 
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query, State};
-use axum::http::HeaderMap;
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use futures::StreamExt;
@@ -19,10 +22,49 @@ use super::dto::{EventOut, SubscribeQuery};
 use super::error::ApiError;
 use super::AppState;
 use crate::backend::SubscriptionTarget;
-use crate::model::StreamId;
+use crate::model::{StreamId, TenantId};
 
-/// Keeps the subscription gauge and slot for as long as the response body lives.
+/// Open subscriptions per tenant, so that one tenant cannot take every node-wide slot.
+#[derive(Clone, Default)]
+pub(super) struct TenantSubscriptions(Arc<parking_lot::Mutex<HashMap<TenantId, usize>>>);
+
+impl TenantSubscriptions {
+    /// Takes one of the tenant's `cap` slots, or None when all are taken.
+    fn try_acquire(&self, tenant: &TenantId, cap: usize) -> Option<TenantSlot> {
+        let mut open = self.0.lock();
+        let n = open.entry(tenant.clone()).or_insert(0);
+        if *n >= cap {
+            return None;
+        }
+        *n += 1;
+        Some(TenantSlot {
+            counts: self.clone(),
+            tenant: tenant.clone(),
+        })
+    }
+}
+
+/// One tenant's subscription slot; given back on drop.
+struct TenantSlot {
+    counts: TenantSubscriptions,
+    tenant: TenantId,
+}
+
+impl Drop for TenantSlot {
+    fn drop(&mut self) {
+        let mut open = self.counts.0.lock();
+        if let Some(n) = open.get_mut(&self.tenant) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                open.remove(&self.tenant);
+            }
+        }
+    }
+}
+
+/// Keeps the subscription gauge and slots for as long as the response body lives.
 struct Slot {
+    _tenant: TenantSlot,
     _permit: tokio::sync::OwnedSemaphorePermit,
     gauge: prometheus::IntGauge,
 }
@@ -56,6 +98,18 @@ pub async fn subscribe(
         None => None,
     };
     let after = q.after.or(last_event_id);
+    let cap = store.limits().max_subscriptions_per_tenant;
+    let tenant_slot = st
+        .inner
+        .tenant_subscriptions
+        .try_acquire(&t.id, cap)
+        .ok_or_else(|| {
+            ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "too_many_subscriptions",
+                format!("this tenant already holds its {cap} open subscriptions"),
+            )
+        })?;
     let permit = st
         .inner
         .subscriptions
@@ -69,6 +123,7 @@ pub async fn subscribe(
     let gauge = st.metrics().subscriptions.clone();
     gauge.inc();
     let slot = Slot {
+        _tenant: tenant_slot,
         _permit: permit,
         gauge,
     };
