@@ -54,9 +54,36 @@ pub enum StoreError {
         /// The tenant's incarnation now.
         current: u64,
     },
+    /// The events asked for were archived (an ArchivePolicy copied them to object storage and
+    /// then trimmed them from the store): the store holds the range from `first_available` on,
+    /// and the older ones are read from the archive. Never answered as an empty or shortened
+    /// page, which would look like "no events".
+    #[error("{}", archived_text(*first_available, *incarnation, *of_stream))]
+    Archived {
+        /// The first position (tenant reads and subscriptions) or version (stream reads, when
+        /// `of_stream`) the store still holds.
+        first_available: u64,
+        /// The tenant's incarnation, which names the archive folder the events are in.
+        incarnation: u64,
+        /// Whether `first_available` is a stream version rather than a tenant position.
+        of_stream: bool,
+    },
     /// Any other internal failure.
     #[error("internal error: {0}")]
     Internal(String),
+}
+
+fn archived_text(first_available: u64, incarnation: u64, of_stream: bool) -> String {
+    let what = if of_stream {
+        "versions of this stream"
+    } else {
+        "positions"
+    };
+    format!(
+        "{what} before {first_available} were archived and trimmed from the store: read them \
+         from the archive (the ArchivePolicy destination, under \
+         tenant=<id>/store=<store uid>/incarnation={incarnation}/), or read from {first_available}"
+    )
 }
 
 impl StoreError {
@@ -81,6 +108,7 @@ impl StoreError {
             Self::Unavailable(_) => "unavailable",
             Self::Poisoned(_) => "read_only",
             Self::IncarnationChanged { .. } => "incarnation_changed",
+            Self::Archived { .. } => "archived",
             Self::Internal(_) => "internal",
         }
     }
@@ -98,6 +126,7 @@ impl StoreError {
             Self::Unavailable(_) => 503,
             Self::Poisoned(_) => 503,
             Self::IncarnationChanged { .. } => 409,
+            Self::Archived { .. } => 410,
             Self::Internal(_) => 500,
         }
     }

@@ -266,6 +266,10 @@ pub struct TenantStats {
     /// its manifests by it, so a re-created tenant never inherits an old watermark.
     #[serde(default)]
     pub incarnation: u64,
+    /// Positions below were archived and trimmed from the store (0: nothing trimmed): a read or
+    /// subscription of the tenant starting below it answers 410 `archived`.
+    #[serde(default)]
+    pub trimmed_before: u64,
 }
 
 /// What a backend supports; reported in EventStore status and checked by the conformance suite.

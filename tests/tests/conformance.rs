@@ -42,6 +42,7 @@ const CASES: &[(&str, CaseFn)] = cases![
     limits_and_error_codes,
     subscriptions,
     stats,
+    archived_ranges,
 ];
 
 /// Runs every case against `store`, prints the table, fails when a case failed.
@@ -177,6 +178,16 @@ fn is_conflict(r: &Result<store_node::AppendResult, StoreError>, current: Option
 async fn read_fw(s: &Store, t: &TenantId, st: &StreamId) -> Result<Vec<u64>> {
     Ok(
         s.read_stream(t, st, ReadFrom::Edge, Direction::Forwards, 1000)
+            .await?
+            .iter()
+            .map(|e| e.version)
+            .collect(),
+    )
+}
+
+async fn read_fw_from(s: &Store, t: &TenantId, st: &StreamId, from: u64) -> Result<Vec<u64>> {
+    Ok(
+        s.read_stream(t, st, ReadFrom::Version(from), Direction::Forwards, 1000)
             .await?
             .iter()
             .map(|e| e.version)
@@ -833,6 +844,117 @@ async fn stats(s: Store) -> Result<()> {
     if s.capabilities().gapless_positions {
         ensure!(st.next_position == 5, "next_position {st:?}");
     }
+    Ok(())
+}
+
+/// Whether `r` is the `archived` refusal naming `first` as the first position (`of_stream`
+/// false) or version the store still holds.
+fn is_archived<T: std::fmt::Debug>(r: &Result<T, StoreError>, first: u64, stream: bool) -> bool {
+    matches!(r, Err(StoreError::Archived { first_available, of_stream, .. })
+        if *first_available == first && *of_stream == stream)
+}
+
+/// After an archiver's trim, a read or subscription that starts in the trimmed range answers
+/// `archived` with where the store's data starts, never a page that silently skips the
+/// archived events; truncation (which the application asked for) still reads as before.
+async fn archived_ranges(s: Store) -> Result<()> {
+    let t = tenant();
+    let (a, b, c) = (stream("arch-a"), stream("arch-b"), stream("arch-c"));
+    s.append(&t, &a, ExpectedVersion::NoStream, evs(3)).await?; // positions 0-2
+    s.append(&t, &b, ExpectedVersion::NoStream, evs(2)).await?; // 3-4
+    s.append(&t, &a, ExpectedVersion::Exact(2), evs(2)).await?; // 5-6
+    s.append(&t, &c, ExpectedVersion::NoStream, evs(4)).await?; // 7-10
+    let dropped = s.trim_tenant_before(&t, 4, None).await?;
+    ensure!(dropped == 4, "trim dropped {dropped}");
+    ensure!(s.stats(&t).await?.trimmed_before == 4, "stats after trim");
+
+    let r = s.read_all(&t, 0, 100).await;
+    ensure!(is_archived(&r, 4, false), "read_all from 0: {r:?}");
+    let r = s.read_all(&t, 3, 100).await;
+    ensure!(is_archived(&r, 4, false), "read_all from 3: {r:?}");
+    let kept: Vec<u64> = s
+        .read_all(&t, 4, 100)
+        .await?
+        .iter()
+        .map(|e| e.position)
+        .collect();
+    ensure!(
+        kept == (4..=10).collect::<Vec<_>>(),
+        "read_all from 4: {kept:?}"
+    );
+
+    let fw = |st: StreamId, from| {
+        let (s, t) = (s.clone(), t.clone());
+        async move { s.read_stream(&t, &st, from, Direction::Forwards, 100).await }
+    };
+    let r = fw(a.clone(), ReadFrom::Edge).await;
+    ensure!(is_archived(&r, 3, true), "stream a from the start: {r:?}");
+    let r = fw(a.clone(), ReadFrom::Version(2)).await;
+    ensure!(is_archived(&r, 3, true), "stream a from 2: {r:?}");
+    ensure!(
+        read_fw_from(&s, &t, &a, 3).await? == vec![3, 4],
+        "stream a from 3"
+    );
+    let r = fw(b.clone(), ReadFrom::Edge).await;
+    ensure!(is_archived(&r, 1, true), "stream b from the start: {r:?}");
+    let r = s
+        .read_stream(&t, &a, ReadFrom::Version(1), Direction::Backwards, 100)
+        .await;
+    ensure!(
+        matches!(
+            r,
+            Err(StoreError::Archived {
+                of_stream: true,
+                ..
+            })
+        ),
+        "stream a backwards from 1: {r:?}"
+    );
+    let back: Vec<u64> = s
+        .read_stream(&t, &a, ReadFrom::Edge, Direction::Backwards, 100)
+        .await?
+        .iter()
+        .map(|e| e.version)
+        .collect();
+    ensure!(
+        back == vec![4, 3],
+        "stream a backwards from the end: {back:?}"
+    );
+
+    // Truncation is not archival: the truncated stream reads from its new start.
+    s.truncate_before(&t, &c, 2).await?;
+    ensure!(
+        read_fw(&s, &t, &c).await? == vec![2, 3],
+        "truncated stream c"
+    );
+
+    // A subscription from the start refuses at once or as its first item.
+    match s.subscribe(&t, SubscriptionTarget::Tenant, None).await {
+        Err(e) => ensure!(
+            is_archived(&Err::<(), _>(e.clone()), 4, false),
+            "subscribe: {e:?}"
+        ),
+        Ok(mut sub) => {
+            let first = tokio::time::timeout(Duration::from_secs(30), sub.next())
+                .await
+                .map_err(|_| anyhow!("subscription from 0 stalled"))?
+                .ok_or_else(|| anyhow!("subscription from 0 ended"))?;
+            ensure!(
+                is_archived(&first, 4, false),
+                "subscription from 0: {first:?}"
+            );
+        }
+    }
+    let mut sub = s.subscribe(&t, SubscriptionTarget::Tenant, Some(3)).await?;
+    let first = tokio::time::timeout(Duration::from_secs(30), sub.next())
+        .await
+        .map_err(|_| anyhow!("subscription after 3 stalled"))?
+        .ok_or_else(|| anyhow!("subscription after 3 ended"))??;
+    ensure!(
+        first.position == 4,
+        "subscription after 3 began at {}",
+        first.position
+    );
     Ok(())
 }
 

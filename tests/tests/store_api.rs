@@ -1248,3 +1248,73 @@ async fn huge_reads_are_bounded_in_bytes_and_in_node_memory() {
     }
     assert_eq!(total, 100);
 }
+
+/// Events an archiver trimmed are never served as an empty or shortened page: reads and
+/// subscriptions starting among them answer 410 `archived` with where the store's data starts,
+/// also after a restart (the trim point is in the tenant's manifest).
+#[tokio::test]
+async fn reads_of_archived_events_answer_410_archived() {
+    let n = Node::start(&two_tenants(), &[]).await;
+    let (s, _) = n
+        .append(
+            "a",
+            A,
+            json!({"events": (0..3).map(|i| ev(i, json!(i))).collect::<Vec<_>>()}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED);
+    let (s, _) = n
+        .append(
+            "b",
+            A,
+            json!({"events": (3..6).map(|i| ev(i, json!(i))).collect::<Vec<_>>()}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED);
+    let (s, r) = n
+        .call(
+            Method::POST,
+            "/v1/trim",
+            A,
+            Some(json!({"before": 4, "incarnation": 0})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{r}");
+    assert_eq!(r["dropped"], 4);
+
+    let mut n = n;
+    for round in ["running", "restarted"] {
+        let (s, r) = n.get("/v1/stats", A).await;
+        assert_eq!(s, StatusCode::OK, "{round}: {r}");
+        assert_eq!(r["trimmedBefore"], 4, "{round}: {r}");
+        let (s, r) = n.get("/v1/events?from=0", A).await;
+        assert_error(s, &r, StatusCode::GONE, "archived");
+        assert_eq!(r["firstAvailablePosition"], 4, "{round}: {r}");
+        assert_eq!(r["incarnation"], 0, "{round}: {r}");
+        let (s, r) = n.get("/v1/events?from=4", A).await;
+        assert_eq!(s, StatusCode::OK, "{round}: {r}");
+        assert_eq!(r["events"].as_array().unwrap().len(), 2, "{round}: {r}");
+        let (s, r) = n.get("/v1/streams/a/events", A).await;
+        assert_error(s, &r, StatusCode::GONE, "archived");
+        assert_eq!(r["firstAvailableVersion"], 3, "{round}: {r}");
+        let (s, r) = n.get("/v1/streams/b/events", A).await;
+        assert_error(s, &r, StatusCode::GONE, "archived");
+        assert_eq!(r["firstAvailableVersion"], 1, "{round}: {r}");
+        let (s, r) = n.get("/v1/streams/b/events?from=1", A).await;
+        assert_eq!(s, StatusCode::OK, "{round}: {r}");
+        assert_eq!(r["events"].as_array().unwrap().len(), 2, "{round}: {r}");
+        let resp = n
+            .req(Method::GET, "/v1/subscribe", Some(A))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), StatusCode::GONE, "{round}: subscribe from 0");
+        // The other tenant is untouched.
+        let (s, r) = n.get("/v1/events?from=0", B).await;
+        assert_eq!(s, StatusCode::OK, "{round}: {r}");
+        if round == "running" {
+            n.terminate().await;
+            n = n.restart().await;
+        }
+    }
+}

@@ -68,6 +68,8 @@ struct StatsWire {
     next_position: u64,
     #[serde(default)]
     incarnation: u64,
+    #[serde(default)]
+    trimmed_before: u64,
 }
 
 #[derive(Deserialize)]
@@ -294,6 +296,7 @@ impl EventStore for HttpSource {
             bytes: s.bytes,
             next_position: s.next_position,
             incarnation: s.incarnation,
+            trimmed_before: s.trimmed_before,
         })
     }
 }

@@ -238,10 +238,34 @@ impl<S: EventStore> EventStore for ArchiveAwareStore<S> {
         direction: Direction,
         limit: usize,
     ) -> StoreResult<Vec<RecordedEvent>> {
-        let hot = self
+        let mut hot = self
             .inner
             .read_stream(tenant, stream, from, direction, limit)
             .await;
+        if let Err(StoreError::Archived {
+            first_available, ..
+        }) = hot
+        {
+            // The store holds the stream from `first_available` on; what comes before is in
+            // the archive. Backwards from below it, nothing the store holds is asked for.
+            hot = match direction {
+                Direction::Forwards => {
+                    self.inner
+                        .read_stream(
+                            tenant,
+                            stream,
+                            ReadFrom::Version(first_available),
+                            direction,
+                            limit,
+                        )
+                        .await
+                }
+                Direction::Backwards => Ok(Vec::new()),
+            };
+            return self
+                .read_stream_merged(tenant, stream, from, direction, limit, hot)
+                .await;
+        }
         let complete = match (&hot, direction) {
             (Ok(h), Direction::Forwards) => {
                 let start = match from {
@@ -267,11 +291,13 @@ impl<S: EventStore> EventStore for ArchiveAwareStore<S> {
         from_position: u64,
         limit: usize,
     ) -> StoreResult<Vec<RecordedEvent>> {
-        let hot = self.inner.read_all(tenant, from_position, limit).await?;
-        if hot.first().is_some_and(|e| e.position == from_position) {
-            return Ok(hot);
+        match self.inner.read_all(tenant, from_position, limit).await {
+            Ok(hot) if hot.first().is_some_and(|e| e.position == from_position) => Ok(hot),
+            Ok(_) | Err(StoreError::Archived { .. }) => {
+                self.read_all_merged(tenant, from_position, limit).await
+            }
+            Err(e) => Err(e),
         }
-        self.read_all_merged(tenant, from_position, limit).await
     }
 
     async fn subscribe(

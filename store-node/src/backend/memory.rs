@@ -51,6 +51,8 @@ struct TenantData {
     next_position: u64,
     bytes: u64,
     snapshots: HashMap<StreamId, Snapshot>,
+    /// Positions below were trimmed (archived).
+    trimmed_before: u64,
 }
 
 #[derive(Debug)]
@@ -226,6 +228,22 @@ impl EventStore for MemoryStore {
             return Err(StoreError::StreamDeleted(stream.to_string()));
         }
         let lo = s.start_version;
+        let last = s.last_version.unwrap_or(0);
+        // Versions in [lo, first_kept) were archived and trimmed.
+        let first_kept = s.versions.range(lo..).next().map_or(last + 1, |(v, _)| *v);
+        let start = match (direction, from) {
+            (Direction::Forwards, ReadFrom::Edge) => lo,
+            (Direction::Forwards, ReadFrom::Version(v)) => v.max(lo),
+            (Direction::Backwards, ReadFrom::Edge) => last,
+            (Direction::Backwards, ReadFrom::Version(v)) => v.min(last),
+        };
+        if first_kept > lo && (lo..first_kept).contains(&start) {
+            return Err(StoreError::Archived {
+                first_available: first_kept,
+                incarnation: 0,
+                of_stream: true,
+            });
+        }
         let range: Box<dyn Iterator<Item = (&u64, &u64)>> = match (direction, from) {
             (Direction::Forwards, ReadFrom::Edge) => Box::new(s.versions.range(lo..)),
             (Direction::Forwards, ReadFrom::Version(v)) => Box::new(s.versions.range(v.max(lo)..)),
@@ -249,6 +267,9 @@ impl EventStore for MemoryStore {
     ) -> StoreResult<Vec<RecordedEvent>> {
         self.limits.validate_read_limit(limit)?;
         let inner = self.inner.lock();
+        if let Some(t) = inner.tenants.get(tenant) {
+            crate::backend::cloud::check_tenant_not_archived(from_position, t.trimmed_before)?;
+        }
         Ok(inner.tenants.get(tenant).map_or_else(Vec::new, |t| {
             t.log
                 .range(from_position..)
@@ -427,6 +448,9 @@ impl EventStore for MemoryStore {
         }
         let keep = s.versions.split_off(&before);
         let dropped = std::mem::replace(&mut s.versions, keep);
+        // Reads start at the truncation point (only a trim leaves a gap after the start).
+        let next = s.last_version.map_or(0, |l| l + 1);
+        s.start_version = s.start_version.max(before.min(next));
         for pos in dropped.values() {
             if let Some(e) = t.log.remove(pos) {
                 t.bytes = t.bytes.saturating_sub(e.size_bytes());
@@ -448,6 +472,7 @@ impl EventStore for MemoryStore {
         };
         let keep = t.log.split_off(&before);
         let dropped = std::mem::replace(&mut t.log, keep);
+        t.trimmed_before = t.trimmed_before.max(before.min(t.next_position));
         for e in dropped.values() {
             t.bytes = t.bytes.saturating_sub(e.size_bytes());
             if let Some(s) = t.streams.get_mut(&e.stream) {
@@ -473,6 +498,7 @@ impl EventStore for MemoryStore {
                 bytes: t.bytes,
                 next_position: t.next_position,
                 incarnation: 0,
+                trimmed_before: t.trimmed_before,
             }))
     }
 }

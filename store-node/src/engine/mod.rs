@@ -614,6 +614,9 @@ impl crate::backend::EventStore for Engine {
         if let SubscriptionTarget::Stream(s) = &target {
             self.inner.check_stream(s)?;
         }
+        if let Some(t) = self.inner.tenant(tenant) {
+            subscribe::check_start(&t.state.read(), &target, after)?;
+        }
         Ok(subscribe::subscribe(
             self.inner.clone(),
             tenant,

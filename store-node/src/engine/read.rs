@@ -76,6 +76,21 @@ impl Inner {
                 .first_version_at_or_after(st.trimmed_before)
                 .unwrap_or(hi),
         );
+        // Versions in [first_version, lo) were archived and trimmed (truncation moves
+        // first_version itself): a page starting there would silently skip them.
+        let start = match (direction, from) {
+            (Direction::Forwards, ReadFrom::Edge) => e.first_version,
+            (Direction::Forwards, ReadFrom::Version(v)) => v.max(e.first_version),
+            (Direction::Backwards, ReadFrom::Edge) => hi.saturating_sub(1),
+            (Direction::Backwards, ReadFrom::Version(v)) => v.min(hi.saturating_sub(1)),
+        };
+        if lo > e.first_version && start < lo && start >= e.first_version {
+            return Err(StoreError::Archived {
+                first_available: lo,
+                incarnation: st.incarnation,
+                of_stream: true,
+            });
+        }
         let mut out = Vec::with_capacity(limit.min((hi - lo.min(hi)) as usize));
         let mut push = |v: u64| {
             if let Some(p) = e.positions.position_of(v) {
@@ -207,6 +222,7 @@ impl Inner {
         let Some(t) = self.tenant(tenant) else {
             return Ok(Vec::new());
         };
+        t.state.read().check_not_archived(from_position)?;
         self.read_all_upto(&t, from_position, u64::MAX, limit)
             .map(|v| v.into_iter().map(|e| RecordedEvent::clone(&e)).collect())
     }

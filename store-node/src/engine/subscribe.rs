@@ -9,6 +9,7 @@ use std::sync::Arc;
 
 use tokio::sync::{broadcast, mpsc};
 
+use super::tenant::TenantState;
 use super::{Inner, Tenant};
 use crate::backend::{EventSubscription, StoreResult, SubscriptionTarget};
 use crate::error::StoreError;
@@ -36,6 +37,37 @@ impl Cursor {
             SubscriptionTarget::Tenant => e.position,
             SubscriptionTarget::Stream(_) => e.version,
         });
+    }
+}
+
+/// [`StoreError::Archived`] when the next event the subscriber wants is in the tenant's
+/// archived (trimmed) range: delivering from after it would skip events silently.
+pub(crate) fn check_start(
+    st: &TenantState,
+    target: &SubscriptionTarget,
+    last: Option<u64>,
+) -> StoreResult<()> {
+    let next = last.map_or(0, |l| l.saturating_add(1));
+    match target {
+        SubscriptionTarget::Tenant => st.check_not_archived(next),
+        SubscriptionTarget::Stream(s) => {
+            let Some(e) = st.streams.get(s) else {
+                return Ok(());
+            };
+            let next = next.max(e.first_version);
+            let lo = e
+                .positions
+                .first_version_at_or_after(st.trimmed_before)
+                .unwrap_or(e.next_version);
+            if next < lo {
+                return Err(StoreError::Archived {
+                    first_available: lo,
+                    incarnation: st.incarnation,
+                    of_stream: true,
+                });
+            }
+            Ok(())
+        }
     }
 }
 
@@ -73,6 +105,8 @@ async fn run(
     loop {
         let (mut live, upto) = {
             let st = t.state.read();
+            // A trim (archival) can overtake a subscriber that fell behind.
+            check_start(&st, &cur.target, cur.last)?;
             (t.tx.subscribe(), st.committed_position)
         };
         // Catch-up: everything committed before the hand-off point, from storage.
@@ -98,6 +132,7 @@ async fn run(
             }
         }
         while from < upto {
+            check_start(&t.state.read(), &cur.target, cur.last)?;
             let page = inner.read_all_upto(t, from, upto, PAGE)?;
             let Some(last) = page.last() else { break };
             from = last.position + 1;

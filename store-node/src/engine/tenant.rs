@@ -163,6 +163,7 @@ impl TenantState {
             bytes: self.bytes,
             next_position: self.committed_position,
             incarnation: self.incarnation,
+            trimmed_before: self.trimmed_before,
         }
     }
 
@@ -425,6 +426,19 @@ impl TenantState {
             self.bytes = (self.bytes as u128 * self.events as u128 / old as u128) as u64;
         }
         self.trimmed_before = before;
+    }
+
+    /// [`StoreError::Archived`] when a tenant read or subscription starting at `from` would
+    /// begin in the archived (trimmed) range.
+    pub fn check_not_archived(&self, from: u64) -> Result<(), crate::error::StoreError> {
+        if from < self.trimmed_before {
+            return Err(crate::error::StoreError::Archived {
+                first_available: self.trimmed_before,
+                incarnation: self.incarnation,
+                of_stream: false,
+            });
+        }
+        Ok(())
     }
 
     /// Whether a committed event is visible to readers.

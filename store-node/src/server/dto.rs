@@ -446,6 +446,9 @@ pub struct StatsOut {
     pub next_position: u64,
     /// Incarnation of the tenant id (one more after each purge; positions restart at 0).
     pub incarnation: u64,
+    /// Positions below were archived and trimmed (0: none); reads starting below answer 410
+    /// `archived`.
+    pub trimmed_before: u64,
     /// Quotas in force.
     pub quotas: Quotas,
 }
@@ -460,6 +463,7 @@ impl StatsOut {
             bytes: s.bytes,
             next_position: s.next_position,
             incarnation: s.incarnation,
+            trimmed_before: s.trimmed_before,
             quotas,
         }
     }

@@ -89,6 +89,20 @@ impl From<StoreError> for ApiError {
                 retry_after_secs, ..
             } => out.retry_after = Some(retry_after_secs.max(1)),
             StoreError::Unavailable(_) | StoreError::Poisoned(_) => out.retry_after = Some(1),
+            StoreError::Archived {
+                first_available,
+                incarnation,
+                of_stream,
+            } => {
+                let key = if of_stream {
+                    "firstAvailableVersion"
+                } else {
+                    "firstAvailablePosition"
+                };
+                out = out
+                    .with(key, json!(first_available))
+                    .with("incarnation", json!(incarnation));
+            }
             _ => {}
         }
         out

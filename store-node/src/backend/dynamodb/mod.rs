@@ -95,6 +95,11 @@ struct Inner {
 
 const MAX_ATTEMPTS: usize = 64;
 
+/// Whether a request failed only its condition expression.
+fn is_condition_failed<E: ProvideErrorMetadata, R>(e: &SdkError<E, R>) -> bool {
+    matches!(e, SdkError::ServiceError(se) if se.err().code() == Some("ConditionalCheckFailedException"))
+}
+
 /// Maps an SDK error to a store error whose message a tenant may read: the category only. The
 /// service's own text (table names, ARNs, request ids, endpoint and connector details) is
 /// logged here and never reaches the client.
@@ -469,12 +474,14 @@ impl DynamoStore {
         h.insert("g1s".into(), s(st));
         items.push(match &head {
             None => self.put(h, "attribute_not_exists(pk)", Item::new())?,
+            // start_version too: a truncation moving it meanwhile must not be undone.
             Some(old) => self.put(
                 h,
-                "last_version = :lv AND deleted = :d",
+                "last_version = :lv AND deleted = :d AND start_version = :sv",
                 HashMap::from([
                     (":lv".to_string(), n(old.last_version)),
                     (":d".to_string(), AttributeValue::Bool(old.deleted)),
+                    (":sv".to_string(), n(old.start_version)),
                 ]),
             )?,
         });
@@ -791,7 +798,12 @@ impl EventStore for DynamoStore {
                 limit,
             )
             .await?;
-        items.iter().map(|i| event_of(tenant, i)).collect()
+        let page = items
+            .iter()
+            .map(|i| event_of(tenant, i))
+            .collect::<StoreResult<Vec<_>>>()?;
+        cloud::check_page_not_archived((lo, hi), direction, &page)?;
+        Ok(page)
     }
 
     async fn read_all(
@@ -815,7 +827,24 @@ impl EventStore for DynamoStore {
                 |i| event_belongs(tenant, i),
             )
             .await?;
-        items.iter().map(|i| event_of(tenant, i)).collect()
+        let page = items
+            .iter()
+            .map(|i| event_of(tenant, i))
+            .collect::<StoreResult<Vec<_>>>()?;
+        if page.first().is_none_or(|e| e.position > from_position) {
+            // Something before the page is missing: archived, or only truncated or never there.
+            if let Some(c) = self
+                .get(table::tenant_pk(tenant.as_str()), table::TENANT_SK)
+                .await?
+            {
+                let trimmed = match c.get("trimmed_before") {
+                    Some(_) => get_n(&c, "trimmed_before")?,
+                    None => 0,
+                };
+                cloud::check_tenant_not_archived(from_position, trimmed)?;
+            }
+        }
+        Ok(page)
     }
 
     async fn subscribe(
@@ -974,9 +1003,31 @@ impl EventStore for DynamoStore {
         stream: &StreamId,
         before: u64,
     ) -> StoreResult<u64> {
-        StreamHead::readable(self.head(tenant, stream).await?.as_ref(), stream)?;
+        let head = StreamHead::readable(self.head(tenant, stream).await?.as_ref(), stream)?;
         if before == 0 {
             return Ok(0);
+        }
+        // Reads start at the truncation point first (only a trim leaves a gap after the start);
+        // a concurrent append conditions its head write on the start version it read.
+        let start = before.min(head.last_version + 1);
+        let moved = self
+            .inner
+            .client
+            .update_item()
+            .table_name(&self.inner.table)
+            .set_key(Some(key(
+                table::stream_pk(tenant.as_str(), stream.as_str()),
+                table::HEAD_SK,
+            )))
+            .update_expression("SET start_version = :b")
+            .condition_expression("attribute_exists(pk) AND start_version < :b")
+            .expression_attribute_values(":b", n(start))
+            .send()
+            .await;
+        if let Err(e) = moved {
+            if !is_condition_failed(&e) {
+                return Err(sdk_err(e));
+            }
         }
         let vals = HashMap::from([
             (
@@ -1005,6 +1056,35 @@ impl EventStore for DynamoStore {
         incarnation: Option<u64>,
     ) -> StoreResult<u64> {
         crate::backend::check_fixed_incarnation(incarnation)?;
+        // The watermark first: a read below it is answered `archived` as soon as anything of
+        // the range may be gone.
+        if let Some(c) = self
+            .get(table::tenant_pk(tenant.as_str()), table::TENANT_SK)
+            .await?
+        {
+            let mark = before.min(get_n(&c, "next_position")?);
+            let raised = self
+                .inner
+                .client
+                .update_item()
+                .table_name(&self.inner.table)
+                .set_key(Some(key(
+                    table::tenant_pk(tenant.as_str()),
+                    table::TENANT_SK,
+                )))
+                .update_expression("SET trimmed_before = :p")
+                .condition_expression(
+                    "attribute_exists(pk) AND (attribute_not_exists(trimmed_before) OR trimmed_before < :p)",
+                )
+                .expression_attribute_values(":p", n(mark))
+                .send()
+                .await;
+            if let Err(e) = raised {
+                if !is_condition_failed(&e) {
+                    return Err(sdk_err(e));
+                }
+            }
+        }
         let vals = HashMap::from([
             (":t".to_string(), s(tenant.as_str())),
             (":p".to_string(), n(before)),
@@ -1063,6 +1143,10 @@ impl EventStore for DynamoStore {
             bytes: get_n(&c, "bytes")?,
             next_position: get_n(&c, "next_position")?,
             incarnation: 0,
+            trimmed_before: match c.get("trimmed_before") {
+                Some(_) => get_n(&c, "trimmed_before")?,
+                None => 0,
+            },
         })
     }
 }

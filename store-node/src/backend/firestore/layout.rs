@@ -318,6 +318,7 @@ pub fn tenant_fields(s: &TenantStats) -> Map<String, Value> {
     f.insert("events".into(), int(s.events));
     f.insert("bytes".into(), int(s.bytes));
     f.insert("streams".into(), int(s.streams));
+    f.insert("trimmed_before".into(), int(s.trimmed_before));
     f
 }
 
@@ -329,6 +330,8 @@ pub fn tenant_of(doc: &Value) -> StoreResult<TenantStats> {
         bytes: get_u64(doc, "bytes")?,
         next_position: get_u64(doc, "next_position")?,
         incarnation: 0,
+        // Absent (0) in documents written before trims were recorded.
+        trimmed_before: get_u64(doc, "trimmed_before")?,
     })
 }
 
@@ -587,6 +590,7 @@ mod tests {
             bytes: 3,
             next_position: 4,
             incarnation: 0,
+            trimmed_before: 2,
         };
         assert_eq!(tenant_of(&document("t", tenant_fields(&st))).ok(), Some(st));
         assert_eq!(

@@ -342,7 +342,7 @@ impl FirestoreStore {
             streams: stats.streams + u64::from(current.is_none()),
             bytes: stats.bytes + bytes,
             next_position: first_position + count,
-            incarnation: 0,
+            ..stats
         };
         writes.push(layout::set(&tname, layout::tenant_fields(&new_stats)));
         Ok(Decision::Write(
@@ -359,7 +359,12 @@ impl FirestoreStore {
 
     /// Deletes the given event documents (all of one tenant) in one transaction, lowering the
     /// stream and tenant counters; documents already gone are skipped. Returns how many went.
-    async fn delete_events(&self, tenant: &TenantId, docs: &[Value]) -> StoreResult<u64> {
+    async fn delete_events(
+        &self,
+        tenant: &TenantId,
+        docs: &[Value],
+        mark: Mark,
+    ) -> StoreResult<u64> {
         let l = self.layout();
         let tname = l.tenant_doc(tenant);
         let mut event_names = Vec::with_capacity(docs.len());
@@ -397,13 +402,32 @@ impl FirestoreStore {
                 };
                 let mut d = layout::stream_of(doc)?;
                 d.events = d.events.saturating_sub(n);
+                if let Mark::StartAt(before) = mark {
+                    // Reads start at the truncation point: only a trim leaves a gap after it.
+                    d.head.start_version = d
+                        .head
+                        .start_version
+                        .max(before.min(d.head.last_version + 1));
+                }
                 writes.push(layout::set(sname, layout::stream_fields(stream, &d)));
+            }
+            if let Mark::TrimmedBefore(before) = mark {
+                stats.trimmed_before = stats.trimmed_before.max(before.min(stats.next_position));
             }
             writes.push(layout::set(&tname, layout::tenant_fields(&stats)));
             Ok(Decision::Write(writes, dropped))
         })
         .await
     }
+}
+
+/// What a deletion of events records besides the deletion.
+#[derive(Debug, Clone, Copy)]
+enum Mark {
+    /// A truncation: the stream's reads start at this version.
+    StartAt(u64),
+    /// A trim (archival): the tenant's positions below this are archived.
+    TrimmedBefore(u64),
 }
 
 #[async_trait::async_trait]
@@ -455,7 +479,12 @@ impl EventStore for FirestoreStore {
         let query = layout::stream_range_query(lo, hi, direction == Direction::Forwards, limit);
         let parent = self.layout().stream_doc(tenant, stream);
         let docs = self.inner.rest.run_query(&parent, &query).await?;
-        docs.iter().map(layout::event_of).collect()
+        let page = docs
+            .iter()
+            .map(layout::event_of)
+            .collect::<StoreResult<Vec<_>>>()?;
+        cloud::check_page_not_archived((lo, hi), direction, &page)?;
+        Ok(page)
     }
 
     async fn read_all(
@@ -467,7 +496,18 @@ impl EventStore for FirestoreStore {
         self.inner.limits.validate_read_limit(limit)?;
         let query = layout::tenant_position_query(tenant, from_position, true, limit);
         let docs = self.inner.rest.run_query(self.root(), &query).await?;
-        docs.iter().map(layout::event_of).collect()
+        let page = docs
+            .iter()
+            .map(layout::event_of)
+            .collect::<StoreResult<Vec<_>>>()?;
+        if page.first().is_none_or(|e| e.position > from_position) {
+            // Something before the page is missing: archived, or only truncated or never there.
+            cloud::check_tenant_not_archived(
+                from_position,
+                self.stats(tenant).await?.trimmed_before,
+            )?;
+        }
+        Ok(page)
     }
 
     async fn subscribe(
@@ -584,7 +624,9 @@ impl EventStore for FirestoreStore {
             if docs.is_empty() {
                 return Ok(dropped);
             }
-            dropped += self.delete_events(tenant, &docs).await?;
+            dropped += self
+                .delete_events(tenant, &docs, Mark::StartAt(before))
+                .await?;
         }
     }
 
@@ -603,7 +645,9 @@ impl EventStore for FirestoreStore {
             if docs.is_empty() {
                 return Ok(dropped);
             }
-            dropped += self.delete_events(tenant, &docs).await?;
+            dropped += self
+                .delete_events(tenant, &docs, Mark::TrimmedBefore(before))
+                .await?;
         }
     }
 

@@ -470,20 +470,23 @@ impl EventStore for PostgresStore {
             Direction::Backwards => &q.read_backwards,
         };
         let st = c.prepare_cached(text).await.map_err(pg_err)?;
-        c.query(
-            &st,
-            &[
-                &tenant.as_str(),
-                &stream.as_str(),
-                &to_i64(lo)?,
-                &to_i64(hi)?,
-            ],
-        )
-        .await
-        .map_err(pg_err)?
-        .iter()
-        .map(row_event)
-        .collect()
+        let page = c
+            .query(
+                &st,
+                &[
+                    &tenant.as_str(),
+                    &stream.as_str(),
+                    &to_i64(lo)?,
+                    &to_i64(hi)?,
+                ],
+            )
+            .await
+            .map_err(pg_err)?
+            .iter()
+            .map(row_event)
+            .collect::<StoreResult<Vec<_>>>()?;
+        cloud::check_page_not_archived((lo, hi), direction, &page)?;
+        Ok(page)
     }
 
     async fn read_all(
@@ -494,19 +497,31 @@ impl EventStore for PostgresStore {
     ) -> StoreResult<Vec<RecordedEvent>> {
         self.inner.limits.validate_read_limit(limit)?;
         let c = self.client().await?;
-        let st = c
-            .prepare_cached(&self.q(tenant).read_all)
+        let q = self.q(tenant);
+        let st = c.prepare_cached(&q.read_all).await.map_err(pg_err)?;
+        let page = c
+            .query(
+                &st,
+                &[&tenant.as_str(), &to_i64(from_position)?, &(limit as i64)],
+            )
             .await
-            .map_err(pg_err)?;
-        c.query(
-            &st,
-            &[&tenant.as_str(), &to_i64(from_position)?, &(limit as i64)],
-        )
-        .await
-        .map_err(pg_err)?
-        .iter()
-        .map(row_event)
-        .collect()
+            .map_err(pg_err)?
+            .iter()
+            .map(row_event)
+            .collect::<StoreResult<Vec<_>>>()?;
+        if page.first().is_none_or(|e| e.position > from_position) {
+            // Something before the page is missing: archived, or only truncated or never there.
+            let st = c.prepare_cached(&q.trimmed_before).await.map_err(pg_err)?;
+            if let Some(r) = c
+                .query_opt(&st, &[&tenant.as_str()])
+                .await
+                .map_err(pg_err)?
+            {
+                let trimmed: i64 = r.try_get(0).map_err(pg_err)?;
+                cloud::check_tenant_not_archived(from_position, to_u64(trimmed))?;
+            }
+        }
+        Ok(page)
     }
 
     async fn subscribe(
@@ -656,6 +671,15 @@ impl EventStore for PostgresStore {
         tx.execute(&sub, &[&tenant.as_str(), &n, &bytes, &0i64])
             .await
             .map_err(pg_err)?;
+        // Reads start at the truncation point: a page missing its first versions then means
+        // archived (trimmed), never truncated.
+        let set = tx.prepare_cached(&q.set_start).await.map_err(pg_err)?;
+        tx.execute(
+            &set,
+            &[&tenant.as_str(), &stream.as_str(), &to_i64(before)?],
+        )
+        .await
+        .map_err(pg_err)?;
         tx.commit().await.map_err(pg_err)?;
         Ok(to_u64(n))
     }
@@ -683,6 +707,10 @@ impl EventStore for PostgresStore {
         tx.execute(&sub, &[&tenant.as_str(), &n, &bytes, &0i64])
             .await
             .map_err(pg_err)?;
+        let set = tx.prepare_cached(&q.set_trimmed).await.map_err(pg_err)?;
+        tx.execute(&set, &[&tenant.as_str(), &to_i64(before)?])
+            .await
+            .map_err(pg_err)?;
         tx.commit().await.map_err(pg_err)?;
         Ok(to_u64(n))
     }
@@ -706,6 +734,7 @@ impl EventStore for PostgresStore {
             bytes: to_u64(r.try_get(2).map_err(pg_err)?),
             streams: to_u64(r.try_get(3).map_err(pg_err)?),
             incarnation: 0,
+            trimmed_before: to_u64(r.try_get(4).map_err(pg_err)?),
         })
     }
 }

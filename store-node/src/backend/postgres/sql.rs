@@ -116,6 +116,11 @@ pub fn schema_ddl(schema: &str) -> Result<Vec<String>, StoreError> {
                 bytes bigint NOT NULL DEFAULT 0,
                 streams bigint NOT NULL DEFAULT 0)"
         ),
+        // Positions below were archived and trimmed (added after the first release: stores made
+        // before it get the column here).
+        format!(
+            "ALTER TABLE {s}.tenants ADD COLUMN IF NOT EXISTS trimmed_before bigint NOT NULL DEFAULT 0"
+        ),
         format!(
             "CREATE TABLE IF NOT EXISTS {s}.streams (
                 tenant text NOT NULL,
@@ -306,6 +311,12 @@ pub struct Queries {
     pub trim: String,
     /// Subtracts usage: (tenant, events, bytes, streams).
     pub sub_usage: String,
+    /// Raises the tenant's trim watermark: (tenant, before).
+    pub set_trimmed: String,
+    /// Moves a stream's first readable version up to a truncation point: (tenant, stream, before).
+    pub set_start: String,
+    /// The tenant's trim watermark: (tenant).
+    pub trimmed_before: String,
 }
 
 impl Queries {
@@ -364,7 +375,7 @@ impl Queries {
                 "SELECT stream, last_version, deleted FROM {s}.streams WHERE tenant = $1 AND stream > $2 ORDER BY stream LIMIT $3"
             ),
             tenant_row: format!(
-                "SELECT next_position, events, bytes, streams FROM {s}.tenants WHERE tenant = $1"
+                "SELECT next_position, events, bytes, streams, trimmed_before FROM {s}.tenants WHERE tenant = $1"
             ),
             delete_stream: format!(
                 "UPDATE {s}.streams SET deleted = true WHERE tenant = $1 AND stream = $2 AND NOT deleted"
@@ -377,6 +388,15 @@ impl Queries {
                 "WITH d AS (DELETE FROM {s}.events WHERE tenant = $1 AND position < $2 RETURNING size_bytes) \
                  SELECT count(*)::bigint, coalesce(sum(size_bytes), 0)::bigint FROM d"
             ),
+            set_trimmed: format!(
+                "UPDATE {s}.tenants SET trimmed_before = greatest(trimmed_before, least($2, next_position)) \
+                 WHERE tenant = $1"
+            ),
+            set_start: format!(
+                "UPDATE {s}.streams SET start_version = greatest(start_version, least($3, last_version + 1)) \
+                 WHERE tenant = $1 AND stream = $2"
+            ),
+            trimmed_before: format!("SELECT trimmed_before FROM {s}.tenants WHERE tenant = $1"),
             sub_usage: format!(
                 "UPDATE {s}.tenants SET events = events - $2, bytes = bytes - $3, streams = streams - $4 WHERE tenant = $1"
             ),
