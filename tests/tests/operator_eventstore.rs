@@ -864,3 +864,112 @@ async fn many_stores_reach_ready() {
     ns.cleanup().await.unwrap();
     delete_volumes(&client, &pvs).await;
 }
+
+/// The message of the store's Degraded condition, when it is true with `reason`.
+fn degraded_message(st: &EventStoreStatus, reason: &str) -> Option<String> {
+    st.conditions
+        .iter()
+        .find(|c| c.type_ == "Degraded" && c.is_true() && c.reason == reason)
+        .map(|c| c.message.clone())
+}
+
+/// A TLS Secret the nodes cannot serve from (missing, a key missing, a key that does not match
+/// the certificate) is reported up front as Degraded / TLSSecretInvalid naming what is wrong,
+/// and no StatefulSet is made whose pods would fail at start; a usable Secret clears it.
+#[tokio::test]
+async fn a_tls_secret_the_nodes_cannot_use_makes_the_store_degraded() {
+    let Some((ns, client)) = setup("es-tls").await else {
+        return;
+    };
+    let n = ns.name().to_string();
+    let pvs = create_volumes(&client, &n, "orders", 1).await;
+    let op = Operator::start(&client, &n);
+    let es: Api<EventStore> = Api::namespaced(client.clone(), &n);
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), &n);
+    let sts: Api<StatefulSet> = Api::namespaced(client.clone(), &n);
+    let mut with_tls = store("orders", 1, "Retain");
+    with_tls.spec.self_hosted.as_mut().unwrap().tls_secret_ref =
+        Some(allsource_operator::api::SecretRef {
+            name: "orders-tls".into(),
+        });
+    es.create(&PostParams::default(), &with_tls).await.unwrap();
+
+    let expect = async |what: &str, needle: &str| {
+        let st = wait_status(&es, "orders", what, |_, s| {
+            degraded_message(s, "TLSSecretInvalid").is_some_and(|m| m.contains(needle))
+        })
+        .await;
+        assert_eq!(st.phase, Some(Phase::Degraded), "{what}");
+        assert!(
+            sts.get_opt("orders").await.unwrap().is_none(),
+            "{what}: a StatefulSet was made with a TLS Secret its nodes cannot use"
+        );
+        println!(
+            "{what}: {}",
+            degraded_message(&st, "TLSSecretInvalid").unwrap()
+        );
+    };
+    expect("Secret missing", "does not exist").await;
+
+    let pki = tempfile::tempdir().unwrap();
+    allsource_tests::certs::make_ca(pki.path(), "ca");
+    allsource_tests::certs::make_ca(pki.path(), "other");
+    let file = |f: &str| std::fs::read(pki.path().join(f)).unwrap();
+    let tls = |pairs: &[(&str, Vec<u8>)]| Secret {
+        metadata: kube::api::ObjectMeta {
+            name: Some("orders-tls".into()),
+            ..Default::default()
+        },
+        type_: Some("kubernetes.io/tls".into()),
+        data: Some(
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), k8s_openapi::ByteString(v.clone())))
+                .collect(),
+        ),
+        ..Default::default()
+    };
+    let ssa = PatchParams::apply("test").force();
+    let put = async |s: Secret| {
+        secrets
+            .patch("orders-tls", &ssa, &Patch::Apply(&s))
+            .await
+            .unwrap();
+    };
+    put(tls(&[
+        ("tls.crt", file("ca.crt")),
+        ("tls.key", file("ca.key")),
+    ]))
+    .await;
+    expect("ca.crt missing", "has no ca.crt").await;
+    secrets
+        .delete("orders-tls", &DeleteParams::default())
+        .await
+        .unwrap();
+    put(tls(&[
+        ("tls.crt", file("ca.crt")),
+        ("tls.key", file("other.key")),
+        ("ca.crt", file("ca.crt")),
+    ]))
+    .await;
+    expect("key of another certificate", "do not form a usable pair").await;
+
+    put(tls(&[
+        ("tls.crt", file("ca.crt")),
+        ("tls.key", file("ca.key")),
+        ("ca.crt", file("ca.crt")),
+    ]))
+    .await;
+    wait_status(&es, "orders", "TLSSecretInvalid cleared", |_, s| {
+        degraded_message(s, "TLSSecretInvalid").is_none()
+    })
+    .await;
+    wait_for("the StatefulSet with the TLS volume", DEADLINE, || async {
+        sts.get_opt("orders").await.unwrap()
+    })
+    .await;
+
+    op.stop().await;
+    ns.cleanup().await.unwrap();
+    delete_volumes(&client, &pvs).await;
+}

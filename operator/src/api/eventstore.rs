@@ -187,7 +187,9 @@ pub struct SelfHostedSpec {
     /// seconds when the Secret changes, no restart); the operator, the archiver and the tenants'
     /// credentials Secrets use https:// URLs verified with ca.crt, which is copied into each
     /// tenant's credentials Secret. The certificate must name <store>.<namespace>.svc and
-    /// *.<store>-nodes.<namespace>.svc.
+    /// *.<store>-nodes.<namespace>.svc. A Secret that is missing, lacks a key, or whose
+    /// tls.crt and tls.key do not form a pair makes the store Degraded (reason
+    /// TLSSecretInvalid) before any node is rolled out.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls_secret_ref: Option<SecretRef>,
 }

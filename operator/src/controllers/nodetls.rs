@@ -13,7 +13,7 @@ use sha2::{Digest, Sha256};
 
 use super::tenant::usage;
 use crate::api::EventStore;
-use crate::resources::{secret, tls_secret_name, TLS_CA_KEY};
+use crate::resources::{secret, tls_secret_name, TLS_CA_KEY, TLS_CERT_KEY, TLS_KEY_KEY};
 
 /// Why the operator cannot call a store's nodes over HTTPS.
 #[derive(Debug, thiserror::Error)]
@@ -66,6 +66,47 @@ pub async fn store_ca(
         .filter(|v| !v.trim().is_empty())
         .map(|v| Some(v.to_string()))
         .ok_or_else(|| NodeTlsError::NoCa(name.to_string()))
+}
+
+/// What keeps the store's TLS Secret `name` (None: absent) from serving its nodes, in words
+/// for status; None when it is usable: `tls.crt` and `tls.key` form a pair the node loads
+/// (checked by the node's own loader) and `ca.crt` holds a certificate, which the operator,
+/// the archiver and the tenants' Secrets use to verify the nodes. Pure.
+pub fn tls_secret_problem(name: &str, secret: Option<&Secret>) -> Option<String> {
+    let Some(s) = secret else {
+        return Some(format!(
+            "TLS Secret {name} (spec.selfHosted.tlsSecretRef) does not exist"
+        ));
+    };
+    let bytes = |key: &str| {
+        s.data
+            .as_ref()
+            .and_then(|d| d.get(key))
+            .map(|v| v.0.as_slice())
+            .filter(|v| !v.is_empty())
+    };
+    let missing: Vec<&str> = [TLS_CERT_KEY, TLS_KEY_KEY, TLS_CA_KEY]
+        .into_iter()
+        .filter(|k| bytes(k).is_none())
+        .collect();
+    if !missing.is_empty() {
+        return Some(format!(
+            "TLS Secret {name} has no {} (it needs tls.crt, tls.key and ca.crt)",
+            missing.join(", ")
+        ));
+    }
+    let (cert, key, ca) = (
+        bytes(TLS_CERT_KEY).unwrap_or_default(),
+        bytes(TLS_KEY_KEY).unwrap_or_default(),
+        bytes(TLS_CA_KEY).unwrap_or_default(),
+    );
+    if let Err(e) = store_node::server::tls::check_pair(cert, key) {
+        return Some(format!("TLS Secret {name}: {e}"));
+    }
+    if let Err(e) = store_node::server::tls::check_ca(ca) {
+        return Some(format!("TLS Secret {name}: ca.crt {e}"));
+    }
+    None
 }
 
 /// An HTTP client for nodes verified with `ca` (PEM), or the plain client when None.
@@ -126,5 +167,47 @@ mod tests {
             .to_string();
         assert!(e.contains("orders-tls") && e.contains("ca.crt"), "{e}");
         assert!(client_for(None, "").is_ok());
+    }
+
+    fn tls_secret(pairs: &[(&str, &str)]) -> Secret {
+        Secret {
+            data: Some(
+                pairs
+                    .iter()
+                    .map(|(k, v)| {
+                        (
+                            k.to_string(),
+                            k8s_openapi::ByteString(v.as_bytes().to_vec()),
+                        )
+                    })
+                    .collect(),
+            ),
+            ..Secret::default()
+        }
+    }
+
+    #[test]
+    fn tls_secret_problems_name_the_secret_and_the_key() {
+        let p = tls_secret_problem("orders-tls", None).unwrap();
+        assert!(
+            p.contains("orders-tls") && p.contains("does not exist"),
+            "{p}"
+        );
+        let p = tls_secret_problem("orders-tls", Some(&tls_secret(&[("tls.crt", "x")]))).unwrap();
+        assert!(p.contains("tls.key, ca.crt"), "{p}");
+        let junk = tls_secret(&[("tls.crt", "junk"), ("tls.key", "junk"), ("ca.crt", "junk")]);
+        let p = tls_secret_problem("orders-tls", Some(&junk)).unwrap();
+        assert!(p.contains("orders-tls") && p.contains("tls.crt"), "{p}");
+        // A key's bytes never reach the message.
+        let secretive = tls_secret(&[
+            ("tls.crt", "junk"),
+            (
+                "tls.key",
+                "-----BEGIN PRIVATE KEY-----\nS3CR3T\n-----END PRIVATE KEY-----\n",
+            ),
+            ("ca.crt", "junk"),
+        ]);
+        let p = tls_secret_problem("orders-tls", Some(&secretive)).unwrap();
+        assert!(!p.contains("S3CR3T"), "{p}");
     }
 }

@@ -243,6 +243,26 @@ fn read_file(path: &Path) -> Result<Vec<u8>, TlsError> {
 /// The bytes of `tls.crt` and `tls.key`.
 type PairBytes = (Vec<u8>, Vec<u8>);
 
+/// Checks a certificate chain and key exactly as a node loads them from `tls.crt` and
+/// `tls.key` (the operator checks a store's TLS Secret with this before mounting it, so a bad
+/// Secret is reported in status instead of a node that cannot start). Returns the leaf's end of
+/// validity. Error texts name the file (`tls.crt`, `tls.key`) and never quote key bytes.
+pub fn check_pair(cert: &[u8], key: &[u8]) -> Result<Option<DateTime<Utc>>, TlsError> {
+    let provider = rustls::crypto::ring::default_provider();
+    parse_pair(Path::new(""), &(cert.to_vec(), key.to_vec()), &provider).map(|l| l.not_after)
+}
+
+/// Checks that `pem` holds at least one certificate (a `ca.crt`).
+pub fn check_ca(pem: &[u8]) -> Result<(), String> {
+    let certs = CertificateDer::pem_slice_iter(pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("not a PEM certificate bundle: {e}"))?;
+    if certs.is_empty() {
+        return Err("holds no CERTIFICATE block".into());
+    }
+    Ok(())
+}
+
 /// Both files' bytes and a digest of them.
 fn read_pair(dir: &Path) -> Result<(PairBytes, [u8; 32]), TlsError> {
     let cert = read_file(&dir.join(CERT_FILE))?;

@@ -37,7 +37,9 @@ use crate::api::{
     set_condition, Condition, EventStore, Phase, Tenant, CONDITION_READY, FIELD_MANAGER, FINALIZER,
 };
 use crate::controllers::tenant::duplicate;
-use crate::resources::{configmap, hash_of, pdb, service, serviceaccount, statefulset};
+use crate::resources::{
+    configmap, hash_of, pdb, service, serviceaccount, statefulset, tls_secret_name,
+};
 use placement::TenantRequest;
 
 const KIND: &str = "EventStore";
@@ -366,6 +368,27 @@ async fn apply_store(es: &EventStore, state: &State, ns: &str) -> Result<Action,
             Some(_) => (es, sh, previous),
         }
     };
+
+    // Validate what the pods will mount: a TLS Secret the nodes cannot serve from would leave
+    // them failing at start (or waiting for the volume) with nothing in the store's status.
+    if let Some(name) = tls_secret_name(es) {
+        let secret = Api::<Secret>::namespaced(ctx.client.clone(), ns)
+            .get_opt(name)
+            .await?;
+        if let Some(problem) =
+            crate::controllers::nodetls::tls_secret_problem(name, secret.as_ref())
+        {
+            return park(
+                es,
+                ctx,
+                ns,
+                "TLSSecretInvalid",
+                problem,
+                Duration::from_secs(30),
+            )
+            .await;
+        }
+    }
 
     // Build (pure).
     let node_cfg = configmap::node_config(&sh);
