@@ -696,6 +696,27 @@ impl DynamoStore {
         Ok(())
     }
 
+    /// Raises the number attribute `attr` of an existing item to `value`; never lowers it, and
+    /// leaves a missing item alone.
+    async fn raise(&self, pk: String, sk: &str, attr: &str, value: u64) -> StoreResult<()> {
+        let raised = self
+            .inner
+            .client
+            .update_item()
+            .table_name(&self.inner.table)
+            .set_key(Some(key(pk, sk)))
+            .update_expression("SET #a = :v")
+            .condition_expression("attribute_exists(pk) AND (attribute_not_exists(#a) OR #a < :v)")
+            .expression_attribute_names("#a", attr)
+            .expression_attribute_values(":v", n(value))
+            .send()
+            .await;
+        match raised {
+            Err(e) if !is_condition_failed(&e) => Err(sdk_err(e)),
+            _ => Ok(()),
+        }
+    }
+
     async fn sub_usage(
         &self,
         tenant: &TenantId,
@@ -1009,26 +1030,13 @@ impl EventStore for DynamoStore {
         }
         // Reads start at the truncation point first (only a trim leaves a gap after the start);
         // a concurrent append conditions its head write on the start version it read.
-        let start = before.min(head.last_version + 1);
-        let moved = self
-            .inner
-            .client
-            .update_item()
-            .table_name(&self.inner.table)
-            .set_key(Some(key(
-                table::stream_pk(tenant.as_str(), stream.as_str()),
-                table::HEAD_SK,
-            )))
-            .update_expression("SET start_version = :b")
-            .condition_expression("attribute_exists(pk) AND start_version < :b")
-            .expression_attribute_values(":b", n(start))
-            .send()
-            .await;
-        if let Err(e) = moved {
-            if !is_condition_failed(&e) {
-                return Err(sdk_err(e));
-            }
-        }
+        self.raise(
+            table::stream_pk(tenant.as_str(), stream.as_str()),
+            table::HEAD_SK,
+            "start_version",
+            before.min(head.last_version + 1),
+        )
+        .await?;
         let vals = HashMap::from([
             (
                 ":pk".to_string(),
@@ -1063,27 +1071,13 @@ impl EventStore for DynamoStore {
             .await?
         {
             let mark = before.min(get_n(&c, "next_position")?);
-            let raised = self
-                .inner
-                .client
-                .update_item()
-                .table_name(&self.inner.table)
-                .set_key(Some(key(
-                    table::tenant_pk(tenant.as_str()),
-                    table::TENANT_SK,
-                )))
-                .update_expression("SET trimmed_before = :p")
-                .condition_expression(
-                    "attribute_exists(pk) AND (attribute_not_exists(trimmed_before) OR trimmed_before < :p)",
-                )
-                .expression_attribute_values(":p", n(mark))
-                .send()
-                .await;
-            if let Err(e) = raised {
-                if !is_condition_failed(&e) {
-                    return Err(sdk_err(e));
-                }
-            }
+            self.raise(
+                table::tenant_pk(tenant.as_str()),
+                table::TENANT_SK,
+                "trimmed_before",
+                mark,
+            )
+            .await?;
         }
         let vals = HashMap::from([
             (":t".to_string(), s(tenant.as_str())),
