@@ -328,6 +328,7 @@ pub fn tenant_of(doc: &Value) -> StoreResult<TenantStats> {
         streams: get_u64(doc, "streams")?,
         bytes: get_u64(doc, "bytes")?,
         next_position: get_u64(doc, "next_position")?,
+        snapshot_bytes: 0,
         incarnation: 0,
     })
 }
@@ -586,6 +587,7 @@ mod tests {
             streams: 2,
             bytes: 3,
             next_position: 4,
+            snapshot_bytes: 0,
             incarnation: 0,
         };
         assert_eq!(tenant_of(&document("t", tenant_fields(&st))).ok(), Some(st));

@@ -342,6 +342,7 @@ impl FirestoreStore {
             streams: stats.streams + u64::from(current.is_none()),
             bytes: stats.bytes + bytes,
             next_position: first_position + count,
+            snapshot_bytes: 0,
             incarnation: 0,
         };
         writes.push(layout::set(&tname, layout::tenant_fields(&new_stats)));
