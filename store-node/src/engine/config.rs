@@ -25,8 +25,9 @@ pub struct EngineConfig {
     pub wal_on_corruption: CorruptionPolicy,
     /// A checkpoint (flush of hot events to Parquet, manifest, WAL trim) starts once this many
     /// WAL bytes were written since the last one. Past twice as many (hot events and pending
-    /// snapshots are held in memory until a checkpoint), appends and snapshots run a checkpoint
-    /// before they are taken, so that memory stays bounded whatever the write rate.
+    /// snapshots are held in memory until a checkpoint), appends and snapshots wait for the
+    /// flusher's next checkpoint before they are taken (at most 30 s), so that memory stays
+    /// bounded whatever the write rate.
     pub checkpoint_wal_bytes: u64,
     /// A checkpoint also starts once the snapshots saved since the last one (held in memory
     /// until a checkpoint writes their files) reach this many bytes, node-wide; a tenant

@@ -129,6 +129,17 @@ fn now_ms() -> i64 {
         .unwrap_or(0)
 }
 
+/// Refuses a write taken for an incarnation of the tenant that was purged since.
+fn check_incarnation(st: &TenantState, incarnation: u64) -> StoreResult<()> {
+    if st.incarnation != incarnation {
+        return Err(StoreError::Unavailable(format!(
+            "tenant {} was purged while this write waited",
+            st.id
+        )));
+    }
+    Ok(())
+}
+
 fn new_tenant(id: TenantId, state: TenantState, buffer: usize) -> Arc<Tenant> {
     let _ = id;
     let (tx, _) = broadcast::channel(buffer.max(1));
@@ -416,8 +427,10 @@ impl Inner {
         self.wal_bytes_since_checkpoint() >= self.cfg.checkpoint_wal_bytes.saturating_mul(2)
     }
 
-    /// Runs a checkpoint before a write when memory is over its bound or `also` holds, so that
-    /// memory waiting for a checkpoint stays bounded whatever the write rate.
+    /// Before a write: while memory waiting for a checkpoint is over its bound (or `also`
+    /// holds), wakes the flusher and waits for its checkpoint (at most 30 s, then the write
+    /// goes ahead), so that this memory stays bounded whatever the write rate. Checkpoints stay
+    /// the flusher's (and purges'); only an engine without a flusher checkpoints here.
     async fn make_room(
         self: &Arc<Self>,
         also: impl Fn(&Inner) -> bool + Send + 'static,
@@ -426,14 +439,26 @@ impl Inner {
         if !self.over_memory_bound() && !also(self) {
             return Ok(());
         }
-        let inner = self.clone();
-        tokio::task::spawn_blocking(move || {
-            inner.checkpoint_if(|i| {
-                !i.closed.load(Ordering::Acquire) && (i.over_memory_bound() || also(i))
+        if self.cfg.checkpoint_interval_ms == 0 {
+            let inner = self.clone();
+            tokio::task::spawn_blocking(move || {
+                inner.checkpoint_if(|i| {
+                    !i.closed.load(Ordering::Acquire) && (i.over_memory_bound() || also(i))
+                })
             })
-        })
-        .await
-        .map_err(|e| StoreError::Internal(format!("checkpoint task: {e}")))??;
+            .await
+            .map_err(|e| StoreError::Internal(format!("checkpoint task: {e}")))??;
+            return Ok(());
+        }
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while (self.over_memory_bound() || also(self)) && std::time::Instant::now() < deadline {
+            self.check_writable()?;
+            {
+                let _s = self.flusher_stop.0.lock();
+                self.flusher_stop.1.notify_all();
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
         Ok(())
     }
 
@@ -542,12 +567,19 @@ impl Inner {
         })
     }
 
+    /// The tenant's incarnation now (0 for a tenant this node does not hold yet).
+    fn incarnation(&self, tenant: &TenantId) -> u64 {
+        self.tenant(tenant)
+            .map_or(0, |t| t.state.read().incarnation)
+    }
+
     async fn append(
         &self,
         tenant: &TenantId,
         stream: &StreamId,
         expected: ExpectedVersion,
         events: Vec<NewEvent>,
+        incarnation: u64,
     ) -> StoreResult<AppendResult> {
         self.check_stream(stream)?;
         self.cfg.limits.validate_batch(&events)?;
@@ -562,6 +594,7 @@ impl Inner {
             };
             let outcome = {
                 let mut st = t.state.write();
+                check_incarnation(&st, incarnation)?;
                 let r = match st.reserve_append(stream, expected, &evs) {
                     Ok(r) => r,
                     Err(StoreError::Conflict { current }) => {
@@ -651,8 +684,13 @@ impl crate::backend::EventStore for Engine {
         expected: ExpectedVersion,
         events: Vec<NewEvent>,
     ) -> StoreResult<AppendResult> {
+        // A write that waited for room must not land in a tenant purged (and re-created)
+        // meanwhile: it was accepted for the incarnation it found here.
+        let incarnation = self.inner.incarnation(tenant);
         self.inner.make_room(|_| false).await?;
-        self.inner.append(tenant, stream, expected, events).await
+        self.inner
+            .append(tenant, stream, expected, events, incarnation)
+            .await
     }
 
     async fn read_stream(
@@ -713,6 +751,7 @@ impl crate::backend::EventStore for Engine {
         };
         // Snapshots wait in memory for the checkpoint that writes their files: past the bound,
         // that checkpoint runs now, before this one is taken.
+        let incarnation = self.inner.incarnation(tenant);
         let t = tenant.clone();
         self.inner
             .make_room(move |inner| {
@@ -723,6 +762,7 @@ impl crate::backend::EventStore for Engine {
             .await?;
         self.inner
             .submit_other(tenant, rec, |st| match st.streams.get(&stream) {
+                _ if st.incarnation != incarnation => check_incarnation(st, incarnation),
                 Some(e) if e.reserved_deleted => Err(StoreError::StreamDeleted(stream.to_string())),
                 Some(e) => match e.reserved_current() {
                     Some(cur) if version <= cur => Ok(()),
