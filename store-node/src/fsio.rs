@@ -24,6 +24,18 @@ pub trait AppendFile: Send {
     fn sync_all(&mut self) -> io::Result<()>;
 }
 
+/// A file opened for reading at any offset (a Parquet segment read one row group at a time).
+pub trait ReadAt: Send + Sync {
+    /// Length of the file when it was opened.
+    fn len(&self) -> u64;
+    /// Whether the file is empty.
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    /// Reads up to `buf.len()` bytes at `offset`; fewer only at the end of the file.
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<usize>;
+}
+
 /// The file-system operations the engine needs.
 pub trait FileSystem: Send + Sync + 'static {
     /// Creates a directory and its parents.
@@ -34,6 +46,8 @@ pub trait FileSystem: Send + Sync + 'static {
     fn exists(&self, path: &Path) -> bool;
     /// Reads a whole file.
     fn read(&self, path: &Path) -> io::Result<Vec<u8>>;
+    /// Opens a file for reads at offsets, so that a reader fetches only the bytes it needs.
+    fn open_read(&self, path: &Path) -> io::Result<Arc<dyn ReadAt>>;
     /// Creates (or truncates) a file, writes `data` and fsyncs it. Not durable in the directory
     /// until [`FileSystem::sync_dir`].
     fn write_synced(&self, path: &Path, data: &[u8]) -> io::Result<()>;
@@ -78,6 +92,45 @@ impl AppendFile for OsAppendFile {
     }
 }
 
+struct OsReadAt {
+    file: File,
+    len: u64,
+}
+
+impl ReadAt for OsReadAt {
+    fn len(&self) -> u64 {
+        self.len
+    }
+    #[cfg(unix)]
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<usize> {
+        use std::os::unix::fs::FileExt;
+        let mut done = 0;
+        while done < buf.len() {
+            match self.file.read_at(&mut buf[done..], offset + done as u64) {
+                Ok(0) => break,
+                Ok(n) => done += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(done)
+    }
+    #[cfg(not(unix))]
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<usize> {
+        use std::io::{Read, Seek, SeekFrom};
+        let mut f = self.file.try_clone()?;
+        f.seek(SeekFrom::Start(offset))?;
+        let mut done = 0;
+        while done < buf.len() {
+            match f.read(&mut buf[done..])? {
+                0 => break,
+                n => done += n,
+            }
+        }
+        Ok(done)
+    }
+}
+
 impl FileSystem for OsFs {
     fn create_dir_all(&self, dir: &Path) -> io::Result<()> {
         fs::create_dir_all(dir)
@@ -94,6 +147,11 @@ impl FileSystem for OsFs {
     }
     fn read(&self, path: &Path) -> io::Result<Vec<u8>> {
         fs::read(path)
+    }
+    fn open_read(&self, path: &Path) -> io::Result<Arc<dyn ReadAt>> {
+        let file = File::open(path)?;
+        let len = file.metadata()?.len();
+        Ok(Arc::new(OsReadAt { file, len }))
     }
     fn write_synced(&self, path: &Path, data: &[u8]) -> io::Result<()> {
         let mut f = File::create(path)?;
@@ -198,6 +256,23 @@ impl SimFs {
     }
 }
 
+/// A SimFs file as it was when opened.
+struct SimReadAt(Vec<u8>);
+
+impl ReadAt for SimReadAt {
+    fn len(&self) -> u64 {
+        self.0.len() as u64
+    }
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<usize> {
+        let start = usize::try_from(offset)
+            .unwrap_or(usize::MAX)
+            .min(self.0.len());
+        let n = buf.len().min(self.0.len() - start);
+        buf[..n].copy_from_slice(&self.0[start..start + n]);
+        Ok(n)
+    }
+}
+
 fn not_found(path: &Path) -> io::Error {
     io::Error::new(
         io::ErrorKind::NotFound,
@@ -268,6 +343,9 @@ impl FileSystem for SimFs {
         let st = self.state.lock();
         let id = st.names.get(path).ok_or_else(|| not_found(path))?;
         Ok(st.files.get(id).map(|f| f.data.clone()).unwrap_or_default())
+    }
+    fn open_read(&self, path: &Path) -> io::Result<Arc<dyn ReadAt>> {
+        Ok(Arc::new(SimReadAt(self.read(path)?)))
     }
     fn write_synced(&self, path: &Path, data: &[u8]) -> io::Result<()> {
         let hook = self.write_hook.lock().clone();

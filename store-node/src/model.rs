@@ -239,6 +239,15 @@ pub struct Snapshot {
     pub timestamp_ms: i64,
 }
 
+impl Snapshot {
+    /// Approximate stored size, counted like [`RecordedEvent::size_bytes`] (storage quota and
+    /// `snapshotBytes` of the tenant's stats).
+    pub fn size_bytes(&self) -> u64 {
+        let meta: usize = self.metadata.iter().map(|(k, v)| k.len() + v.len()).sum();
+        (self.payload.len() + self.stream.as_str().len() + meta + 48) as u64
+    }
+}
+
 /// A stream as listed for a tenant.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StreamInfo {
@@ -257,8 +266,13 @@ pub struct TenantStats {
     pub events: u64,
     /// Streams that exist (not deleted).
     pub streams: u64,
-    /// Approximate bytes stored.
+    /// Approximate bytes of events stored.
     pub bytes: u64,
+    /// Approximate bytes of the latest snapshot of every stream (as [`Snapshot::size_bytes`]
+    /// counts them); they count in the storage quota with `bytes`. 0 on backends that do not
+    /// count them.
+    #[serde(default)]
+    pub snapshot_bytes: u64,
     /// Next position to be assigned.
     pub next_position: u64,
     /// Incarnation of the tenant id: 0 at first, one more each time the tenant is purged (its
@@ -353,6 +367,14 @@ pub struct Limits {
     /// Most subscriptions one tenant holds open at once; more answer 429
     /// `too_many_subscriptions` (the node-wide cap answers 503).
     pub max_subscriptions_per_tenant: usize,
+    /// Most bytes of events (as [`RecordedEvent::size_bytes`] counts them) one subscription
+    /// holds queued for a client that does not read them yet; an event larger than this still
+    /// goes through, alone. A slow client stalls only its own subscription, which catches up
+    /// from storage once it reads again.
+    pub max_subscription_buffer_bytes: usize,
+    /// Bytes of decoded Parquet row groups the embedded engine keeps in memory for cold reads
+    /// (the engine backend only); a row group larger than this is used once and not kept.
+    pub cache_bytes: usize,
 }
 
 impl Default for Limits {
@@ -368,6 +390,8 @@ impl Default for Limits {
             max_read_limit: 10_000,
             max_read_bytes: 16 * 1024 * 1024,
             max_subscriptions_per_tenant: 32,
+            max_subscription_buffer_bytes: 1024 * 1024,
+            cache_bytes: 64 * 1024 * 1024,
         }
     }
 }
@@ -406,6 +430,11 @@ impl Limits {
                 "maxSubscriptionsPerTenant",
                 self.max_subscriptions_per_tenant,
             ),
+            (
+                "maxSubscriptionBufferBytes",
+                self.max_subscription_buffer_bytes,
+            ),
+            ("cacheBytes", self.cache_bytes),
         ] {
             if v == 0 {
                 return Err(format!("{name} must be > 0"));
@@ -536,10 +565,7 @@ impl Limits {
 
     /// The byte budget of one read page.
     pub fn read_budget(&self) -> ReadBudget {
-        ReadBudget {
-            left: self.max_read_bytes as u64,
-            taken: 0,
-        }
+        ReadBudget::of(self.max_read_bytes)
     }
 
     /// Checks a read page size.
@@ -563,6 +589,14 @@ pub struct ReadBudget {
 }
 
 impl ReadBudget {
+    /// A budget of `bytes` (one event is admitted whatever its size).
+    pub fn of(bytes: usize) -> Self {
+        Self {
+            left: bytes as u64,
+            taken: 0,
+        }
+    }
+
     /// Admits an event of `size` bytes into the page, or refuses it when the page is full.
     pub fn admit(&mut self, size: u64) -> bool {
         if self.taken > 0 && size > self.left {

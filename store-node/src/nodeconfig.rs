@@ -68,6 +68,13 @@ pub struct NodeLimits {
     /// Most subscriptions one tenant holds open at once (more answer 429).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_subscriptions_per_tenant: Option<u64>,
+    /// Most bytes of events one subscription holds queued for a client that does not read them
+    /// (an event larger than this still goes through, alone).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_subscription_buffer_bytes: Option<u64>,
+    /// Bytes of decoded row groups the engine caches for cold reads.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache_bytes: Option<u64>,
 }
 
 /// Why a node configuration was refused.
@@ -126,6 +133,12 @@ impl NodeLimits {
                 self.max_subscriptions_per_tenant,
                 base.max_subscriptions_per_tenant,
             )?,
+            max_subscription_buffer_bytes: pick(
+                "maxSubscriptionBufferBytes",
+                self.max_subscription_buffer_bytes,
+                base.max_subscription_buffer_bytes,
+            )?,
+            cache_bytes: pick("cacheBytes", self.cache_bytes, base.cache_bytes)?,
             ..base
         })
     }

@@ -29,11 +29,17 @@ struct Node {
     dir: PathBuf,
     _tmp: tempfile::TempDir,
     args: Vec<String>,
+    env: Vec<(String, String)>,
 }
 
 impl Node {
     /// Starts a node with the given registry and extra flags, waits until /readyz is 200.
     async fn start(registry: &Value, extra: &[&str]) -> Node {
+        Self::start_with_env(registry, extra, &[]).await
+    }
+
+    /// Like [`Node::start`], with environment variables set on the node process.
+    async fn start_with_env(registry: &Value, extra: &[&str], env: &[(&str, &str)]) -> Node {
         let tmp = tempfile::tempdir().unwrap();
         let dir = tmp.path().to_path_buf();
         let node = Node {
@@ -43,6 +49,10 @@ impl Node {
             dir,
             _tmp: tmp,
             args: extra.iter().map(|s| s.to_string()).collect(),
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
         };
         node.write_registry(registry);
         node.launch().await
@@ -66,6 +76,7 @@ impl Node {
             .arg(self.dir.join("data"))
             .args(["--registry-poll-ms", "100", "--log-format", "text"])
             .args(&self.args)
+            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .env_remove("POD_NAME")
             .stdout(Stdio::null())
             .stderr(log)
@@ -1317,4 +1328,325 @@ async fn reads_of_archived_events_answer_410_archived() {
             n = n.restart().await;
         }
     }
+}
+
+/// Snapshots count in the storage quota like events: a tenant that fills its quota with
+/// snapshots gets 429 `quota_exceeded` for the next snapshot and for appends, `/v1/stats`
+/// reports the bytes as `snapshotBytes`, and another tenant is not affected.
+#[tokio::test]
+async fn snapshots_count_in_the_storage_quota() {
+    let mut a = tenant("a", &[A]);
+    a["quotas"] = json!({"storageBytes": 3_000_000});
+    let n = Node::start(&registry(vec![a, tenant("b", &[B])]), &[]).await;
+    let blob = "s".repeat(1_000_000);
+    let mut saved = 0;
+    let mut refused = None;
+    for i in 0..6 {
+        let stream = format!("snap-{i}");
+        let (s, r) = n
+            .append(&stream, A, json!({"events": [ev(i, json!(i))]}))
+            .await;
+        if s != StatusCode::CREATED {
+            refused = Some((s, r));
+            break;
+        }
+        let (s, r) = n
+            .call(
+                Method::PUT,
+                &format!("/v1/streams/{stream}/snapshot"),
+                A,
+                Some(json!({"version": 0, "data": blob})),
+            )
+            .await;
+        if s != StatusCode::NO_CONTENT {
+            refused = Some((s, r));
+            break;
+        }
+        saved += 1;
+    }
+    let (_, stats) = n.get("/v1/stats", A).await;
+    println!("snapshots saved under a 3 MB quota: {saved}; stats {stats}");
+    let (s, r) = refused.unwrap_or_else(|| {
+        panic!("6 snapshots of 1 MB were stored under a quota of 3 MB; stats {stats}")
+    });
+    assert_error(s, &r, StatusCode::TOO_MANY_REQUESTS, "quota_exceeded");
+    assert_eq!(saved, 2, "two snapshots of 1 MB fit a 3 MB quota");
+    assert!(
+        stats["snapshotBytes"].as_u64().unwrap() >= 2_000_000,
+        "{stats}"
+    );
+    // An append the snapshots leave no room for is refused as well, and the other tenant
+    // still writes.
+    let (s, r) = n
+        .append(
+            "more",
+            A,
+            json!({"events": [ev(99, json!("x".repeat(1_000_000)))]}),
+        )
+        .await;
+    assert_error(s, &r, StatusCode::TOO_MANY_REQUESTS, "quota_exceeded");
+    let (s, _) = n.append("b", B, json!({"events": [ev(1, json!(1))]})).await;
+    assert_eq!(s, StatusCode::CREATED);
+    // The snapshots read back.
+    let (s, snap) = n.get("/v1/streams/snap-1/snapshot", A).await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(snap["data"], json!(blob));
+}
+
+/// VmRSS of a process in bytes (`/proc/<pid>/status`).
+fn rss(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .map_or(0, |kb| kb * 1024)
+}
+
+/// Opens `GET /v1/subscribe` on a raw connection that never reads a byte of the answer.
+async fn unread_subscription(n: &Node, token: &str) -> tokio::net::TcpStream {
+    use tokio::io::AsyncWriteExt;
+    let addr = n.base.trim_start_matches("http://").to_string();
+    let mut c = tokio::net::TcpStream::connect(addr).await.unwrap();
+    c.write_all(
+        format!(
+            "GET /v1/subscribe HTTP/1.1\r\nHost: node\r\nAuthorization: Bearer {token}\r\n\r\n"
+        )
+        .as_bytes(),
+    )
+    .await
+    .unwrap();
+    c
+}
+
+/// One tenant cannot exhaust a node's memory. A node runs with small limits (below) and one
+/// tenant does its worst at once: the largest events (payload and 64 metadata entries of the
+/// largest keys), the largest snapshots on 40 streams, saved twice, every subscription it may
+/// hold open on raw connections that never read a byte, and the largest reads in parallel.
+/// The node's RSS (sampled, and its peak `VmHWM` at the end) must stay below the bound the
+/// README documents for these limits (section "Memory" of the store node), while another
+/// tenant's appends and reads keep succeeding. The new limits are passed in the environment,
+/// so that a node that does not know them still starts (and shows what they bound).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn one_tenant_cannot_exhaust_node_memory() {
+    const MIB: u64 = 1024 * 1024;
+    // The limits, and the README's bound for them.
+    let checkpoint_wal = 32 * MIB;
+    let concurrent = 16u64;
+    let body = 4 * MIB;
+    let read = 4 * MIB;
+    let subscriptions = 40u64;
+    let buffer = 256 * 1024;
+    let event = MIB;
+    let cache = 16 * MIB;
+    let row_group = (4 * MIB).min(cache / 4);
+    let compact_small = 16 * MIB;
+    let bound = 64 * MIB
+        + 4 * checkpoint_wal
+        + concurrent * 4 * body.max(read)
+        + subscriptions * (2 * buffer + 4 * event)
+        + cache
+        + concurrent * 2 * row_group
+        + 2 * 2 * compact_small;
+    let (cw, cc, bb, rb, ms, buf, cb) = (
+        checkpoint_wal.to_string(),
+        concurrent.to_string(),
+        body.to_string(),
+        read.to_string(),
+        subscriptions.to_string(),
+        buffer.to_string(),
+        cache.to_string(),
+    );
+    let n = Node::start_with_env(
+        &two_tenants(),
+        &[
+            "--checkpoint-wal-bytes",
+            &cw,
+            "--max-concurrent-requests",
+            &cc,
+            "--max-body-bytes",
+            &bb,
+            "--max-batch-bytes",
+            &(2 * MIB).to_string(),
+            "--max-read-bytes",
+            &rb,
+            "--max-subscriptions",
+            &ms,
+        ],
+        &[
+            ("STORE_NODE_MAX_SUBSCRIPTION_BUFFER_BYTES", &buf),
+            ("STORE_NODE_CACHE_BYTES", &cb),
+        ],
+    )
+    .await;
+    let n = std::sync::Arc::new(n);
+    let pid = n.child.as_ref().unwrap().id();
+    let base_rss = rss(pid);
+
+    // Watch the node's RSS; past the bound, stop it at once (a node without the limits would
+    // otherwise take the machine's memory).
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let monitor = {
+        let done = done.clone();
+        tokio::spawn(async move {
+            let mut most = 0;
+            while !done.load(std::sync::atomic::Ordering::Acquire) {
+                let now = rss(pid);
+                most = most.max(now);
+                if now > bound {
+                    let _ = Command::new("kill")
+                        .args(["-KILL", &pid.to_string()])
+                        .status();
+                    return (most, true);
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            (most, false)
+        })
+    };
+
+    // Every subscription the tenant may hold, never read.
+    let mut unread = Vec::new();
+    for _ in 0..32 {
+        unread.push(unread_subscription(&n, A).await);
+    }
+
+    // The largest events: 64 metadata entries of 256-byte keys, the rest payload.
+    let metadata: serde_json::Map<String, Value> = (0..64)
+        .map(|i| (format!("{i:0>256}"), json!("m".repeat(1024))))
+        .collect();
+    let payload = "p".repeat(1024 * 1024 - 64 * (256 + 1024) - 64);
+    let big = move |i: u128| {
+        let mut e = ev(i, json!(payload));
+        e["metadata"] = Value::Object(metadata.clone());
+        e
+    };
+    let mut attack = Vec::new();
+    for w in 0..2u128 {
+        let (n, big) = (n.clone(), big.clone());
+        attack.push(tokio::spawn(async move {
+            for b in 0..30u128 {
+                let id = (w * 1000 + b) * 2;
+                let events = json!({"events": [big(id), big(id + 1)]});
+                let (s, r) = n.append(&format!("h{w}-{}", b % 5), A, events).await;
+                assert_eq!(s, StatusCode::CREATED, "hostile append: {r}");
+            }
+        }));
+    }
+    // The largest snapshots (maxBatchBytes) on 40 streams, twice each.
+    let state = "S".repeat(2 * 1024 * 1024 - 64);
+    for w in 0..2u128 {
+        let (n, state) = (n.clone(), state.clone());
+        attack.push(tokio::spawn(async move {
+            for i in 0..20u128 {
+                let stream = format!("snap-{w}-{i}");
+                let (s, r) = n
+                    .append(
+                        &stream,
+                        A,
+                        json!({"events": [ev(50_000 + w * 100 + i, json!(1))]}),
+                    )
+                    .await;
+                assert_eq!(s, StatusCode::CREATED, "{r}");
+                for _ in 0..2 {
+                    let (s, r) = n
+                        .call(
+                            Method::PUT,
+                            &format!("/v1/streams/{stream}/snapshot"),
+                            A,
+                            Some(json!({"version": 0, "data": state})),
+                        )
+                        .await;
+                    assert_eq!(s, StatusCode::NO_CONTENT, "hostile snapshot: {r}");
+                }
+            }
+        }));
+    }
+    // The largest reads, in parallel, over everything the tenant wrote (hot and cold).
+    for r in 0..8u64 {
+        let n = n.clone();
+        attack.push(tokio::spawn(async move {
+            for pass in 0..6u64 {
+                let from = (r * 7 + pass * 13) % 60;
+                let resp = n
+                    .req(
+                        Method::GET,
+                        &format!("/v1/events?from={from}&limit=10000"),
+                        Some(A),
+                    )
+                    .send()
+                    .await
+                    .unwrap();
+                assert_eq!(resp.status(), StatusCode::OK);
+                let _ = resp.bytes().await.unwrap();
+            }
+        }));
+    }
+
+    // Meanwhile another tenant appends and reads, and every one of its requests succeeds
+    // (until the node is gone, when the monitor stopped it: it tells why below).
+    let mut served = 0u128;
+    while attack.iter().any(|h| !h.is_finished()) && !monitor.is_finished() {
+        let body = json!({"events": [ev(served, json!({"n": served}))]});
+        let Ok(resp) = n
+            .req(Method::POST, "/v1/streams/calm/events", Some(B))
+            .json(&body)
+            .send()
+            .await
+        else {
+            break;
+        };
+        assert_eq!(
+            resp.status(),
+            StatusCode::CREATED,
+            "the other tenant's append"
+        );
+        let Ok(resp) = n
+            .req(
+                Method::GET,
+                &format!("/v1/streams/calm/events?from={served}"),
+                Some(B),
+            )
+            .send()
+            .await
+        else {
+            break;
+        };
+        assert_eq!(resp.status(), StatusCode::OK, "the other tenant's read");
+        let page: Value = resp.json().await.unwrap();
+        assert_eq!(page["events"][0]["data"]["n"], json!(served));
+        served += 1;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    done.store(true, std::sync::atomic::Ordering::Release);
+    let (sampled, killed) = monitor.await.unwrap();
+    assert!(
+        !killed,
+        "the node's RSS reached {} MiB during the attack, past the bound of {} MiB for its \
+         limits (RSS at start {} MiB); it was stopped",
+        sampled / MIB,
+        bound / MIB,
+        base_rss / MIB
+    );
+    for h in attack {
+        h.await.unwrap();
+    }
+    let hwm = peak_rss(pid);
+    println!(
+        "node memory under attack: RSS at start {} MiB, highest sampled VmRSS {} MiB, VmHWM {} \
+         MiB; bound {} MiB; the other tenant was served {served} times",
+        base_rss / MIB,
+        sampled / MIB,
+        hwm / MIB,
+        bound / MIB
+    );
+    assert!(
+        hwm <= bound,
+        "the node's peak RSS (VmHWM) reached {} MiB; the bound for its limits is {} MiB",
+        hwm / MIB,
+        bound / MIB
+    );
+    assert!(served > 0, "the other tenant was never served");
+    // The subscriptions that never read were held open all along.
+    drop(unread);
 }

@@ -330,6 +330,17 @@ pub struct NodeLimits {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1))]
     pub max_subscriptions_per_tenant: Option<i64>,
+    /// Most bytes of events one subscription holds queued for a client that does not read them
+    /// yet (default 1 MiB); an event larger than this still goes through, alone. A slow client
+    /// stalls only its own subscription.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub max_subscription_buffer_bytes: Option<i64>,
+    /// Bytes of decoded Parquet row groups a node caches in memory for reads of data already
+    /// flushed to disk (default 64 MiB); a larger row group is used once and not kept.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub cache_bytes: Option<i64>,
 }
 
 /// Overrides merged into the store nodes' pod template.

@@ -242,6 +242,8 @@ pub fn node_config(sh: &SelfHostedSpec) -> NodeConfig {
             max_read_limit: positive(l.max_read_limit),
             max_read_bytes: positive(l.max_read_bytes),
             max_subscriptions_per_tenant: positive(l.max_subscriptions_per_tenant),
+            max_subscription_buffer_bytes: positive(l.max_subscription_buffer_bytes),
+            cache_bytes: positive(l.cache_bytes),
         },
     }
 }
@@ -343,6 +345,8 @@ mod tests {
             max_read_limit: Some(7),
             max_read_bytes: Some(9000),
             max_subscriptions_per_tenant: Some(3),
+            max_subscription_buffer_bytes: Some(4096),
+            cache_bytes: Some(8192),
         };
         let sh = sh.clone();
         let cm = build(&es, &node_config(&sh));
@@ -361,9 +365,11 @@ mod tests {
                 l.max_batch_bytes,
                 l.max_read_limit,
                 l.max_read_bytes,
-                l.max_subscriptions_per_tenant
+                l.max_subscriptions_per_tenant,
+                l.max_subscription_buffer_bytes,
+                l.cache_bytes
             ),
-            (1000, 2, 5000, 7, 9000, 3)
+            (1000, 2, 5000, 7, 9000, 3, 4096, 8192)
         );
         // Unset limits stay out of the file, so the node keeps its defaults.
         let bare = node_config(&crate::api::eventstore::SelfHostedSpec::default());

@@ -65,6 +65,8 @@ struct StatsWire {
     #[serde(default)]
     bytes: u64,
     #[serde(default)]
+    snapshot_bytes: u64,
+    #[serde(default)]
     next_position: u64,
     #[serde(default)]
     incarnation: u64,
@@ -294,6 +296,7 @@ impl EventStore for HttpSource {
             events: s.events,
             streams: s.streams,
             bytes: s.bytes,
+            snapshot_bytes: s.snapshot_bytes,
             next_position: s.next_position,
             incarnation: s.incarnation,
             trimmed_before: s.trimmed_before,

@@ -496,6 +496,7 @@ impl EventStore for MemoryStore {
                 events: t.log.len() as u64,
                 streams: t.streams.values().filter(|s| s.current().is_some()).count() as u64,
                 bytes: t.bytes,
+                snapshot_bytes: t.snapshots.values().map(Snapshot::size_bytes).sum(),
                 next_position: t.next_position,
                 incarnation: 0,
                 trimmed_before: t.trimmed_before,

@@ -85,6 +85,13 @@ pub struct HttpArgs {
     /// Most subscriptions one tenant holds open at once (default 32; more answer 429).
     #[arg(long, env = "STORE_NODE_MAX_SUBSCRIPTIONS_PER_TENANT")]
     pub max_subscriptions_per_tenant: Option<usize>,
+    /// Most bytes of events one subscription holds queued for a slow client (default 1 MiB;
+    /// a larger event still goes through, alone).
+    #[arg(long, env = "STORE_NODE_MAX_SUBSCRIPTION_BUFFER_BYTES")]
+    pub max_subscription_buffer_bytes: Option<usize>,
+    /// Bytes of decoded row groups cached for cold reads (default 64 MiB; engine backend).
+    #[arg(long, env = "STORE_NODE_CACHE_BYTES")]
+    pub cache_bytes: Option<usize>,
 }
 
 impl HttpArgs {
@@ -119,6 +126,10 @@ impl HttpArgs {
             max_subscriptions_per_tenant: self
                 .max_subscriptions_per_tenant
                 .unwrap_or(base.max_subscriptions_per_tenant),
+            max_subscription_buffer_bytes: self
+                .max_subscription_buffer_bytes
+                .unwrap_or(base.max_subscription_buffer_bytes),
+            cache_bytes: self.cache_bytes.unwrap_or(base.cache_bytes),
             ..base
         }
     }

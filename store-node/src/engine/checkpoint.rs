@@ -8,17 +8,22 @@
 //! one; a checkpoint that read the tenant before a purge applied never attaches what it wrote
 //! to the purged tenant, and deletes that file instead. Nothing here may delete a file the
 //! current manifest still names, or trim WAL records the manifest does not cover.
+//!
+//! Snapshots saved since the last checkpoint are written to their own files (see
+//! [`super::snapshots`]) before the manifest that names them; files a new manifest no longer
+//! names are deleted at the checkpoint after it, like replaced segments.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
+use super::snapshots::{self, SnapshotRef, SnapshotSlot};
 use super::tenant::TenantManifest;
 use super::{EngineError, Inner, Tenant};
 use crate::fsio::{write_atomic, FileSystem};
-use crate::model::{RecordedEvent, TenantId};
+use crate::model::{RecordedEvent, Snapshot, StreamId, TenantId};
 use crate::segment::{self, SegmentMeta};
 
 /// Directory layout of the data directory.
@@ -28,6 +33,8 @@ pub struct Dirs {
     pub wal: PathBuf,
     /// `segments/` (one sub-directory per tenant)
     pub segments: PathBuf,
+    /// `snapshots/` (one sub-directory per tenant)
+    pub snapshots: PathBuf,
     /// `manifest.json`
     pub manifest: PathBuf,
 }
@@ -38,8 +45,14 @@ impl Dirs {
         Self {
             wal: data_dir.join("wal"),
             segments: data_dir.join("segments"),
+            snapshots: data_dir.join("snapshots"),
             manifest: data_dir.join("manifest.json"),
         }
+    }
+
+    /// Path of a tenant's snapshot file.
+    pub fn snapshot_path(&self, tenant: &TenantId, file: &str) -> PathBuf {
+        self.snapshots.join(tenant.as_str()).join(file)
     }
 
     /// Path of a tenant's segment file.
@@ -119,21 +132,70 @@ pub fn remove_orphans(
     Ok(())
 }
 
+/// Snapshot files each tenant's manifest entry names.
+pub fn snapshot_files(m: &Manifest) -> HashMap<TenantId, BTreeSet<String>> {
+    m.tenants
+        .iter()
+        .map(|(id, t)| {
+            let files = t.snapshot_files.values().map(|r| r.file.clone()).collect();
+            (id.clone(), files)
+        })
+        .collect()
+}
+
+/// Deletes snapshot files the manifest does not name (written by a checkpoint that did not
+/// get to write its manifest).
+pub fn remove_orphan_snapshots(
+    fs: &dyn FileSystem,
+    dirs: &Dirs,
+    named: &HashMap<TenantId, BTreeSet<String>>,
+    tenants: &HashMap<TenantId, Arc<Tenant>>,
+) -> Result<(), EngineError> {
+    let mut names: BTreeSet<String> = fs
+        .list(&dirs.snapshots)
+        .unwrap_or_default()
+        .into_iter()
+        .collect();
+    names.extend(tenants.keys().map(|t| t.as_str().to_string()));
+    for name in names {
+        let Ok(id) = TenantId::new(name.clone()) else {
+            continue;
+        };
+        let dir = dirs.snapshots.join(&name);
+        let known = named.get(&id);
+        for f in fs.list(&dir).unwrap_or_default() {
+            if !known.is_some_and(|k| k.contains(&f)) {
+                tracing::info!(file = %f, tenant = %name, "removing snapshot file not in the manifest");
+                fs.remove(&dir.join(&f))?;
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Bookkeeping of the checkpointer.
 pub(crate) struct CheckpointState {
-    wal_bytes_at_last: u64,
     /// Files no longer in the manifest, deleted at the next checkpoint (readers that fetched
     /// the old segment list may still be reading them).
     graveyard: Vec<PathBuf>,
+    /// Snapshot files the last manifest written names, per tenant.
+    snapshot_files: HashMap<TenantId, BTreeSet<String>>,
 }
 
 impl CheckpointState {
-    pub(crate) fn new() -> Self {
+    pub(crate) fn new(snapshot_files: HashMap<TenantId, BTreeSet<String>>) -> Self {
         Self {
-            wal_bytes_at_last: 0,
             graveyard: Vec::new(),
+            snapshot_files,
         }
     }
+}
+
+/// A pending snapshot a checkpoint wrote to its file.
+struct WrittenSnapshot {
+    stream: StreamId,
+    lsn: u64,
+    r: SnapshotRef,
 }
 
 /// What a checkpoint did.
@@ -162,8 +224,54 @@ fn segment_name(incarnation: u64, first: u64, last: u64) -> String {
 
 impl Inner {
     pub(crate) fn checkpoint_due(&self) -> bool {
-        let written = self.wal.bytes_written();
-        written.saturating_sub(self.ckpt.lock().wal_bytes_at_last) >= self.cfg.checkpoint_wal_bytes
+        self.wal_bytes_since_checkpoint() >= self.cfg.checkpoint_wal_bytes
+            || self.pending_snapshot_bytes() >= self.cfg.checkpoint_snapshot_bytes
+    }
+
+    /// Bytes of snapshots every tenant holds in memory until the next checkpoint.
+    pub(crate) fn pending_snapshot_bytes(&self) -> u64 {
+        self.tenants
+            .read()
+            .values()
+            .map(|t| t.state.read().pending_snapshot_bytes)
+            .sum()
+    }
+
+    /// Writes a tenant's pending snapshots to their files (fsynced, then the directory once)
+    /// and returns their references. The files are named in no manifest yet, so a crash
+    /// before the manifest leaves orphans that the next open deletes.
+    fn write_snapshots(
+        &self,
+        dirs: &Dirs,
+        tenant: &TenantId,
+        pending: Vec<(StreamId, u64, u64, Arc<Snapshot>)>,
+    ) -> Result<Vec<WrittenSnapshot>, EngineError> {
+        if pending.is_empty() {
+            return Ok(Vec::new());
+        }
+        let dir = dirs.snapshots.join(tenant.as_str());
+        if !self.fs.exists(&dir) {
+            self.fs.create_dir_all(&dir)?;
+            self.fs.sync_dir(&dirs.snapshots)?;
+        }
+        let mut out = Vec::with_capacity(pending.len());
+        for (stream, lsn, ordinal, snap) in pending {
+            let (bytes, r) =
+                snapshots::encode(tenant, &snap, snapshots::file_name(lsn, ordinal))
+                    .map_err(|e| EngineError::Manifest(format!("snapshot of {stream}: {e}")))?;
+            drop(snap);
+            self.fs.write_synced(&dir.join(&r.file), &bytes)?;
+            out.push(WrittenSnapshot { stream, lsn, r });
+        }
+        self.fs.sync_dir(&dir)?;
+        Ok(out)
+    }
+
+    /// The byte bound of a row group: the configured one, and at most a quarter of the cache,
+    /// so that row groups of any size of events still fit the cache a few at a time.
+    fn row_group_bytes(&self) -> u64 {
+        let cache = self.cfg.limits.cache_bytes as u64;
+        self.cfg.row_group_bytes.min(cache / 4).max(1)
     }
 
     /// Writes a segment file durably and returns its manifest entry.
@@ -173,18 +281,18 @@ impl Inner {
         tenant: &TenantId,
         incarnation: u64,
         events: &[Arc<RecordedEvent>],
-        name: Option<String>,
     ) -> Result<Option<SegmentMeta>, EngineError> {
         let (Some(first), Some(last)) = (events.first(), events.last()) else {
             return Ok(None);
         };
-        let (bytes, row_groups) = segment::encode(events, self.cfg.row_group_rows)?;
+        let (bytes, row_groups) =
+            segment::encode(events, self.cfg.row_group_rows, self.row_group_bytes())?;
         let dir = dirs.segments.join(tenant.as_str());
         if !self.fs.exists(&dir) {
             self.fs.create_dir_all(&dir)?;
             self.fs.sync_dir(&dirs.segments)?;
         }
-        let file = name.unwrap_or_else(|| segment_name(incarnation, first.position, last.position));
+        let file = segment_name(incarnation, first.position, last.position);
         write_atomic(self.fs.as_ref(), &dir.join(&file), &bytes)?;
         Ok(Some(SegmentMeta {
             file,
@@ -206,30 +314,44 @@ impl Inner {
         t: &Tenant,
         ck: &mut CheckpointState,
     ) -> Result<(), EngineError> {
-        let keep: Vec<String> = {
+        let (keep, keep_snapshots): (Vec<String>, Vec<String>) = {
             let mut st = t.state.write();
             if !std::mem::take(&mut st.sweep) {
                 return Ok(());
             }
-            st.segments.iter().map(|s| s.file.clone()).collect()
+            let snaps = st
+                .snapshots
+                .values()
+                .filter_map(|s| match s {
+                    SnapshotSlot::Stored(r) => Some(r.file.clone()),
+                    SnapshotSlot::Pending { .. } => None,
+                })
+                .collect();
+            (st.segments.iter().map(|s| s.file.clone()).collect(), snaps)
         };
         let dir = dirs.segments.join(id.as_str());
+        let snap_dir = dirs.snapshots.join(id.as_str());
         let result = (|| -> Result<usize, EngineError> {
             let mut removed = 0;
-            for f in self.fs.list(&dir).unwrap_or_default() {
-                if !keep.contains(&f) {
-                    self.fs.remove(&dir.join(&f))?;
-                    removed += 1;
+            for (dir, keep) in [(&dir, &keep), (&snap_dir, &keep_snapshots)] {
+                let mut here = 0;
+                for f in self.fs.list(dir).unwrap_or_default() {
+                    if !keep.contains(&f) {
+                        self.fs.remove(&dir.join(&f))?;
+                        here += 1;
+                    }
                 }
-            }
-            if removed > 0 {
-                self.fs.sync_dir(&dir)?;
+                if here > 0 {
+                    self.fs.sync_dir(dir)?;
+                }
+                removed += here;
             }
             Ok(removed)
         })();
         match result {
             Ok(removed) => {
-                ck.graveyard.retain(|p| !p.starts_with(&dir));
+                ck.graveyard
+                    .retain(|p| !p.starts_with(&dir) && !p.starts_with(&snap_dir));
                 self.cache.forget_under(&dir);
                 tracing::info!(tenant = %id, files = removed, "purged tenant's segment files deleted");
                 Ok(())
@@ -262,6 +384,30 @@ impl Inner {
 
     pub(crate) fn checkpoint(&self) -> Result<CheckpointReport, EngineError> {
         let mut ck = self.ckpt.lock();
+        self.checkpoint_locked(&mut ck)
+    }
+
+    /// Runs a checkpoint if `due` still holds once no other checkpoint runs (writers that
+    /// found memory over its bound call this; the first one checkpoints, the others find
+    /// room once it is done).
+    pub(crate) fn checkpoint_if(&self, due: impl Fn(&Self) -> bool) -> Result<(), EngineError> {
+        let mut ck = self.ckpt.lock();
+        if due(self) {
+            self.checkpoint_locked(&mut ck)?;
+        }
+        Ok(())
+    }
+
+    /// WAL bytes written since the last checkpoint started: what hot events and pending
+    /// snapshots in memory add up to at most.
+    pub(crate) fn wal_bytes_since_checkpoint(&self) -> u64 {
+        self.wal.bytes_written().saturating_sub(
+            self.wal_at_checkpoint
+                .load(std::sync::atomic::Ordering::Acquire),
+        )
+    }
+
+    fn checkpoint_locked(&self, ck: &mut CheckpointState) -> Result<CheckpointReport, EngineError> {
         let dirs = self.dirs.clone();
         let bytes_now = self.wal.bytes_written();
         // Capture the durable LSN first: every tenant state read afterwards includes it.
@@ -279,21 +425,41 @@ impl Inner {
             tenants: BTreeMap::new(),
         };
         for (id, t) in &tenants {
-            self.sweep_purged(&dirs, id, t, &mut ck)?;
+            self.sweep_purged(&dirs, id, t, ck)?;
         }
         let mut flushed = Vec::new();
         let mut report = CheckpointReport {
             checkpoint_lsn: lsn,
             ..Default::default()
         };
+        let mut snapshots_written = Vec::new();
         for (id, t) in tenants {
-            let (hot, state) = {
+            let (hot, state, pending) = {
                 let st = t.state.read();
                 let hot: Vec<Arc<RecordedEvent>> = st.hot.iter().cloned().collect();
-                (hot, st.to_manifest(None))
+                let pending: Vec<_> = st
+                    .snapshots
+                    .iter()
+                    .filter_map(|(k, v)| match v {
+                        SnapshotSlot::Pending {
+                            lsn,
+                            ordinal,
+                            snapshot,
+                        } => Some((k.clone(), *lsn, *ordinal, snapshot.clone())),
+                        SnapshotSlot::Stored(_) => None,
+                    })
+                    .collect();
+                (hot, st.to_manifest(None), pending)
             };
-            let meta = self.write_segment(&dirs, &id, state.incarnation, &hot, None)?;
             let mut state = state;
+            let written = self.write_snapshots(&dirs, &id, pending)?;
+            for w in &written {
+                state.snapshot_files.insert(w.stream.clone(), w.r.clone());
+            }
+            if !written.is_empty() {
+                snapshots_written.push((t.clone(), state.incarnation, written));
+            }
+            let meta = self.write_segment(&dirs, &id, state.incarnation, &hot)?;
             if let Some(m) = &meta {
                 state.segments.push(m.clone());
                 report.segments_written += 1;
@@ -311,6 +477,26 @@ impl Inner {
         let json =
             serde_json::to_vec(&manifest).map_err(|e| EngineError::Manifest(e.to_string()))?;
         write_atomic(self.fs.as_ref(), &dirs.manifest, &json)?;
+        // The manifest names the files now: the snapshots leave memory.
+        for (t, incarnation, written) in snapshots_written {
+            let mut st = t.state.write();
+            for w in written {
+                st.snapshot_stored(incarnation, &w.stream, w.lsn, w.r);
+            }
+        }
+        // Snapshot files the previous manifest named and this one does not: replaced, or of a
+        // purged tenant. Buried until the next checkpoint, as readers may hold a reference.
+        let named = snapshot_files(&manifest);
+        let mut buried = Vec::new();
+        for (id, old) in std::mem::take(&mut ck.snapshot_files) {
+            let now = named.get(&id);
+            for f in old {
+                if !now.is_some_and(|n| n.contains(&f)) {
+                    buried.push(dirs.snapshot_path(&id, &f));
+                }
+            }
+        }
+        ck.snapshot_files = named;
         for (id, t, incarnation, meta, upto) in flushed {
             let mut st = t.state.write();
             if st.evict_flushed(incarnation, meta.clone(), upto) {
@@ -324,10 +510,16 @@ impl Inner {
         }
         report.wal_files_removed = self.wal.remove_files_upto(self.fs.as_ref(), lsn)?;
         for f in std::mem::take(&mut ck.graveyard) {
-            if let Err(e) = self.fs.remove(&f) {
-                tracing::warn!(file = %f.display(), error = %e, "could not delete old segment");
+            match self.fs.remove(&f) {
+                Ok(()) => {}
+                // A purged tenant's files go with the sweep already.
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => {
+                    tracing::warn!(file = %f.display(), error = %e, "could not delete an old file");
+                }
             }
         }
+        ck.graveyard.extend(buried);
         // Segments trimmed away are no longer in the manifest: bury them.
         for (id, t) in self.tenants.read().iter() {
             let mut st = t.state.write();
@@ -339,7 +531,8 @@ impl Inner {
             ck.graveyard
                 .extend(gone.iter().map(|s| dirs.segment_path(id, &s.file)));
         }
-        ck.wal_bytes_at_last = bytes_now;
+        self.wal_at_checkpoint
+            .store(bytes_now, std::sync::atomic::Ordering::Release);
         tracing::debug!(?report, "checkpoint written");
         Ok(report)
     }
@@ -368,9 +561,17 @@ impl Inner {
                 // Merge a contiguous run of small segments only, to keep position order.
                 let first = st.segments.iter().position(|s| s == &small[0]);
                 let Some(first) = first else { continue };
+                // At most about two small segments' worth of file bytes per merge: what the
+                // merge holds in memory is the merged file image and one row group.
+                let cap = self.cfg.compact_small_bytes.saturating_mul(2);
+                let mut total = 0u64;
                 let run = st.segments[first..]
                     .iter()
                     .take_while(|s| s.bytes < self.cfg.compact_small_bytes)
+                    .take_while(|s| {
+                        total = total.saturating_add(s.bytes);
+                        total <= cap
+                    })
                     .cloned()
                     .collect();
                 (st.incarnation, run)
@@ -380,32 +581,48 @@ impl Inner {
             }
             let _ck = self.ckpt.lock();
             let dirs = self.dirs.clone();
-            let mut rows = Vec::new();
-            for s in &small {
-                let bytes = self.fs.read(&dirs.segment_path(&id, &s.file))?;
-                rows.extend(segment::decode(bytes::Bytes::from(bytes), None)?);
-            }
-            {
-                let st = t.state.read();
-                rows.retain(|r| st.visible(r));
-            }
             let first_position = small[0].first_position;
             let last_position = small[small.len() - 1].last_position;
             let name = format!(
                 "c{}",
                 segment_name(incarnation, first_position, last_position)
             );
-            let new_meta = self
-                .write_segment(&dirs, &id, incarnation, &rows, Some(name))?
-                .map(|mut m| {
-                    // Keep the covered range even when hidden rows at the edges were dropped.
-                    m.first_position = first_position;
-                    m.last_position = last_position;
-                    if let Some(g) = m.row_groups.first_mut() {
-                        *g = first_position;
+            // One row group at a time: decode, keep the visible rows, encode.
+            let mut w =
+                segment::SegmentWriter::new(self.cfg.row_group_rows, self.row_group_bytes())?;
+            let mut rows = 0u64;
+            for s in &small {
+                let file = self.fs.open_read(&dirs.segment_path(&id, &s.file))?;
+                for g in 0..s.row_groups.len() {
+                    let mut group = segment::decode_row_group(file.clone(), g)?;
+                    {
+                        let st = t.state.read();
+                        group.retain(|r| st.visible(r));
                     }
-                    m
-                });
+                    for r in group {
+                        w.push(r)?;
+                        rows += 1;
+                    }
+                }
+            }
+            let new_meta = if w.is_empty() {
+                None
+            } else {
+                let (bytes, mut row_groups) = w.finish()?;
+                write_atomic(self.fs.as_ref(), &dirs.segment_path(&id, &name), &bytes)?;
+                // Keep the covered range even when hidden rows at the edges were dropped.
+                if let Some(g) = row_groups.first_mut() {
+                    *g = first_position;
+                }
+                Some(SegmentMeta {
+                    file: name,
+                    first_position,
+                    last_position,
+                    rows,
+                    bytes: bytes.len() as u64,
+                    row_groups,
+                })
+            };
             // Swap in memory, then persist a manifest naming the new file. The entry on disk
             // must be of the same incarnation (a checkpoint writes it before attaching any
             // segment of a new incarnation, under the lock held here).

@@ -24,14 +24,24 @@ pub struct EngineConfig {
     /// open (default) or keep a copy of the damaged file and serve what precedes the damage.
     pub wal_on_corruption: CorruptionPolicy,
     /// A checkpoint (flush of hot events to Parquet, manifest, WAL trim) starts once this many
-    /// WAL bytes were written since the last one.
+    /// WAL bytes were written since the last one. Past twice as many (hot events and pending
+    /// snapshots are held in memory until a checkpoint), appends and snapshots wait for the
+    /// flusher's next checkpoint before they are taken (at most 30 s), so that memory stays
+    /// bounded whatever the write rate.
     pub checkpoint_wal_bytes: u64,
+    /// A checkpoint also starts once the snapshots saved since the last one (held in memory
+    /// until a checkpoint writes their files) reach this many bytes, node-wide; a tenant
+    /// holding that many itself makes its next snapshot wait for that checkpoint.
+    pub checkpoint_snapshot_bytes: u64,
     /// How often the background flusher checks whether a checkpoint or compaction is due, in
     /// milliseconds; 0 disables the flusher (checkpoints then only run on `checkpoint()` and
     /// `close()`).
     pub checkpoint_interval_ms: u64,
-    /// Rows per Parquet row group (the unit a cold read decodes).
+    /// Most rows per Parquet row group (the unit a cold read decodes).
     pub row_group_rows: usize,
+    /// Most bytes of events per Parquet row group (at least one event), so that what one cold
+    /// read decodes stays small whatever the size of the events.
+    pub row_group_bytes: u64,
     /// Compaction merges a tenant's segments smaller than this many bytes...
     pub compact_small_bytes: u64,
     /// ...once it has more than this many of them.
@@ -39,8 +49,6 @@ pub struct EngineConfig {
     /// Committed batches buffered per tenant for live subscribers; a slower subscriber falls
     /// back to a catch-up read (no gap, no duplicate).
     pub subscription_buffer: usize,
-    /// Decoded Parquet row groups kept in memory for cold reads.
-    pub cache_row_groups: usize,
 }
 
 impl Default for EngineConfig {
@@ -52,12 +60,13 @@ impl Default for EngineConfig {
             wal_segment_bytes: 64 * 1024 * 1024,
             wal_on_corruption: CorruptionPolicy::Refuse,
             checkpoint_wal_bytes: 256 * 1024 * 1024,
+            checkpoint_snapshot_bytes: 32 * 1024 * 1024,
             checkpoint_interval_ms: 1000,
             row_group_rows: 8192,
+            row_group_bytes: 4 * 1024 * 1024,
             compact_small_bytes: 16 * 1024 * 1024,
             compact_min_segments: 8,
             subscription_buffer: 1024,
-            cache_row_groups: 64,
         }
     }
 }

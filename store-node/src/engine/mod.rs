@@ -15,12 +15,13 @@ mod cache;
 mod checkpoint;
 pub mod config;
 mod read;
+pub mod snapshots;
 mod subscribe;
 pub mod tenant;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 use std::thread::JoinHandle;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -30,6 +31,7 @@ use tokio::sync::broadcast;
 
 pub use self::checkpoint::CheckpointReport;
 pub use self::config::EngineConfig;
+use self::snapshots::SnapshotSlot;
 use self::tenant::{CommittedBatch, Reservation, TenantState};
 use crate::backend::{EventSubscription, StoreResult, SubscriptionTarget};
 use crate::error::StoreError;
@@ -108,6 +110,8 @@ pub(crate) struct Inner {
     pub(crate) ckpt: Mutex<checkpoint::CheckpointState>,
     /// File layout (immutable; read without any lock).
     pub(crate) dirs: checkpoint::Dirs,
+    /// WAL bytes written when the last checkpoint started.
+    pub(crate) wal_at_checkpoint: AtomicU64,
     closed: AtomicBool,
     flusher_stop: Arc<(Mutex<bool>, Condvar)>,
     flusher: Mutex<Option<JoinHandle<()>>>,
@@ -123,6 +127,17 @@ fn now_ms() -> i64 {
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as i64)
         .unwrap_or(0)
+}
+
+/// Refuses a write taken for an incarnation of the tenant that was purged since.
+fn check_incarnation(st: &TenantState, incarnation: u64) -> StoreResult<()> {
+    if st.incarnation != incarnation {
+        return Err(StoreError::Unavailable(format!(
+            "tenant {} was purged while this write waited",
+            st.id
+        )));
+    }
+    Ok(())
 }
 
 fn new_tenant(id: TenantId, state: TenantState, buffer: usize) -> Arc<Tenant> {
@@ -153,8 +168,10 @@ impl Engine {
         let dirs = checkpoint::Dirs::new(&config.data_dir);
         fs.create_dir_all(&dirs.wal)?;
         fs.create_dir_all(&dirs.segments)?;
+        fs.create_dir_all(&dirs.snapshots)?;
         let manifest = checkpoint::load_manifest(fs.as_ref(), &dirs)?;
         let checkpoint_lsn = manifest.checkpoint_lsn;
+        let snapshot_files = checkpoint::snapshot_files(&manifest);
         let buffer = config.subscription_buffer;
         let mut map: HashMap<TenantId, Arc<Tenant>> = HashMap::new();
         for (id, tm) in manifest.tenants {
@@ -177,6 +194,7 @@ impl Engine {
         })?;
         // After replay, so that the files of tenants purged since the manifest go too.
         checkpoint::remove_orphans(fs.as_ref(), &dirs, &map)?;
+        checkpoint::remove_orphan_snapshots(fs.as_ref(), &dirs, &snapshot_files, &map)?;
         tracing::info!(
             tenants = map.len(),
             replayed_records = rec.records,
@@ -209,13 +227,14 @@ impl Engine {
             },
         )?;
         let inner = Arc::new(Inner {
-            cache: cache::RowGroupCache::new(config.cache_row_groups),
-            ckpt: Mutex::new(checkpoint::CheckpointState::new()),
+            cache: cache::RowGroupCache::new(config.limits.cache_bytes as u64),
+            ckpt: Mutex::new(checkpoint::CheckpointState::new(snapshot_files)),
             dirs,
             cfg: config,
             fs,
             tenants,
             wal,
+            wal_at_checkpoint: AtomicU64::new(0),
             closed: AtomicBool::new(false),
             flusher_stop: Arc::new((Mutex::new(false), Condvar::new())),
             flusher: Mutex::new(None),
@@ -402,6 +421,84 @@ impl Inner {
 
     /// Makes a purge of `tenant` durable (see [`WalRecord::PurgeTenant`]); false when this
     /// node holds nothing of the tenant. The files go with the next checkpoint.
+    /// Whether what the WAL wrote since the last checkpoint (hot events and pending snapshots,
+    /// all in memory) is past twice `checkpoint_wal_bytes`: writes then wait for a checkpoint.
+    fn over_memory_bound(&self) -> bool {
+        self.wal_bytes_since_checkpoint() >= self.cfg.checkpoint_wal_bytes.saturating_mul(2)
+    }
+
+    /// Before a write: while memory waiting for a checkpoint is over its bound (or `also`
+    /// holds), wakes the flusher and waits for its checkpoint (at most 30 s, then the write
+    /// goes ahead), so that this memory stays bounded whatever the write rate. Checkpoints stay
+    /// the flusher's (and purges'); only an engine without a flusher checkpoints here.
+    async fn make_room(
+        self: &Arc<Self>,
+        also: impl Fn(&Inner) -> bool + Send + 'static,
+    ) -> StoreResult<()> {
+        self.check_writable()?;
+        if !self.over_memory_bound() && !also(self) {
+            return Ok(());
+        }
+        if self.cfg.checkpoint_interval_ms == 0 {
+            let inner = self.clone();
+            tokio::task::spawn_blocking(move || {
+                inner.checkpoint_if(|i| {
+                    !i.closed.load(Ordering::Acquire) && (i.over_memory_bound() || also(i))
+                })
+            })
+            .await
+            .map_err(|e| StoreError::Internal(format!("checkpoint task: {e}")))??;
+            return Ok(());
+        }
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while (self.over_memory_bound() || also(self)) && std::time::Instant::now() < deadline {
+            self.check_writable()?;
+            {
+                let _s = self.flusher_stop.0.lock();
+                self.flusher_stop.1.notify_all();
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        Ok(())
+    }
+
+    /// A stream's latest snapshot: from memory while pending, else read from its file.
+    fn load_snapshot(
+        &self,
+        t: &Tenant,
+        tenant: &TenantId,
+        stream: &StreamId,
+    ) -> StoreResult<Option<Snapshot>> {
+        let mut last_err = None;
+        // A checkpoint may replace the file between the lookup and the read: look again.
+        for _ in 0..3 {
+            let slot = {
+                let st = t.state.read();
+                match st.streams.get(stream) {
+                    Some(e) if e.deleted => return Ok(None),
+                    _ => st.snapshots.get(stream).cloned(),
+                }
+            };
+            let r = match slot {
+                None => return Ok(None),
+                Some(SnapshotSlot::Pending { snapshot, .. }) => {
+                    return Ok(Some(Snapshot::clone(&snapshot)))
+                }
+                Some(SnapshotSlot::Stored(r)) => r,
+            };
+            let path = self.dirs.snapshot_path(tenant, &r.file);
+            match self.fs.read(&path) {
+                Ok(bytes) => {
+                    return snapshots::decode(&bytes, &r)
+                        .map(Some)
+                        .map_err(StoreError::Internal)
+                }
+                Err(e) => last_err = Some(format!("reading snapshot {}: {e}", r.file)),
+            }
+        }
+        Err(StoreError::Internal(last_err.unwrap_or_default()))
+    }
+
     async fn submit_purge(&self, tenant: &TenantId) -> StoreResult<bool> {
         self.check_writable()?;
         let Some(t) = self.tenant(tenant) else {
@@ -470,12 +567,19 @@ impl Inner {
         })
     }
 
+    /// The tenant's incarnation now (0 for a tenant this node does not hold yet).
+    fn incarnation(&self, tenant: &TenantId) -> u64 {
+        self.tenant(tenant)
+            .map_or(0, |t| t.state.read().incarnation)
+    }
+
     async fn append(
         &self,
         tenant: &TenantId,
         stream: &StreamId,
         expected: ExpectedVersion,
         events: Vec<NewEvent>,
+        incarnation: u64,
     ) -> StoreResult<AppendResult> {
         self.check_stream(stream)?;
         self.cfg.limits.validate_batch(&events)?;
@@ -490,6 +594,7 @@ impl Inner {
             };
             let outcome = {
                 let mut st = t.state.write();
+                check_incarnation(&st, incarnation)?;
                 let r = match st.reserve_append(stream, expected, &evs) {
                     Ok(r) => r,
                     Err(StoreError::Conflict { current }) => {
@@ -579,7 +684,13 @@ impl crate::backend::EventStore for Engine {
         expected: ExpectedVersion,
         events: Vec<NewEvent>,
     ) -> StoreResult<AppendResult> {
-        self.inner.append(tenant, stream, expected, events).await
+        // A write that waited for room must not land in a tenant purged (and re-created)
+        // meanwhile: it was accepted for the incarnation it found here.
+        let incarnation = self.inner.incarnation(tenant);
+        self.inner.make_room(|_| false).await?;
+        self.inner
+            .append(tenant, stream, expected, events, incarnation)
+            .await
     }
 
     async fn read_stream(
@@ -641,8 +752,20 @@ impl crate::backend::EventStore for Engine {
                 ..snapshot
             },
         };
+        // Snapshots wait in memory for the checkpoint that writes their files: past the bound,
+        // that checkpoint runs now, before this one is taken.
+        let incarnation = self.inner.incarnation(tenant);
+        let t = tenant.clone();
+        self.inner
+            .make_room(move |inner| {
+                inner.tenant(&t).is_some_and(|t| {
+                    t.state.read().pending_snapshot_bytes >= inner.cfg.checkpoint_snapshot_bytes
+                })
+            })
+            .await?;
         self.inner
             .submit_other(tenant, rec, |st| match st.streams.get(&stream) {
+                _ if st.incarnation != incarnation => check_incarnation(st, incarnation),
                 Some(e) if e.reserved_deleted => Err(StoreError::StreamDeleted(stream.to_string())),
                 Some(e) => match e.reserved_current() {
                     Some(cur) if version <= cur => Ok(()),
@@ -664,11 +787,7 @@ impl crate::backend::EventStore for Engine {
         let Some(t) = self.inner.tenant(tenant) else {
             return Ok(None);
         };
-        let st = t.state.read();
-        match st.streams.get(stream) {
-            Some(e) if e.deleted => Ok(None),
-            _ => Ok(st.snapshots.get(stream).cloned()),
-        }
+        self.inner.load_snapshot(&t, tenant, stream)
     }
 
     async fn list_streams(

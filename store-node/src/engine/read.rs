@@ -223,22 +223,25 @@ impl Inner {
             return Ok(Vec::new());
         };
         t.state.read().check_not_archived(from_position)?;
-        self.read_all_upto(&t, from_position, u64::MAX, limit)
+        let max_bytes = self.cfg.limits.max_read_bytes;
+        self.read_all_upto(&t, from_position, u64::MAX, limit, max_bytes)
             .map(|v| v.into_iter().map(|e| RecordedEvent::clone(&e)).collect())
     }
 
-    /// Visible events with `from <= position < upto`, at most `limit`, in position order.
+    /// Visible events with `from <= position < upto`, at most `limit` and about `max_bytes`
+    /// of them (at least one), in position order.
     pub(crate) fn read_all_upto(
         &self,
         t: &super::Tenant,
         from: u64,
         upto: u64,
         limit: usize,
+        max_bytes: usize,
     ) -> StoreResult<Vec<Arc<RecordedEvent>>> {
         let mut out = Vec::new();
         let mut p = from;
         let id = t.state.read().id.clone();
-        let mut budget = self.cfg.limits.read_budget();
+        let mut budget = crate::model::ReadBudget::of(max_bytes);
         while out.len() < limit && budget.open() {
             let seg = {
                 let st = t.state.read();

@@ -9,6 +9,7 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
+use super::snapshots::{SnapshotRef, SnapshotSlot};
 use crate::error::StoreError;
 use crate::index::{dedup, Dedup, StreamEntry, StreamMap};
 use crate::model::{
@@ -58,8 +59,14 @@ pub struct TenantManifest {
     pub bytes: u64,
     /// Streams.
     pub streams: StreamMap,
-    /// Latest snapshot per stream.
+    /// Snapshots inline, as manifests before snapshot files carried them: read (and moved to
+    /// files at the next checkpoint), always written empty, so that an older node still parses
+    /// the manifest.
+    #[serde(default)]
     pub snapshots: BTreeMap<StreamId, Snapshot>,
+    /// Latest snapshot per stream, each in its file under `snapshots/<tenant>/`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub snapshot_files: BTreeMap<StreamId, SnapshotRef>,
     /// Parquet segments, in position order.
     pub segments: Vec<SegmentMeta>,
 }
@@ -90,8 +97,13 @@ pub struct TenantState {
     /// Parquet segments, in position order; they hold every position in
     /// `[trimmed_before, hot_base)` that is not hidden.
     pub segments: Vec<SegmentMeta>,
-    /// Latest snapshot per stream.
-    pub snapshots: BTreeMap<StreamId, Snapshot>,
+    /// Latest snapshot per stream: in its file, or pending (in the WAL and in memory) until
+    /// the next checkpoint writes it.
+    pub snapshots: BTreeMap<StreamId, SnapshotSlot>,
+    /// Sum of the sizes of `snapshots` (stats and storage quota).
+    pub snapshot_bytes: u64,
+    /// Sum of the sizes of the pending `snapshots` (held in memory).
+    pub pending_snapshot_bytes: u64,
     /// Visible events.
     pub events: u64,
     /// Approximate bytes of visible events.
@@ -118,6 +130,24 @@ impl TenantState {
             e.reset_reserved();
             live += u64::from(e.live());
         }
+        let mut snapshots: BTreeMap<StreamId, SnapshotSlot> = m
+            .snapshot_files
+            .into_iter()
+            .map(|(k, r)| (k, SnapshotSlot::Stored(r)))
+            .collect();
+        // Inline snapshots of an old manifest: pending until the next checkpoint writes them.
+        for (i, (k, snap)) in m.snapshots.into_iter().enumerate() {
+            snapshots.insert(
+                k,
+                SnapshotSlot::Pending {
+                    lsn: m.applied_lsn,
+                    ordinal: i as u64 + 1,
+                    snapshot: Arc::new(snap),
+                },
+            );
+        }
+        let snapshot_bytes = snapshots.values().map(SnapshotSlot::size).sum();
+        let pending_snapshot_bytes = snapshots.values().map(SnapshotSlot::resident).sum();
         Self {
             id,
             incarnation: m.incarnation,
@@ -130,7 +160,9 @@ impl TenantState {
             hot: VecDeque::new(),
             hot_base: m.next_position,
             segments: m.segments,
-            snapshots: m.snapshots,
+            snapshots,
+            snapshot_bytes,
+            pending_snapshot_bytes,
             events: m.events,
             bytes: m.bytes,
             purge_pending: false,
@@ -138,7 +170,8 @@ impl TenantState {
         }
     }
 
-    /// The manifest entry of the committed state, with `extra` segments appended.
+    /// The manifest entry of the committed state, with `extra` segments appended. Pending
+    /// snapshots are not in it: the checkpoint adds them once their files are written.
     pub fn to_manifest(&self, extra: Option<&SegmentMeta>) -> TenantManifest {
         let mut segments = self.segments.clone();
         segments.extend(extra.cloned());
@@ -150,7 +183,15 @@ impl TenantState {
             events: self.events,
             bytes: self.bytes,
             streams: self.streams.clone(),
-            snapshots: self.snapshots.clone(),
+            snapshots: BTreeMap::new(),
+            snapshot_files: self
+                .snapshots
+                .iter()
+                .filter_map(|(k, v)| match v {
+                    SnapshotSlot::Stored(r) => Some((k.clone(), r.clone())),
+                    SnapshotSlot::Pending { .. } => None,
+                })
+                .collect(),
             segments,
         }
     }
@@ -161,6 +202,7 @@ impl TenantState {
             events: self.events,
             streams: self.live_streams,
             bytes: self.bytes,
+            snapshot_bytes: self.snapshot_bytes,
             next_position: self.committed_position,
             incarnation: self.incarnation,
             trimmed_before: self.trimmed_before,
@@ -342,7 +384,20 @@ impl TenantState {
                 None
             }
             WalRecord::Snapshot { snapshot, .. } => {
-                self.snapshots.insert(snapshot.stream.clone(), snapshot);
+                let size = snapshot.size_bytes();
+                let stream = snapshot.stream.clone();
+                let slot = SnapshotSlot::Pending {
+                    lsn,
+                    ordinal: 0,
+                    snapshot: Arc::new(snapshot),
+                };
+                if let Some(old) = self.snapshots.insert(stream, slot) {
+                    self.snapshot_bytes = self.snapshot_bytes.saturating_sub(old.size());
+                    self.pending_snapshot_bytes =
+                        self.pending_snapshot_bytes.saturating_sub(old.resident());
+                }
+                self.snapshot_bytes += size;
+                self.pending_snapshot_bytes += size;
                 None
             }
             WalRecord::PurgeTenant { .. } => {
@@ -456,6 +511,27 @@ impl TenantState {
         position
             .checked_sub(self.hot_base)
             .and_then(|i| self.hot.get(i as usize))
+    }
+
+    /// Marks a pending snapshot as written to its file, unless a newer one (or a purge)
+    /// replaced it meanwhile.
+    pub fn snapshot_stored(
+        &mut self,
+        incarnation: u64,
+        stream: &StreamId,
+        lsn: u64,
+        r: SnapshotRef,
+    ) {
+        if incarnation != self.incarnation {
+            return;
+        }
+        if let Some(slot) = self.snapshots.get_mut(stream) {
+            if matches!(slot, SnapshotSlot::Pending { lsn: l, .. } if *l == lsn) {
+                self.pending_snapshot_bytes =
+                    self.pending_snapshot_bytes.saturating_sub(slot.resident());
+                *slot = SnapshotSlot::Stored(r);
+            }
+        }
     }
 
     /// Moves the hot window past `upto` after those events were flushed to `segment`, which

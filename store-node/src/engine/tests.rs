@@ -871,3 +871,318 @@ async fn read_pages_are_bounded_in_bytes_and_page_through_everything() {
     }
     assert_eq!(seen, (0..17).collect::<Vec<_>>());
 }
+
+/// A subscriber that never reads holds at most its byte budget (`maxSubscriptionBufferBytes`,
+/// 1 MiB by default) plus one event queued, however much is appended meanwhile, and an event
+/// larger than the budget still goes through, alone; once it reads, everything arrives in order.
+#[tokio::test]
+async fn a_subscriber_that_never_reads_holds_at_most_its_byte_budget() {
+    use futures::FutureExt;
+    const BUDGET: u64 = 1024 * 1024; // the default maxSubscriptionBufferBytes
+    let fs = SimFs::new();
+    let e = open_sim(&fs);
+    let t = tid("acme");
+    let mut sub = e
+        .subscribe(&t, SubscriptionTarget::Tenant, None)
+        .await
+        .unwrap();
+    let big = |i: u128, size: usize| NewEvent {
+        payload: vec![b'x'; size],
+        metadata: BTreeMap::new(),
+        ..ev(i)
+    };
+    let mut sizes = Vec::new();
+    for i in 0..40 {
+        e.append(&t, &sid("s"), ExpectedVersion::Any, vec![big(i, 100_000)])
+            .await
+            .unwrap();
+    }
+    for i in 40..43 {
+        e.append(
+            &t,
+            &sid("s"),
+            ExpectedVersion::Any,
+            vec![big(i, 1024 * 1024)],
+        )
+        .await
+        .unwrap();
+    }
+    // Let the subscription task queue all it is allowed to.
+    for _ in 0..20 {
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    // What is queued now, taken without letting the task run again.
+    let mut queued = 0u64;
+    let mut largest = 0u64;
+    while let Some(Some(item)) = tokio::task::unconstrained(sub.next()).now_or_never() {
+        let ev = item.unwrap();
+        queued += ev.size_bytes();
+        largest = largest.max(ev.size_bytes());
+        sizes.push(ev.position);
+    }
+    println!(
+        "queued for a subscriber that never read: {} events, {queued} bytes",
+        sizes.len()
+    );
+    assert!(
+        queued <= BUDGET + largest,
+        "a subscriber that never reads held {queued} bytes ({} events) queued; the budget is \
+         {BUDGET} bytes plus one event",
+        sizes.len()
+    );
+    // Everything else still arrives, in order, once the consumer reads.
+    while sizes.len() < 43 {
+        let ev = tokio::time::timeout(std::time::Duration::from_secs(10), sub.next())
+            .await
+            .expect("the rest arrives")
+            .unwrap()
+            .unwrap();
+        sizes.push(ev.position);
+    }
+    assert_eq!(sizes, (0..43).collect::<Vec<u64>>());
+}
+
+/// Cold reads of more than the cache's budget (`cacheBytes`, 64 MiB by default) leave at most
+/// the budget of decoded rows in the cache, and every event still reads back.
+#[tokio::test]
+async fn the_cold_read_cache_stays_within_its_byte_budget() {
+    const BUDGET: u64 = 64 * 1024 * 1024; // the default cacheBytes
+    let fs = SimFs::new();
+    let e = open_sim(&fs);
+    let t = tid("acme");
+    for b in 0..25u128 {
+        let events = (0..4)
+            .map(|i| NewEvent {
+                payload: vec![b'x'; 1024 * 1024 - 64],
+                metadata: BTreeMap::new(),
+                ..ev(b * 4 + i)
+            })
+            .collect();
+        e.append(&t, &sid("s"), ExpectedVersion::Any, events)
+            .await
+            .unwrap();
+    }
+    e.checkpoint().unwrap();
+    let (mut from, mut read, mut bytes) = (0, 0, 0);
+    loop {
+        let page = e.read_all(&t, from, 10_000).await.unwrap();
+        let Some(last) = page.last() else { break };
+        from = last.position + 1;
+        read += page.len();
+        bytes += page.iter().map(|e| e.size_bytes()).sum::<u64>();
+    }
+    assert_eq!(read, 100);
+    let held = e.inner.cache.bytes();
+    println!("cold reads of {bytes} bytes left {held} bytes in the cache");
+    assert!(bytes > BUDGET);
+    assert!(
+        held <= BUDGET,
+        "after cold reads of {bytes} bytes the cache holds {held} bytes; its budget is {BUDGET}"
+    );
+}
+
+fn big_snapshot(stream: &str, version: u64, size: usize, fill: u8) -> Snapshot {
+    let mut metadata = BTreeMap::new();
+    metadata.insert("schema".to_string(), format!("v{version}"));
+    Snapshot {
+        stream: sid(stream),
+        version,
+        payload: vec![fill; size],
+        metadata,
+        timestamp_ms: 1_700_000_000_000 + version as i64,
+    }
+}
+
+/// Bytes of snapshots the tenant's state holds in memory.
+fn resident_snapshot_bytes(e: &Engine, t: &TenantId) -> u64 {
+    e.inner.tenant(t).map_or(0, |t| {
+        t.state
+            .read()
+            .snapshots
+            .values()
+            .map(snapshots::SnapshotSlot::resident)
+            .sum()
+    })
+}
+
+fn manifest_len(fs: &SimFs) -> usize {
+    fs.len(Path::new("/data/manifest.json")).unwrap_or(0)
+}
+
+/// Snapshots live in files of their own, not in the manifest: saved, checkpointed, reopened
+/// (a clean restart and a simulated power loss), they load back identical; a checkpoint that
+/// fails before its manifest leaves no file behind after the restart; and after a checkpoint
+/// neither the manifest nor memory grows with their size.
+#[tokio::test]
+async fn snapshots_are_files_that_survive_restarts_and_crashes() {
+    let fs = SimFs::new();
+    let e = open_sim(&fs);
+    let t = tid("acme");
+    let mut snaps = Vec::new();
+    for i in 0..8u64 {
+        let s = format!("s{i}");
+        e.append(
+            &t,
+            &sid(&s),
+            ExpectedVersion::Any,
+            evs(u128::from(i) * 10, 3),
+        )
+        .await
+        .unwrap();
+        let snap = big_snapshot(&s, 2, 1024 * 1024, i as u8);
+        e.save_snapshot(&t, snap.clone()).await.unwrap();
+        snaps.push(snap);
+    }
+    async fn check(e: &Engine, snaps: Vec<Snapshot>) {
+        for s in snaps {
+            assert_eq!(
+                e.load_snapshot(&tid("acme"), &s.stream)
+                    .await
+                    .unwrap()
+                    .as_ref(),
+                Some(&s),
+                "snapshot of {}",
+                s.stream
+            );
+        }
+    }
+    check(&e, snaps.clone()).await;
+    e.checkpoint().unwrap();
+    let manifest = manifest_len(&fs);
+    let resident = resident_snapshot_bytes(&e, &t);
+    println!("after a checkpoint of 8 MiB of snapshots: manifest {manifest} bytes, {resident} bytes of snapshots in memory");
+    assert!(
+        manifest < 64 * 1024,
+        "the manifest is {manifest} bytes for 8 snapshots of 1 MiB"
+    );
+    assert_eq!(resident, 0, "snapshots stay in memory after the checkpoint");
+    check(&e, snaps.clone()).await;
+
+    // A clean restart.
+    e.close().unwrap();
+    drop(e);
+    let e = open_sim(&fs);
+    check(&e, snaps.clone()).await;
+    assert_eq!(resident_snapshot_bytes(&e, &t), 0);
+
+    // A newer snapshot of s0, in the WAL only, survives a power loss.
+    snaps[0] = big_snapshot("s0", 1, 300_000, 0xEE);
+    e.save_snapshot(&t, snaps[0].clone()).await.unwrap();
+    e.halt();
+    fs.crash();
+    let e = open_sim(&fs);
+    check(&e, snaps.clone()).await;
+
+    // A checkpoint that fails after writing the snapshot files but before its manifest: after
+    // a power loss and a restart everything loads, and no file the manifest does not name is
+    // left.
+    let hook_fs = fs.clone();
+    fs.set_write_hook(Some(Arc::new(move |p: &Path| {
+        if p.ends_with("manifest.json.tmp") {
+            hook_fs.fail_syncs(true);
+        }
+    })));
+    assert!(e.checkpoint().is_err());
+    fs.set_write_hook(None);
+    e.halt();
+    fs.crash();
+    fs.fail_syncs(false);
+    let e = open_sim(&fs);
+    check(&e, snaps.clone()).await;
+    let dir = Path::new("/data/snapshots/acme");
+    e.checkpoint().unwrap();
+    // The replaced file of s0 goes one checkpoint later.
+    e.checkpoint().unwrap();
+    let mut files = fs.list(dir).unwrap();
+    files.sort();
+    assert_eq!(files.len(), 8, "one file per stream: {files:?}");
+    e.halt();
+    fs.crash();
+    let e = open_sim(&fs);
+    check(&e, snaps.clone()).await;
+    assert_eq!(resident_snapshot_bytes(&e, &t), 0);
+    let stats = e.stats(&t).await.unwrap();
+    assert_eq!(
+        stats.snapshot_bytes,
+        snaps.iter().map(Snapshot::size_bytes).sum::<u64>()
+    );
+}
+
+/// A manifest of a node that kept snapshots inline still loads; the next checkpoint moves
+/// them to files and drops them from the manifest.
+#[tokio::test]
+async fn inline_snapshots_of_an_old_manifest_move_to_files() {
+    let fs = SimFs::new();
+    let t = tid("acme");
+    let snap = big_snapshot("s", 1, 10_000, 7);
+    {
+        let e = open_sim(&fs);
+        e.append(&t, &sid("s"), ExpectedVersion::Any, evs(1, 2))
+            .await
+            .unwrap();
+        e.save_snapshot(&t, snap.clone()).await.unwrap();
+        e.close().unwrap();
+    }
+    // Rewrite the manifest the way an older node wrote it: the snapshot inline, no files.
+    let path = Path::new("/data/manifest.json");
+    let mut m: serde_json::Value = serde_json::from_slice(&fs.read(path).unwrap()).unwrap();
+    let entry = &mut m["tenants"]["acme"];
+    entry.as_object_mut().unwrap().remove("snapshotFiles");
+    entry["snapshots"] = serde_json::json!({ "s": snap });
+    crate::fsio::write_atomic(&fs, path, &serde_json::to_vec(&m).unwrap()).unwrap();
+    for f in fs.list(Path::new("/data/snapshots/acme")).unwrap() {
+        fs.remove(&Path::new("/data/snapshots/acme").join(f))
+            .unwrap();
+    }
+    let e = open_sim(&fs);
+    assert_eq!(
+        e.load_snapshot(&t, &sid("s")).await.unwrap(),
+        Some(snap.clone())
+    );
+    e.checkpoint().unwrap();
+    let m: serde_json::Value = serde_json::from_slice(&fs.read(path).unwrap()).unwrap();
+    assert_eq!(m["tenants"]["acme"]["snapshots"], serde_json::json!({}));
+    assert_eq!(m["tenants"]["acme"]["snapshotFiles"]["s"]["version"], 1);
+    e.halt();
+    fs.crash();
+    let e = open_sim(&fs);
+    assert_eq!(e.load_snapshot(&t, &sid("s")).await.unwrap(), Some(snap));
+}
+
+/// Snapshots saved since the last checkpoint wait in memory for it: past
+/// `checkpoint_snapshot_bytes` the next save checkpoints first, so what one tenant holds stays
+/// within that bound plus one snapshot however many it saves.
+#[tokio::test]
+async fn pending_snapshots_are_bounded_in_bytes() {
+    let fs = SimFs::new();
+    let cfg = EngineConfig {
+        checkpoint_snapshot_bytes: 3 * 1024 * 1024,
+        ..sim_config()
+    };
+    let e = Engine::open_with_fs(cfg, Arc::new(fs.clone())).unwrap();
+    let t = tid("acme");
+    let mut most = 0;
+    for i in 0..20u64 {
+        let s = format!("s{i}");
+        e.append(
+            &t,
+            &sid(&s),
+            ExpectedVersion::Any,
+            evs(u128::from(i) * 10, 1),
+        )
+        .await
+        .unwrap();
+        e.save_snapshot(&t, big_snapshot(&s, 0, 1024 * 1024, 1))
+            .await
+            .unwrap();
+        most = most.max(resident_snapshot_bytes(&e, &t));
+    }
+    assert!(
+        most <= 4 * 1024 * 1024 + 4096,
+        "{most} bytes of snapshots held in memory"
+    );
+    let want: u64 = (0..20)
+        .map(|i| big_snapshot(&format!("s{i}"), 0, 1024 * 1024, 1).size_bytes())
+        .sum();
+    assert_eq!(e.stats(&t).await.unwrap().snapshot_bytes, want);
+}

@@ -2,7 +2,10 @@
 //! into a Parquet file image (zstd, row groups sized for scans) and decoding row groups back.
 //! Files are written by the engine's checkpoint with [`crate::fsio::write_atomic`]-style
 //! durability (write, fsync, rename, fsync directory). This module is pure encoding: it must
-//! never touch the file system or decide what to flush.
+//! never touch the file system or decide what to flush. Row groups are bounded in rows and in
+//! bytes of events, so that decoding one for a cold read costs at most about that many bytes,
+//! and a cold read fetches only the footer and that row group's column chunks through a
+//! [`ReadAt`] handed in (never the whole file image).
 //!
 //! Schema (one row per event, rows in position order):
 //!
@@ -33,10 +36,12 @@ use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use parquet::arrow::ArrowWriter;
 use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::properties::WriterProperties;
+use parquet::file::reader::{ChunkReader, Length};
 use parquet::schema::types::ColumnPath;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
+use crate::fsio::ReadAt;
 use crate::model::{RecordedEvent, StreamId, TenantId};
 
 /// Errors of segment encoding and decoding.
@@ -137,28 +142,88 @@ fn to_batch(events: &[Arc<RecordedEvent>]) -> Result<RecordBatch, SegmentError> 
 }
 
 /// Encodes events (in position order) into a Parquet file image with row groups of at most
-/// `row_group_rows` rows. Returns the bytes and the first position of every row group.
+/// `row_group_rows` rows and about `row_group_bytes` bytes of events (at least one row).
+/// Returns the bytes and the first position of every row group.
 pub fn encode(
     events: &[Arc<RecordedEvent>],
     row_group_rows: usize,
+    row_group_bytes: u64,
 ) -> Result<(Vec<u8>, Vec<u64>), SegmentError> {
-    let rows = row_group_rows.max(1);
-    let props = WriterProperties::builder()
-        .set_compression(Compression::ZSTD(ZstdLevel::try_new(1)?))
-        .set_max_row_group_row_count(Some(rows))
-        .set_column_dictionary_enabled(ColumnPath::from("payload"), false)
-        .set_column_dictionary_enabled(ColumnPath::from("event_id"), false)
-        .set_column_dictionary_enabled(ColumnPath::from("version"), false)
-        .set_column_dictionary_enabled(ColumnPath::from("position"), false)
-        .build();
-    let mut w = ArrowWriter::try_new(Vec::new(), schema(), Some(props))?;
-    let mut groups = Vec::new();
-    for chunk in events.chunks(rows) {
-        groups.push(chunk[0].position);
-        w.write(&to_batch(chunk)?)?;
-        w.flush()?;
+    let mut w = SegmentWriter::new(row_group_rows, row_group_bytes)?;
+    for e in events {
+        w.push(e.clone())?;
     }
-    Ok((w.into_inner()?, groups))
+    w.finish()
+}
+
+/// Encodes events one at a time (in position order), holding at most one row group of them
+/// besides the encoded file image: see [`encode`].
+pub struct SegmentWriter {
+    w: ArrowWriter<Vec<u8>>,
+    rows: usize,
+    max_bytes: u64,
+    group: Vec<Arc<RecordedEvent>>,
+    group_bytes: u64,
+    firsts: Vec<u64>,
+}
+
+impl SegmentWriter {
+    /// A writer of row groups of at most `row_group_rows` rows and about `row_group_bytes`.
+    pub fn new(row_group_rows: usize, row_group_bytes: u64) -> Result<Self, SegmentError> {
+        let rows = row_group_rows.max(1);
+        let props = WriterProperties::builder()
+            .set_compression(Compression::ZSTD(ZstdLevel::try_new(1)?))
+            .set_max_row_group_row_count(Some(rows))
+            .set_column_dictionary_enabled(ColumnPath::from("payload"), false)
+            .set_column_dictionary_enabled(ColumnPath::from("event_id"), false)
+            .set_column_dictionary_enabled(ColumnPath::from("version"), false)
+            .set_column_dictionary_enabled(ColumnPath::from("position"), false)
+            .build();
+        Ok(Self {
+            w: ArrowWriter::try_new(Vec::new(), schema(), Some(props))?,
+            rows,
+            max_bytes: row_group_bytes,
+            group: Vec::new(),
+            group_bytes: 0,
+            firsts: Vec::new(),
+        })
+    }
+
+    /// Adds the next event.
+    pub fn push(&mut self, e: Arc<RecordedEvent>) -> Result<(), SegmentError> {
+        let b = e.size_bytes();
+        if !self.group.is_empty()
+            && (self.group.len() >= self.rows || self.group_bytes + b > self.max_bytes)
+        {
+            self.flush()?;
+        }
+        self.group_bytes += b;
+        self.group.push(e);
+        Ok(())
+    }
+
+    /// Rows pushed so far.
+    pub fn is_empty(&self) -> bool {
+        self.firsts.is_empty() && self.group.is_empty()
+    }
+
+    fn flush(&mut self) -> Result<(), SegmentError> {
+        let Some(first) = self.group.first() else {
+            return Ok(());
+        };
+        self.firsts.push(first.position);
+        self.w.write(&to_batch(&self.group)?)?;
+        self.w.flush()?;
+        self.group.clear();
+        self.group_bytes = 0;
+        Ok(())
+    }
+
+    /// The file image and the first position of every row group.
+    pub fn finish(mut self) -> Result<(Vec<u8>, Vec<u64>), SegmentError> {
+        self.flush()?;
+        Ok((self.w.into_inner()?, self.firsts))
+    }
 }
 
 fn check_schema(got: &Schema) -> Result<(), SegmentError> {
@@ -253,6 +318,21 @@ pub fn decode(
     file: Bytes,
     row_groups: Option<Vec<usize>>,
 ) -> Result<Vec<Arc<RecordedEvent>>, SegmentError> {
+    decode_from(file, row_groups)
+}
+
+/// Decodes one row group of a segment file, reading only the footer and that row group.
+pub fn decode_row_group(
+    file: Arc<dyn ReadAt>,
+    group: usize,
+) -> Result<Vec<Arc<RecordedEvent>>, SegmentError> {
+    decode_from(Chunks(file), Some(vec![group]))
+}
+
+fn decode_from<T: ChunkReader + 'static>(
+    file: T,
+    row_groups: Option<Vec<usize>>,
+) -> Result<Vec<Arc<RecordedEvent>>, SegmentError> {
     let mut b = ParquetRecordBatchReaderBuilder::try_new(file)?.with_batch_size(8192);
     check_schema(b.schema())?;
     if let Some(g) = row_groups {
@@ -267,6 +347,54 @@ pub fn decode(
         from_batch(&batch?, &mut out)?;
     }
     Ok(out)
+}
+
+/// Parquet's view of a [`ReadAt`]: ranges are read when asked for.
+struct Chunks(Arc<dyn ReadAt>);
+
+/// A sequential reader from an offset of a [`ReadAt`] (Parquet reads page headers this way).
+struct ChunkRead {
+    file: Arc<dyn ReadAt>,
+    pos: u64,
+}
+
+impl std::io::Read for ChunkRead {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.file.read_at(self.pos, buf)?;
+        self.pos += n as u64;
+        Ok(n)
+    }
+}
+
+impl Length for Chunks {
+    fn len(&self) -> u64 {
+        self.0.len()
+    }
+}
+
+impl ChunkReader for Chunks {
+    type T = std::io::BufReader<ChunkRead>;
+
+    fn get_read(&self, start: u64) -> parquet::errors::Result<Self::T> {
+        Ok(std::io::BufReader::with_capacity(
+            8192,
+            ChunkRead {
+                file: self.0.clone(),
+                pos: start,
+            },
+        ))
+    }
+
+    fn get_bytes(&self, start: u64, length: usize) -> parquet::errors::Result<Bytes> {
+        let mut buf = vec![0; length];
+        let n = self.0.read_at(start, &mut buf)?;
+        if n < length {
+            return Err(parquet::errors::ParquetError::EOF(format!(
+                "{length} bytes at {start} asked, {n} there"
+            )));
+        }
+        Ok(Bytes::from(buf))
+    }
 }
 
 #[cfg(test)]
@@ -294,12 +422,35 @@ mod tests {
     #[test]
     fn parquet_read_back_equals_written() {
         let events: Vec<_> = (0..1000).map(event).collect();
-        let (bytes, groups) = encode(&events, 300).unwrap();
+        let (bytes, groups) = encode(&events, 300, u64::MAX).unwrap();
         assert_eq!(groups, vec![100, 400, 700, 1000]);
         let back = decode(Bytes::from(bytes.clone()), None).unwrap();
         assert_eq!(back, events);
         let g2 = decode(Bytes::from(bytes), Some(vec![2])).unwrap();
         assert_eq!(g2, events[600..900].to_vec());
+    }
+
+    #[test]
+    fn row_groups_are_bounded_in_bytes_and_read_alone() {
+        use crate::fsio::{FileSystem, SimFs};
+        let big = |i: u64| {
+            let mut e = RecordedEvent::clone(&event(i));
+            e.payload = vec![b'p'; 10_000];
+            Arc::new(e)
+        };
+        let events: Vec<_> = (0..50).map(big).collect();
+        let one = events[0].size_bytes();
+        let (bytes, groups) = encode(&events, 8192, 4 * one).unwrap();
+        assert_eq!(groups.len(), 13, "{groups:?}");
+        assert_eq!(groups[1], 104);
+        let fs = SimFs::new();
+        let path = std::path::Path::new("/seg/x.parquet");
+        fs.write_synced(path, &bytes).unwrap();
+        let g = decode_row_group(fs.open_read(path).unwrap(), 12).unwrap();
+        assert_eq!(g, events[48..].to_vec());
+        // One event larger than the bound is a row group of its own.
+        let (_, groups) = encode(&events[..3], 8192, 1).unwrap();
+        assert_eq!(groups, vec![100, 101, 102]);
     }
 
     #[test]

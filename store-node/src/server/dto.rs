@@ -440,8 +440,10 @@ pub struct StatsOut {
     pub events: u64,
     /// Streams that exist.
     pub streams: u64,
-    /// Approximate bytes stored.
+    /// Approximate bytes of events stored.
     pub bytes: u64,
+    /// Approximate bytes of the streams' latest snapshots (in the storage quota with `bytes`).
+    pub snapshot_bytes: u64,
     /// Next position to be assigned.
     pub next_position: u64,
     /// Incarnation of the tenant id (one more after each purge; positions restart at 0).
@@ -461,6 +463,7 @@ impl StatsOut {
             events: s.events,
             streams: s.streams,
             bytes: s.bytes,
+            snapshot_bytes: s.snapshot_bytes,
             next_position: s.next_position,
             incarnation: s.incarnation,
             trimmed_before: s.trimmed_before,

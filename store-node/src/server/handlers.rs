@@ -247,6 +247,13 @@ pub async fn save_snapshot(
         timestamp_ms: now_ms(),
     };
     store.limits().validate_snapshot(&snap)?;
+    if t.quotas.storage_bytes.is_some() {
+        // Snapshots count in the storage quota like events (a replaced snapshot is freed only
+        // once the new one is stored, so the check counts both).
+        let stats = store.stats(&t.id).await?;
+        check_storage(&t.quotas, &stats, snap.size_bytes())
+            .map_err(|e| quota_error(&st, &t, "storage_bytes", e))?;
+    }
     let tenant = t.id.clone();
     detached(async move { store.save_snapshot(&tenant, snap).await }).await?;
     Ok(StatusCode::NO_CONTENT)

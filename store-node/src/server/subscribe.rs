@@ -4,6 +4,13 @@
 //! A reconnecting client resumes with `Last-Event-ID`. Subscriptions are capped per tenant
 //! (`maxSubscriptionsPerTenant`, 429) and per node (`--max-subscriptions`, 503), and end when the
 //! node shuts down, so they never hold a graceful shutdown open.
+//!
+//! Buffering: the backend's subscription queues at most `maxSubscriptionBufferBytes` of events
+//! for a client that does not read (see the engine's subscribe module); this handler turns one
+//! event at a time into its SSE frame, and hyper polls for the next frame only once its write
+//! buffer has room (HTTP/1: a bounded buffer; HTTP/2: one frame per stream beyond the flow
+//! control window). A client that stops reading therefore costs about one budget plus a few
+//! events' frames, and the socket's kernel buffers, whatever is appended meanwhile.
 
 use std::collections::HashMap;
 use std::convert::Infallible;

@@ -60,17 +60,18 @@ impl RateLimiter {
     }
 }
 
-/// Checks the storage quota for an append of `incoming` bytes.
+/// Checks the storage quota for a write (append or snapshot) of `incoming` bytes: events and
+/// snapshots stored both count.
 pub fn check_storage(
     quotas: &Quotas,
     stats: &TenantStats,
     incoming: u64,
 ) -> Result<(), StoreError> {
+    let stored = stats.bytes.saturating_add(stats.snapshot_bytes);
     match quotas.storage_bytes {
-        Some(max) if stats.bytes.saturating_add(incoming) > max => Err(StoreError::QuotaExceeded {
+        Some(max) if stored.saturating_add(incoming) > max => Err(StoreError::QuotaExceeded {
             message: format!(
-                "storage quota of {max} bytes reached ({} stored, {incoming} more requested)",
-                stats.bytes
+                "storage quota of {max} bytes reached ({stored} stored, {incoming} more requested)"
             ),
             retry_after_secs: CAPACITY_RETRY_AFTER_SECS,
         }),
@@ -132,5 +133,13 @@ mod tests {
         assert!(check_new_stream(&q, 1).is_ok());
         assert!(check_new_stream(&q, 2).is_err());
         assert!(check_storage(&Quotas::default(), &s, u64::MAX).is_ok());
+        // Snapshots stored count as well.
+        let s = TenantStats {
+            bytes: 50,
+            snapshot_bytes: 40,
+            ..Default::default()
+        };
+        assert!(check_storage(&q, &s, 10).is_ok());
+        assert!(check_storage(&q, &s, 11).is_err());
     }
 }

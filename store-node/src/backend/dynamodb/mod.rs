@@ -1136,6 +1136,7 @@ impl EventStore for DynamoStore {
             streams: get_n(&c, "streams")?,
             bytes: get_n(&c, "bytes")?,
             next_position: get_n(&c, "next_position")?,
+            snapshot_bytes: 0,
             incarnation: 0,
             trimmed_before: match c.get("trimmed_before") {
                 Some(_) => get_n(&c, "trimmed_before")?,

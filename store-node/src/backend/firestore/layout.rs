@@ -329,6 +329,7 @@ pub fn tenant_of(doc: &Value) -> StoreResult<TenantStats> {
         streams: get_u64(doc, "streams")?,
         bytes: get_u64(doc, "bytes")?,
         next_position: get_u64(doc, "next_position")?,
+        snapshot_bytes: 0,
         incarnation: 0,
         // Absent (0) in documents written before trims were recorded.
         trimmed_before: get_u64(doc, "trimmed_before")?,
@@ -589,6 +590,7 @@ mod tests {
             streams: 2,
             bytes: 3,
             next_position: 4,
+            snapshot_bytes: 0,
             incarnation: 0,
             trimmed_before: 2,
         };

@@ -733,6 +733,7 @@ impl EventStore for PostgresStore {
             events: to_u64(r.try_get(1).map_err(pg_err)?),
             bytes: to_u64(r.try_get(2).map_err(pg_err)?),
             streams: to_u64(r.try_get(3).map_err(pg_err)?),
+            snapshot_bytes: 0,
             incarnation: 0,
             trimmed_before: to_u64(r.try_get(4).map_err(pg_err)?),
         })
