@@ -93,43 +93,44 @@ pub fn load_manifest(fs: &dyn FileSystem, dirs: &Dirs) -> Result<Manifest, Engin
     Ok(m)
 }
 
+/// Deletes the files under `root/<tenant>/` that `keep` does not name (left by a crash
+/// mid-checkpoint). `what` names the kind of file in the log.
+fn remove_unnamed(
+    fs: &dyn FileSystem,
+    root: &Path,
+    tenants: &HashMap<TenantId, Arc<Tenant>>,
+    what: &str,
+    keep: impl Fn(&TenantId, &str) -> bool,
+) -> Result<(), EngineError> {
+    // Known tenants too: a file system may not list directories (SimFs does not).
+    let mut names: BTreeSet<String> = fs.list(root).unwrap_or_default().into_iter().collect();
+    names.extend(tenants.keys().map(|t| t.as_str().to_string()));
+    for name in names {
+        let Ok(id) = TenantId::new(name.clone()) else {
+            continue;
+        };
+        let dir = root.join(&name);
+        for f in fs.list(&dir).unwrap_or_default() {
+            if !keep(&id, &f) {
+                tracing::info!(file = %f, tenant = %name, "removing {what} file not in the manifest");
+                fs.remove(&dir.join(&f))?;
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Deletes segment files the manifest does not name (left by a crash mid-checkpoint).
 pub fn remove_orphans(
     fs: &dyn FileSystem,
     dirs: &Dirs,
     tenants: &HashMap<TenantId, Arc<Tenant>>,
 ) -> Result<(), EngineError> {
-    // Known tenants too: a file system may not list directories (SimFs does not).
-    let mut names: std::collections::BTreeSet<String> = fs
-        .list(&dirs.segments)
-        .unwrap_or_default()
-        .into_iter()
-        .collect();
-    names.extend(tenants.keys().map(|t| t.as_str().to_string()));
-    for name in names {
-        let Ok(id) = TenantId::new(name.clone()) else {
-            continue;
-        };
-        let dir = dirs.segments.join(&name);
-        let known: Vec<String> = tenants
-            .get(&id)
-            .map(|t| {
-                t.state
-                    .read()
-                    .segments
-                    .iter()
-                    .map(|s| s.file.clone())
-                    .collect()
-            })
-            .unwrap_or_default();
-        for f in fs.list(&dir).unwrap_or_default() {
-            if !known.contains(&f) {
-                tracing::info!(file = %f, tenant = %name, "removing segment file not in the manifest");
-                fs.remove(&dir.join(&f))?;
-            }
-        }
-    }
-    Ok(())
+    remove_unnamed(fs, &dirs.segments, tenants, "segment", |id, f| {
+        tenants
+            .get(id)
+            .is_some_and(|t| t.state.read().segments.iter().any(|s| s.file == f))
+    })
 }
 
 /// Snapshot files each tenant's manifest entry names.
@@ -151,26 +152,9 @@ pub fn remove_orphan_snapshots(
     named: &HashMap<TenantId, BTreeSet<String>>,
     tenants: &HashMap<TenantId, Arc<Tenant>>,
 ) -> Result<(), EngineError> {
-    let mut names: BTreeSet<String> = fs
-        .list(&dirs.snapshots)
-        .unwrap_or_default()
-        .into_iter()
-        .collect();
-    names.extend(tenants.keys().map(|t| t.as_str().to_string()));
-    for name in names {
-        let Ok(id) = TenantId::new(name.clone()) else {
-            continue;
-        };
-        let dir = dirs.snapshots.join(&name);
-        let known = named.get(&id);
-        for f in fs.list(&dir).unwrap_or_default() {
-            if !known.is_some_and(|k| k.contains(&f)) {
-                tracing::info!(file = %f, tenant = %name, "removing snapshot file not in the manifest");
-                fs.remove(&dir.join(&f))?;
-            }
-        }
-    }
-    Ok(())
+    remove_unnamed(fs, &dirs.snapshots, tenants, "snapshot", |id, f| {
+        named.get(id).is_some_and(|k| k.contains(f))
+    })
 }
 
 /// Bookkeeping of the checkpointer.
