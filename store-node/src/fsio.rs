@@ -199,11 +199,16 @@ struct SimState {
 /// file system is held, so the hook may block to pause the writer at that point).
 pub type WriteHook = Arc<dyn Fn(&Path) + Send + Sync>;
 
+/// Called before every fsync of an append file (the WAL), with no lock of the file system held,
+/// so the hook may block to hold the WAL writer between its write and its fsync.
+pub type SyncHook = Arc<dyn Fn() + Send + Sync>;
+
 /// An in-memory file system that remembers what was made durable, for crash tests.
 #[derive(Clone, Default)]
 pub struct SimFs {
     state: Arc<Mutex<SimState>>,
     write_hook: Arc<Mutex<Option<WriteHook>>>,
+    sync_hook: Arc<Mutex<Option<SyncHook>>>,
 }
 
 impl SimFs {
@@ -225,6 +230,11 @@ impl SimFs {
     /// can stop a checkpoint at a precise point and interleave other work deterministically.
     pub fn set_write_hook(&self, hook: Option<WriteHook>) {
         *self.write_hook.lock() = hook;
+    }
+
+    /// Installs (or with `None` removes) a hook run before every fsync of an append file.
+    pub fn set_sync_hook(&self, hook: Option<SyncHook>) {
+        *self.sync_hook.lock() = hook;
     }
 
     /// Makes every following fsync fail (like EIO on a dying disk).
@@ -297,6 +307,10 @@ impl AppendFile for SimAppendFile {
         Ok(())
     }
     fn sync_data(&mut self) -> io::Result<()> {
+        let hook = self.fs.sync_hook.lock().clone();
+        if let Some(hook) = hook {
+            hook();
+        }
         let mut st = self.fs.state.lock();
         if st.fail_syncs {
             return Err(sync_failed());

@@ -20,7 +20,7 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 
 use super::snapshots::{self, SnapshotRef, SnapshotSlot};
-use super::tenant::TenantManifest;
+use super::tenant::{TenantCapture, TenantManifest};
 use super::{EngineError, Inner, Tenant};
 use crate::fsio::{write_atomic, FileSystem};
 use crate::model::{RecordedEvent, Snapshot, StreamId, TenantId};
@@ -394,7 +394,9 @@ impl Inner {
     fn checkpoint_locked(&self, ck: &mut CheckpointState) -> Result<CheckpointReport, EngineError> {
         let dirs = self.dirs.clone();
         let bytes_now = self.wal.bytes_written();
-        // Capture the durable LSN first: every tenant state read afterwards includes it.
+        // Capture the durable LSN first: every tenant state read afterwards includes it (its
+        // records were applied before the WAL published it, or deferred and are applied by
+        // `capture`).
         let lsn = self.wal.status().borrow().durable_lsn;
         self.wal.request_roll();
         let tenants: Vec<(TenantId, Arc<Tenant>)> = self
@@ -418,24 +420,9 @@ impl Inner {
         };
         let mut snapshots_written = Vec::new();
         for (id, t) in tenants {
-            let (hot, state, pending) = {
-                let st = t.state.read();
-                let hot: Vec<Arc<RecordedEvent>> = st.hot.iter().cloned().collect();
-                let pending: Vec<_> = st
-                    .snapshots
-                    .iter()
-                    .filter_map(|(k, v)| match v {
-                        SnapshotSlot::Pending {
-                            lsn,
-                            ordinal,
-                            snapshot,
-                        } => Some((k.clone(), *lsn, *ordinal, snapshot.clone())),
-                        SnapshotSlot::Stored(_) => None,
-                    })
-                    .collect();
-                (hot, st.to_manifest(None), pending)
-            };
-            let mut state = state;
+            let (captured, hot) = capture(&t);
+            let pending = captured.pending_snapshots();
+            let mut state = captured.into_manifest();
             let written = self.write_snapshots(&dirs, &id, pending)?;
             for w in &written {
                 state.snapshot_files.insert(w.stream.clone(), w.r.clone());
@@ -624,7 +611,7 @@ impl Inner {
                             && st.segments.get(start..end) == Some(&small[..]) =>
                     {
                         st.segments.splice(start..end, new_meta.clone());
-                        manifest_tenants = st.to_manifest(None);
+                        manifest_tenants = st.capture();
                     }
                     _ => {
                         // The segments changed meanwhile (a trim or a purge): the merged copy
@@ -639,7 +626,10 @@ impl Inner {
             }
             m.tenants.insert(
                 id.clone(),
-                manifest_tenants_only_segments(m.tenants.get(&id), manifest_tenants),
+                manifest_tenants_only_segments(
+                    m.tenants.get(&id),
+                    manifest_tenants.into_manifest(),
+                ),
             );
             let json = serde_json::to_vec(&m).map_err(|e| EngineError::Manifest(e.to_string()))?;
             write_atomic(self.fs.as_ref(), &dirs.manifest, &json)?;
@@ -650,6 +640,43 @@ impl Inner {
             merged_total += small.len();
         }
         Ok(merged_total)
+    }
+}
+
+/// Hot events copied per hold of a tenant's read lock by [`capture`].
+const HOT_COPY_CHUNK: u64 = 4096;
+
+/// A tenant's committed state and its hot events, for a checkpoint. Deferred records are applied
+/// first (so the state includes every record the WAL acknowledged before the call). The state is
+/// copied in O(1) under the read lock; hot events are copied a chunk at a time, each chunk
+/// under a short hold of the lock, so that a tenant with a large hot window or many streams
+/// never holds off its own appends for long. Hot events are immutable and only leave the front
+/// of the window, so the chunks stay consistent with the state copied first; a purge or a trim
+/// that took events not yet copied makes it start again.
+fn capture(t: &Tenant) -> (TenantCapture, Vec<Arc<RecordedEvent>>) {
+    t.apply_deferred();
+    'again: loop {
+        let (captured, base, end) = {
+            let st = t.state.read();
+            (st.capture(), st.hot_base, st.committed_position)
+        };
+        let mut hot = Vec::with_capacity(end.saturating_sub(base) as usize);
+        let mut p = base;
+        while p < end {
+            let st = t.state.read();
+            if st.incarnation != captured.incarnation || st.hot_base > p {
+                continue 'again;
+            }
+            let stop = end.min(p + HOT_COPY_CHUNK);
+            while p < stop {
+                let Some(ev) = st.hot_event(p) else {
+                    continue 'again;
+                };
+                hot.push(ev.clone());
+                p += 1;
+            }
+        }
+        return (captured, hot);
     }
 }
 

@@ -11,6 +11,7 @@
 //! the tenant's segment files. This module must never bypass the WAL to change state, nor
 //! expose events of one tenant to another.
 
+mod apply;
 mod cache;
 mod checkpoint;
 pub mod config;
@@ -27,12 +28,12 @@ use std::thread::JoinHandle;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use parking_lot::{Condvar, Mutex, RwLock};
-use tokio::sync::broadcast;
 
+pub(crate) use self::apply::Tenant;
 pub use self::checkpoint::CheckpointReport;
 pub use self::config::EngineConfig;
 use self::snapshots::SnapshotSlot;
-use self::tenant::{CommittedBatch, Reservation, TenantState};
+use self::tenant::{Reservation, TenantState};
 use crate::backend::{EventSubscription, StoreResult, SubscriptionTarget};
 use crate::error::StoreError;
 use crate::fsio::{FileSystem, OsFs};
@@ -93,12 +94,6 @@ impl From<WalError> for StoreError {
     }
 }
 
-/// One tenant: its state and its broadcast of committed batches.
-pub(crate) struct Tenant {
-    pub(crate) state: RwLock<TenantState>,
-    pub(crate) tx: broadcast::Sender<CommittedBatch>,
-}
-
 type Tenants = Arc<RwLock<HashMap<TenantId, Arc<Tenant>>>>;
 
 pub(crate) struct Inner {
@@ -140,15 +135,6 @@ fn check_incarnation(st: &TenantState, incarnation: u64) -> StoreResult<()> {
     Ok(())
 }
 
-fn new_tenant(id: TenantId, state: TenantState, buffer: usize) -> Arc<Tenant> {
-    let _ = id;
-    let (tx, _) = broadcast::channel(buffer.max(1));
-    Arc::new(Tenant {
-        state: RwLock::new(state),
-        tx,
-    })
-}
-
 impl Engine {
     /// Opens (or creates) the engine in `config.data_dir` on the real file system. Blocking.
     pub fn open(config: EngineConfig) -> Result<Self, EngineError> {
@@ -176,21 +162,15 @@ impl Engine {
         let mut map: HashMap<TenantId, Arc<Tenant>> = HashMap::new();
         for (id, tm) in manifest.tenants {
             let st = TenantState::from_manifest(id.clone(), tm);
-            map.insert(id.clone(), new_tenant(id, st, buffer));
+            map.insert(id, Tenant::new(st, buffer));
         }
         let policy = config.wal_on_corruption;
         let rec = crate::wal::recover(fs.as_ref(), &dirs.wal, checkpoint_lsn, policy, |lsn, r| {
             let t = map
                 .entry(r.tenant().clone())
-                .or_insert_with(|| {
-                    new_tenant(
-                        r.tenant().clone(),
-                        TenantState::new(r.tenant().clone()),
-                        buffer,
-                    )
-                })
+                .or_insert_with(|| Tenant::new(TenantState::new(r.tenant().clone()), buffer))
                 .clone();
-            t.state.write().apply(lsn, r, true);
+            t.replay(lsn, r);
         })?;
         // After replay, so that the files of tenants purged since the manifest go too.
         checkpoint::remove_orphans(fs.as_ref(), &dirs, &map)?;
@@ -215,14 +195,9 @@ impl Engine {
             rec.files,
             rec.next_lsn,
             |group: Vec<(u64, (Arc<Tenant>, WalRecord))>| {
+                // A busy tenant lock defers that tenant's records, never the group's others.
                 for (lsn, (t, r)) in group {
-                    let mut st = t.state.write();
-                    if let Some(batch) = st.apply(lsn, r, false) {
-                        // Sent under the tenant lock: subscribers hand off on this lock.
-                        if t.tx.receiver_count() > 0 {
-                            let _ = t.tx.send(batch);
-                        }
-                    }
+                    t.commit(lsn, r);
                 }
             },
         )?;
@@ -371,11 +346,7 @@ impl Inner {
             .write()
             .entry(id.clone())
             .or_insert_with(|| {
-                new_tenant(
-                    id.clone(),
-                    TenantState::new(id.clone()),
-                    self.cfg.subscription_buffer,
-                )
+                Tenant::new(TenantState::new(id.clone()), self.cfg.subscription_buffer)
             })
             .clone()
     }
@@ -392,6 +363,14 @@ impl Inner {
 
     fn check_stream(&self, stream: &StreamId) -> StoreResult<()> {
         StreamId::with_limits(stream.as_str(), &self.cfg.limits).map(|_| ())
+    }
+
+    /// Waits until the record at `lsn` of tenant `t` is durable and applied: only then may a
+    /// write be acknowledged (readers see it, a retry finds it).
+    async fn wait_applied(&self, t: &Tenant, lsn: u64) -> StoreResult<()> {
+        self.wal.wait(lsn).await?;
+        t.wait_applied(lsn).await;
+        Ok(())
     }
 
     /// Submits a non-append record after `check` accepted it under the tenant lock.
@@ -415,7 +394,7 @@ impl Inner {
             }
             self.wal.submit(Vec::new(), body, (t.clone(), rec))?
         };
-        self.wal.wait(lsn).await?;
+        self.wait_applied(&t, lsn).await?;
         Ok(())
     }
 
@@ -516,7 +495,7 @@ impl Inner {
             st.purge_pending = true;
             lsn
         };
-        self.wal.wait(lsn).await?;
+        self.wait_applied(&t, lsn).await?;
         Ok(true)
     }
 
@@ -651,11 +630,11 @@ impl Inner {
             };
             match outcome {
                 Ok((lsn, res)) => {
-                    self.wal.wait(lsn).await?;
+                    self.wait_applied(&t, lsn).await?;
                     return Ok(res);
                 }
                 Err((lsn, evs)) => {
-                    self.wal.wait(lsn).await?;
+                    self.wait_applied(&t, lsn).await?;
                     events = Some(evs);
                 }
             }
@@ -804,8 +783,8 @@ impl crate::backend::EventStore for Engine {
         let range = match after {
             Some(a) => st
                 .streams
-                .range::<StreamId, _>((std::ops::Bound::Excluded(a), std::ops::Bound::Unbounded)),
-            None => st.streams.range::<StreamId, _>(..),
+                .range::<_, StreamId>((std::ops::Bound::Excluded(a), std::ops::Bound::Unbounded)),
+            None => st.streams.range::<_, StreamId>(..),
         };
         Ok(range
             .filter(|(_, e)| e.next_version > 0)
@@ -930,6 +909,8 @@ pub fn layout(data_dir: &std::path::Path) -> (PathBuf, PathBuf, PathBuf) {
     (d.wal, d.segments, d.manifest)
 }
 
+#[cfg(test)]
+mod apply_tests;
 #[cfg(test)]
 mod purge_tests;
 #[cfg(test)]

@@ -19,6 +19,10 @@ use crate::model::{
 use crate::segment::SegmentMeta;
 use crate::wal::WalRecord;
 
+/// Latest snapshot per stream, persistent like [`StreamMap`] so that a checkpoint copies it in
+/// O(1) under the tenant's lock.
+pub type SnapshotMap = imbl::OrdMap<StreamId, SnapshotSlot>;
+
 /// A batch of committed events, as broadcast to subscribers.
 pub type CommittedBatch = Arc<[Arc<RecordedEvent>]>;
 
@@ -71,6 +75,64 @@ pub struct TenantManifest {
     pub segments: Vec<SegmentMeta>,
 }
 
+/// A tenant's committed state as [`TenantState::capture`] copied it under the tenant's lock; it
+/// becomes a manifest entry outside the lock.
+#[derive(Debug, Clone)]
+pub struct TenantCapture {
+    /// See [`TenantManifest::incarnation`].
+    pub incarnation: u64,
+    applied_lsn: u64,
+    next_position: u64,
+    trimmed_before: u64,
+    events: u64,
+    bytes: u64,
+    streams: StreamMap,
+    snapshots: SnapshotMap,
+    /// Parquet segments, in position order.
+    pub segments: Vec<SegmentMeta>,
+}
+
+impl TenantCapture {
+    /// Snapshots still only in the WAL and in memory: (stream, lsn, ordinal, snapshot).
+    pub fn pending_snapshots(&self) -> Vec<(StreamId, u64, u64, Arc<Snapshot>)> {
+        self.snapshots
+            .iter()
+            .filter_map(|(k, v)| match v {
+                SnapshotSlot::Pending {
+                    lsn,
+                    ordinal,
+                    snapshot,
+                } => Some((k.clone(), *lsn, *ordinal, snapshot.clone())),
+                SnapshotSlot::Stored(_) => None,
+            })
+            .collect()
+    }
+
+    /// The manifest entry. Pending snapshots are not in it: the checkpoint adds them once their
+    /// files are written.
+    pub fn into_manifest(self) -> TenantManifest {
+        TenantManifest {
+            incarnation: self.incarnation,
+            applied_lsn: self.applied_lsn,
+            next_position: self.next_position,
+            trimmed_before: self.trimmed_before,
+            events: self.events,
+            bytes: self.bytes,
+            streams: self.streams,
+            snapshots: BTreeMap::new(),
+            snapshot_files: self
+                .snapshots
+                .iter()
+                .filter_map(|(k, v)| match v {
+                    SnapshotSlot::Stored(r) => Some((k.clone(), r.clone())),
+                    SnapshotSlot::Pending { .. } => None,
+                })
+                .collect(),
+            segments: self.segments,
+        }
+    }
+}
+
 /// The live state of a tenant.
 #[derive(Debug)]
 pub struct TenantState {
@@ -99,7 +161,7 @@ pub struct TenantState {
     pub segments: Vec<SegmentMeta>,
     /// Latest snapshot per stream: in its file, or pending (in the WAL and in memory) until
     /// the next checkpoint writes it.
-    pub snapshots: BTreeMap<StreamId, SnapshotSlot>,
+    pub snapshots: SnapshotMap,
     /// Sum of the sizes of `snapshots` (stats and storage quota).
     pub snapshot_bytes: u64,
     /// Sum of the sizes of the pending `snapshots` (held in memory).
@@ -124,13 +186,17 @@ impl TenantState {
 
     /// Restores a tenant from its manifest entry.
     pub fn from_manifest(id: TenantId, m: TenantManifest) -> Self {
-        let mut streams = m.streams;
         let mut live = 0;
-        for e in streams.values_mut() {
-            e.reset_reserved();
-            live += u64::from(e.live());
-        }
-        let mut snapshots: BTreeMap<StreamId, SnapshotSlot> = m
+        let streams: StreamMap = m
+            .streams
+            .into_iter()
+            .map(|(k, mut e)| {
+                e.reset_reserved();
+                live += u64::from(e.live());
+                (k, e)
+            })
+            .collect();
+        let mut snapshots: SnapshotMap = m
             .snapshot_files
             .into_iter()
             .map(|(k, r)| (k, SnapshotSlot::Stored(r)))
@@ -170,12 +236,11 @@ impl TenantState {
         }
     }
 
-    /// The manifest entry of the committed state, with `extra` segments appended. Pending
-    /// snapshots are not in it: the checkpoint adds them once their files are written.
-    pub fn to_manifest(&self, extra: Option<&SegmentMeta>) -> TenantManifest {
-        let mut segments = self.segments.clone();
-        segments.extend(extra.cloned());
-        TenantManifest {
+    /// A copy of the committed state for a manifest entry: O(1) for the stream and snapshot
+    /// maps (persistent), O(segments) for the segment list, so that taking it under the
+    /// tenant's lock never stalls the tenant's appends, whatever the number of its streams.
+    pub fn capture(&self) -> TenantCapture {
+        TenantCapture {
             incarnation: self.incarnation,
             applied_lsn: self.applied_lsn,
             next_position: self.committed_position,
@@ -183,16 +248,8 @@ impl TenantState {
             events: self.events,
             bytes: self.bytes,
             streams: self.streams.clone(),
-            snapshots: BTreeMap::new(),
-            snapshot_files: self
-                .snapshots
-                .iter()
-                .filter_map(|(k, v)| match v {
-                    SnapshotSlot::Stored(r) => Some((k.clone(), r.clone())),
-                    SnapshotSlot::Pending { .. } => None,
-                })
-                .collect(),
-            segments,
+            snapshots: self.snapshots.clone(),
+            segments: self.segments.clone(),
         }
     }
 
@@ -454,19 +511,24 @@ impl TenantState {
         }
         let old_trim = self.trimmed_before;
         let mut dropped = 0;
-        for e in self.streams.values_mut() {
-            let lo = e.first_version.max(
-                e.positions
-                    .first_version_at_or_after(old_trim)
-                    .unwrap_or(u64::MAX),
-            );
-            let hi = e
-                .positions
-                .first_version_at_or_after(before)
-                .unwrap_or(e.next_version);
-            dropped += e.positions.count_between(lo, hi);
-            e.positions.forget_below(hi);
-        }
+        // Rare (once per archive run): rebuilding the persistent map is O(streams log streams).
+        self.streams = std::mem::take(&mut self.streams)
+            .into_iter()
+            .map(|(k, mut e)| {
+                let lo = e.first_version.max(
+                    e.positions
+                        .first_version_at_or_after(old_trim)
+                        .unwrap_or(u64::MAX),
+                );
+                let hi = e
+                    .positions
+                    .first_version_at_or_after(before)
+                    .unwrap_or(e.next_version);
+                dropped += e.positions.count_between(lo, hi);
+                e.positions.forget_below(hi);
+                (k, e)
+            })
+            .collect();
         while self.hot.front().is_some_and(|h| h.position < before) {
             if let Some(h) = self.hot.pop_front() {
                 if let Some(e) = self.streams.get_mut(&h.stream) {
