@@ -524,7 +524,9 @@ pub fn load() -> Result<&'static TestEnv, &'static EnvError> {
         .as_ref()
 }
 
-fn allow_no_env() -> bool {
+/// Whether tests may skip when a server or tool they need is missing (`ALLSOURCE_ALLOW_NO_ENV=1`);
+/// otherwise (and always in CI) a missing one fails the test.
+pub fn allow_no_env() -> bool {
     std::env::var(ALLOW_NO_ENV_VAR).is_ok_and(|v| v == "1")
 }
 

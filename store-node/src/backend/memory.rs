@@ -268,7 +268,7 @@ impl EventStore for MemoryStore {
         self.limits.validate_read_limit(limit)?;
         let inner = self.inner.lock();
         if let Some(t) = inner.tenants.get(tenant) {
-            crate::backend::cloud::check_tenant_not_archived(from_position, t.trimmed_before)?;
+            crate::backend::archived::check_tenant_not_archived(from_position, t.trimmed_before)?;
         }
         Ok(inner.tenants.get(tenant).map_or_else(Vec::new, |t| {
             t.log

@@ -5,6 +5,7 @@
 
 use futures::stream::BoxStream;
 
+pub mod archived;
 #[cfg(any(feature = "postgres", feature = "dynamodb", feature = "firestore"))]
 pub mod cloud;
 #[cfg(feature = "dynamodb")]

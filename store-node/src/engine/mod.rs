@@ -256,7 +256,8 @@ impl Engine {
     }
 
     /// Calls `f` on up to `limit` events of a stream, forwards from `from`, without cloning
-    /// hot events (the allocation-free read path used by the benchmark).
+    /// hot events (the allocation-free read path used by the benchmark). The tenant's read lock
+    /// is held while `f` runs: the tenant's own writes wait for it, other tenants' do not.
     pub fn visit_stream(
         &self,
         tenant: &TenantId,
