@@ -9,8 +9,8 @@
 # where <context> holds bin/allsource-operator and bin/store-node (stripped). Both run as the
 # numeric non-root user 65532 (the chart and the operator's StatefulSets set runAsUser 65532 and a
 # read-only root file system), need no shell and write only to mounted volumes (/tmp, the data
-# dir). BASE_IMAGE must provide glibc and libgcc_s (the binaries are dynamically linked against
-# them) and CA certificates; `hack/images.sh` with BASE_IMAGE=local makes such a base from Debian
+# dir). BASE_IMAGE must provide glibc, libgcc_s and OpenSSL 3 (the binaries link them dynamically)
+# and CA certificates, as distroless/cc does; `hack/images.sh` with BASE_IMAGE=local makes one from Debian
 # packages for machines without registry access.
 ARG BASE_IMAGE=gcr.io/distroless/cc-debian12:nonroot
 

@@ -10,7 +10,7 @@
 #   REGISTRY    image name prefix                 (default ghcr.io/allsource)
 #   TAG         image tag                         (default: the Cargo workspace version)
 #   BASE_IMAGE  base of both images               (default: the Dockerfile's, gcr.io/distroless/cc-debian12:nonroot);
-#               "local" builds one here from Debian packages (libc6, libgcc-s1, ca-certificates)
+#               "local" builds one here from Debian packages (libc6, libgcc-s1, libssl3, ca-certificates)
 #   BIN_DIR     take allsource-operator and store-node from this directory instead of running
 #               cargo (the tests package the debug binaries `cargo build --workspace --bins` made)
 #   SAVE_DIR    also write each image as a tar (`docker save`) into this directory
@@ -24,7 +24,7 @@ root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 ALLSOURCE_CACHE=${ALLSOURCE_CACHE:-$HOME/.cache/allsource}
 DOCKER=${DOCKER:-docker}
 REGISTRY=${REGISTRY:-ghcr.io/allsource}
-BASE_PACKAGES=(libc6 libgcc-s1 ca-certificates)
+BASE_PACKAGES=(libc6 libgcc-s1 libssl3 ca-certificates)
 NONROOT_UID=65532
 
 log() { echo "[images] $*" >&2; }
@@ -51,7 +51,7 @@ base_package_versions() {
 }
 
 base_key() { # a short, stable key of the package set and this script's recipe version
-  printf '%s recipe-2 %s\n' "$(base_package_versions)" "$(dpkg --print-architecture)" |
+  printf '%s recipe-3 %s\n' "$(base_package_versions)" "$(dpkg --print-architecture)" |
     sha256sum | cut -c1-12
 }
 

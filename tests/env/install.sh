@@ -5,7 +5,7 @@
 # directory already holds it, so a warm run takes seconds. Independent steps run in parallel.
 #
 # Usage: tests/env/install.sh [step...]   steps: apt kubernetes etcd kwok helm fake-gcs dynamodb
-#                                                 moto firestore node (default: all)
+#                                                 moto firestore node coredns (default: all)
 set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -146,9 +146,13 @@ with tarfile.open(f"{out}/pause-image.tar", "w") as t:
 print(ref)
 PY
 }
+build_provisioner() {
+  (cd "$here/go/provisioner" && go build -trimpath -ldflags "-s -w" -o "$out/provisioner" .)
+}
 step_node() {
   go_into_cache "kubernetes-node-$K8S_VERSION" build_kube_node
   go_into_cache "pause-$(pause_key)" build_pause
+  go_into_cache "provisioner-$(provisioner_key)" build_provisioner
 }
 
 build_etcd() {
@@ -192,6 +196,9 @@ build_helm() {
     "$p/cmd/helm@v$HELM_VERSION"
 }
 step_helm() { go_into_cache "helm-$HELM_VERSION" build_helm; }
+step_coredns() {
+  go_into_cache "coredns-$COREDNS_VERSION" go_install "github.com/coredns/coredns@v$COREDNS_VERSION"
+}
 step_fake_gcs() {
   go_into_cache "fake-gcs-server-$FAKE_GCS_VERSION" go_install \
     "github.com/fsouza/fake-gcs-server@v$FAKE_GCS_VERSION"
@@ -271,7 +278,7 @@ run_chain() { # <step...> : runs steps one after another, stops at the first fai
 
 main() {
   local want=("$@")
-  [ ${#want[@]} -gt 0 ] || want=(apt kubernetes node etcd kwok helm fake-gcs dynamodb moto firestore)
+  [ ${#want[@]} -gt 0 ] || want=(apt kubernetes node etcd kwok helm fake-gcs dynamodb moto coredns firestore)
   local t0 s
   t0=$(date +%s)
   mkdir -p "$ALLSOURCE_CACHE"
@@ -286,7 +293,8 @@ main() {
       # node after kubernetes: its packages are mostly in Go's build cache by then.
       kubernetes | node) chain_k+=("$s") ;;
       etcd | kwok | helm | fake-gcs) chain_go+=("$s") ;;
-      dynamodb | moto | firestore) chain_dl+=("$s") ;;
+      # CoreDNS (a long Go build) after the downloads: the shortest chain otherwise.
+      dynamodb | moto | firestore | coredns) chain_dl+=("$s") ;;
       *)
         echo "unknown step: $s" >&2
         return 2

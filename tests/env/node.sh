@@ -1,7 +1,8 @@
 # The real node of the test environment (service `node` of up.sh; cleaned up by down.sh): a
 # private containerd + runc, a kubelet registered as Node `allsource-node` with its own client
 # certificate, kube-proxy (iptables), a CNI bridge on a fixed pod CIDR, a private dockerd that
-# builds the images (hack/images.sh), and socat giving the apiserver an address on the pod
+# builds the images (hack/images.sh), CoreDNS as the cluster DNS on the node IP, a hostPath
+# volume provisioner (StorageClass allsource-hostpath), and socat giving the apiserver an address on the pod
 # network. Sourced by up.sh and down.sh; needs root.
 #
 # Network (fixed, machine-wide, so one real node per machine):
@@ -28,6 +29,9 @@ NODE_CNI_NETWORK=allsource-node
 # existing tests' pods keep going to kwok's nodes (or the pod runner's), as before.
 NODE_TAINT_KEY=allsource.io/real-node
 NODE_LABEL=allsource.io/real-node
+# Dynamic volumes: hostPath directories below the state dir, made by go/provisioner.
+NODE_STORAGE_CLASS=allsource-hostpath
+NODE_PROVISIONER=allsource.io/hostpath
 
 node_sign() { # <name> <subject> <extensions> : key + certificate signed by the env's CA
   local pki=$D/kube/pki out=$D/node/pki
@@ -143,6 +147,7 @@ podLogsDir: $n/pod-logs
 volumePluginDir: $n/kubelet-plugins
 resolvConf: $n/resolv.conf
 clusterDomain: cluster.local
+clusterDNS: [$NODE_IP]
 serializeImagePulls: false
 rotateCertificates: false
 serverTLSBootstrap: false
@@ -153,6 +158,25 @@ evictionHard: {memory.available: "100Mi", nodefs.available: "2%", imagefs.availa
 imageGCHighThresholdPercent: 99
 imageGCLowThresholdPercent: 98
 maxPods: 60
+EOF
+}
+
+# CoreDNS on the node IP: cluster names only. There is no `forward`: a name outside
+# cluster.local is never sent to any other resolver.
+node_coredns_config() { # <ready port>
+  cat >"$D/node/Corefile" <<EOF
+.:53 {
+    bind $NODE_IP
+    errors
+    ready 127.0.0.1:$1
+    kubernetes cluster.local in-addr.arpa ip6.arpa {
+        kubeconfig $D/kube/admin.kubeconfig allsource-test
+        pods insecure
+        fallthrough in-addr.arpa ip6.arpa
+        ttl 5
+    }
+    cache 5
+}
 EOF
 }
 
@@ -199,8 +223,8 @@ node_network_up() {
   iptables -w -t mangle -A "$NODE_FW_CHAIN" ! -i "$NODE_BRIDGE" -o "$NODE_BRIDGE" -j DROP
   iptables -w -t mangle -A "$NODE_FW_CHAIN" -j RETURN
   iptables -w -t mangle -I FORWARD 1 -j "$NODE_FW_CHAIN"
-  # The pods' resolver: nothing answers there until the cluster DNS runs, so no name is ever
-  # resolved through the machine's resolver.
+  # The resolver of pods with dnsPolicy Default: the cluster DNS too, so no name is ever resolved
+  # through the machine's resolver.
   printf 'nameserver %s\noptions ndots:5 timeout:1 attempts:1\n' "$NODE_IP" >"$D/node/resolv.conf"
 }
 
@@ -230,9 +254,10 @@ sys.exit(0 if any(c["type"] == "Ready" and c["status"] == "True" for c in n["sta
 
 up_node() {
   [ "$(id -u)" -eq 0 ] || die "the real node needs root (containerd, kubelet, iptables, network namespaces)"
-  local kubelet proxy pause_dir b
-  kubelet=$(bin_kubelet) proxy=$(bin_kube_proxy) pause_dir=$(dir_pause)
-  for b in "$kubelet" "$proxy" "$pause_dir/pause-image.tar" /usr/lib/cni/bridge /usr/lib/cni/host-local \
+  local kubelet proxy pause_dir coredns prov b
+  kubelet=$(bin_kubelet) proxy=$(bin_kube_proxy) pause_dir=$(dir_pause) coredns=$(bin_coredns)
+  prov=$(bin_provisioner)
+  for b in "$kubelet" "$proxy" "$coredns" "$prov" "$pause_dir/pause-image.tar" /usr/lib/cni/bridge /usr/lib/cni/host-local \
     /usr/lib/cni/loopback; do require_file "$b"; done
   for b in containerd runc ctr dockerd socat iptables ip; do
     command -v "$b" >/dev/null || die "$b is missing: run tests/env/install.sh"
@@ -271,11 +296,12 @@ up_node() {
   node_sign kube-proxy "/CN=system:kube-proxy" "extendedKeyUsage=clientAuth"
   node_kubeconfig "$n/kubelet.kubeconfig" kubelet
   node_kubeconfig "$n/kube-proxy.kubeconfig" kube-proxy
-  local ports hz phz pmp
-  ports=$(free_ports 3)
-  read -r hz phz pmp <<<"$ports"
+  local ports hz phz pmp dnsr
+  ports=$(free_ports 4)
+  read -r hz phz pmp dnsr <<<"$ports"
   node_kubelet_config "$hz"
   node_proxy_config "$phz" "$pmp"
+  node_coredns_config "$dnsr"
 
   local ap=${KUBE_APISERVER##*:}
   start apiserver-bridge socat "TCP-LISTEN:$NODE_APISERVER_PORT,bind=$NODE_IP,reuseaddr,fork" \
@@ -286,7 +312,18 @@ up_node() {
     --hostname-override="$NODE_NAME" --register-with-taints="$NODE_TAINT_KEY=true:NoSchedule" \
     --node-labels="$NODE_LABEL=true" --v=1
   start kube-proxy "$proxy" --config="$n/kube-proxy.yaml" --v=1
+  start coredns "$coredns" -conf "$n/Corefile"
+  mkdir -p "$n/volumes"
+  start provisioner "$prov" -kubeconfig "$D/kube/admin.kubeconfig" -dir "$n/volumes" \
+    -node "$NODE_NAME" -name "$NODE_PROVISIONER"
+  # Not the default class: the existing tests bind their claims (of no class) to PVs they make.
+  kube_api POST /apis/storage.k8s.io/v1/storageclasses "{\"apiVersion\":\"storage.k8s.io/v1\",
+    \"kind\":\"StorageClass\",\"metadata\":{\"name\":\"$NODE_STORAGE_CLASS\"},
+    \"provisioner\":\"$NODE_PROVISIONER\",\"reclaimPolicy\":\"Delete\",
+    \"volumeBindingMode\":\"WaitForFirstConsumer\"}" >/dev/null ||
+    die "could not create StorageClass $NODE_STORAGE_CLASS"
   wait_for kubelet node_ready
+  wait_for coredns curl -sf --max-time 2 "http://127.0.0.1:$dnsr/ready"
   wait_for dockerd env DOCKER_HOST="unix://$n/docker.sock" docker version
   cat >"$D/env.d/node.env" <<EOF
 NODE_NAME=$NODE_NAME
@@ -295,6 +332,8 @@ NODE_POD_CIDR=$NODE_POD_CIDR
 NODE_TAINT_KEY=$NODE_TAINT_KEY
 NODE_CONTAINERD_ADDRESS=$n/containerd.sock
 NODE_DOCKER_HOST=unix://$n/docker.sock
+NODE_DNS=$NODE_IP
+NODE_STORAGE_CLASS=$NODE_STORAGE_CLASS
 EOF
 }
 
