@@ -361,7 +361,7 @@ node_kill_leftovers() { # <node state dir>
   for p in /proc/[0-9]*; do
     pid=${p#/proc/}
     [ "$pid" != $$ ] && [ "$pid" != "$BASHPID" ] || continue
-    if tr '\0' ' ' <"$p/cmdline" 2>/dev/null | grep -qF -- "$n/"; then
+    if tr '\0' ' ' 2>/dev/null <"$p/cmdline" | grep -qF -- "$n/"; then
       kill -KILL "$pid" 2>/dev/null || true
     fi
   done
