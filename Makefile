@@ -3,7 +3,7 @@
 SHELL := /bin/bash
 export CARGO_TARGET_DIR ?= $(HOME)/.cache/allsource/target
 
-.PHONY: test install-env env-up env-down run lint crds-check fuzz
+.PHONY: test install-env env-up env-down run lint crds-check fuzz images
 
 ## Install + start the test servers, cargo test --workspace against them, stop them.
 test:
@@ -24,6 +24,10 @@ env-down:
 ## Local environment with the CRDs installed, plus how to use it.
 run:
 	tests/run-local.sh
+
+## Build the operator and store-node images (REGISTRY, TAG, BASE_IMAGE, BIN_DIR: see hack/images.sh).
+images:
+	hack/images.sh
 
 lint:
 	cargo fmt --all -- --check

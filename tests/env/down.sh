@@ -5,6 +5,12 @@
 set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+# shellcheck source=versions.sh
+source "$here/versions.sh"
+# shellcheck source=lib.sh
+source "$here/lib.sh"
+# shellcheck source=node.sh
+source "$here/node.sh"
 ENV_FILE=${ALLSOURCE_ENV_FILE:-$here/.env}
 STOP_TIMEOUT=${ALLSOURCE_STOP_TIMEOUT:-15}
 
@@ -36,6 +42,25 @@ stop_group() { # <name> <pgid>
   done
 }
 
+# tests/env/down.sh --node-leftovers: only the real node's machine-wide parts (bridge, iptables),
+# for when its state dir is gone.
+if [ "${1:-}" = --node-leftovers ]; then
+  node_network_down "$(bin_kube_proxy)"
+  echo "[down] real node network removed" >&2
+  exit 0
+fi
+
+node=""
+[ -z "$D" ] || [ ! -f "$D/node/.cleanup" ] || node=$D/node
+if [ -n "$node" ]; then
+  # The kubelet first, so that it restarts nothing, then every container of the node.
+  if [ -f "$D/pids/kubelet.pid" ]; then
+    stop_group kubelet "$(cat "$D/pids/kubelet.pid")"
+    rm -f "$D/pids/kubelet.pid"
+  fi
+  node_kill_containers "$node"
+fi
+
 if [ -n "$D" ] && [ -d "$D/pids" ]; then
   pids=()
   for f in "$D"/pids/*.pid; do
@@ -49,6 +74,14 @@ if [ -n "$D" ] && [ -d "$D/pids" ]; then
   done
   for p in "${pids[@]}"; do wait "$p" || true; done
   rm -f "$D"/pids/*.pid
+fi
+
+if [ -n "$node" ]; then
+  node_kill_containers "$node"
+  node_kill_leftovers "$node"
+  node_unmount "$D"
+  node_network_down "$(bin_kube_proxy)"
+  node_logs_links_down "$node"
 fi
 
 # Only remove what up.sh created: a dir holding its layout.

@@ -5,7 +5,7 @@
 # directory already holds it, so a warm run takes seconds. Independent steps run in parallel.
 #
 # Usage: tests/env/install.sh [step...]   steps: apt kubernetes etcd kwok helm fake-gcs dynamodb
-#                                                 moto firestore (default: all)
+#                                                 moto firestore node coredns (default: all)
 set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -32,6 +32,16 @@ apt_missing() {
   command -v setsid >/dev/null || missing+=(util-linux)
   python3 -c 'import venv, ensurepip' 2>/dev/null || missing+=(python3-venv)
   command -v promtool >/dev/null || missing+=(prometheus) # promtool checks the alert rules
+  # The real node (up.sh node) and the images (hack/images.sh): containerd + runc, the CNI
+  # plugins, dockerd to build the images, socat (the apiserver's address on the pod network).
+  command -v containerd >/dev/null || missing+=(containerd)
+  command -v runc >/dev/null || missing+=(runc)
+  command -v dockerd >/dev/null || missing+=(docker.io)
+  [ -x /usr/lib/cni/bridge ] || missing+=(containernetworking-plugins)
+  command -v socat >/dev/null || missing+=(socat)
+  command -v iptables >/dev/null || missing+=(iptables)
+  command -v ip >/dev/null || missing+=(iproute2)
+  command -v readelf >/dev/null || missing+=(binutils)
   echo "${missing[@]:-}"
 }
 
@@ -99,6 +109,52 @@ build_kubernetes() {
 }
 step_kubernetes() { go_into_cache "kubernetes-$K8S_VERSION" build_kubernetes; }
 
+# The real node's kubelet and kube-proxy, from the same module (a separate cache dir, so adding
+# them did not invalidate the control plane's), and the pause image: a static binary of
+# go/pause packed as a docker-archive tar that `ctr images import` reads (no registry, no docker).
+build_kube_node() {
+  (cd "$here/go/k8s" && go build -trimpath -ldflags "$(k8s_ldflags)" -o "$out/" \
+    k8s.io/kubernetes/cmd/kubelet k8s.io/kubernetes/cmd/kube-proxy)
+}
+build_pause() {
+  (cd "$here/go/pause" && CGO_ENABLED=0 go build -trimpath -ldflags "-s -w" -o "$out/pause" .)
+  python3 - "$out" "allsource.local/pause:$(pause_key)" <<'PY'
+import hashlib, io, json, sys, tarfile
+out, ref = sys.argv[1], sys.argv[2]
+layer = io.BytesIO()
+with tarfile.open(fileobj=layer, mode="w", format=tarfile.PAX_FORMAT) as t:
+    info = t.gettarinfo(f"{out}/pause", arcname="pause")
+    info.uid = info.gid = 0
+    info.uname = info.gname = ""
+    info.mtime = 0
+    info.mode = 0o555
+    with open(f"{out}/pause", "rb") as f:
+        t.addfile(info, f)
+layer = layer.getvalue()
+diff_id = "sha256:" + hashlib.sha256(layer).hexdigest()
+config = json.dumps({"architecture": "amd64", "os": "linux",
+    "config": {"Entrypoint": ["/pause"], "User": "65535:65535"},
+    "rootfs": {"type": "layers", "diff_ids": [diff_id]}, "history": [{"created_by": "tests/env/go/pause"}]},
+    sort_keys=True).encode()
+config_name = hashlib.sha256(config).hexdigest() + ".json"
+manifest = json.dumps([{"Config": config_name, "RepoTags": [ref], "Layers": ["layer.tar"]}]).encode()
+with tarfile.open(f"{out}/pause-image.tar", "w") as t:
+    for name, data in (("layer.tar", layer), (config_name, config), ("manifest.json", manifest)):
+        info = tarfile.TarInfo(name)
+        info.size = len(data)
+        t.addfile(info, io.BytesIO(data))
+print(ref)
+PY
+}
+build_provisioner() {
+  (cd "$here/go/provisioner" && go build -trimpath -ldflags "-s -w" -o "$out/provisioner" .)
+}
+step_node() {
+  go_into_cache "kubernetes-node-$K8S_VERSION" build_kube_node
+  go_into_cache "pause-$(pause_key)" build_pause
+  go_into_cache "provisioner-$(provisioner_key)" build_provisioner
+}
+
 build_etcd() {
   local v
   v=$(sed -n 's#^[[:space:]]*go.etcd.io/etcd/server/v3 v\([^[:space:]]*\).*#\1#p' "$here/go/etcd/go.mod" | head -1)
@@ -140,6 +196,9 @@ build_helm() {
     "$p/cmd/helm@v$HELM_VERSION"
 }
 step_helm() { go_into_cache "helm-$HELM_VERSION" build_helm; }
+step_coredns() {
+  go_into_cache "coredns-$COREDNS_VERSION" go_install "github.com/coredns/coredns@v$COREDNS_VERSION"
+}
 step_fake_gcs() {
   go_into_cache "fake-gcs-server-$FAKE_GCS_VERSION" go_install \
     "github.com/fsouza/fake-gcs-server@v$FAKE_GCS_VERSION"
@@ -219,7 +278,7 @@ run_chain() { # <step...> : runs steps one after another, stops at the first fai
 
 main() {
   local want=("$@")
-  [ ${#want[@]} -gt 0 ] || want=(apt kubernetes etcd kwok helm fake-gcs dynamodb moto firestore)
+  [ ${#want[@]} -gt 0 ] || want=(apt kubernetes node etcd kwok helm fake-gcs dynamodb moto coredns firestore)
   local t0 s
   t0=$(date +%s)
   mkdir -p "$ALLSOURCE_CACHE"
@@ -231,9 +290,11 @@ main() {
   for s in "${want[@]}"; do
     case "$s" in
       apt) ;;
-      kubernetes) chain_k+=("$s") ;;
+      # node after kubernetes: its packages are mostly in Go's build cache by then.
+      kubernetes | node) chain_k+=("$s") ;;
       etcd | kwok | helm | fake-gcs) chain_go+=("$s") ;;
-      dynamodb | moto | firestore) chain_dl+=("$s") ;;
+      # CoreDNS (a long Go build) after the downloads: the shortest chain otherwise.
+      dynamodb | moto | firestore | coredns) chain_dl+=("$s") ;;
       *)
         echo "unknown step: $s" >&2
         return 2

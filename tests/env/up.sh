@@ -2,11 +2,12 @@
 # Starts the real test servers on free loopback ports and writes the env file the tests read
 # (tests/env/.env, or $ALLSOURCE_ENV_FILE). Services: kube (etcd, kube-apiserver,
 # kube-controller-manager, kube-scheduler, kwok + two simulated nodes), postgres, dynamodb,
-# s3 (moto), gcs (fake-gcs-server), firestore (gcloud emulator). All by default; they start in
+# s3 (moto), gcs (fake-gcs-server), firestore (gcloud emulator), and node: a real kubelet node
+# with containerd (needs root and kube; tests/env/node.sh). All by default (node only as root); they start in
 # parallel, each in its own process group, with state under ${ALLSOURCE_ENV_DIR:-$(mktemp -d)}
 # (never inside the clone). Stop everything with tests/env/down.sh.
 #
-# Usage: tests/env/up.sh [kube|postgres|dynamodb|s3|gcs|firestore ...]
+# Usage: tests/env/up.sh [kube|postgres|dynamodb|s3|gcs|firestore|node ...]
 set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -14,8 +15,13 @@ here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 source "$here/versions.sh"
 # shellcheck source=lib.sh
 source "$here/lib.sh"
+# shellcheck source=node.sh
+source "$here/node.sh"
 
-ALL_SERVICES=(kube postgres dynamodb s3 gcs firestore)
+ALL_SERVICES=(kube postgres dynamodb s3 gcs firestore node)
+DEFAULT_SERVICES=(kube postgres dynamodb s3 gcs firestore)
+# The real node needs root: it is a default service when we are root (as CI is).
+[ "$(id -u)" -ne 0 ] || DEFAULT_SERVICES+=(node)
 ENV_FILE=${ALLSOURCE_ENV_FILE:-$here/.env}
 READY_TIMEOUT=${ALLSOURCE_READY_TIMEOUT:-120}
 
@@ -86,10 +92,16 @@ kube_pki() {
     -keyout "$pki/ca.key" -out "$pki/ca.crt" 2>/dev/null
   openssl req -newkey rsa:2048 -nodes -subj "/CN=kube-apiserver" \
     -keyout "$pki/apiserver.key" -out "$pki/apiserver.csr" 2>/dev/null
-  printf 'subjectAltName=IP:127.0.0.1,DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc,IP:10.0.0.1\n' \
+  printf 'subjectAltName=IP:127.0.0.1,DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc,IP:10.0.0.1,IP:10.0.16.1\n' \
     >"$pki/apiserver.ext"
   openssl x509 -req -in "$pki/apiserver.csr" -CA "$pki/ca.crt" -CAkey "$pki/ca.key" \
     -CAcreateserial -days 2 -extfile "$pki/apiserver.ext" -out "$pki/apiserver.crt" 2>/dev/null
+  # The apiserver's client certificate towards kubelets (logs, exec, port-forward of a real node).
+  openssl req -newkey rsa:2048 -nodes -subj "/O=system:masters/CN=kube-apiserver-kubelet-client" \
+    -keyout "$pki/kubelet-client.key" -out "$pki/kubelet-client.csr" 2>/dev/null
+  printf 'extendedKeyUsage=clientAuth\n' >"$pki/kubelet-client.ext"
+  openssl x509 -req -in "$pki/kubelet-client.csr" -CA "$pki/ca.crt" -CAkey "$pki/ca.key" \
+    -CAcreateserial -days 2 -extfile "$pki/kubelet-client.ext" -out "$pki/kubelet-client.crt" 2>/dev/null
   openssl genrsa -out "$pki/sa.key" 2048 2>/dev/null
   openssl rsa -in "$pki/sa.key" -pubout -out "$pki/sa.pub" 2>/dev/null
   KUBE_TOKEN=$(openssl rand -hex 24)
@@ -162,7 +174,10 @@ up_kube() {
     --bind-address=127.0.0.1 --advertise-address=127.0.0.1 --secure-port="$ap" \
     --cert-dir="$pki" --tls-cert-file="$pki/apiserver.crt" --tls-private-key-file="$pki/apiserver.key" \
     --client-ca-file="$pki/ca.crt" --token-auth-file="$pki/tokens.csv" \
-    --service-cluster-ip-range=10.0.0.0/24 --allow-privileged=true --authorization-mode=RBAC \
+    --service-cluster-ip-range=10.0.0.0/24 --allow-privileged=true --authorization-mode=Node,RBAC \
+    --enable-admission-plugins=NodeRestriction \
+    --kubelet-client-certificate="$pki/kubelet-client.crt" --kubelet-client-key="$pki/kubelet-client.key" \
+    --kubelet-preferred-address-types=InternalIP \
     --service-account-issuer="$KUBE_APISERVER" --service-account-key-file="$pki/sa.pub" \
     --service-account-signing-key-file="$pki/sa.key" --endpoint-reconciler-type=none \
     --profiling=false --v=0
@@ -291,10 +306,13 @@ EOF
 
 main() {
   local services=("$@") s
-  [ ${#services[@]} -gt 0 ] || services=("${ALL_SERVICES[@]}")
+  [ ${#services[@]} -gt 0 ] || services=("${DEFAULT_SERVICES[@]}")
   for s in "${services[@]}"; do
     [[ " ${ALL_SERVICES[*]} " == *" $s "* ]] || die "unknown service '$s' (known: ${ALL_SERVICES[*]})"
   done
+  if [[ " ${services[*]} " == *" node "* ]] && [[ " ${services[*]} " != *" kube "* ]]; then
+    die "the node service needs kube: tests/env/up.sh kube node"
+  fi
   if [ -f "$ENV_FILE" ]; then
     local old
     old=$(sed -n 's/^ALLSOURCE_ENV_DIR=//p' "$ENV_FILE")

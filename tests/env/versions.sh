@@ -8,3 +8,4 @@ HELM_VERSION=3.19.2         # helm.sh/helm/v3
 FAKE_GCS_VERSION=1.56.1     # github.com/fsouza/fake-gcs-server
 MOTO_VERSION=5.1.18         # PyPI moto[server]
 DYNAMODB_LOCAL_VERSION=3.1.0  # software.amazon.dynamodb:DynamoDBLocal (also in dynamodb/pom.xml)
+COREDNS_VERSION=1.14.7      # github.com/coredns/coredns: the real node's cluster DNS

@@ -74,6 +74,7 @@ const SERVICES: &[(&str, &str)] = &[
     ("firestore", "FIRESTORE_EMULATOR_HOST"),
     ("helm", "HELM"),
     ("kwok", "KWOK"),
+    ("node", "NODE_NAME"),
 ];
 
 impl TestEnv {

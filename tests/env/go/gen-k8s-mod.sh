@@ -28,7 +28,8 @@ done
 go mod edit "${args[@]}"
 go get -tool "k8s.io/kubernetes/cmd/kube-apiserver@v$K8S_VERSION" \
   "k8s.io/kubernetes/cmd/kube-controller-manager@v$K8S_VERSION" \
-  "k8s.io/kubernetes/cmd/kube-scheduler@v$K8S_VERSION"
+  "k8s.io/kubernetes/cmd/kube-scheduler@v$K8S_VERSION" \
+  "k8s.io/kubernetes/cmd/kubelet@v$K8S_VERSION" "k8s.io/kubernetes/cmd/kube-proxy@v$K8S_VERSION"
 go mod edit -go=1.24.0   # tidy raises it to what the dependencies need, not the local Go
 go mod tidy
 echo "generated $dir/go.mod for kubernetes v$K8S_VERSION ($(echo "$mods" | wc -w) staging modules at $staging)"

@@ -1,0 +1,3 @@
+module allsource.local/testenv/pause
+
+go 1.24.0
