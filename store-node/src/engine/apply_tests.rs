@@ -3,35 +3,14 @@
 //! own write is acknowledged only once it is applied, and a checkpoint taken meanwhile still
 //! holds every acknowledged record.
 
-use std::collections::BTreeMap;
 use std::sync::mpsc;
 use std::sync::Arc;
 use std::time::Duration;
 
-use uuid::Uuid;
-
+use super::purge_tests::{evs, sid, tid};
 use super::*;
 use crate::backend::EventStore;
 use crate::fsio::SimFs;
-
-fn tid(s: &str) -> TenantId {
-    TenantId::new(s).unwrap()
-}
-
-fn sid(s: &str) -> StreamId {
-    StreamId::new(s).unwrap()
-}
-
-fn evs(from: u128, n: u128) -> Vec<NewEvent> {
-    (from..from + n)
-        .map(|i| NewEvent {
-            event_id: Uuid::from_u128(i),
-            event_type: "Happened".into(),
-            payload: format!("{{\"i\":{i}}}").into_bytes(),
-            metadata: BTreeMap::new(),
-        })
-        .collect()
-}
 
 fn open(fs: &SimFs) -> Engine {
     let config = EngineConfig {

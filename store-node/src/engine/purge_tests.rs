@@ -12,15 +12,15 @@ use super::*;
 use crate::backend::EventStore;
 use crate::fsio::{FileSystem, SimFs};
 
-fn tid(s: &str) -> TenantId {
+pub(super) fn tid(s: &str) -> TenantId {
     TenantId::new(s).unwrap()
 }
 
-fn sid(s: &str) -> StreamId {
+pub(super) fn sid(s: &str) -> StreamId {
     StreamId::new(s).unwrap()
 }
 
-fn evs(from: u128, n: u128) -> Vec<NewEvent> {
+pub(super) fn evs(from: u128, n: u128) -> Vec<NewEvent> {
     (from..from + n)
         .map(|i| NewEvent {
             event_id: Uuid::from_u128(i),
