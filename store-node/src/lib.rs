@@ -4,13 +4,11 @@
 #[cfg(feature = "archive")]
 pub mod archive;
 pub mod backend;
+pub use allsource_core::{error, model, nodeconfig};
 pub mod engine;
-pub mod error;
 pub mod fsio;
 pub mod index;
 pub mod metrics;
-pub mod model;
-pub mod nodeconfig;
 pub mod segment;
 pub mod server;
 pub mod tenant;

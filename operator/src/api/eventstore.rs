@@ -574,7 +574,7 @@ pub struct Endpoint {
 }
 
 /// What an EventStore supports, from store-node's declaration for its backend
-/// (`store_node::model::BackendKind::capabilities`).
+/// (`allsource_core::model::BackendKind::capabilities`).
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct StatusCapabilities {

@@ -100,10 +100,10 @@ pub fn tls_secret_problem(name: &str, secret: Option<&Secret>) -> Option<String>
         bytes(TLS_KEY_KEY).unwrap_or_default(),
         bytes(TLS_CA_KEY).unwrap_or_default(),
     );
-    if let Err(e) = store_node::server::tls::check_pair(cert, key) {
+    if let Err(e) = allsource_core::tls::check_pair(cert, key) {
         return Some(format!("TLS Secret {name}: {e}"));
     }
-    if let Err(e) = store_node::server::tls::check_ca(ca) {
+    if let Err(e) = allsource_core::tls::check_ca(ca) {
         return Some(format!("TLS Secret {name}: ca.crt {e}"));
     }
     None

@@ -1,6 +1,6 @@
 //! DynamoDB provisioner: the pooled table of an EventStore with store-node's layout (key schema,
 //! attribute definitions and the `by-tenant` / `by-position` global secondary indexes of
-//! `store_node::backend::dynamodb::table`), DynamoDB Streams (new and old images), TTL on the
+//! `allsource_backends::dynamodb::table`), DynamoDB Streams (new and old images), TTL on the
 //! spec's attribute, point-in-time recovery, deletion protection, tags and the billing mode of
 //! the spec. The plan ([`TablePlan`], [`create_table_input`], [`table_drift`]) is pure; the
 //! provisioner makes one call per correction because UpdateTable takes one kind of change at a
@@ -11,6 +11,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
+use allsource_backends::dynamodb::table;
 use async_trait::async_trait;
 use aws_sdk_dynamodb::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 use aws_sdk_dynamodb::operation::create_table::CreateTableInput;
@@ -20,7 +21,6 @@ use aws_sdk_dynamodb::types::{
     Tag, TimeToLiveSpecification,
 };
 use aws_sdk_dynamodb::Client;
-use store_node::backend::dynamodb::table;
 
 use super::{
     Deleted, EnsureAction, Ensured, Observed, ProvisionError, Provisioner, Unsupported,
@@ -145,7 +145,7 @@ fn streams() -> Result<StreamSpecification, ProvisionError> {
 
 /// The CreateTable input of a plan: store-node's keys and indexes plus the spec's settings.
 pub fn create_table_input(p: &TablePlan) -> Result<CreateTableInput, ProvisionError> {
-    let layout = |e: store_node::error::StoreError| ProvisionError::InvalidSpec(e.to_string());
+    let layout = |e: allsource_core::error::StoreError| ProvisionError::InvalidSpec(e.to_string());
     let mut gsis = table::global_secondary_indexes().map_err(layout)?;
     let mut b = CreateTableInput::builder()
         .table_name(&p.table)
@@ -474,7 +474,8 @@ impl DynamoProvisioner {
     /// Makes one UpdateTable call that corrects `d`.
     async fn correct(&self, d: &TableDrift) -> Result<(), ProvisionError> {
         let u = self.client.update_table().table_name(&self.plan.table);
-        let layout = |e: store_node::error::StoreError| ProvisionError::InvalidSpec(e.to_string());
+        let layout =
+            |e: allsource_core::error::StoreError| ProvisionError::InvalidSpec(e.to_string());
         let u = match d {
             TableDrift::MissingIndex(name) => {
                 let Some(g) = table::global_secondary_indexes()

@@ -2,7 +2,7 @@
 //! [`Provisioner`] trait (`ensure`, `observe`, `delete`, all idempotent). Each module separates a
 //! pure plan (desired DDL or table input, the list of drift items between desired and live) from
 //! the few calls that read or change the service. The data layout is store-node's
-//! (`store_node::backend::{postgres::sql, dynamodb::table, firestore::layout}`), the same the
+//! (`allsource_backends::{postgres::sql, dynamodb::table, firestore::layout}`), the same the
 //! gateway reads and writes; this module must never define a second layout, read Kubernetes
 //! objects, or log or return a credential.
 

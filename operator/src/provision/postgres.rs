@@ -1,6 +1,6 @@
 //! PostgreSQL provisioner: one schema per EventStore with store-node's layout (tables, indexes,
 //! the tenant role map and the row-level-security policies of
-//! `store_node::backend::postgres::sql::schema_ddl`, the DDL `store-node gateway --init` runs).
+//! `allsource_backends::postgres::sql::schema_ddl`, the DDL `store-node gateway --init` runs).
 //! The expected objects are read out of that DDL, so drift detection can never disagree with the
 //! layout. Drift is corrected by re-running the idempotent DDL; a steady state only reads
 //! `pg_catalog`. RLS is enabled and forced; the owning admin role (the gateway connects as it and
@@ -10,9 +10,9 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use allsource_backends::postgres::sql;
+use allsource_backends::postgres::tls::{self, PgTls, CA_KEY, CLIENT_CERT_KEY, CLIENT_KEY_KEY};
 use async_trait::async_trait;
-use store_node::backend::postgres::sql;
-use store_node::backend::postgres::tls::{self, PgTls, CA_KEY, CLIENT_CERT_KEY, CLIENT_KEY_KEY};
 use tokio_postgres::error::SqlState;
 
 use super::{Deleted, EnsureAction, Ensured, Observed, ProvisionError, Provisioner, CALL_TIMEOUT};

@@ -7,12 +7,12 @@
 
 use std::collections::BTreeMap;
 
+pub use allsource_core::nodeconfig::NodeConfig;
+use allsource_core::nodeconfig::{NodeDurability, NodeLimits, NODE_CONFIG_FILE};
 use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use k8s_openapi::ByteString;
 use kube::ResourceExt;
 use serde::{Deserialize, Serialize};
-pub use store_node::nodeconfig::NodeConfig;
-use store_node::nodeconfig::{NodeDurability, NodeLimits, NODE_CONFIG_FILE};
 
 use super::gateway::GatewayBackend;
 use super::{
@@ -356,7 +356,7 @@ mod tests {
         assert_eq!(parsed.durability, Some(NodeDurability::Interval));
         let l = parsed
             .limits
-            .apply(store_node::model::Limits::default())
+            .apply(allsource_core::model::Limits::default())
             .unwrap();
         assert_eq!(
             (

@@ -25,7 +25,7 @@ use super::{
 use crate::api::eventstore::{GatewaySpec, SslMode};
 use crate::api::EventStore;
 use crate::provision::postgres::tls_mode;
-use store_node::backend::postgres::tls::{
+use allsource_backends::postgres::tls::{
     SslMode as SslModeWire, CA_KEY, CLIENT_CERT_KEY, CLIENT_KEY_KEY,
 };
 
@@ -613,7 +613,7 @@ mod tests {
             assert_eq!(sslmode.value.as_deref(), Some(libpq));
             // What `store-node gateway --pg-sslmode` accepts.
             assert!(libpq
-                .parse::<store_node::backend::postgres::tls::SslMode>()
+                .parse::<allsource_backends::postgres::tls::SslMode>()
                 .is_ok());
             let ca_ref = get(&env, "STORE_NODE_PG_CA_CERT")
                 .and_then(|e| e.value_from)
@@ -677,7 +677,7 @@ mod tests {
         };
         let secret = registry_secret(&es("postgres"), &registry);
         let text = secret.data.unwrap()[REGISTRY_KEY].0.clone();
-        let f = store_node::tenant::RegistryFile::parse(&text).unwrap();
+        let f = allsource_core::registry::RegistryFile::parse(&text).unwrap();
         assert_eq!(
             f.nodes.get(GATEWAY_NODE).map(String::as_str),
             Some("http://orders.shop.svc:8080")
@@ -693,8 +693,8 @@ mod tests {
             f.tenants[1]
                 .location
                 .as_ref()
-                .map(store_node::tenant::Location::from_entry),
-            Some(Ok(store_node::tenant::Location::Database(
+                .map(allsource_core::registry::Location::from_entry),
+            Some(Ok(allsource_core::registry::Location::Database(
                 "orders-beta-1a2b3c4d".into()
             )))
         );

@@ -58,9 +58,9 @@ pub const DATA_MOUNT: &str = "/data";
 /// credentials Secret when its store serves HTTPS).
 pub const TLS_CA_KEY: &str = "ca.crt";
 /// Key of the certificate chain in that Secret (the node's `tls.crt`).
-pub const TLS_CERT_KEY: &str = store_node::server::tls::CERT_FILE;
+pub const TLS_CERT_KEY: &str = allsource_core::tls::CERT_FILE;
 /// Key of the private key in that Secret (the node's `tls.key`).
-pub const TLS_KEY_KEY: &str = store_node::server::tls::KEY_FILE;
+pub const TLS_KEY_KEY: &str = allsource_core::tls::KEY_FILE;
 
 /// The Secret of a selfHosted store's HTTPS listener (`spec.selfHosted.tlsSecretRef`), if any.
 pub fn tls_secret_name(es: &EventStore) -> Option<&str> {

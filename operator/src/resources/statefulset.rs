@@ -5,6 +5,7 @@
 use std::collections::BTreeMap;
 
 use super::configmap::REGISTRY_KEY;
+use allsource_core::nodeconfig::{NODE_CONFIG_ENV, NODE_CONFIG_FILE};
 use k8s_openapi::api::apps::v1::{
     RollingUpdateStatefulSetStrategy, StatefulSet, StatefulSetPersistentVolumeClaimRetentionPolicy,
     StatefulSetSpec, StatefulSetUpdateStrategy,
@@ -19,7 +20,6 @@ use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::ResourceExt;
-use store_node::nodeconfig::{NODE_CONFIG_ENV, NODE_CONFIG_FILE};
 
 use super::{
     child_meta, common_labels, config_map_name, container_ports, headless_service_name,

@@ -178,36 +178,9 @@ impl ArchiveReport {
     }
 }
 
-/// Parses durations like `720h`, `30d`, `1h30m`, `45s`.
+/// Parses durations like `720h`, `30d`, `1h30m`, `45s` ([`allsource_core::duration`]).
 pub fn parse_duration(s: &str) -> ArchiveResult<Duration> {
-    let bad = || ArchiveError::Config(format!("duration {s:?}: expected e.g. 720h, 30d, 1h30m"));
-    let mut total: u64 = 0;
-    let mut num = String::new();
-    let mut any = false;
-    for c in s.trim().chars() {
-        if c.is_ascii_digit() {
-            num.push(c);
-            continue;
-        }
-        let n: u64 = num.parse().map_err(|_| bad())?;
-        num.clear();
-        let unit = match c {
-            's' => 1,
-            'm' => 60,
-            'h' => 3_600,
-            'd' => 86_400,
-            _ => return Err(bad()),
-        };
-        total = n
-            .checked_mul(unit)
-            .and_then(|v| total.checked_add(v))
-            .ok_or_else(bad)?;
-        any = true;
-    }
-    if !num.is_empty() || !any {
-        return Err(bad());
-    }
-    Ok(Duration::from_secs(total))
+    allsource_core::duration::parse_duration(s).map_err(|e| ArchiveError::Config(e.to_string()))
 }
 
 fn now_rfc3339() -> String {
@@ -557,23 +530,6 @@ async fn verify(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn durations() {
-        assert_eq!(
-            parse_duration("720h").unwrap(),
-            Duration::from_secs(720 * 3600)
-        );
-        assert_eq!(
-            parse_duration("30d").unwrap(),
-            Duration::from_secs(30 * 86400)
-        );
-        assert_eq!(parse_duration("1h30m").unwrap(), Duration::from_secs(5400));
-        assert_eq!(parse_duration("0s").unwrap(), Duration::ZERO);
-        for bad in ["", "h", "10", "10x", "-1h", "1.5h"] {
-            assert!(parse_duration(bad).is_err(), "{bad} accepted");
-        }
-    }
 
     #[test]
     fn crash_points_parse() {

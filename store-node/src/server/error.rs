@@ -73,13 +73,10 @@ impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
         let status =
             StatusCode::from_u16(e.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-        let message = match &e {
-            StoreError::Internal(detail) => {
-                tracing::error!(error = %detail, "internal store error");
-                "internal error".to_string()
-            }
-            other => other.to_string(),
-        };
+        if let StoreError::Internal(detail) = &e {
+            tracing::error!(error = %detail, "internal store error");
+        }
+        let message = e.client_message();
         let mut out = Self::new(status, e.code(), message);
         match e {
             StoreError::Conflict { current } => {

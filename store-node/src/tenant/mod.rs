@@ -40,7 +40,7 @@
 //! Unknown keys are ignored so that newer operators can add fields. A file that fails to parse or
 //! validate is rejected as a whole and the previous registry stays in force.
 
-pub mod file;
+pub use allsource_core::registry as file;
 pub mod quota;
 pub mod registry;
 

@@ -11,13 +11,10 @@ use parking_lot::{Mutex, RwLock};
 use sha2::{Digest, Sha256};
 use tokio_util::sync::CancellationToken;
 
-use super::file::{Location, Quotas, RegistryError, RegistryFile, TenantState};
 use crate::model::TenantId;
+use allsource_core::registry::{Location, Quotas, RegistryError, RegistryFile, TenantState};
 
-/// Hex SHA-256 of a token, the form the registry file stores.
-pub fn sha256_hex(token: &str) -> String {
-    hex::encode(Sha256::digest(token.as_bytes()))
-}
+pub use allsource_core::registry::sha256_hex;
 
 /// What the server needs to know about an authenticated tenant.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -14,7 +14,7 @@ use crate::model::{NewEvent, Snapshot, StreamId, TenantId};
 /// Bytes before the body: len + crc + lsn.
 pub const FRAME_HEADER: usize = 16;
 /// Largest accepted `len` field; anything bigger is treated as corruption.
-pub const MAX_RECORD_BYTES: usize = 256 * 1024 * 1024;
+pub use allsource_core::model::MAX_WAL_RECORD_BYTES as MAX_RECORD_BYTES;
 
 const KIND_APPEND: u8 = 1;
 const KIND_DELETE: u8 = 2;

@@ -1,7 +1,7 @@
 //! Bucket lifecycle of an ArchivePolicy's destination, from the operator process: reads the
 //! destination's credentials Secret, connects to S3 (aws-sdk-s3, endpoint override, path style) or
 //! GCS (JSON API), and applies or removes the policy's own rules through the archiver's
-//! merge-and-apply functions in `store_node::archive::lifecycle` (S3 rules by id
+//! merge-and-apply functions in `allsource_objstore::lifecycle` (S3 rules by id
 //! `allsource-<namespace>.<policy>-archive`, GCS rules by `matchesPrefix == [<prefix>/]`), which
 //! keep every rule the policy does not own and write nothing when the bucket already matches.
 //! [`desired_hash`] lets the controller skip bucket calls entirely in the steady state. This
@@ -9,12 +9,12 @@
 
 use std::time::Duration;
 
+use allsource_objstore::lifecycle::{self, LifecycleSpec};
+use allsource_objstore::objstore::{self, ConnectOptions, GcsAuth, GcsStore, Provider};
+use allsource_objstore::ArchiveError;
 use k8s_openapi::api::core::v1::Secret;
 use kube::{Api, Client};
 use sha2::{Digest, Sha256};
-use store_node::archive::lifecycle::{self, LifecycleSpec};
-use store_node::archive::objstore::{self, ConnectOptions, GcsAuth, GcsStore, Provider};
-use store_node::archive::ArchiveError;
 
 use super::validate::Valid;
 use crate::api::ArchivePolicy;

@@ -2,14 +2,14 @@
 //! and the IANA time zone parse, the hot retention parses, and the bucket lifecycle (tiers,
 //! expireAfter) is valid for the destination's provider (storage classes per provider, strictly
 //! increasing ages, no expiry inside the hot window or of a whole bucket), using the archiver's own
-//! rules in `store_node::archive::lifecycle`. The CRD's CEL rules repeat the cheap checks so the
+//! rules in `allsource_objstore::lifecycle`. The CRD's CEL rules repeat the cheap checks so the
 //! apiserver refuses most mistakes; this is the second line for apiservers without CEL and for the
 //! checks CEL cannot express. Pure: it must never do I/O.
 
+use allsource_core::duration::parse_duration;
+use allsource_objstore::lifecycle::{days_ceil, LifecycleSpec, Tier};
+use allsource_objstore::objstore::Provider;
 use kube::ResourceExt;
-use store_node::archive::archiver::parse_duration;
-use store_node::archive::lifecycle::{days_ceil, LifecycleSpec, Tier};
-use store_node::archive::objstore::Provider;
 
 use super::schedule::Schedule;
 use crate::api::ArchivePolicy;

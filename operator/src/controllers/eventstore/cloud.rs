@@ -34,7 +34,7 @@ use crate::provision::postgres::{self, PostgresProvisioner};
 use crate::provision::{Deleted, EnsureAction, Ensured, Observed, ProvisionError, Provisioner};
 use crate::resources::gateway::{self, GatewayBackend};
 use crate::resources::{configmap, registry_secret_name, service, HTTP_PORT};
-use store_node::backend::firestore::FIRESTORE_ENDPOINT;
+use allsource_backends::firestore::FIRESTORE_ENDPOINT;
 
 /// Default interval between drift checks of a healthy cloud store (reads only).
 pub const DEFAULT_DRIFT_INTERVAL: Duration = Duration::from_secs(60);

@@ -19,11 +19,11 @@ use std::time::Duration;
 use k8s_openapi::api::core::v1::Secret;
 
 use crate::controllers::apply::owned_by;
+use allsource_backends::dynamodb::{DynamoConfig, DynamoStore};
+use allsource_backends::postgres::sql;
+use allsource_core::EventStore as _;
 use kube::api::{Api, ObjectMeta, Patch, PatchParams};
 use kube::{Resource, ResourceExt};
-use store_node::backend::dynamodb::{DynamoConfig, DynamoStore};
-use store_node::backend::postgres::sql;
-use store_node::backend::EventStore as _;
 
 use super::status::Verdict;
 use super::TenantOutcome;
@@ -331,7 +331,7 @@ pub fn dynamodb_access(
     region: &str,
     tenant_id: &str,
 ) -> BTreeMap<String, String> {
-    let policy = store_node::backend::dynamodb::table::tenant_iam_policy(table_arn, tenant_id);
+    let policy = allsource_backends::dynamodb::table::tenant_iam_policy(table_arn, tenant_id);
     let mut policy = serde_json::to_string_pretty(&policy).unwrap_or_default();
     policy.push('\n');
     BTreeMap::from([
@@ -459,7 +459,7 @@ async fn purge_pooled_dynamodb(
         keys,
     })
     .await;
-    let id = store_node::model::TenantId::new(&tenant.spec.tenant_id)
+    let id = allsource_core::model::TenantId::new(&tenant.spec.tenant_id)
         .map_err(|e| ProvisionError::InvalidSpec(e.to_string()))?;
     let store = DynamoStore::with_client(client, DynamoConfig::new(table.clone(), &d.region));
     store

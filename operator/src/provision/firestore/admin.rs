@@ -1,12 +1,12 @@
 //! Pure side of the Firestore Admin API: what a store's database must have (the composite index,
 //! the single-field index exemptions of event bodies, the TTL policies), each as store-node's
-//! request ([`store_node::backend::firestore::admin`], never a second copy of the layout) plus
+//! request ([`allsource_backends::firestore::admin`], never a second copy of the layout) plus
 //! the `GET` that tells whether it is there, and how a live answer reads (present, building,
 //! missing); and the database requests of a siloed tenant's own database
 //! (`projects.databases.get` / `create` / `delete`). Nothing here does I/O.
 
+use allsource_backends::firestore::admin::{self as sn, AdminRequest, Method};
 use serde_json::Value;
-use store_node::backend::firestore::admin::{self as sn, AdminRequest, Method};
 
 /// What an item of the desired admin state is.
 #[derive(Debug, Clone, PartialEq, Eq)]

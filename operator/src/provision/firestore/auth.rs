@@ -1,10 +1,10 @@
 //! The provisioner's side of Firestore credentials: `key.json` of
 //! `spec.firestore.credentialsSecretRef` read from the Secret's data, and store-node's token
-//! source ([`store_node::backend::firestore::auth`], shared with the gateway) with its errors
+//! source ([`allsource_backends::firestore::auth`], shared with the gateway) with its errors
 //! mapped to [`ProvisionError`]. A token is only ever returned to the caller: never logged, put
 //! in an error, an Event or status.
 
-use store_node::backend::firestore::auth::{self as shared, AuthError};
+use allsource_backends::firestore::auth::{self as shared, AuthError};
 
 use crate::provision::ProvisionError;
 
@@ -46,8 +46,8 @@ pub fn auth_err(e: AuthError) -> ProvisionError {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use allsource_backends::firestore::EMULATOR_TOKEN;
     use std::collections::BTreeMap;
-    use store_node::backend::firestore::EMULATOR_TOKEN;
 
     #[test]
     fn key_json_is_checked_and_never_printed() {

@@ -2,14 +2,12 @@
 //! `allsource/<namespace>.<name>` (who provisioned this database for which EventStore), the
 //! member documents `allsource/<store>/members/<tenantId>` (which tenants' documents the store
 //! owns, so `deletionPolicy: Delete` removes exactly those), the queries that page through a
-//! tenant's subtree (store-node's collections, [`store_node::backend::firestore::layout`]), and
+//! tenant's subtree (store-node's collections, [`allsource_backends::firestore::layout`]), and
 //! the mapping of store-node's [`RestError`] to [`ProvisionError`]. Nothing here does I/O.
 
+use allsource_backends::firestore::layout::{self, EVENTS, EVENT_IDS, SNAPSHOTS, STREAMS, TENANTS};
+use allsource_backends::firestore::rest::RestError;
 use serde_json::{json, Map, Value};
-use store_node::backend::firestore::layout::{
-    self, EVENTS, EVENT_IDS, SNAPSHOTS, STREAMS, TENANTS,
-};
-use store_node::backend::firestore::rest::RestError;
 
 use crate::provision::ProvisionError;
 

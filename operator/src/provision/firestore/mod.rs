@@ -1,6 +1,6 @@
 //! Firestore provisioner: prepares a Firestore database for store-node's layout
 //! (`tenants/{tenant}/streams/{stream}/events/{version}` at the database root, see
-//! `store_node::backend::firestore::layout`). `ensure` proves the database is reachable with a
+//! `allsource_backends::firestore::layout`). `ensure` proves the database is reachable with a
 //! real data-API call (read, and on first use create, the store's marker document
 //! `allsource/<namespace>.<name>`); `observe` lists the Admin API's composite indexes and field
 //! configurations and creates what is missing (store-node's request builders), which is also how
@@ -25,12 +25,12 @@ pub mod silo;
 
 use std::collections::BTreeMap;
 
+use allsource_backends::firestore::admin::{send, AdminError, AdminRequest, Outcome};
+use allsource_backends::firestore::layout::{Layout, TENANTS, TTL_FIELD};
+use allsource_backends::firestore::rest::{RestClient, RestError};
+use allsource_backends::firestore::{DEFAULT_DATABASE, FIRESTORE_ENDPOINT};
 use async_trait::async_trait;
 use serde_json::Value;
-use store_node::backend::firestore::admin::{send, AdminError, AdminRequest, Outcome};
-use store_node::backend::firestore::layout::{Layout, TENANTS, TTL_FIELD};
-use store_node::backend::firestore::rest::{RestClient, RestError};
-use store_node::backend::firestore::{DEFAULT_DATABASE, FIRESTORE_ENDPOINT};
 
 use super::{
     Deleted, EnsureAction, Ensured, Observed, ProvisionError, Provisioner, Unsupported,
@@ -701,7 +701,7 @@ mod tests {
 
     #[test]
     fn silo_database_names_are_valid_unique_and_bounded() {
-        use store_node::backend::firestore::layout::check_database_id;
+        use allsource_backends::firestore::layout::check_database_id;
         let h = |ns: &str, store: &str, t: &str| {
             crate::provision::identity_suffix(&format!("{ns}/{store}"), t)
         };

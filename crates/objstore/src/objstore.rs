@@ -15,7 +15,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use tokio::sync::Mutex;
 
-use super::{ArchiveError, ArchiveResult};
+use crate::{ArchiveError, ArchiveResult};
 
 /// Size above which S3 uploads use multipart upload.
 pub const MULTIPART_THRESHOLD: usize = 16 * 1024 * 1024;
@@ -208,7 +208,7 @@ pub struct S3Store {
     bucket: String,
 }
 
-/// Builds an S3 client from connection options (shared with [`super::lifecycle`]).
+/// Builds an S3 client from connection options (shared with [`crate::lifecycle`]).
 pub async fn s3_client(opts: &ConnectOptions) -> aws_sdk_s3::Client {
     use aws_config::meta::region::RegionProviderChain;
     use aws_sdk_s3::config::Region;

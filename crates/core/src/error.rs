@@ -113,6 +113,15 @@ impl StoreError {
         }
     }
 
+    /// The `message` of the HTTP error body: an internal error's detail (a database's own
+    /// text, a path) is for the log only, so a client sees `internal error`.
+    pub fn client_message(&self) -> String {
+        match self {
+            Self::Internal(_) => "internal error".to_string(),
+            other => other.to_string(),
+        }
+    }
+
     /// HTTP status for this error.
     pub fn http_status(&self) -> u16 {
         match self {

@@ -16,9 +16,11 @@ use std::time::Duration;
 
 use futures::StreamExt;
 
-use crate::backend::{EventStore, EventSubscription, StoreResult, SubscriptionTarget};
-use crate::error::StoreError;
-use crate::model::{AppendResult, Direction, ExpectedVersion, ReadFrom, StreamId, TenantId};
+use allsource_core::error::StoreError;
+use allsource_core::model::{
+    AppendResult, Direction, ExpectedVersion, ReadFrom, StreamId, TenantId,
+};
+use allsource_core::store::{EventStore, EventSubscription, StoreResult, SubscriptionTarget};
 
 /// Default interval between two polls of a subscription.
 pub const DEFAULT_POLL_INTERVAL: Duration = Duration::from_millis(100);
@@ -104,7 +106,7 @@ pub fn read_range(
     }
 }
 
-pub use super::archived::{check_page_not_archived, check_tenant_not_archived};
+pub use allsource_core::archived::{check_page_not_archived, check_tenant_not_archived};
 
 /// Builds the result of an idempotent retry from the stored (version, position) pairs of the
 /// batch's event ids; `found` must be non-empty.
@@ -193,7 +195,7 @@ pub fn poll_subscription<S: EventStore + Clone>(
                     tokio::time::sleep(interval).await;
                     continue;
                 }
-                let key = |e: &crate::model::RecordedEvent| match target {
+                let key = |e: &allsource_core::model::RecordedEvent| match target {
                     SubscriptionTarget::Tenant => e.position,
                     SubscriptionTarget::Stream(_) => e.version,
                 };

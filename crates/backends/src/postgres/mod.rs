@@ -20,13 +20,13 @@ use deadpool_postgres::{GenericClient, Pool, Runtime};
 use tokio_postgres::error::SqlState;
 use uuid::Uuid;
 
-use crate::backend::cloud::{self, StreamHead};
-use crate::backend::{EventStore, EventSubscription, StoreResult, SubscriptionTarget};
-use crate::error::StoreError;
-use crate::model::{
+use crate::cloud::{self, StreamHead};
+use allsource_core::error::StoreError;
+use allsource_core::model::{
     AppendResult, Capabilities, Direction, ExpectedVersion, Limits, NewEvent, ReadFrom,
     RecordedEvent, Snapshot, StreamId, StreamInfo, TenantId, TenantStats,
 };
+use allsource_core::store::{EventStore, EventSubscription, StoreResult, SubscriptionTarget};
 use sql::Queries;
 use tls::{PgTls, SslMode};
 
@@ -431,7 +431,7 @@ impl PostgresStore {
 #[async_trait::async_trait]
 impl EventStore for PostgresStore {
     fn capabilities(&self) -> Capabilities {
-        crate::model::BackendKind::Postgres.capabilities()
+        allsource_core::model::BackendKind::Postgres.capabilities()
     }
 
     fn limits(&self) -> Limits {
@@ -690,7 +690,7 @@ impl EventStore for PostgresStore {
         before: u64,
         incarnation: Option<u64>,
     ) -> StoreResult<u64> {
-        crate::backend::check_fixed_incarnation(incarnation)?;
+        allsource_core::store::check_fixed_incarnation(incarnation)?;
         let q = self.q(tenant);
         let mut c = self.client().await?;
         let tx = c.transaction().await.map_err(pg_err)?;

@@ -398,6 +398,9 @@ impl Default for Limits {
 
 /// The largest value the WAL's 16-bit length fields can hold.
 const U16_FIELD: usize = u16::MAX as usize;
+/// Largest record the self-hosted engine's WAL accepts (its `len` field's bound; anything
+/// bigger is treated as corruption). [`Limits::check`] keeps every admitted batch below it.
+pub const MAX_WAL_RECORD_BYTES: usize = 256 * 1024 * 1024;
 /// Bytes the WAL spends per event besides payload, type and metadata (id, length fields).
 const WAL_EVENT_OVERHEAD: usize = 16 + 2 + 4 + 2;
 /// Bytes the WAL spends per metadata entry besides key and value (their length fields).
@@ -406,7 +409,7 @@ const WAL_META_OVERHEAD: usize = 2 + 4;
 impl Limits {
     /// Checks that the limits themselves are usable: every field they admit fits its length
     /// field in the WAL record format, and the largest batch they admit fits one record
-    /// ([`crate::wal::record::MAX_RECORD_BYTES`]). A node refuses to start otherwise, so no
+    /// ([`MAX_WAL_RECORD_BYTES`]). A node refuses to start otherwise, so no
     /// configuration can make it acknowledge a write that recovery could not read back.
     pub fn check(&self) -> Result<(), String> {
         let sixteen_bit = [
@@ -448,7 +451,7 @@ impl Limits {
             .checked_mul(per_event)
             .and_then(|e| e.checked_add(self.max_batch_bytes))
             .and_then(|e| e.checked_add(128 + self.max_stream_id_len));
-        let max = crate::wal::record::MAX_RECORD_BYTES - 8;
+        let max = MAX_WAL_RECORD_BYTES - 8;
         match worst {
             Some(w) if w <= max => Ok(()),
             _ => Err(format!(

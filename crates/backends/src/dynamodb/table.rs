@@ -20,7 +20,7 @@ use aws_sdk_dynamodb::types::{
     ProjectionType, ScalarAttributeType,
 };
 
-use crate::error::StoreError;
+use allsource_core::error::StoreError;
 
 /// Index listing a tenant's stream heads in stream-id order.
 pub const BY_TENANT: &str = "by-tenant";

@@ -3,9 +3,16 @@
 use std::collections::{BTreeMap, HashSet};
 
 use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
 use thiserror::Error;
 
 use crate::model::TenantId;
+
+/// Hex SHA-256 of a bearer token: the only form of a token the registry file (and the Tenant's
+/// `status.tokenSha256`) ever holds.
+pub fn sha256_hex(token: &str) -> String {
+    hex::encode(Sha256::digest(token.as_bytes()))
+}
 
 /// Why a registry file was rejected.
 #[derive(Debug, Error)]

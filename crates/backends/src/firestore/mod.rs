@@ -39,13 +39,13 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::backend::cloud::{self, StreamHead};
-use crate::backend::{EventStore, EventSubscription, StoreResult, SubscriptionTarget};
-use crate::error::StoreError;
-use crate::model::{
+use crate::cloud::{self, StreamHead};
+use allsource_core::error::StoreError;
+use allsource_core::model::{
     AppendResult, Capabilities, Direction, ExpectedVersion, Limits, NewEvent, ReadFrom,
     RecordedEvent, Snapshot, StreamId, StreamInfo, TenantId, TenantStats,
 };
+use allsource_core::store::{EventStore, EventSubscription, StoreResult, SubscriptionTarget};
 use layout::{Layout, StreamDoc};
 use rest::{Found, ReadMode, RestClient, RestError};
 
@@ -433,7 +433,7 @@ enum Mark {
 #[async_trait::async_trait]
 impl EventStore for FirestoreStore {
     fn capabilities(&self) -> Capabilities {
-        crate::model::BackendKind::Firestore.capabilities()
+        allsource_core::model::BackendKind::Firestore.capabilities()
     }
 
     fn limits(&self) -> Limits {
@@ -636,7 +636,7 @@ impl EventStore for FirestoreStore {
         before: u64,
         incarnation: Option<u64>,
     ) -> StoreResult<u64> {
-        crate::backend::check_fixed_incarnation(incarnation)?;
+        allsource_core::store::check_fixed_incarnation(incarnation)?;
         let query = layout::tenant_position_query(tenant, before, false, DELETE_PAGE);
         let _guard = self.tenant_lock(tenant).lock().await;
         let mut dropped = 0;

@@ -11,8 +11,8 @@
 
 use serde_json::{json, Value};
 
-use super::objstore::{GcsStore, Provider};
-use super::{ArchiveError, ArchiveResult};
+use crate::objstore::{GcsStore, Provider};
+use crate::{ArchiveError, ArchiveResult};
 
 /// S3 storage classes a tier may move to.
 pub const S3_CLASSES: &[&str] = &[

@@ -24,9 +24,11 @@ use std::collections::BTreeMap;
 use base64::Engine as _;
 use serde_json::{json, Map, Value};
 
-use crate::backend::cloud::StreamHead;
-use crate::error::StoreError;
-use crate::model::{Limits, RecordedEvent, Snapshot, StreamId, StreamInfo, TenantId, TenantStats};
+use crate::cloud::StreamHead;
+use allsource_core::error::StoreError;
+use allsource_core::model::{
+    Limits, RecordedEvent, Snapshot, StreamId, StreamInfo, TenantId, TenantStats,
+};
 
 /// Collection of tenant documents.
 pub const TENANTS: &str = "tenants";

@@ -12,7 +12,7 @@ use serde_json::{json, Value};
 use thiserror::Error;
 
 use super::auth::{AuthError, TokenSource};
-use crate::error::StoreError;
+use allsource_core::error::StoreError;
 
 /// A failed Firestore call.
 #[derive(Debug, Error, Clone, PartialEq, Eq)]

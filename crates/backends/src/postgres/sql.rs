@@ -18,7 +18,7 @@
 //! would otherwise confine too. A login role is never shared: its name carries a hash of store
 //! schema and tenant, and `tenant_role_ddl` refuses a role mapped to another tenant.
 
-use crate::error::StoreError;
+use allsource_core::error::StoreError;
 
 /// Tables that carry a `tenant` column and get the isolation policy.
 pub const TENANT_TABLES: [&str; 4] = ["tenants", "streams", "events", "snapshots"];

@@ -2,9 +2,9 @@
 //! checks shared by the embedded engine's memory twin and the cloud backends (so they are not
 //! behind the cloud backends' cargo features).
 
-use crate::backend::StoreResult;
 use crate::error::StoreError;
 use crate::model::Direction;
+use crate::store::StoreResult;
 
 /// [`StoreError::Archived`] when a stream read over `range` (from `cloud::read_range`) came back with
 /// versions missing at the start of the range: only a trim (archival) removes a stream's events
