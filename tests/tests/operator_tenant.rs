@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use allsource_operator::api::tenant::TenantStatus;
 use allsource_operator::api::{DeletionPolicy, EventStore, Phase, Tenant, FINALIZER};
-use allsource_operator::resources::configmap::{Registry, TenantState};
+use allsource_operator::resources::configmap::{RegistryFile, TenantState};
 use k8s_openapi::api::core::v1::{Node, Pod, Secret};
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::{Client, ResourceExt};
@@ -160,7 +160,7 @@ async fn assert_no_reissue(client: &Client, ns: &str) {
     assert!(reissued.is_empty(), "tokens re-issued: {reissued:?}");
 }
 
-async fn registry(secrets: &Api<Secret>, store: &str) -> Option<Registry> {
+async fn registry(secrets: &Api<Secret>, store: &str) -> Option<RegistryFile> {
     let s = secrets.get_opt(&format!("{store}-registry")).await.ok()??;
     serde_json::from_slice(&s.data?.get("registry.json")?.0).ok()
 }

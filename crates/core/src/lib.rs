@@ -8,6 +8,7 @@
 //! - [`nodeconfig`]: the node configuration file the operator writes and the nodes read;
 //! - [`tls`]: the TLS file names and the checks of a certificate and key;
 //! - [`duration`]: durations as the CRDs and the CLI write them;
+//! - [`wire`]: the request and response bodies of the HTTP API;
 //! - [`archived`]: the `archived` answer for reads below a tenant's trim point.
 //!
 //! No I/O: no files, no sockets, no clock beyond what a caller passes in.
@@ -20,6 +21,7 @@ pub mod nodeconfig;
 pub mod registry;
 pub mod store;
 pub mod tls;
+pub mod wire;
 
 pub use error::StoreError;
 pub use store::{EventStore, EventSubscription, StoreResult, SubscriptionTarget};

@@ -53,13 +53,13 @@ pub enum TenantState {
 #[serde(rename_all = "camelCase")]
 pub struct Quotas {
     /// Sustained append rate in events per second (burst: one second's worth).
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub events_per_second: Option<u64>,
     /// Stored bytes (as reported by the backend's stats).
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub storage_bytes: Option<u64>,
     /// Streams that exist at the same time.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_streams: Option<u64>,
 }
 
@@ -78,8 +78,9 @@ pub struct TenantEntry {
     /// Quotas.
     #[serde(default)]
     pub quotas: Quotas,
-    /// Owning node (key of `nodes`), if placement is used.
-    #[serde(default)]
+    /// Owning node (pod name, a key of `nodes`); the operator always names one. A node serves
+    /// only the tenants it owns and redirects the others (absent: every node serves it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub node: Option<String>,
     /// Where a siloed tenant's data lives on a cloud backend (its own schema, table or Firestore
     /// database); absent for pooled tenants, which use the gateway's own.

@@ -7,12 +7,14 @@
 
 use std::collections::BTreeMap;
 
+pub use allsource_core::model::TenantId;
 pub use allsource_core::nodeconfig::NodeConfig;
 use allsource_core::nodeconfig::{NodeDurability, NodeLimits, NODE_CONFIG_FILE};
+pub use allsource_core::registry::{LocationEntry, Quotas, RegistryFile, TenantEntry, TenantState};
 use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use k8s_openapi::ByteString;
 use kube::ResourceExt;
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
 use super::gateway::GatewayBackend;
 use super::{
@@ -29,114 +31,35 @@ pub const NODE_CONFIG_KEY: &str = NODE_CONFIG_FILE;
 /// File name of the tenant registry inside the ConfigMap.
 pub const REGISTRY_KEY: &str = "registry.json";
 
-/// Lifecycle state of a tenant in the registry.
-#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
-#[serde(rename_all = "camelCase")]
-pub enum TenantState {
-    /// Serves requests.
-    #[default]
-    Active,
-    /// The node answers 403.
-    Suspended,
-    /// The Tenant is deleted under `deletionPolicy: Delete`: the nodes erase its data once and
-    /// answer 410 (code `tenant_purging`, then `tenant_purged`).
-    Purging,
-}
-
-/// Per-tenant quotas in the registry; `None` is unlimited.
-#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
-#[serde(rename_all = "camelCase")]
-pub struct RegistryQuotas {
-    /// Appends per second.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub events_per_second: Option<u64>,
-    /// Stored bytes.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub storage_bytes: Option<u64>,
-    /// Streams.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub max_streams: Option<u64>,
-}
-
-/// One tenant entry of the registry (the store node's `TenantEntry`).
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
-#[serde(rename_all = "camelCase")]
-pub struct RegistryTenant {
-    /// Tenant id.
-    pub id: String,
-    /// Hex SHA-256 digests of the tenant's valid bearer tokens.
-    #[serde(default)]
-    pub token_sha256: Vec<String>,
-    /// Active or suspended.
-    #[serde(default)]
-    pub state: TenantState,
-    /// Quotas.
-    #[serde(default)]
-    pub quotas: RegistryQuotas,
-    /// Node (pod name, a key of `nodes`) that owns the tenant's data.
-    pub node: String,
-    /// A siloed tenant's own schema, table or Firestore database on a cloud store (gateway
-    /// registry only); absent for pooled tenants and on selfHosted stores.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub location: Option<RegistryLocation>,
-}
-
-/// Where the gateway serves a siloed tenant from (store-node `LocationEntry`): exactly one key.
-#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
-#[serde(rename_all = "camelCase")]
-pub struct RegistryLocation {
-    /// The tenant's own PostgreSQL schema.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub schema: Option<String>,
-    /// The tenant's own DynamoDB table.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub table: Option<String>,
-    /// The tenant's own Firestore database (in the store's project).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub database: Option<String>,
-}
-
 /// The registry location of a siloed tenant of a cloud store served by `backend`: the schema
 /// ([`postgres::silo_schema_name`]), table ([`dynamodb::silo_table_name`]) or Firestore database
 /// ([`firestore::silo_database_name`]) the Tenant controller provisions for it. None for pooled
 /// tenants. Pure: derived from the spec alone, so the gateway routes a tenant the same way from
 /// its first registry entry on.
-pub fn silo_location(t: &Tenant, backend: &GatewayBackend) -> Option<RegistryLocation> {
+pub fn silo_location(t: &Tenant, backend: &GatewayBackend) -> Option<LocationEntry> {
     if t.spec.placement != Placement::Siloed {
         return None;
     }
     let id = &t.spec.tenant_id;
     Some(match backend {
-        GatewayBackend::Postgres { schema, .. } => RegistryLocation {
+        GatewayBackend::Postgres { schema, .. } => LocationEntry {
             schema: Some(postgres::silo_schema_name(schema, id)),
-            ..RegistryLocation::default()
+            ..LocationEntry::default()
         },
-        GatewayBackend::Dynamodb { table, .. } => RegistryLocation {
+        GatewayBackend::Dynamodb { table, .. } => LocationEntry {
             table: Some(dynamodb::silo_table_name(table, id)),
-            ..RegistryLocation::default()
+            ..LocationEntry::default()
         },
-        GatewayBackend::Firestore { database, .. } => RegistryLocation {
+        GatewayBackend::Firestore { database, .. } => LocationEntry {
             database: Some(firestore::silo_database_name(
                 database,
                 &t.namespace().unwrap_or_default(),
                 &t.spec.event_store_ref.name,
                 id,
             )),
-            ..RegistryLocation::default()
+            ..LocationEntry::default()
         },
     })
-}
-
-/// The tenant registry every node reads and polls for changes (store-node `RegistryFile`, version 1).
-#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
-#[serde(rename_all = "camelCase")]
-pub struct Registry {
-    /// Format version (1).
-    pub version: u32,
-    /// Tenants sorted by id.
-    pub tenants: Vec<RegistryTenant>,
-    /// Node name to base URL, for redirecting misdirected requests.
-    pub nodes: BTreeMap<String, String>,
 }
 
 /// Node name to base URL for `replicas` nodes.
@@ -194,12 +117,13 @@ pub fn purging(t: &Tenant) -> bool {
 }
 
 /// The registry entry of a Tenant served by `node`: token digests from its status, state and
-/// quotas from its spec.
-pub fn registry_tenant(t: &Tenant, node: String) -> RegistryTenant {
+/// quotas from its spec. None for a tenant id the nodes would refuse (the CRD's pattern admits
+/// none), so one bad entry never makes the nodes refuse the whole file.
+pub fn registry_tenant(t: &Tenant, node: String) -> Option<TenantEntry> {
     let q = t.spec.quotas.clone().unwrap_or_default();
     let positive = |v: Option<i64>| v.and_then(|v| u64::try_from(v).ok());
-    RegistryTenant {
-        id: t.spec.tenant_id.clone(),
+    Some(TenantEntry {
+        id: TenantId::new(&t.spec.tenant_id).ok()?,
         token_sha256: t
             .status
             .as_ref()
@@ -212,14 +136,14 @@ pub fn registry_tenant(t: &Tenant, node: String) -> RegistryTenant {
         } else {
             TenantState::Active
         },
-        quotas: RegistryQuotas {
+        quotas: Quotas {
             events_per_second: positive(q.events_per_second),
             storage_bytes: q.storage_bytes.as_deref().and_then(quantity_bytes),
             max_streams: positive(q.max_streams),
         },
-        node,
+        node: Some(node),
         location: None,
-    }
+    })
 }
 
 /// The node configuration (`node.json`) every node of a selfHosted store reads at start:
@@ -269,7 +193,7 @@ pub fn build(es: &EventStore, node: &NodeConfig) -> ConfigMap {
 
 /// The Secret holding `registry.json` ([`registry_secret_name`]), labelled for the Tenant
 /// controller's watch.
-pub fn registry_secret(es: &EventStore, registry: &Registry) -> Secret {
+pub fn registry_secret(es: &EventStore, registry: &RegistryFile) -> Secret {
     let mut metadata = child_meta(es, registry_secret_name(es));
     metadata
         .labels
@@ -287,7 +211,7 @@ pub fn registry_secret(es: &EventStore, registry: &Registry) -> Secret {
 }
 
 /// The registry a registry Secret carries (None: unreadable content). Pure.
-pub fn parse_registry(secret: &Secret) -> Option<Registry> {
+pub fn parse_registry(secret: &Secret) -> Option<RegistryFile> {
     secret
         .data
         .as_ref()
@@ -303,20 +227,20 @@ mod tests {
     fn snapshot() {
         let es = super::super::fixtures::selfhosted();
         let sh = es.spec.self_hosted.clone().unwrap();
-        let registry = Registry {
+        let registry = RegistryFile {
             version: 1,
-            tenants: vec![RegistryTenant {
-                id: "acme".into(),
+            tenants: vec![TenantEntry {
+                id: TenantId::new("acme").unwrap(),
                 token_sha256: vec![
                     "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08".into(),
                 ],
                 state: TenantState::Active,
-                quotas: RegistryQuotas {
+                quotas: Quotas {
                     events_per_second: Some(500),
                     storage_bytes: quantity_bytes("10Gi"),
                     max_streams: None,
                 },
-                node: "orders-1".into(),
+                node: Some("orders-1".into()),
                 location: None,
             }],
             nodes: node_urls(&es, 3),
@@ -420,17 +344,17 @@ mod tests {
         let db = silo_location(&tenant("siloed"), &fs).unwrap();
         assert_eq!(
             db,
-            RegistryLocation {
+            LocationEntry {
                 database: Some(firestore::silo_database_name(
                     "(default)",
                     "shop",
                     "orders",
                     "acme"
                 )),
-                ..RegistryLocation::default()
+                ..LocationEntry::default()
             }
         );
-        let mut fe = registry_tenant(&tenant("siloed"), "gateway".into());
+        let mut fe = registry_tenant(&tenant("siloed"), "gateway".into()).unwrap();
         fe.location = Some(db);
         let json = serde_json::to_string(&fe).unwrap();
         assert!(
@@ -438,7 +362,7 @@ mod tests {
             "{json}"
         );
         // The entry as store-node reads it: one key, absent for pooled tenants.
-        let mut e = registry_tenant(&tenant("siloed"), "gateway".into());
+        let mut e = registry_tenant(&tenant("siloed"), "gateway".into()).unwrap();
         let pooled = serde_json::to_string(&e).unwrap();
         assert!(!pooled.contains("location"), "{pooled}");
         e.location = Some(l);
@@ -460,20 +384,20 @@ mod tests {
         }))
         .unwrap();
         assert_eq!(
-            registry_tenant(&t, "orders-0".into()).state,
+            registry_tenant(&t, "orders-0".into()).unwrap().state,
             TenantState::Purging
         );
-        let json = serde_json::to_string(&registry_tenant(&t, "orders-0".into())).unwrap();
+        let json = serde_json::to_string(&registry_tenant(&t, "orders-0".into()).unwrap()).unwrap();
         assert!(json.contains(r#""state":"purging""#), "{json}");
         t.spec.deletion_policy = crate::api::DeletionPolicy::Retain;
         assert_eq!(
-            registry_tenant(&t, "orders-0".into()).state,
+            registry_tenant(&t, "orders-0".into()).unwrap().state,
             TenantState::Suspended
         );
         t.spec.deletion_policy = crate::api::DeletionPolicy::Delete;
         t.metadata.deletion_timestamp = None;
         assert_eq!(
-            registry_tenant(&t, "orders-0".into()).state,
+            registry_tenant(&t, "orders-0".into()).unwrap().state,
             TenantState::Suspended
         );
     }
@@ -491,14 +415,14 @@ mod tests {
     #[test]
     fn registry_parses_with_the_store_nodes_reader() {
         let es = super::super::fixtures::selfhosted();
-        let registry = Registry {
+        let registry = RegistryFile {
             version: 1,
-            tenants: vec![RegistryTenant {
-                id: "acme".into(),
+            tenants: vec![TenantEntry {
+                id: TenantId::new("acme").unwrap(),
                 token_sha256: vec![],
                 state: TenantState::Suspended,
-                quotas: RegistryQuotas::default(),
-                node: "orders-0".into(),
+                quotas: Quotas::default(),
+                node: Some("orders-0".into()),
                 location: None,
             }],
             nodes: node_urls(&es, 1),

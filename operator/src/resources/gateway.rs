@@ -18,7 +18,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::ResourceExt;
 
-use super::configmap::{Registry, REGISTRY_KEY};
+use super::configmap::{RegistryFile, REGISTRY_KEY};
 use super::{
     child_meta, common_labels, registry_secret_name, HTTP_PORT, METRICS_PORT, REGISTRY_MOUNT,
 };
@@ -407,7 +407,7 @@ pub fn service(es: &EventStore) -> Service {
 }
 
 /// The `<name>-registry` Secret with `registry.json` (the gateway reloads it on change).
-pub fn registry_secret(es: &EventStore, registry: &Registry) -> Secret {
+pub fn registry_secret(es: &EventStore, registry: &RegistryFile) -> Secret {
     // Every entry names GATEWAY_NODE, and store-node rejects a file whose tenants name a node
     // missing from `nodes` (the gateway would not start).
     let mut registry = registry.clone();
@@ -421,7 +421,8 @@ pub fn registry_secret(es: &EventStore, registry: &Registry) -> Secret {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::resources::configmap::{RegistryQuotas, RegistryTenant, TenantState};
+    use crate::resources::configmap::{Quotas, TenantEntry, TenantState};
+    use allsource_core::model::TenantId;
 
     fn es(backend: &str) -> EventStore {
         let block = match backend {
@@ -475,16 +476,16 @@ mod tests {
         };
         insta::assert_yaml_snapshot!("postgres_deployment", deployment(&es, &gw, &backend));
         insta::assert_yaml_snapshot!("service", service(&es));
-        let registry = Registry {
+        let registry = RegistryFile {
             version: 1,
-            tenants: vec![RegistryTenant {
-                id: "acme".into(),
+            tenants: vec![TenantEntry {
+                id: TenantId::new("acme").unwrap(),
                 token_sha256: vec![
                     "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08".into(),
                 ],
                 state: TenantState::Active,
-                quotas: RegistryQuotas::default(),
-                node: GATEWAY_NODE.into(),
+                quotas: Quotas::default(),
+                node: Some(GATEWAY_NODE.into()),
                 location: None,
             }],
             nodes: BTreeMap::new(),
@@ -646,30 +647,30 @@ mod tests {
     fn registry_loads_in_the_gateway() {
         // What store-node's gateway parses at start: the gateway node is listed, and a siloed
         // tenant's location comes through.
-        let entry = |id: &str, location| RegistryTenant {
-            id: id.into(),
+        let entry = |id: &str, location| TenantEntry {
+            id: TenantId::new(id).unwrap(),
             token_sha256: vec![],
             state: TenantState::Active,
-            quotas: RegistryQuotas::default(),
-            node: GATEWAY_NODE.into(),
+            quotas: Quotas::default(),
+            node: Some(GATEWAY_NODE.into()),
             location: Some(location),
         };
-        use crate::resources::configmap::RegistryLocation;
-        let registry = Registry {
+        use crate::resources::configmap::LocationEntry;
+        let registry = RegistryFile {
             version: 1,
             tenants: vec![
                 entry(
                     "acme",
-                    RegistryLocation {
+                    LocationEntry {
                         schema: Some("s__acme_1a2b3c4d".into()),
-                        ..RegistryLocation::default()
+                        ..LocationEntry::default()
                     },
                 ),
                 entry(
                     "beta",
-                    RegistryLocation {
+                    LocationEntry {
                         database: Some("orders-beta-1a2b3c4d".into()),
-                        ..RegistryLocation::default()
+                        ..LocationEntry::default()
                     },
                 ),
             ],

@@ -69,6 +69,12 @@ impl ApiError {
     }
 }
 
+impl From<allsource_core::wire::BadRequest> for ApiError {
+    fn from(e: allsource_core::wire::BadRequest) -> Self {
+        Self::bad_request(e.0)
+    }
+}
+
 impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
         let status =

@@ -10,7 +10,7 @@
 
 mod auth;
 pub mod conn;
-pub mod dto;
+pub use allsource_core::wire as dto;
 pub mod error;
 mod handlers;
 pub mod health;

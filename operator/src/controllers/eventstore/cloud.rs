@@ -455,16 +455,18 @@ async fn apply_gateway(
 /// The gateway's registry: every tenant of the store, served by the gateway; siloed tenants
 /// with the location of their own schema, table or Firestore database
 /// ([`configmap::silo_location`]), so their calls never reach the pooled place.
-pub fn gateway_registry(tenants: &[Tenant], backend: &GatewayBackend) -> configmap::Registry {
-    let mut entries: Vec<configmap::RegistryTenant> = tenants
+pub fn gateway_registry(tenants: &[Tenant], backend: &GatewayBackend) -> configmap::RegistryFile {
+    let mut entries: Vec<configmap::TenantEntry> = tenants
         .iter()
-        .map(|t| configmap::RegistryTenant {
-            location: configmap::silo_location(t, backend),
-            ..configmap::registry_tenant(t, gateway::GATEWAY_NODE.to_string())
+        .filter_map(|t| {
+            Some(configmap::TenantEntry {
+                location: configmap::silo_location(t, backend),
+                ..configmap::registry_tenant(t, gateway::GATEWAY_NODE.to_string())?
+            })
         })
         .collect();
     entries.sort_by(|a, b| a.id.cmp(&b.id));
-    configmap::Registry {
+    configmap::RegistryFile {
         version: 1,
         tenants: entries,
         nodes: BTreeMap::new(),
@@ -873,7 +875,7 @@ mod tests {
         };
         let r = gateway_registry(std::slice::from_ref(&t), &backend);
         assert_eq!(r.tenants.len(), 1);
-        assert_eq!(r.tenants[0].node, gateway::GATEWAY_NODE);
+        assert_eq!(r.tenants[0].node.as_deref(), Some(gateway::GATEWAY_NODE));
         assert_eq!(r.tenants[0].location, None, "pooled");
         let mut siloed = t.clone();
         siloed.spec.placement = crate::api::tenant::Placement::Siloed;

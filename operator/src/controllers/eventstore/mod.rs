@@ -500,16 +500,16 @@ fn registry(
     replicas: i32,
     tenants: &[Tenant],
     placement: &std::collections::BTreeMap<String, String>,
-) -> configmap::Registry {
-    let mut entries: Vec<configmap::RegistryTenant> = tenants
+) -> configmap::RegistryFile {
+    let mut entries: Vec<configmap::TenantEntry> = tenants
         .iter()
         .filter_map(|t| {
             let node = placement.get(&t.spec.tenant_id)?;
-            Some(configmap::registry_tenant(t, node.clone()))
+            configmap::registry_tenant(t, node.clone())
         })
         .collect();
     entries.sort_by(|a, b| a.id.cmp(&b.id));
-    configmap::Registry {
+    configmap::RegistryFile {
         version: 1,
         tenants: entries,
         nodes: configmap::node_urls(es, replicas),

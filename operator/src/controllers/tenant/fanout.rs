@@ -85,7 +85,7 @@ pub fn registry_view(secret: &Secret) -> View {
             per_tenant: reg
                 .tenants
                 .iter()
-                .map(|t| (t.id.clone(), hash_json(t)))
+                .map(|t| (t.id.to_string(), hash_json(t)))
                 .collect(),
         },
         None => View {

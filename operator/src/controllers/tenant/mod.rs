@@ -115,7 +115,7 @@ impl State {
         &self,
         es: &EventStore,
         ns: &str,
-    ) -> Result<Option<crate::resources::configmap::Registry>, ReconcileError> {
+    ) -> Result<Option<crate::resources::configmap::RegistryFile>, ReconcileError> {
         self.configs
             .wait_until_ready()
             .await

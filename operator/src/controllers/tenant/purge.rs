@@ -21,7 +21,7 @@ use crate::api::{
     CONDITION_PROGRESSING, CONDITION_READY, FIELD_MANAGER,
 };
 use crate::controllers::{Context, ReconcileError};
-use crate::resources::configmap::{Registry, TenantState};
+use crate::resources::configmap::{RegistryFile, TenantState};
 use crate::resources::secret;
 
 /// What the deletion of a selfHosted Tenant waits for next.
@@ -56,9 +56,9 @@ pub enum Probe {
 }
 
 /// Decides the next step of deleting `t` from the store `es` and its registry. Pure.
-pub fn plan(t: &Tenant, es: &EventStore, registry: Option<&Registry>) -> Step {
+pub fn plan(t: &Tenant, es: &EventStore, registry: Option<&RegistryFile>) -> Step {
     let id = &t.spec.tenant_id;
-    let entry = registry.and_then(|r| r.tenants.iter().find(|e| &e.id == id));
+    let entry = registry.and_then(|r| r.tenants.iter().find(|e| e.id == *id));
     let store_deleting = es.metadata.deletion_timestamp.is_some();
     if t.spec.deletion_policy == DeletionPolicy::Retain || store_deleting {
         // A suspended or deleting store is not reconciled: its registry will not change.
@@ -93,16 +93,19 @@ pub fn plan(t: &Tenant, es: &EventStore, registry: Option<&Registry>) -> Step {
             }
         }
         Some(e) if e.state != TenantState::Purging => Step::AwaitPurging,
-        Some(e) => match registry.and_then(|r| r.nodes.get(&e.node)) {
-            Some(url) => Step::Probe {
-                node: e.node.clone(),
-                url: url.clone(),
-            },
-            None => Step::Blocked(
-                "NodeUnknown",
-                format!("the registry names node {} without an address", e.node),
-            ),
-        },
+        Some(e) => {
+            let node = e.node.as_deref().unwrap_or_default();
+            match registry.and_then(|r| r.nodes.get(node)) {
+                Some(url) => Step::Probe {
+                    node: node.to_string(),
+                    url: url.clone(),
+                },
+                None => Step::Blocked(
+                    "NodeUnknown",
+                    format!("the registry names node {node:?} without an address"),
+                ),
+            }
+        }
     }
 }
 
@@ -306,7 +309,8 @@ async fn done_event(t: &Tenant, es: &EventStore, ctx: &Context, purged_on: Optio
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::resources::configmap::{RegistryQuotas, RegistryTenant};
+    use crate::resources::configmap::{Quotas, TenantEntry};
+    use allsource_core::model::TenantId;
 
     fn tenant(policy: &str) -> Tenant {
         serde_json::from_value(serde_json::json!({
@@ -336,16 +340,16 @@ mod tests {
         .unwrap()
     }
 
-    fn registry(state: Option<TenantState>) -> Registry {
-        Registry {
+    fn registry(state: Option<TenantState>) -> RegistryFile {
+        RegistryFile {
             version: 1,
             tenants: state
-                .map(|state| RegistryTenant {
-                    id: "acme".into(),
+                .map(|state| TenantEntry {
+                    id: TenantId::new("acme").unwrap(),
                     token_sha256: vec![],
                     state,
-                    quotas: RegistryQuotas::default(),
-                    node: "orders-0".into(),
+                    quotas: Quotas::default(),
+                    node: Some("orders-0".into()),
                     location: None,
                 })
                 .into_iter()

@@ -15,7 +15,7 @@ use super::TenantOutcome;
 use crate::api::tenant::{LocationKind, TenantLocation};
 use crate::api::{EventStore, Phase, Tenant};
 use crate::controllers::{Context, ReconcileError};
-use crate::resources::configmap::{parse_registry, Registry, TenantState};
+use crate::resources::configmap::{parse_registry, RegistryFile, TenantState};
 use crate::resources::registry_secret_name;
 
 /// How soon to look again while the registry lags the Tenant.
@@ -28,7 +28,7 @@ pub async fn registry(
     es: &EventStore,
     ctx: &Context,
     ns: &str,
-) -> Result<Option<Registry>, ReconcileError> {
+) -> Result<Option<RegistryFile>, ReconcileError> {
     let api: Api<Secret> = Api::namespaced(ctx.client.clone(), ns);
     Ok(api
         .get_opt(&registry_secret_name(es))
@@ -42,19 +42,19 @@ pub async fn registry(
 pub fn judge(
     tenant: &Tenant,
     es: &EventStore,
-    registry: Option<&Registry>,
+    registry: Option<&RegistryFile>,
     hashes: &[String],
 ) -> TenantOutcome {
     let id = &tenant.spec.tenant_id;
-    let entry = registry.and_then(|r| r.tenants.iter().find(|t| &t.id == id));
+    let entry = registry.and_then(|r| r.tenants.iter().find(|t| t.id == *id));
     let location = entry
-        .map(|e| e.node.clone())
+        .and_then(|e| e.node.clone())
         .or_else(|| es.status.as_ref()?.placement.get(id).cloned())
         .map(|name| TenantLocation {
             kind: LocationKind::Node,
             name,
         });
-    let usage_url = entry.and_then(|e| registry?.nodes.get(&e.node).cloned());
+    let usage_url = entry.and_then(|e| registry?.nodes.get(e.node.as_deref()?).cloned());
     let es_ready = es.status.as_ref().and_then(|s| s.phase) == Some(Phase::Ready);
     let pending = |what: &str| Verdict::RegistryPending(what.to_string());
     let verdict = match entry {
@@ -106,7 +106,8 @@ pub async fn still_registered(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::resources::configmap::{RegistryQuotas, RegistryTenant};
+    use crate::resources::configmap::{Quotas, TenantEntry};
+    use allsource_core::model::TenantId;
 
     fn tenant(suspend: bool) -> Tenant {
         serde_json::from_value(serde_json::json!({
@@ -129,15 +130,15 @@ mod tests {
         .unwrap()
     }
 
-    fn registry(hash: &str, state: TenantState) -> Registry {
-        Registry {
+    fn registry(hash: &str, state: TenantState) -> RegistryFile {
+        RegistryFile {
             version: 1,
-            tenants: vec![RegistryTenant {
-                id: "acme".into(),
+            tenants: vec![TenantEntry {
+                id: TenantId::new("acme").unwrap(),
                 token_sha256: vec![hash.into()],
                 state,
-                quotas: RegistryQuotas::default(),
-                node: "orders-0".into(),
+                quotas: Quotas::default(),
+                node: Some("orders-0".into()),
                 location: None,
             }],
             nodes: [("orders-0".to_string(), "http://orders-0.x:8080".to_string())].into(),

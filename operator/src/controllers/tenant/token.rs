@@ -9,7 +9,6 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use rand::RngCore;
-use sha2::{Digest, Sha256};
 
 /// Bytes of randomness in a token.
 pub const TOKEN_BYTES: usize = 32;
@@ -21,11 +20,8 @@ pub fn generate() -> String {
     hex::encode(raw)
 }
 
-/// Hex SHA-256 of a token: the form the status and the registry store (the store node's
-/// `sha256_hex`).
-pub fn sha256_hex(token: &str) -> String {
-    hex::encode(Sha256::digest(token.as_bytes()))
-}
+/// Hex SHA-256 of a token: the form the status and the registry store.
+pub use allsource_core::registry::sha256_hex;
 
 /// What the controller currently observes about a tenant's credentials.
 #[derive(Clone, Copy, Debug)]

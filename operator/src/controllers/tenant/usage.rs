@@ -4,8 +4,8 @@
 
 use std::time::Duration;
 
+use allsource_core::wire::StatsOut;
 use chrono::{DateTime, Utc};
-use serde::Deserialize;
 
 use crate::api::tenant::TenantUsage;
 
@@ -24,14 +24,6 @@ pub enum UsageError {
     /// A figure does not fit the status field.
     #[error("stats figure out of range")]
     Range,
-}
-
-/// The part of the store node's `StatsOut` the status needs.
-#[derive(Debug, Deserialize)]
-struct StatsOut {
-    events: u64,
-    streams: u64,
-    bytes: u64,
 }
 
 /// Builds the HTTP client used for stats requests to plain-HTTP nodes.
@@ -75,18 +67,27 @@ pub async fn fetch(
 mod tests {
     use super::*;
 
+    fn stats(events: u64, streams: u64, bytes: u64) -> StatsOut {
+        let s = allsource_core::model::TenantStats {
+            events,
+            streams,
+            bytes,
+            snapshot_bytes: 0,
+            next_position: events,
+            incarnation: 0,
+            trimmed_before: 0,
+        };
+        StatsOut::new("acme".into(), s, Default::default())
+    }
+
+    /// The node's own response type, through JSON as it travels.
     #[test]
     fn parses_the_store_nodes_stats() {
-        let body = r#"{"tenant":"acme","events":12,"streams":3,"bytes":4096,"nextPosition":12,"quotas":{}}"#;
+        let body = serde_json::to_string(&stats(12, 3, 4096)).unwrap();
         let at = DateTime::from_timestamp(1_800_000_000, 0).unwrap();
-        let u = to_usage(serde_json::from_str(body).unwrap(), at).unwrap();
+        let u = to_usage(serde_json::from_str(&body).unwrap(), at).unwrap();
         assert_eq!((u.events, u.streams, u.bytes), (12, 3, 4096));
         assert_eq!(u.updated_at, Some(at));
-        let huge = StatsOut {
-            events: u64::MAX,
-            streams: 0,
-            bytes: 0,
-        };
-        assert!(to_usage(huge, at).is_err());
+        assert!(to_usage(stats(u64::MAX, 0, 0), at).is_err());
     }
 }

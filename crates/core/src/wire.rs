@@ -15,12 +15,23 @@ use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use uuid::Uuid;
 
-use super::error::ApiError;
 use crate::model::{
     AppendResult, Direction, ExpectedVersion, NewEvent, RecordedEvent, Snapshot, StreamInfo,
     TenantStats,
 };
-use crate::tenant::Quotas;
+use crate::registry::Quotas;
+
+/// A request the server answers 400 `invalid_input` with this message.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct BadRequest(pub String);
+
+impl BadRequest {
+    /// A 400 with `message`.
+    pub fn new(message: impl Into<String>) -> Self {
+        Self(message.into())
+    }
+}
 
 /// Page size when a read gives no `limit`.
 pub const DEFAULT_LIMIT: usize = 100;
@@ -51,7 +62,7 @@ pub enum ExpectedWire {
 
 impl ExpectedWire {
     /// Converts to the model.
-    pub fn to_model(&self) -> Result<ExpectedVersion, ApiError> {
+    pub fn to_model(&self) -> Result<ExpectedVersion, BadRequest> {
         match self {
             Self::Version(v) => Ok(ExpectedVersion::Exact(*v)),
             Self::Keyword(k) => parse_expected(k),
@@ -60,13 +71,13 @@ impl ExpectedWire {
 }
 
 /// Parses the header form of an expected version.
-pub fn parse_expected(s: &str) -> Result<ExpectedVersion, ApiError> {
+pub fn parse_expected(s: &str) -> Result<ExpectedVersion, BadRequest> {
     match s.trim() {
         "any" => Ok(ExpectedVersion::Any),
         "noStream" | "no-stream" => Ok(ExpectedVersion::NoStream),
         "streamExists" | "stream-exists" => Ok(ExpectedVersion::StreamExists),
         n => n.parse::<u64>().map(ExpectedVersion::Exact).map_err(|_| {
-            ApiError::bad_request(
+            BadRequest::new(
                 "expected version must be a version number, any, noStream or streamExists",
             )
         }),
@@ -78,11 +89,11 @@ pub fn parse_expected(s: &str) -> Result<ExpectedVersion, ApiError> {
 pub fn resolve_expected(
     header: Option<&str>,
     body: Option<&ExpectedWire>,
-) -> Result<ExpectedVersion, ApiError> {
+) -> Result<ExpectedVersion, BadRequest> {
     let h = header.map(parse_expected).transpose()?;
     let b = body.map(ExpectedWire::to_model).transpose()?;
     match (h, b) {
-        (Some(h), Some(b)) if h != b => Err(ApiError::bad_request(
+        (Some(h), Some(b)) if h != b => Err(BadRequest::new(
             "the Expected-Version header and the body's expectedVersion differ",
         )),
         (h, b) => Ok(h.or(b).unwrap_or(ExpectedVersion::Any)),
@@ -124,22 +135,22 @@ pub fn decode_payload(
     data: Option<Box<RawValue>>,
     b64: Option<String>,
     what: &str,
-) -> Result<Vec<u8>, ApiError> {
+) -> Result<Vec<u8>, BadRequest> {
     match (data, b64) {
-        (Some(_), Some(_)) => Err(ApiError::bad_request(format!(
+        (Some(_), Some(_)) => Err(BadRequest::new(format!(
             "{what}: give data or dataBase64, not both"
         ))),
         (Some(raw), None) => Ok(raw.get().as_bytes().to_vec()),
         (None, Some(b)) => base64::engine::general_purpose::STANDARD
             .decode(b.as_bytes())
-            .map_err(|e| ApiError::bad_request(format!("{what}: dataBase64 is not base64: {e}"))),
+            .map_err(|e| BadRequest::new(format!("{what}: dataBase64 is not base64: {e}"))),
         (None, None) => Ok(Vec::new()),
     }
 }
 
 impl AppendRequest {
     /// Converts the batch to model events (size limits are checked by the caller/store).
-    pub fn into_events(self) -> Result<(Option<ExpectedWire>, Vec<NewEvent>), ApiError> {
+    pub fn into_events(self) -> Result<(Option<ExpectedWire>, Vec<NewEvent>), BadRequest> {
         let events = self
             .events
             .into_iter()
@@ -152,7 +163,7 @@ impl AppendRequest {
                     metadata: e.metadata,
                 })
             })
-            .collect::<Result<Vec<_>, ApiError>>()?;
+            .collect::<Result<Vec<_>, BadRequest>>()?;
         Ok((self.expected_version, events))
     }
 }
@@ -430,8 +441,8 @@ pub struct DroppedOut {
     pub dropped: u64,
 }
 
-/// Response of `GET /v1/stats`.
-#[derive(Debug, Serialize)]
+/// Response of `GET /v1/stats` (the operator reads a tenant's usage from it).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct StatsOut {
     /// Tenant id.
