@@ -15,11 +15,24 @@ use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use uuid::Uuid;
 
+use crate::error::StoreError;
 use crate::model::{
-    AppendResult, Direction, ExpectedVersion, NewEvent, RecordedEvent, Snapshot, StreamInfo,
-    TenantStats,
+    AppendResult, Direction, ExpectedVersion, NewEvent, RecordedEvent, Snapshot, StreamId,
+    StreamInfo, TenantId, TenantStats,
 };
 use crate::registry::Quotas;
+
+/// The body of every error answer: `{code, message}` (some codes add fields, e.g.
+/// `currentVersion`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorOut {
+    /// Stable machine-readable code ([`crate::StoreError::code`] for store errors).
+    #[serde(default)]
+    pub code: String,
+    /// Human-readable explanation.
+    #[serde(default)]
+    pub message: String,
+}
 
 /// A request the server answers 400 `invalid_input` with this message.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -169,15 +182,28 @@ impl AppendRequest {
 }
 
 /// A payload rendered for a response.
-#[derive(Debug, Serialize, Default)]
+#[derive(Debug, Serialize, Deserialize, Default)]
 #[serde(rename_all = "camelCase")]
 pub struct PayloadOut {
     /// The payload as a JSON value.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub data: Option<Box<RawValue>>,
     /// The payload as base64.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub data_base64: Option<String>,
+}
+
+impl PayloadOut {
+    /// The payload's bytes, exactly as stored (the inverse of [`encode_payload`]).
+    pub fn into_bytes(self) -> Result<Vec<u8>, BadRequest> {
+        match (self.data_base64, self.data) {
+            (Some(b), _) => base64::engine::general_purpose::STANDARD
+                .decode(b)
+                .map_err(|e| BadRequest::new(format!("dataBase64 is not base64: {e}"))),
+            (None, Some(raw)) => Ok(raw.get().as_bytes().to_vec()),
+            (None, None) => Ok(Vec::new()),
+        }
+    }
 }
 
 /// Renders payload bytes per [`Encoding`], so that they round-trip exactly.
@@ -209,7 +235,7 @@ pub fn encode_payload(payload: Vec<u8>, encoding: Encoding) -> PayloadOut {
 }
 
 /// An event in a response.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct EventOut {
     /// Stream id.
@@ -232,6 +258,24 @@ pub struct EventOut {
 }
 
 impl EventOut {
+    /// The stored event of `tenant` this renders (the inverse of [`EventOut::new`]).
+    pub fn into_recorded(self, tenant: &TenantId) -> Result<RecordedEvent, StoreError> {
+        Ok(RecordedEvent {
+            tenant: tenant.clone(),
+            stream: StreamId::new(self.stream)?,
+            version: self.version,
+            position: self.position,
+            event_id: self.event_id,
+            event_type: self.event_type,
+            payload: self
+                .payload
+                .into_bytes()
+                .map_err(|e| StoreError::Internal(e.0))?,
+            metadata: self.metadata,
+            timestamp_ms: self.timestamp,
+        })
+    }
+
     /// Renders a stored event.
     pub fn new(e: RecordedEvent, encoding: Encoding) -> Self {
         Self {
@@ -324,7 +368,7 @@ pub struct ListStreamsQuery {
 }
 
 /// A page of events.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct EventsPage {
     /// The events.
@@ -422,7 +466,7 @@ pub struct BeforeIn {
 }
 
 /// Body of `POST /v1/trim`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct TrimIn {
     /// Drop the tenant's events strictly before this position.
@@ -434,7 +478,7 @@ pub struct TrimIn {
 }
 
 /// Response of truncate and trim calls.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct DroppedOut {
     /// How many events were dropped.

@@ -124,16 +124,10 @@ pub fn client_for(ca: Option<&str>, secret_name: &str) -> Result<reqwest::Client
                 name: secret_name.to_string(),
                 what,
             };
-            let certs = reqwest::Certificate::from_pem_bundle(pem.as_bytes())
-                .map_err(|e| bad(e.to_string()))?;
-            if certs.is_empty() {
-                return Err(bad("holds no PEM CERTIFICATE".into()));
-            }
-            let mut b = usage::builder().tls_built_in_root_certs(false);
-            for cert in certs {
-                b = b.add_root_certificate(cert);
-            }
-            b.build().map_err(|e| bad(e.to_string()))?
+            allsource_client::builder(usage::TIMEOUT, Some(pem.as_bytes()))
+                .map_err(|e| bad(e.to_string()))?
+                .build()
+                .map_err(|e| bad(e.to_string()))?
         }
     };
     let mut clients = clients.lock();

@@ -11,7 +11,7 @@
 
 pub mod archiver;
 pub mod format;
-pub mod http_source;
+pub use allsource_client::source as http_source;
 pub mod lease;
 pub mod manifest;
 pub mod reader;

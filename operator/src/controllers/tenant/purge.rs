@@ -9,6 +9,7 @@
 //! `spec.deletionPolicy: Retain` on the deleted Tenant is the way to give up on erasing.
 //! [`plan`] and [`classify`] are pure; nothing here writes the registry or configures a pod.
 
+use allsource_client::{ClientError, NodeClient};
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::events::EventType;
@@ -125,18 +126,19 @@ pub fn classify(status: u16, code: Option<&str>, message: Option<&str>) -> Probe
 /// Asks the node at `base_url` about the tenant owning `token` with `client` (plain, or verifying
 /// the store's CA: [`crate::controllers::nodetls::node_client`]). Never logs the token.
 pub async fn probe(client: &reqwest::Client, base_url: &str, token: &str) -> Probe {
-    let url = format!("{}/v1/stats", base_url.trim_end_matches('/'));
-    let resp = match client.get(url).bearer_auth(token).send().await {
-        Ok(r) => r,
-        Err(e) => return Probe::Unreachable(format!("request failed: {e}")),
+    let node = match NodeClient::new(client.clone(), base_url) {
+        Ok(n) => n,
+        Err(e) => return Probe::Unreachable(e.to_string()),
     };
-    let status = resp.status().as_u16();
-    let body: serde_json::Value = resp.json().await.unwrap_or_default();
-    classify(
-        status,
-        body.get("code").and_then(|v| v.as_str()),
-        body.get("message").and_then(|v| v.as_str()),
-    )
+    match node.stats(token).await {
+        Ok(_) => classify(200, None, None),
+        Err(ClientError::Status { status, body }) => {
+            let text = |s: &str| (!s.is_empty()).then(|| s.to_string());
+            let (code, message) = (text(&body.code), text(&body.message));
+            classify(status, code.as_deref(), message.as_deref())
+        }
+        Err(e) => Probe::Unreachable(format!("request failed: {e}")),
+    }
 }
 
 /// Why the finalizer is still there, as shown in the Tenant's conditions.

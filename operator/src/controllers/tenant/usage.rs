@@ -4,6 +4,7 @@
 
 use std::time::Duration;
 
+use allsource_client::{ClientError, NodeClient};
 use allsource_core::wire::StatsOut;
 use chrono::{DateTime, Utc};
 
@@ -15,12 +16,12 @@ pub const TIMEOUT: Duration = Duration::from_secs(3);
 /// Why usage could not be read.
 #[derive(Debug, thiserror::Error)]
 pub enum UsageError {
-    /// Connection, timeout or body error.
-    #[error("stats request: {0}")]
-    Http(#[from] reqwest::Error),
-    /// The store answered with an error status.
-    #[error("stats request answered HTTP {0}")]
-    Status(u16),
+    /// No answer, an error answer, or a body that is not the stats.
+    #[error(transparent)]
+    Node(#[from] ClientError),
+    /// The plain HTTP client could not be built.
+    #[error("HTTP client: {0}")]
+    Build(#[from] reqwest::Error),
     /// A figure does not fit the status field.
     #[error("stats figure out of range")]
     Range,
@@ -55,12 +56,8 @@ pub async fn fetch(
     token: &str,
     at: DateTime<Utc>,
 ) -> Result<TenantUsage, UsageError> {
-    let url = format!("{}/v1/stats", base_url.trim_end_matches('/'));
-    let resp = client.get(url).bearer_auth(token).send().await?;
-    if !resp.status().is_success() {
-        return Err(UsageError::Status(resp.status().as_u16()));
-    }
-    to_usage(resp.json::<StatsOut>().await?, at)
+    let node = NodeClient::new(client.clone(), base_url)?;
+    to_usage(node.stats(token).await?, at)
 }
 
 #[cfg(test)]

@@ -1,0 +1,183 @@
+//! The one client of a store node's HTTP API. Every caller of the API in the project goes
+//! through [`NodeClient`]: the operator (a tenant's usage, the purge probe), the archiver
+//! ([`source::HttpSource`]) and the tests. Requests and answers are the wire types of
+//! `allsource_core::wire`, the ones the server renders, so a change on one side that the other
+//! does not follow does not compile. It never logs a token.
+
+pub mod source;
+
+use std::time::Duration;
+
+use allsource_core::wire::{DroppedOut, ErrorOut, EventsPage, StatsOut, TrimIn};
+use allsource_core::StoreError;
+use serde::de::DeserializeOwned;
+use thiserror::Error;
+
+/// Why a call to a node failed.
+#[derive(Debug, Error)]
+pub enum ClientError {
+    /// The base URL or a path does not form a URL.
+    #[error("node URL {url:?}: {message}")]
+    Url {
+        /// The URL as given.
+        url: String,
+        /// Why it is not one.
+        message: String,
+    },
+    /// The CA bundle for an `https://` node holds no usable certificate.
+    #[error("node CA: {0}")]
+    Ca(String),
+    /// No answer: connection refused, TLS handshake, timeout.
+    #[error("store node request: {0}")]
+    Transport(reqwest::Error),
+    /// The node answered with an error status and body `{code, message}`.
+    #[error("store node answered HTTP {status}: {} {}", .body.code, .body.message)]
+    Status {
+        /// HTTP status.
+        status: u16,
+        /// The error body (empty fields when the body was not one).
+        body: ErrorOut,
+    },
+    /// A success answer whose body is not the expected type.
+    #[error("store node answer: {0}")]
+    Decode(reqwest::Error),
+}
+
+impl ClientError {
+    /// The HTTP status of an error answer.
+    pub fn status(&self) -> Option<u16> {
+        match self {
+            Self::Status { status, .. } => Some(*status),
+            _ => None,
+        }
+    }
+}
+
+impl From<ClientError> for StoreError {
+    /// The store error a caller sees of a failed call: the node's 400, 404, 501 and 500 keep
+    /// their meaning; anything else (no answer, overload, 503) is `Unavailable`, to retry.
+    fn from(e: ClientError) -> Self {
+        let msg = e.to_string();
+        match &e {
+            ClientError::Url { .. } | ClientError::Ca(_) => StoreError::invalid("node", msg),
+            ClientError::Status { status: 400, .. } => StoreError::invalid("request", msg),
+            ClientError::Status { status: 404, .. } => StoreError::NotFound(msg),
+            ClientError::Status { status: 501, .. } => StoreError::Unsupported(msg),
+            ClientError::Status { status: 500, .. } | ClientError::Decode(_) => {
+                StoreError::Internal(msg)
+            }
+            ClientError::Status { .. } | ClientError::Transport(_) => StoreError::Unavailable(msg),
+        }
+    }
+}
+
+/// A `reqwest` client builder with `timeout` for the whole request and for connecting; with
+/// `ca_pem` (PEM certificates), `https://` nodes are verified against those CAs only (the
+/// public roots are not trusted for them).
+pub fn builder(
+    timeout: Duration,
+    ca_pem: Option<&[u8]>,
+) -> Result<reqwest::ClientBuilder, ClientError> {
+    let mut b = reqwest::Client::builder()
+        .timeout(timeout)
+        .connect_timeout(timeout);
+    if let Some(pem) = ca_pem {
+        let certs = reqwest::Certificate::from_pem_bundle(pem)
+            .map_err(|e| ClientError::Ca(format!("not PEM certificates: {e}")))?;
+        if certs.is_empty() {
+            return Err(ClientError::Ca("holds no PEM CERTIFICATE".into()));
+        }
+        b = b.tls_built_in_root_certs(false);
+        for c in certs {
+            b = b.add_root_certificate(c);
+        }
+    }
+    Ok(b)
+}
+
+/// One store node (or gateway) at a base URL, reached with a shared `reqwest` client. Every
+/// call carries a tenant's bearer token: the server takes the tenant from the token, so a
+/// token can only ever reach its own tenant.
+#[derive(Debug, Clone)]
+pub struct NodeClient {
+    http: reqwest::Client,
+    base: reqwest::Url,
+}
+
+impl NodeClient {
+    /// A client of the node at `base` (e.g. `http://es-0.es:8080`).
+    pub fn new(http: reqwest::Client, base: &str) -> Result<Self, ClientError> {
+        // A base without a trailing slash would lose its last path segment in `join`.
+        let with_slash = if base.ends_with('/') {
+            base.to_string()
+        } else {
+            format!("{base}/")
+        };
+        let base = reqwest::Url::parse(&with_slash).map_err(|e| ClientError::Url {
+            url: base.to_string(),
+            message: e.to_string(),
+        })?;
+        Ok(Self { http, base })
+    }
+
+    /// The base URL.
+    pub fn base(&self) -> &reqwest::Url {
+        &self.base
+    }
+
+    fn url(&self, path: &str) -> Result<reqwest::Url, ClientError> {
+        self.base.join(path).map_err(|e| ClientError::Url {
+            url: format!("{}{path}", self.base),
+            message: e.to_string(),
+        })
+    }
+
+    async fn call<T: DeserializeOwned>(
+        &self,
+        token: &str,
+        req: reqwest::RequestBuilder,
+    ) -> Result<T, ClientError> {
+        let resp = req
+            .bearer_auth(token)
+            .send()
+            .await
+            .map_err(ClientError::Transport)?;
+        let status = resp.status();
+        if status.is_success() {
+            return resp.json().await.map_err(ClientError::Decode);
+        }
+        let body = resp.json::<ErrorOut>().await.unwrap_or_default();
+        Err(ClientError::Status {
+            status: status.as_u16(),
+            body,
+        })
+    }
+
+    /// `GET /v1/stats`: the usage, position, incarnation and quotas of the token's tenant.
+    pub async fn stats(&self, token: &str) -> Result<StatsOut, ClientError> {
+        self.call(token, self.http.get(self.url("v1/stats")?)).await
+    }
+
+    /// `GET /v1/events?from=&limit=&encoding=base64`: the tenant's events from `from` in
+    /// position order, payloads as base64 so the bytes come back exactly.
+    pub async fn read_all(
+        &self,
+        token: &str,
+        from: u64,
+        limit: usize,
+    ) -> Result<EventsPage, ClientError> {
+        let mut url = self.url("v1/events")?;
+        url.query_pairs_mut()
+            .append_pair("from", &from.to_string())
+            .append_pair("limit", &limit.to_string())
+            .append_pair("encoding", "base64");
+        self.call(token, self.http.get(url)).await
+    }
+
+    /// `POST /v1/trim`: drops the tenant's events before `body.before` (only at
+    /// `body.incarnation`, when given).
+    pub async fn trim(&self, token: &str, body: &TrimIn) -> Result<DroppedOut, ClientError> {
+        let req = self.http.post(self.url("v1/trim")?).json(body);
+        self.call(token, req).await
+    }
+}
