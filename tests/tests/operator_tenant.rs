@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 use allsource_operator::api::tenant::TenantStatus;
 use allsource_operator::api::{DeletionPolicy, EventStore, Phase, Tenant, FINALIZER};
 use allsource_operator::resources::configmap::{RegistryFile, TenantState};
+use base64::Engine as _;
 use k8s_openapi::api::core::v1::{Node, Pod, Secret};
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::{Client, ResourceExt};
@@ -653,6 +654,8 @@ async fn real_store_node_accepts_the_secret_token_and_isolates_tenants() {
         }))
         .unwrap(),
     );
+    // A limit of the spec, to be enforced by the real node through node.json.
+    es.spec.self_hosted.as_mut().unwrap().limits.max_event_bytes = Some(2048);
     stores.create(&PostParams::default(), &es).await.unwrap();
     for name in ["alice", "mallory"] {
         tenants
@@ -727,6 +730,42 @@ async fn real_store_node_accepts_the_secret_token_and_isolates_tenants() {
     );
     let (code, _) = read("not-a-token".to_string()).await;
     assert_eq!(code, 401);
+
+    // spec.selfHosted.limits.maxEventBytes (2048) reached the node: it reports it, takes an
+    // event of 1 KiB and refuses one of 4 KiB with 413 too_large.
+    let info: serde_json::Value = http
+        .get(format!("{url}/v1/info"))
+        .bearer_auth(&alice)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(info["limits"]["maxEventBytes"], 2048, "{info}");
+    for (i, size, want) in [(2u128, 1024, 201), (3, 4096, 413)] {
+        let body = serde_json::json!({"events": [{
+            "eventId": uuid::Uuid::from_u128(i),
+            "eventType": "Blob",
+            "dataBase64": base64::engine::general_purpose::STANDARD.encode(vec![7u8; size]),
+        }]});
+        let r = http
+            .post(format!("{url}/v1/streams/blobs/events"))
+            .bearer_auth(&alice)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        let code = r.status().as_u16();
+        let text = r.text().await.unwrap_or_default();
+        assert_eq!(code, want, "an event of {size} bytes: {text}");
+        if want == 413 {
+            assert!(
+                text.contains("too_large") && text.contains("2048"),
+                "{text}"
+            );
+        }
+    }
 
     // Rotation, seen by the real node: the old token keeps working for the whole grace period
     // (set to 20 s here) next to the new one, then stops. Mallory has no stream order-1, so an
