@@ -528,6 +528,41 @@ async fn dynamodb_provision_drift_unsupported_and_delete() {
     // The operator saw the index missing and put it back (not a stale describe).
     drift_event(&client, &n, "by-position").await;
 
+    // A second, different drift of the same store gets its own Event: the recorder folds
+    // repeats of one note into a series, never a new note into an old one.
+    ddb.update_table()
+        .table_name(&table)
+        .global_secondary_index_updates(
+            aws_sdk_dynamodb::types::GlobalSecondaryIndexUpdate::builder()
+                .delete(
+                    aws_sdk_dynamodb::types::DeleteGlobalSecondaryIndexAction::builder()
+                        .index_name("by-tenant")
+                        .build()
+                        .unwrap(),
+                )
+                .build(),
+        )
+        .send()
+        .await
+        .unwrap();
+    wait_for("by-tenant gone", DEADLINE, || {
+        let (ddb, table) = (&ddb, &table);
+        async move {
+            let t = describe(ddb, table).await?;
+            (index_names(&t) == vec!["by-position"]).then_some(())
+        }
+    })
+    .await;
+    wait_for("by-tenant restored", DEADLINE, || {
+        let (ddb, table) = (&ddb, &table);
+        async move {
+            let t = describe(ddb, table).await?;
+            (index_names(&t) == vec!["by-position", "by-tenant"]).then_some(())
+        }
+    })
+    .await;
+    drift_event(&client, &n, "by-tenant").await;
+
     // Drift: the whole table deleted by hand is recreated (protection off first, as a user must).
     ddb.update_table()
         .table_name(&table)

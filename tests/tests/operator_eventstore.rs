@@ -280,6 +280,16 @@ async fn scale_down_of_nodes_owning_tenants_is_refused_until_they_leave() {
 }
 
 /// The notes of the Events with `reason` in the namespace.
+/// Waits for a `DriftCorrected` Event whose note satisfies `pred`.
+async fn wait_drift_note(client: &Client, ns: &str, pred: impl Fn(&str) -> bool) {
+    let pred = &pred;
+    wait_for("the DriftCorrected event", DEADLINE, || async move {
+        let notes = event_notes(client, ns, "DriftCorrected").await;
+        notes.iter().any(|m| pred(m)).then_some(())
+    })
+    .await;
+}
+
 async fn event_notes(client: &Client, ns: &str, reason: &str) -> Vec<String> {
     let events: Api<k8s_openapi::api::events::v1::Event> = Api::namespaced(client.clone(), ns);
     events
@@ -458,12 +468,11 @@ async fn hand_edits_of_owned_objects_are_reverted_with_an_event() {
         async move { (escalation(&sts.get("orders").await.ok()?) == Some(false)).then_some(()) }
     })
     .await;
-    let notes = event_notes(&client, &n, "DriftCorrected").await;
-    assert!(
-        notes.iter().any(|m| m.contains("StatefulSet orders")
-            && m.contains("securityContext.allowPrivilegeEscalation")),
-        "{notes:?}"
-    );
+    // The Event is published once the restoring apply returned: wait for it.
+    wait_drift_note(&client, &n, |m| {
+        m.contains("StatefulSet orders") && m.contains("securityContext.allowPrivilegeEscalation")
+    })
+    .await;
 
     // 2. The registry: a digest added by hand never stays.
     let secrets: Api<Secret> = Api::namespaced(client.clone(), &n);
@@ -492,14 +501,12 @@ async fn hand_edits_of_owned_objects_are_reverted_with_an_event() {
         }
     })
     .await;
-    let notes = event_notes(&client, &n, "DriftCorrected").await;
-    assert!(
-        notes
-            .iter()
-            .any(|m| m.contains("Secret orders-registry") && m.contains("data.registry.json")),
-        "{notes:?}"
-    );
+    wait_drift_note(&client, &n, |m| {
+        m.contains("Secret orders-registry") && m.contains("data.registry.json")
+    })
+    .await;
     // Paths only, never values.
+    let notes = event_notes(&client, &n, "DriftCorrected").await;
     assert!(
         notes.iter().all(|m| !m.contains(&"0".repeat(64))),
         "{notes:?}"

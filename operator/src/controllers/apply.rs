@@ -346,8 +346,8 @@ where
     if let Some(path) = &applied.drift {
         let (kind, name) = (K::kind(&()), applied.object.name_any());
         tracing::warn!(%kind, %name, path = %path, "owned object edited outside the operator; restored");
-        // The action names the kind: the recorder folds Events of one reason and action on
-        // one object into a series that keeps the first note.
+        // The action names the kind (and `publish` adds a digest of the note, so each
+        // different restore is an Event of its own).
         ctx.publish(
             owner,
             EventType::Warning,

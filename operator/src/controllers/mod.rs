@@ -113,6 +113,8 @@ impl Context {
     }
 
     /// Publishes a Kubernetes Event about `obj` (best effort: a failure is logged, not returned).
+    /// Repeats of one note fold into one Event series; a different note is a new Event (see
+    /// [`event_action`]).
     pub async fn publish<K: Resource<DynamicType = ()>>(
         &self,
         obj: &K,
@@ -124,8 +126,8 @@ impl Context {
         let ev = Event {
             type_,
             reason: reason.to_string(),
+            action: event_action(action, &note),
             note: Some(note),
-            action: action.to_string(),
             secondary: None,
         };
         self.metrics.wrote("Event", "POST");
@@ -147,6 +149,18 @@ impl Context {
         *n = n.saturating_add(1);
         backoff_for(*n)
     }
+}
+
+/// The `action` of an Event with `note`: `action` and a digest of the note. kube's recorder
+/// folds every Event of one (type, reason, action, object) into a series that keeps its first
+/// note, so without the digest a second, different drift of the same object within the
+/// recorder's cache time would show only the first one's note.
+pub fn event_action(action: &str, note: &str) -> String {
+    // FNV-1a: stable across runs and builds (the std hasher is not).
+    let digest = note.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    });
+    format!("{action}-{:08x}", digest >> 32)
 }
 
 /// Exponential backoff for the `n`th consecutive failure (n >= 1).
@@ -236,6 +250,21 @@ pub async fn run(ctx: Arc<Context>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn events_with_other_notes_get_other_actions() {
+        let a = event_action("Provision", "global secondary index by-position missing");
+        let b = event_action("Provision", "global secondary index by-tenant missing");
+        assert_ne!(a, b);
+        assert_eq!(
+            a,
+            event_action("Provision", "global secondary index by-position missing")
+        );
+        assert!(
+            a.starts_with("Provision-") && a.len() == "Provision-".len() + 8,
+            "{a}"
+        );
+    }
 
     #[test]
     fn backoff_doubles_and_caps() {
