@@ -35,8 +35,11 @@ lint:
 
 ## Fails when a regeneration of the generated files (crds/, chart CRDs, config/crd, RBAC) differs
 ## from what is committed.
+## Builds with the same command as the tests (tests/run-tests.sh), so CI compiles the workspace's
+## dependencies once, not once per feature set.
 crds-check:
-	cargo run -q -p allsource-operator -- crdgen --check
+	cargo build -q --workspace --bins --tests
+	"$(CARGO_TARGET_DIR)/debug/allsource-operator" crdgen --check
 
 ## Fuzz one target for FUZZ_SECONDS (needs a nightly toolchain and `cargo install cargo-fuzz`):
 ## make fuzz FUZZ_TARGET=wal_reader|http_request

@@ -12,7 +12,7 @@
 #   BASE_IMAGE  base of both images               (default: the Dockerfile's, gcr.io/distroless/cc-debian12:nonroot);
 #               "local" builds one here from Debian packages (libc6, libgcc-s1, libssl3, ca-certificates)
 #   BIN_DIR     take allsource-operator and store-node from this directory instead of running
-#               cargo (the tests package the debug binaries `cargo build --workspace --bins` made)
+#               cargo (the tests package the debug binaries `cargo build --workspace --bins --tests` made)
 #   SAVE_DIR    also write each image as a tar (`docker save`) into this directory
 #   DOCKER      the image builder CLI (default docker; podman works: `DOCKER=podman`)
 #

@@ -5,7 +5,7 @@
 #
 # The run uses its own env file and state dir (not tests/env/.env), so it neither needs nor
 # disturbs an environment started by hand with `make env-up`.
-# Extra arguments go to cargo test, e.g. tests/run-tests.sh -p allsource-tests --test env_smoke
+# Extra arguments go to cargo test, e.g. tests/run-tests.sh -p allsource-tests --test suites env_smoke::
 set -euo pipefail
 
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -43,8 +43,10 @@ while IFS='=' read -r key value; do
   export "$key=$value"
 done <"$ALLSOURCE_ENV_FILE"
 
-# tests/tests/store_api.rs runs the real store-node binary: build the bins first.
-cargo build --workspace --bins
+# The suites run the real binaries (store-node, the operator, pod-runner): build them first, with
+# the test targets in the same command so that both get the same features (dev-dependencies
+# unify features; `--bins` alone would compile many dependencies a second time).
+cargo build --workspace --bins --tests
 rc=0
 cargo test --workspace "$@" || rc=$?
 phase "cargo test exited $rc at $((SECONDS - t0))s"

@@ -141,9 +141,6 @@ fn run(args: RunArgs) -> ExitCode {
 async fn run_async(args: RunArgs) -> Result<(), Box<dyn std::error::Error>> {
     use allsource_operator::{controllers, http, leader, telemetry};
     let metrics = telemetry::Metrics::new()?;
-    controllers::eventstore::cloud::set_drift_interval(std::time::Duration::from_secs(
-        args.drift_interval_seconds,
-    ));
     let ready = Arc::new(AtomicBool::new(false));
     let state = http::HttpState {
         metrics: metrics.clone(),
@@ -166,12 +163,15 @@ async fn run_async(args: RunArgs) -> Result<(), Box<dyn std::error::Error>> {
         )
     });
     let scope = controllers::Scope::parse(&args.namespaces);
-    let ctx = Arc::new(controllers::Context::new(
-        client.clone(),
-        metrics.clone(),
-        scope,
-        Some(identity.clone()),
-    ));
+    let ctx = Arc::new(
+        controllers::Context::new(
+            client.clone(),
+            metrics.clone(),
+            scope,
+            Some(identity.clone()),
+        )
+        .with_drift_interval(Duration::from_secs(args.drift_interval_seconds)),
+    );
     // A standby replica is healthy and ready: it serves metrics and waits for the Lease.
     ready.store(true, Ordering::Relaxed);
     if !args.leader_elect {

@@ -1,10 +1,10 @@
 //! The workspace's own binaries for tests that run them as real processes (`store-node`,
 //! `crash-writer`, `allsource-operator`, `pod-runner`), and free loopback ports for them.
 //!
-//! A binary is built on first use with `cargo build --workspace --bins` into the target directory
-//! of the running test (a no-op when `make test` built it already; `--workspace` unifies
-//! features as `cargo test --workspace` does, so no dependency is rebuilt). Set
-//! `STORE_NODE_BIN` to use a prebuilt `store-node`.
+//! A binary is built on first use with `cargo build --workspace --bins --tests` into the target
+//! directory of the running test (a no-op when `make test` built it already; `--workspace` and
+//! `--tests` resolve features as `cargo test --workspace` does, so no dependency is rebuilt).
+//! Set `STORE_NODE_BIN` to use a prebuilt `store-node`.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -31,17 +31,60 @@ pub fn workspace_bin(name: &str) -> PathBuf {
         .map(Path::to_path_buf)
         .unwrap_or_default();
     let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("../Cargo.toml");
-    let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-        .args(["build", "--workspace", "--bins", "--manifest-path"])
+    let mut cargo = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    cargo
+        .args([
+            "build",
+            "--workspace",
+            "--bins",
+            "--tests",
+            "--manifest-path",
+        ])
         .arg(&manifest)
-        .env("CARGO_TARGET_DIR", &target_dir)
+        .env("CARGO_TARGET_DIR", &target_dir);
+    for key in cargo_test_vars() {
+        cargo.env_remove(key);
+    }
+    let status = cargo
         .status()
         .unwrap_or_else(|e| panic!("run cargo build: {e}"));
-    assert!(status.success(), "cargo build --workspace --bins failed");
+    assert!(
+        status.success(),
+        "cargo build --workspace --bins --tests failed"
+    );
     let path = profile_dir.join(name);
     assert!(path.exists(), "{} was not built", path.display());
     built.insert(name.to_string(), path.clone());
     path
+}
+
+/// The variables `cargo test` sets for the test process (`CARGO_MANIFEST_DIR`,
+/// `CARGO_PKG_NAME`, `OUT_DIR`, ...). A nested cargo must not inherit them: build scripts that
+/// watch them (ring's `rerun-if-env-changed=CARGO_PKG_NAME`, for one) would see them changed,
+/// rerun, and rebuild ring, rustls and everything above them, here and again in the next
+/// ordinary build.
+fn cargo_test_vars() -> Vec<std::ffi::OsString> {
+    std::env::vars_os()
+        .map(|(k, _)| k)
+        .filter(|k| {
+            let k = k.to_string_lossy();
+            k.starts_with("CARGO_PKG_")
+                || k.starts_with("CARGO_BIN_EXE_")
+                || k.starts_with("CARGO_CFG_")
+                || matches!(
+                    k.as_ref(),
+                    "CARGO_MANIFEST_DIR"
+                        | "CARGO_MANIFEST_PATH"
+                        | "CARGO_MANIFEST_LINKS"
+                        | "CARGO_CRATE_NAME"
+                        | "CARGO_BIN_NAME"
+                        | "CARGO_PRIMARY_PACKAGE"
+                        | "CARGO_TARGET_TMPDIR"
+                        | "CARGO_RUSTC_CURRENT_DIR"
+                        | "OUT_DIR"
+                )
+        })
+        .collect()
 }
 
 /// The `store-node` binary (`STORE_NODE_BIN` overrides).

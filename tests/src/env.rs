@@ -502,7 +502,8 @@ pub fn unique_name(prefix: &str) -> String {
     format!("{prefix}-{}", unique_suffix(8))
 }
 
-fn unique_suffix(len: usize) -> String {
+/// `len` random characters of `[a-z0-9]`.
+pub fn unique_suffix(len: usize) -> String {
     let mut s = uuid::Uuid::new_v4().simple().to_string();
     s.truncate(len);
     s

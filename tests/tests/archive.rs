@@ -716,7 +716,7 @@ async fn s3_binary_crash_at_each_step_then_rerun() {
 
 /// Opt-in measurement: archive throughput to the S3 server and the Parquet compression ratio on
 /// the realistic JSON payload of [`payload`]. Run with
-/// `ALLSOURCE_ARCHIVE_BENCH=200000 cargo test -p allsource-tests --test archive
+/// `ALLSOURCE_ARCHIVE_BENCH=200000 cargo test -p allsource-tests --test suites archive::
 /// s3_archive_throughput -- --ignored --nocapture` (default 100,000 events).
 #[tokio::test]
 #[ignore = "measurement; see the doc comment for the command"]

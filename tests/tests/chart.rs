@@ -11,9 +11,8 @@ use std::process::{Command, Output};
 use serde::Deserialize;
 use serde_json::Value;
 
-#[path = "../src/podrunner/mod.rs"]
 #[allow(dead_code)]
-mod podrunner;
+use allsource_tests::podrunner;
 
 /// Repository root (the parent of the `tests` crate).
 fn root() -> PathBuf {
@@ -676,7 +675,7 @@ mod argocd {
         let mut want = String::from(
             "# Patch for Argo CD's argocd-cm ConfigMap: health checks of the AllSource kinds.\n\
              # Each value is a byte-for-byte copy of health/allsource.lua (tests/tests/chart.rs checks this;\n\
-             # regenerate with ALLSOURCE_BLESS=1 cargo test -p allsource-tests --test chart).\n\
+             # regenerate with ALLSOURCE_BLESS=1 cargo test -p allsource-tests --test suites chart::).\n\
              # Apply: kubectl -n argocd patch configmap argocd-cm --type merge --patch-file deploy/argocd/argocd-cm-patch.yaml\n\
              data:\n",
         );

@@ -6,15 +6,13 @@
 //! token never appears in the gateway's log, and a key file that is not a service-account key
 //! stops the gateway at start.
 
-mod operator_support;
-
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use allsource_tests::operator::wait_for;
 use base64::Engine as _;
-use operator_support::wait_for;
 use store_node::backend::firestore::auth::DATASTORE_SCOPE;
 
 const DEADLINE: Duration = Duration::from_secs(60);

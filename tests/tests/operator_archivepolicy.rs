@@ -14,12 +14,11 @@
 //! Not covered here: fake-gcs-server accepts and drops bucket lifecycle, so GCS rules cannot be
 //! read back (only that the apply succeeded).
 
-mod operator_support;
-
 use std::time::Duration;
 
 use allsource_operator::api::archivepolicy::{ArchivePolicyStatus, RunResult};
 use allsource_operator::api::{ArchivePolicy, EventStore, Phase, Tenant, FINALIZER};
+use allsource_tests::operator::{install_crds, wait_for, Operator};
 use aws_sdk_s3::types::{
     BucketLifecycleConfiguration, ExpirationStatus, LifecycleExpiration, LifecycleRule,
     LifecycleRuleFilter,
@@ -28,7 +27,6 @@ use k8s_openapi::api::batch::v1::{CronJob, Job};
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::{Client, ResourceExt};
-use operator_support::{install_crds, wait_for, Operator};
 use serde_json::json;
 
 const DEADLINE: Duration = Duration::from_secs(90);

@@ -7,28 +7,20 @@
 //! Retain keeps and under Delete drops; an outage (closed port) is Degraded with the service's
 //! error and recovers by itself once a listener appears on that port. Prints time to Ready.
 
-mod firestore_support;
-mod operator_support;
-
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use allsource_operator::api::eventstore::EventStoreStatus;
 use allsource_operator::api::{EventStore, Phase};
-use allsource_operator::controllers::eventstore::cloud::set_drift_interval;
 use allsource_tests::ddb::{describe, index_names};
 use allsource_tests::env::{TestEnv, AWS_TEST_ACCESS_KEY, AWS_TEST_SECRET_KEY};
+use allsource_tests::operator::{install_crds, suffix, wait_for, wait_status, Operator};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service};
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use kube::Client;
-use operator_support::{install_crds, wait_for, Operator};
 
 const DEADLINE: Duration = Duration::from_secs(60);
-
-fn suffix() -> String {
-    uuid::Uuid::new_v4().simple().to_string()[..8].to_string()
-}
 
 async fn setup(
     prefix: &str,
@@ -47,8 +39,7 @@ async fn setup(
     let client = ns.client().clone();
     install_crds(&client).await;
     // Drift is looked for every 2 s here (60 s by default).
-    set_drift_interval(Duration::from_secs(2));
-    let op = Operator::start(&client, ns.name());
+    let op = Operator::start_with_drift(&client, ns.name(), Duration::from_secs(2));
     Some((env, ns, client, op))
 }
 
@@ -100,24 +91,12 @@ fn ddb_store(name: &str, table: &str, endpoint: &str, policy: &str) -> EventStor
     .unwrap()
 }
 
-async fn wait_status(
-    api: &Api<EventStore>,
-    name: &str,
-    what: &str,
-    pred: impl Fn(&EventStore, &EventStoreStatus) -> bool,
-) -> EventStoreStatus {
-    operator_support::wait_store_status(api, name, what, DEADLINE, pred).await
-}
-
 fn ready(es: &EventStore, st: &EventStoreStatus) -> bool {
     st.phase == Some(Phase::Ready) && st.observed_generation == es.metadata.generation
 }
 
 fn condition(st: &EventStoreStatus, t: &str) -> Option<(bool, String, String)> {
-    st.conditions
-        .iter()
-        .find(|c| c.type_ == t)
-        .map(|c| (c.is_true(), c.reason.clone(), c.message.clone()))
+    allsource_tests::operator::condition(&st.conditions, t)
 }
 
 async fn delete_and_wait_gone(api: &Api<EventStore>, name: &str) {
@@ -1167,10 +1146,10 @@ mod firestore_cases {
     //! API flow runs against a recording server that serves the Admin API from memory and
     //! forwards the data API to the emulator.
 
-    use super::firestore_support::{recording_server, Forwarder, Seen};
     use super::*;
     use allsource_operator::api::tenant::{LocationKind, TenantStatus};
     use allsource_operator::api::Tenant;
+    use allsource_tests::firestore_admin::{recording_server, Forwarder, Seen};
     use store_node::backend::firestore::{admin, FirestoreConfig, FirestoreStore};
     use store_node::backend::EventStore as _;
     use store_node::model::{ExpectedVersion, NewEvent, StreamId, TenantId};
@@ -1679,7 +1658,8 @@ mod firestore_cases {
             return;
         };
         let n = ns.name().to_string();
-        let path = operator_support::repo_root().join("config/samples/eventstore-firestore.yaml");
+        let path =
+            allsource_tests::operator::repo_root().join("config/samples/eventstore-firestore.yaml");
         let mut doc: serde_json::Value =
             serde_yaml::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
         // As the chart's sample test points it: the emulator's host:port and project.

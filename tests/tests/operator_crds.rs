@@ -4,12 +4,10 @@
 //! of immutable fields are rejected, the scale subresource works, and `kubectl explain` prints
 //! the field descriptions.
 
-mod operator_support;
-
 use allsource_operator::api::{ArchivePolicy, EventStore, Tenant};
+use allsource_tests::operator::{install_crds, repo_root};
 use kube::api::{Api, ApiResource, DynamicObject, Patch, PatchParams, PostParams};
 use kube::Client;
-use operator_support::{install_crds, repo_root};
 use serde::Deserialize;
 
 fn resource_for(kind: &str) -> ApiResource {

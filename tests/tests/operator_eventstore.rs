@@ -5,19 +5,19 @@
 //! cleanup for both deletion policies, restart mid-reconcile, and zero writes on a no-op
 //! reconcile. Set ALLSOURCE_OPERATOR_SCALE=<n> to also run the opt-in scale test with n stores.
 
-mod operator_support;
-
 use std::time::{Duration, Instant};
 
 use allsource_operator::api::eventstore::EventStoreStatus;
 use allsource_operator::api::{EventStore, Phase, Tenant, FINALIZER};
+use allsource_tests::operator::{
+    create_volumes, delete_volumes, kube_namespace, wait_for, wait_status, Operator,
+};
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::{
     ConfigMap, PersistentVolumeClaim, Secret, Service, ServiceAccount,
 };
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use kube::{Client, ResourceExt};
-use operator_support::{create_volumes, delete_volumes, install_crds, wait_for, Operator};
 
 const IMAGE_A: &str = "ghcr.io/allsource/store-node:0.1.0";
 const IMAGE_B: &str = "ghcr.io/allsource/store-node:0.1.1";
@@ -47,16 +47,6 @@ fn tenant(name: &str, store: &str) -> Tenant {
     .unwrap()
 }
 
-/// Waits until the store's status satisfies `pred` and returns it.
-async fn wait_status(
-    api: &Api<EventStore>,
-    name: &str,
-    what: &str,
-    pred: impl Fn(&EventStore, &EventStoreStatus) -> bool,
-) -> EventStoreStatus {
-    operator_support::wait_store_status(api, name, what, DEADLINE, pred).await
-}
-
 fn is_ready(es: &EventStore, st: &EventStoreStatus, replicas: i32) -> bool {
     st.phase == Some(Phase::Ready)
         && st.ready_replicas == Some(replicas)
@@ -70,17 +60,9 @@ fn condition(st: &EventStoreStatus, type_: &str) -> Option<(bool, String)> {
         .map(|c| (c.is_true(), c.reason.clone()))
 }
 
-async fn setup(prefix: &str) -> Option<(allsource_tests::env::TestNamespace, Client)> {
-    let env = allsource_tests::env::require("kube")?;
-    let ns = env.test_namespace(prefix).await.unwrap();
-    let client = ns.client().clone();
-    install_crds(&client).await;
-    Some((ns, client))
-}
-
 #[tokio::test]
 async fn create_ready_scale_and_roll_image() {
-    let Some((ns, client)) = setup("es-lifecycle").await else {
+    let Some((ns, client)) = kube_namespace("es-lifecycle").await else {
         return;
     };
     let n = ns.name().to_string();
@@ -195,7 +177,7 @@ async fn create_ready_scale_and_roll_image() {
 
 #[tokio::test]
 async fn scale_down_of_nodes_owning_tenants_is_refused_until_they_leave() {
-    let Some((ns, client)) = setup("es-scaledown").await else {
+    let Some((ns, client)) = kube_namespace("es-scaledown").await else {
         return;
     };
     let n = ns.name().to_string();
@@ -309,7 +291,7 @@ async fn event_notes(client: &Client, ns: &str, reason: &str) -> Vec<String> {
 /// owner reference, no token written), and the owner goes on once the name is free.
 #[tokio::test]
 async fn objects_of_our_names_that_are_not_ours_are_never_taken_over() {
-    let Some((ns, client)) = setup("es-notours").await else {
+    let Some((ns, client)) = kube_namespace("es-notours").await else {
         return;
     };
     let n = ns.name().to_string();
@@ -430,7 +412,7 @@ async fn objects_of_our_names_that_are_not_ours_are_never_taken_over() {
 /// digest added to the Secret the nodes read).
 #[tokio::test]
 async fn hand_edits_of_owned_objects_are_reverted_with_an_event() {
-    let Some((ns, client)) = setup("es-drift").await else {
+    let Some((ns, client)) = kube_namespace("es-drift").await else {
         return;
     };
     let n = ns.name().to_string();
@@ -522,7 +504,7 @@ async fn hand_edits_of_owned_objects_are_reverted_with_an_event() {
 /// with the apiserver's message, not a silent retry loop; fixing the spec clears it.
 #[tokio::test]
 async fn objects_the_apiserver_refuses_make_the_store_degraded_invalid_spec() {
-    let Some((ns, client)) = setup("es-invalid").await else {
+    let Some((ns, client)) = kube_namespace("es-invalid").await else {
         return;
     };
     let n = ns.name().to_string();
@@ -570,7 +552,7 @@ async fn objects_the_apiserver_refuses_make_the_store_degraded_invalid_spec() {
 }
 
 async fn delete_and_check_volumes(policy: &str) -> Option<(bool, bool)> {
-    let (ns, client) = setup(&format!("es-del-{}", policy.to_lowercase())).await?;
+    let (ns, client) = kube_namespace(&format!("es-del-{}", policy.to_lowercase())).await?;
     let n = ns.name().to_string();
     let pvs = create_volumes(&client, &n, "tmp", 2).await;
     let op = Operator::start(&client, &n);
@@ -622,7 +604,7 @@ async fn delete_with_delete_removes_volumes() {
 
 #[tokio::test]
 async fn restart_mid_reconcile_converges_and_noop_reconcile_writes_nothing() {
-    let Some((ns, client)) = setup("es-restart").await else {
+    let Some((ns, client)) = kube_namespace("es-restart").await else {
         return;
     };
     let n = ns.name().to_string();
@@ -735,7 +717,7 @@ async fn twenty_stores_and_two_hundred_tenants_reach_ready_then_go_quiet() {
 
 /// The full scale measurement, opt-in:
 /// `ALLSOURCE_OPERATOR_SCALE=100 ALLSOURCE_OPERATOR_SCALE_TENANTS=1000 cargo test -p
-/// allsource-tests --test operator_eventstore many_stores_reach_ready -- --ignored --nocapture`
+/// allsource-tests --test suites operator_eventstore::many_stores_reach_ready -- --ignored --nocapture`
 /// (defaults 100 stores, 1,000 Tenants; ALLSOURCE_OPERATOR_QUIET_SECS, default 60).
 #[tokio::test]
 #[ignore = "scale measurement; see the doc comment for the command"]
@@ -755,7 +737,7 @@ async fn many_stores_reach_ready() {
 /// over them and waits for all to be Ready; then leaves the operator alone for `quiet` seconds:
 /// the writes it sent in that period are printed and must be zero.
 async fn scale(count: i32, tenants: usize, quiet: u64, prefix: &str) {
-    let Some((ns, client)) = setup(prefix).await else {
+    let Some((ns, client)) = kube_namespace(prefix).await else {
         return;
     };
     let n = ns.name().to_string();
@@ -898,7 +880,7 @@ fn degraded_message(st: &EventStoreStatus, reason: &str) -> Option<String> {
 /// and no StatefulSet is made whose pods would fail at start; a usable Secret clears it.
 #[tokio::test]
 async fn a_tls_secret_the_nodes_cannot_use_makes_the_store_degraded() {
-    let Some((ns, client)) = setup("es-tls").await else {
+    let Some((ns, client)) = kube_namespace("es-tls").await else {
         return;
     };
     let n = ns.name().to_string();

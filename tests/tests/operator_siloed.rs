@@ -11,32 +11,24 @@
 //! (database create in the store's location, indexes and TTL in it, database delete) run
 //! against a loopback recording server, since the emulator does not serve that API.
 
-mod firestore_support;
-mod operator_support;
-
 use std::collections::BTreeMap;
 use std::time::Duration;
 
 use allsource_operator::api::tenant::LocationKind;
 use allsource_operator::api::{EventStore, Phase, Tenant};
-use allsource_operator::controllers::eventstore::cloud::set_drift_interval;
 use allsource_operator::provision::{dynamodb, firestore, postgres};
 use allsource_tests::ddb::{describe, index_names};
 use allsource_tests::env::{
     TestEnv, TestNamespace, AWS_TEST_ACCESS_KEY, AWS_TEST_REGION, AWS_TEST_SECRET_KEY,
 };
+use allsource_tests::operator::{install_crds, suffix, wait_for, Operator};
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Api, DeleteParams, PostParams};
 use kube::Client;
-use operator_support::{install_crds, wait_for, Operator};
 use reqwest::StatusCode;
 use serde_json::json;
 
 const DEADLINE: Duration = Duration::from_secs(60);
-
-fn suffix() -> String {
-    uuid::Uuid::new_v4().simple().to_string()[..8].to_string()
-}
 
 async fn setup(
     prefix: &str,
@@ -48,8 +40,7 @@ async fn setup(
     let client = ns.client().clone();
     install_crds(&client).await;
     // Drift of the stores and of the siloed tenants is looked for every 2 s (60 s by default).
-    set_drift_interval(Duration::from_secs(2));
-    let op = Operator::start(&client, ns.name());
+    let op = Operator::start_with_drift(&client, ns.name(), Duration::from_secs(2));
     Some((env, ns, client, op))
 }
 
@@ -1023,7 +1014,7 @@ async fn firestore_siloed_tenant_database_isolation_and_deletion() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn firestore_siloed_database_admin_requests_outage_and_drop() {
-    use firestore_support::{recording_server, writes, Forwarder};
+    use allsource_tests::firestore_admin::{recording_server, writes, Forwarder};
     use store_node::backend::firestore::admin;
     let Some((env, ns, client, op)) = setup("silo-fs-admin", "firestore").await else {
         return;
@@ -1052,7 +1043,7 @@ async fn firestore_siloed_database_admin_requests_outage_and_drop() {
 
     // Sent for the tenant: the database, created next to the store's, then store-node's index,
     // exemption and TTL requests on it, once each, with the endpoint's token.
-    let mine = |seen: &firestore_support::Seen| -> Vec<(String, String, serde_json::Value)> {
+    let mine = |seen: &allsource_tests::firestore_admin::Seen| -> Vec<(String, String, serde_json::Value)> {
         writes(seen)
             .into_iter()
             .filter(|(_, p, _)| p.contains(&own))

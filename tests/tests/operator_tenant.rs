@@ -7,22 +7,22 @@
 //! store-node processes, an append and read with the Secret's token that another tenant's token
 //! cannot see.
 
-mod operator_support;
 // The pod runner's loop, run in-process on a Node of its own (the binary is `pod-runner`).
 #[allow(dead_code)]
-#[path = "../src/podrunner/mod.rs"]
-mod podrunner;
+use allsource_tests::podrunner;
 
 use std::time::{Duration, Instant};
 
 use allsource_operator::api::tenant::TenantStatus;
 use allsource_operator::api::{DeletionPolicy, EventStore, Phase, Tenant, FINALIZER};
 use allsource_operator::resources::configmap::{RegistryFile, TenantState};
+use allsource_tests::operator::{
+    create_volumes, delete_volumes, kube_namespace, wait_for, Operator,
+};
 use base64::Engine as _;
 use k8s_openapi::api::core::v1::{Node, Pod, Secret};
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::{Client, ResourceExt};
-use operator_support::{create_volumes, delete_volumes, install_crds, wait_for, Operator};
 use store_node::tenant::registry::sha256_hex;
 
 const DEADLINE: Duration = Duration::from_secs(90);
@@ -60,14 +60,6 @@ fn condition(st: &TenantStatus, type_: &str) -> Option<(bool, String)> {
         .iter()
         .find(|c| c.type_ == type_)
         .map(|c| (c.is_true(), c.reason.clone()))
-}
-
-async fn setup(prefix: &str) -> Option<(allsource_tests::env::TestNamespace, Client)> {
-    let env = allsource_tests::env::require("kube")?;
-    let ns = env.test_namespace(prefix).await.unwrap();
-    let client = ns.client().clone();
-    install_crds(&client).await;
-    Some((ns, client))
 }
 
 /// Waits until the Tenant's status satisfies `pred` and returns it.
@@ -205,7 +197,7 @@ async fn remove_all(client: &Client, ns: &str) {
 
 #[tokio::test]
 async fn token_secret_registry_noop_rotation_suspend_and_delete() {
-    let Some((ns, client)) = setup("tn-life").await else {
+    let Some((ns, client)) = kube_namespace("tn-life").await else {
         return;
     };
     let n = ns.name().to_string();
@@ -400,7 +392,7 @@ async fn token_secret_registry_noop_rotation_suspend_and_delete() {
 /// entry in place.
 #[tokio::test]
 async fn duplicate_tenant_id_keeps_the_first_tenant_working() {
-    let Some((ns, client)) = setup("tn-dup").await else {
+    let Some((ns, client)) = kube_namespace("tn-dup").await else {
         return;
     };
     let n = ns.name().to_string();
@@ -522,7 +514,7 @@ async fn duplicate_tenant_id_keeps_the_first_tenant_working() {
 
 #[tokio::test]
 async fn missing_store_is_degraded_until_it_appears() {
-    let Some((ns, client)) = setup("tn-missing").await else {
+    let Some((ns, client)) = kube_namespace("tn-missing").await else {
         return;
     };
     let n = ns.name().to_string();
@@ -635,7 +627,7 @@ fn start_runner(client: &Client, ns: &str) -> (tokio::task::JoinHandle<()>, Stri
 
 #[tokio::test]
 async fn real_store_node_accepts_the_secret_token_and_isolates_tenants() {
-    let Some((ns, client)) = setup("tn-e2e").await else {
+    let Some((ns, client)) = kube_namespace("tn-e2e").await else {
         return;
     };
     let n = ns.name().to_string();
@@ -911,7 +903,7 @@ async fn delete_and_wait_gone(tenants: &Api<Tenant>, name: &str) {
 
 #[tokio::test]
 async fn deletion_policy_delete_erases_the_tenants_events_on_the_node_and_retain_keeps_them() {
-    let Some((ns, client)) = setup("tn-purge").await else {
+    let Some((ns, client)) = kube_namespace("tn-purge").await else {
         return;
     };
     let n = ns.name().to_string();

@@ -14,8 +14,6 @@
 //!   `cert`: store-node's backend, the gateway binary and an EventStore; none, or one of another
 //!   CA, is refused, and a Secret with only `tls.crt` leaves the store Degraded (InvalidSpec).
 
-mod operator_support;
-
 use std::collections::BTreeMap;
 use std::error::Error;
 use std::path::{Path, PathBuf};
@@ -25,20 +23,16 @@ use std::time::Duration;
 use allsource_operator::api::eventstore::EventStoreStatus;
 use allsource_operator::api::{EventStore, Phase, Tenant};
 use allsource_tests::certs::{make_ca, run};
+use allsource_tests::operator::{install_crds, suffix, wait_for, wait_status, Operator};
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Api, PostParams};
 use kube::Client;
-use operator_support::{install_crds, wait_for, Operator};
 use reqwest::StatusCode;
 use store_node::backend::postgres::tls::{ClientIdentity, PgTls, SslMode};
 use store_node::backend::postgres::{PostgresConfig, PostgresStore};
 
 const DEADLINE: Duration = Duration::from_secs(60);
 const PASSWORD: &str = "tls-test-pw-5d1c";
-
-fn suffix() -> String {
-    uuid::Uuid::new_v4().simple().to_string()[..8].to_string()
-}
 
 fn is_root() -> bool {
     Command::new("id")
@@ -579,20 +573,8 @@ fn store(name: &str, secret: &str, schema: &str) -> EventStore {
     .unwrap()
 }
 
-async fn wait_status(
-    api: &Api<EventStore>,
-    name: &str,
-    what: &str,
-    pred: impl Fn(&EventStore, &EventStoreStatus) -> bool,
-) -> EventStoreStatus {
-    operator_support::wait_store_status(api, name, what, DEADLINE, pred).await
-}
-
 fn condition(st: &EventStoreStatus, t: &str) -> Option<(bool, String, String)> {
-    st.conditions
-        .iter()
-        .find(|c| c.type_ == t)
-        .map(|c| (c.is_true(), c.reason.clone(), c.message.clone()))
+    allsource_tests::operator::condition(&st.conditions, t)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

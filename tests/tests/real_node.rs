@@ -8,10 +8,10 @@
 //! ClusterIP (from the host, through kube-proxy's rules) and at its pod IP.
 //!
 //! Opt-in for now (`#[ignore]`): `tests/env/install.sh node coredns`, then as root
-//! `tests/env/up.sh kube node` and `cargo test -p allsource-tests --test real_node -- --ignored`.
+//! `tests/env/up.sh kube node` and `cargo test -p allsource-tests --test suites real_node:: -- --ignored`.
 //! Needs the `node` service. A missing node fails the tests, unless they run neither as root nor in CI
 //! (`CI=true`): then they print SKIPPED, because such a machine cannot run a kubelet.
-//! Run alone: `tests/run-tests.sh -p allsource-tests --test real_node` (as root).
+//! Run alone: `tests/run-tests.sh -p allsource-tests --test suites real_node::` (as root).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -51,7 +51,7 @@ fn bin_dir() -> PathBuf {
     for b in ["allsource-operator", "store-node"] {
         assert!(
             dir.join(b).exists(),
-            "{} missing: run `cargo build --workspace --bins` before the tests (or set ALLSOURCE_BIN_DIR)",
+            "{} missing: run `cargo build --workspace --bins --tests` before the tests (or set ALLSOURCE_BIN_DIR)",
             dir.join(b).display()
         );
     }
@@ -262,7 +262,7 @@ async fn install_operator(env: &TestEnv, ns: &env::TestNamespace, tag: &str) -> 
 const OPERATOR_SELECTOR: &str = "app.kubernetes.io/name=allsource-operator";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "real node is opt-in: tests/env/install.sh node coredns, then as root tests/env/up.sh kube node and cargo test -p allsource-tests --test real_node -- --ignored"]
+#[ignore = "real node is opt-in: tests/env/install.sh node coredns, then as root tests/env/up.sh kube node and cargo test -p allsource-tests --test suites real_node:: -- --ignored"]
 async fn helm_installed_operator_runs_from_its_image_on_the_real_node() {
     let Some(env) = node_env() else {
         return;
@@ -511,7 +511,7 @@ fn ready_condition(obj: &DynamicObject) -> bool {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "real node is opt-in: tests/env/install.sh node coredns, then as root tests/env/up.sh kube node and cargo test -p allsource-tests --test real_node -- --ignored"]
+#[ignore = "real node is opt-in: tests/env/install.sh node coredns, then as root tests/env/up.sh kube node and cargo test -p allsource-tests --test suites real_node:: -- --ignored"]
 async fn selfhosted_sample_runs_three_real_store_nodes_with_volumes() {
     let Some(env) = node_env() else {
         return;

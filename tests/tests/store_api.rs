@@ -4,7 +4,7 @@
 //! attempts, quotas, suspension, placement, registry hot reload with token rotation, and
 //! graceful shutdown on SIGTERM with a restart that must find the data again.
 //!
-//! Needs no external server. The binary is built with `cargo build --workspace --bins` on first
+//! Needs no external server. The binary is built with `cargo build --workspace --bins --tests` on first
 //! use (a no-op when `tests/run-tests.sh` built it already); set `STORE_NODE_BIN` to use a
 //! prebuilt one.
 

@@ -76,6 +76,8 @@ pub struct Context {
     /// Base URLs of store nodes the operator cannot reach by their in-cluster name (an operator
     /// run outside the cluster), mapped to addresses it can reach; empty in a cluster.
     node_urls: parking_lot::RwLock<HashMap<String, String>>,
+    /// Interval between drift checks of a healthy cloud store or siloed tenant.
+    drift_interval: Duration,
 }
 
 impl Context {
@@ -92,7 +94,20 @@ impl Context {
             scope,
             failures: Mutex::new(HashMap::new()),
             node_urls: parking_lot::RwLock::new(HashMap::new()),
+            drift_interval: eventstore::cloud::DEFAULT_DRIFT_INTERVAL,
         }
+    }
+
+    /// Sets the interval between drift checks (the `--drift-interval-seconds` flag; tests
+    /// shorten it). At least one second.
+    pub fn with_drift_interval(mut self, d: Duration) -> Self {
+        self.drift_interval = d.max(Duration::from_secs(1));
+        self
+    }
+
+    /// The interval between drift checks of a healthy cloud store or siloed tenant.
+    pub fn drift_interval(&self) -> Duration {
+        self.drift_interval
     }
 
     /// Makes the operator reach the store node published as `published` (a base URL of the

@@ -3,8 +3,7 @@
 //! `pod-runner --store-node-bin PATH --state-dir DIR [--node-name allsource-runner] [--image-match store-node]`
 //! with `KUBECONFIG` pointing at the cluster.
 
-#[path = "../podrunner/mod.rs"]
-mod podrunner;
+use allsource_tests::podrunner;
 
 use std::path::PathBuf;
 

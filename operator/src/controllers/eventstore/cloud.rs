@@ -2,14 +2,13 @@
 //! credentials from the Secret the spec references, runs the backend's provisioner
 //! (`crate::provision`: ensure, then observe, which corrects drift), applies the optional gateway
 //! (Deployment, Service, registry ConfigMap) and writes status only when it changed. A healthy store is re-observed
-//! every [`drift_interval`] for drift; an outage is written to status (Degraded, reason
+//! every [`Context::drift_interval`] for drift; an outage is written to status (Degraded, reason
 //! BackendUnavailable, the service's error) and retried with the controller's backoff until it
 //! recovers by itself. What a provisioner could not verify without it blocking Ready (a Firestore
 //! emulator without the Admin API) is a note in the Ready message and one Warning Event. It must
 //! never log, event or store a credential.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use crate::controllers::tenant::duplicate;
@@ -40,18 +39,6 @@ use allsource_backends::firestore::FIRESTORE_ENDPOINT;
 pub const DEFAULT_DRIFT_INTERVAL: Duration = Duration::from_secs(60);
 /// Re-check interval while a table or index is still being built.
 const PENDING_INTERVAL: Duration = Duration::from_secs(3);
-
-static DRIFT_INTERVAL_SECS: AtomicU64 = AtomicU64::new(60);
-
-/// Sets the interval between drift checks (operator flag; tests shorten it).
-pub fn set_drift_interval(d: Duration) {
-    DRIFT_INTERVAL_SECS.store(d.as_secs().max(1), Ordering::Relaxed);
-}
-
-/// The interval between drift checks of a healthy cloud store.
-pub fn drift_interval() -> Duration {
-    Duration::from_secs(DRIFT_INTERVAL_SECS.load(Ordering::Relaxed))
-}
 
 /// State of the gateway Deployment, when the spec enables it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -285,9 +272,9 @@ pub async fn reconcile(es: &EventStore, ctx: &Context, ns: &str) -> Result<Actio
     publish_transitions(es, ctx, changed, &previous, &status, &result).await;
     match result {
         Err(e) if e.is_retryable() => Err(ReconcileError::Backend(e)),
-        Err(_) => Ok(Action::requeue(drift_interval())),
+        Err(_) => Ok(Action::requeue(ctx.drift_interval())),
         Ok(_) if status.phase == Some(Phase::Provisioning) => Ok(Action::requeue(PENDING_INTERVAL)),
-        Ok(_) => Ok(Action::requeue(drift_interval())),
+        Ok(_) => Ok(Action::requeue(ctx.drift_interval())),
     }
 }
 

@@ -3,7 +3,7 @@
 //! ([`crate::provision::postgres::PostgresProvisioner`],
 //! [`crate::provision::dynamodb::DynamoProvisioner`],
 //! [`crate::provision::firestore::silo::SiloProvisioner`] over the store's Firestore
-//! provisioner: ensure, then observe, which corrects drift, every [`drift_interval`] like the
+//! provisioner: ensure, then observe, which corrects drift, every [`Context::drift_interval`] like the
 //! store's), under the names [`postgres::silo_schema_name`] / [`dynamodb::silo_table_name`] /
 //! [`crate::provision::firestore::silo_database_name`] that the gateway's registry routes the
 //! tenant to ([`crate::resources::configmap::silo_location`]).
@@ -35,7 +35,7 @@ use super::{admin, degraded, dynamodb_access, ensure_dynamodb_secret, ensure_log
 use crate::api::eventstore::Backend;
 use crate::api::tenant::{LocationKind, TenantLocation};
 use crate::api::{DeletionPolicy, EventStore, Tenant};
-use crate::controllers::eventstore::cloud::{drift_interval, firestore_provisioner, secret_data};
+use crate::controllers::eventstore::cloud::{firestore_provisioner, secret_data};
 use crate::controllers::tenant::firestore::{store_not_provisioned, store_provisioned, tenant_ref};
 use crate::controllers::{Context, ReconcileError};
 use crate::provision::dynamodb::{self, Access, DynamoProvisioner};
@@ -48,7 +48,12 @@ const PENDING: Duration = Duration::from_secs(3);
 
 /// The verdict and next check after one ensure + observe round of `what` (`schema x`,
 /// `table y`). Pure.
-pub fn settle(what: &str, ensured: &Ensured, observed: &Observed) -> (Verdict, Duration) {
+pub fn settle(
+    what: &str,
+    ensured: &Ensured,
+    observed: &Observed,
+    drift: Duration,
+) -> (Verdict, Duration) {
     if ensured.action == EnsureAction::Pending || observed.pending {
         return (
             Verdict::BackendPending(format!("{what} is being created or repaired")),
@@ -67,10 +72,10 @@ pub fn settle(what: &str, ensured: &Ensured, observed: &Observed) -> (Verdict, D
                 "FeatureUnsupported".to_string(),
                 format!("{what}: the endpoint refuses {list}"),
             ),
-            drift_interval(),
+            drift,
         );
     }
-    (Verdict::Ready, drift_interval())
+    (Verdict::Ready, drift)
 }
 
 /// Ensures the tenant's place, then observes it (drift is corrected there).
@@ -114,9 +119,9 @@ async fn publish(tenant: &Tenant, ctx: &Context, what: &str, e: &Ensured, o: &Ob
 
 /// Degraded with the service's error; an outage is retried soon, anything else at the next
 /// drift check (like the store's), so a state that clears by itself is not stuck for long.
-fn failed(e: &ProvisionError) -> TenantOutcome {
+fn failed(e: &ProvisionError, drift: Duration) -> TenantOutcome {
     let mut o = degraded(e);
-    o.requeue = Some(o.requeue.unwrap_or_else(drift_interval));
+    o.requeue = Some(o.requeue.unwrap_or(drift));
     o
 }
 
@@ -162,14 +167,14 @@ async fn postgres_tenant(
     let (store, admin_cfg) = match admin(es, ctx, ns).await? {
         Ok(p) => p,
         Err(Ok(outcome)) => return Ok(outcome),
-        Err(Err(e)) => return Ok(failed(&e)),
+        Err(Err(e)) => return Ok(failed(&e, ctx.drift_interval())),
     };
     let schema = postgres::silo_schema_name(store.schema(), &tenant.spec.tenant_id);
     let prov = PostgresProvisioner::new(admin_cfg.clone(), schema.clone());
     let what = format!("schema {schema}");
     let (ensured, observed) = match round(&prov).await {
         Ok(r) => r,
-        Err(e) => return Ok(failed(&e)),
+        Err(e) => return Ok(failed(&e, ctx.drift_interval())),
     };
     publish(tenant, ctx, &what, &ensured, &observed).await;
     // The login role is named like the schema (unique per store and tenant, see
@@ -180,9 +185,9 @@ async fn postgres_tenant(
         .ensure_tenant_role(&schema, &tenant.spec.tenant_id, &password, secret_changed)
         .await
     {
-        return Ok(failed(&e));
+        return Ok(failed(&e, ctx.drift_interval()));
     }
-    let (verdict, requeue) = settle(&what, &ensured, &observed);
+    let (verdict, requeue) = settle(&what, &ensured, &observed, ctx.drift_interval());
     let at = TenantLocation {
         kind: LocationKind::Schema,
         name: schema,
@@ -249,15 +254,15 @@ async fn dynamodb_tenant(
     }
     let (prov, table) = match table_provisioner(tenant, es, ctx, ns).await? {
         Ok(p) => p,
-        Err(e) => return Ok(failed(&e)),
+        Err(e) => return Ok(failed(&e, ctx.drift_interval())),
     };
     let what = format!("table {table}");
     let (ensured, observed) = match round(&prov).await {
         Ok(r) => r,
-        Err(e) => return Ok(failed(&e)),
+        Err(e) => return Ok(failed(&e, ctx.drift_interval())),
     };
     publish(tenant, ctx, &what, &ensured, &observed).await;
-    let (mut verdict, mut requeue) = settle(&what, &ensured, &observed);
+    let (mut verdict, mut requeue) = settle(&what, &ensured, &observed, ctx.drift_interval());
     let arn = observed
         .resources
         .get("tableArn")
@@ -305,16 +310,16 @@ async fn firestore_tenant(
     }
     let prov = match database_provisioner(tenant, es, ctx, ns).await? {
         Ok(p) => p,
-        Err(e) => return Ok(failed(&e)),
+        Err(e) => return Ok(failed(&e, ctx.drift_interval())),
     };
     let database = prov.database().to_string();
     let what = format!("database {database}");
     let (ensured, observed) = match round(&prov).await {
         Ok(r) => r,
-        Err(e) => return Ok(failed(&e)),
+        Err(e) => return Ok(failed(&e, ctx.drift_interval())),
     };
     publish(tenant, ctx, &what, &ensured, &observed).await;
-    let (verdict, requeue) = settle(&what, &ensured, &observed);
+    let (verdict, requeue) = settle(&what, &ensured, &observed, ctx.drift_interval());
     let at = TenantLocation {
         kind: LocationKind::Database,
         name: database,
@@ -409,6 +414,8 @@ mod tests {
     use super::*;
     use crate::provision::Unsupported;
 
+    const DRIFT: Duration = Duration::from_secs(60);
+
     fn ensured(action: EnsureAction) -> Ensured {
         Ensured {
             action,
@@ -419,16 +426,21 @@ mod tests {
     #[test]
     fn settle_reports_pending_unsupported_and_ready() {
         let ok = Observed::default();
-        let (v, _) = settle("table t", &ensured(EnsureAction::Created), &ok);
+        let (v, _) = settle("table t", &ensured(EnsureAction::Created), &ok, DRIFT);
         assert_eq!(v, Verdict::Ready);
-        let (v, again) = settle("table t", &ensured(EnsureAction::Pending), &ok);
+        let (v, again) = settle("table t", &ensured(EnsureAction::Pending), &ok, DRIFT);
         assert_eq!(v.reason(), "BackendPending");
         assert_eq!(again, PENDING);
         let repairing = Observed {
             pending: true,
             ..Observed::default()
         };
-        let (v, _) = settle("table t", &ensured(EnsureAction::Adopted), &repairing);
+        let (v, _) = settle(
+            "table t",
+            &ensured(EnsureAction::Adopted),
+            &repairing,
+            DRIFT,
+        );
         assert_eq!(v.reason(), "BackendPending");
         let refused = Observed {
             unsupported: vec![Unsupported {
@@ -437,7 +449,8 @@ mod tests {
             }],
             ..Observed::default()
         };
-        let (v, _) = settle("table t", &ensured(EnsureAction::Adopted), &refused);
+        let (v, again) = settle("table t", &ensured(EnsureAction::Adopted), &refused, DRIFT);
         assert_eq!(v.reason(), "FeatureUnsupported");
+        assert_eq!(again, DRIFT);
     }
 }

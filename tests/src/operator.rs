@@ -1,14 +1,15 @@
-//! Helpers shared by the operator test binaries: install the generated CRDs into the env's
+//! Helpers shared by the operator suites: install the generated CRDs into the env's
 //! kube-apiserver, run the operator's controllers in-process for one namespace, pre-create the
 //! PersistentVolumes the simulated nodes need, and poll for a condition. No fakes: everything
 //! talks to the real apiserver, controller manager, scheduler and kwok of tests/env.
-
-#![allow(dead_code)]
 
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use allsource_operator::api::eventstore::EventStoreStatus;
+use allsource_operator::api::{Condition, EventStore};
+use allsource_operator::controllers::eventstore::cloud::DEFAULT_DRIFT_INTERVAL;
 use allsource_operator::controllers::{self, Context, Scope};
 use allsource_operator::telemetry::Metrics;
 use k8s_openapi::api::core::v1::{ObjectReference, PersistentVolume};
@@ -60,6 +61,16 @@ pub async fn install_crds(client: &Client) {
     .await;
 }
 
+/// A fresh namespace of the env's cluster with the CRDs installed, and a client for it; `None`
+/// when the env has no `kube` (see [`crate::env::require`]).
+pub async fn kube_namespace(prefix: &str) -> Option<(crate::env::TestNamespace, Client)> {
+    let env = crate::env::require("kube")?;
+    let ns = env.test_namespace(prefix).await.unwrap();
+    let client = ns.client().clone();
+    install_crds(&client).await;
+    Some((ns, client))
+}
+
 /// A running in-process operator (all controllers) for one namespace.
 pub struct Operator {
     pub metrics: Metrics,
@@ -69,20 +80,29 @@ pub struct Operator {
 }
 
 impl Operator {
-    /// Starts the controllers watching only `ns`.
+    /// Starts the controllers watching only `ns`, with the default drift interval.
     /// With `ALLSOURCE_TEST_OPERATOR_LOG` set, the operator logs (JSON, filter from `RUST_LOG`)
     /// go to stdout, for understanding a failed run.
     pub fn start(client: &Client, ns: &str) -> Self {
+        Self::start_with_drift(client, ns, DEFAULT_DRIFT_INTERVAL)
+    }
+
+    /// Like [`Operator::start`], looking for drift of cloud stores and siloed tenants every
+    /// `drift` (this operator only: other suites in the process keep their own).
+    pub fn start_with_drift(client: &Client, ns: &str, drift: Duration) -> Self {
         if std::env::var_os("ALLSOURCE_TEST_OPERATOR_LOG").is_some() {
             allsource_operator::telemetry::init_logging();
         }
         let metrics = Metrics::new().unwrap();
-        let ctx = Arc::new(Context::new(
-            client.clone(),
-            metrics.clone(),
-            Scope::Namespaces(vec![ns.to_string()]),
-            Some(format!("test-{ns}")),
-        ));
+        let ctx = Arc::new(
+            Context::new(
+                client.clone(),
+                metrics.clone(),
+                Scope::Namespaces(vec![ns.to_string()]),
+                Some(format!("test-{ns}")),
+            )
+            .with_drift_interval(drift),
+        );
         let task = tokio::spawn(controllers::run(ctx.clone()));
         Self { metrics, ctx, task }
     }
@@ -156,19 +176,18 @@ where
     }
 }
 
+/// How long the operator suites wait for a status by default.
+pub const STATUS_DEADLINE: Duration = Duration::from_secs(90);
+
 /// Polls the EventStore `name` until its status satisfies `pred` (panicking with `what` after
-/// `deadline`) and returns that status.
-pub async fn wait_store_status(
-    api: &Api<allsource_operator::api::EventStore>,
+/// [`STATUS_DEADLINE`]) and returns that status.
+pub async fn wait_status(
+    api: &Api<EventStore>,
     name: &str,
     what: &str,
-    deadline: Duration,
-    pred: impl Fn(
-        &allsource_operator::api::EventStore,
-        &allsource_operator::api::eventstore::EventStoreStatus,
-    ) -> bool,
-) -> allsource_operator::api::eventstore::EventStoreStatus {
-    wait_for(what, deadline, || {
+    pred: impl Fn(&EventStore, &EventStoreStatus) -> bool,
+) -> EventStoreStatus {
+    wait_for(what, STATUS_DEADLINE, || {
         let api = api.clone();
         let pred = &pred;
         async move {
@@ -178,4 +197,17 @@ pub async fn wait_store_status(
         }
     })
     .await
+}
+
+/// The condition `type_` among `conditions`: whether it is True, its reason and its message.
+pub fn condition(conditions: &[Condition], type_: &str) -> Option<(bool, String, String)> {
+    conditions
+        .iter()
+        .find(|c| c.type_ == type_)
+        .map(|c| (c.is_true(), c.reason.clone(), c.message.clone()))
+}
+
+/// Eight random hex digits, for names unique to one run of a test.
+pub fn suffix() -> String {
+    crate::env::unique_suffix(8)
 }

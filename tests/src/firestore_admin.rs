@@ -2,10 +2,8 @@
 //! Admin API): it records every Admin API call and serves it from memory (composite indexes and
 //! field configurations under `/collectionGroups/`, and databases: `projects.databases.get`,
 //! `create`, `delete`), and forwards every other request (the data API) to the emulator, which
-//! creates a named database on its first write. Shared by operator_cloud.rs and
-//! operator_siloed.rs.
-
-#![allow(dead_code)]
+//! creates a named database on its first write. Used by the operator_cloud
+//! and operator_siloed suites.
 
 use std::collections::BTreeMap;
 
