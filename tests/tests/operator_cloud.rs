@@ -350,6 +350,88 @@ async fn postgres_provision_drift_gateway_and_delete() {
         st.ready_text.unwrap_or_default()
     );
 
+    // HTTPS for the gateway: a TLS Secret that does not exist is Degraded / TLSSecretInvalid and
+    // the Deployment is left as it was; a usable one is mounted and the endpoint turns https.
+    es.patch(
+        "orders",
+        &PatchParams::default(),
+        &Patch::Merge(
+            serde_json::json!({"spec": {"gateway": {"tlsSecretRef": {"name": "orders-gw-tls"}}}}),
+        ),
+    )
+    .await
+    .unwrap();
+    let st = wait_status(&es, "orders", "gateway TLSSecretInvalid", |e, s| {
+        s.observed_generation == e.metadata.generation
+            && condition(s, "Degraded").is_some_and(|(on, r, m)| {
+                on && r == "TLSSecretInvalid" && m.contains("does not exist")
+            })
+    })
+    .await;
+    assert_eq!(st.phase, Some(Phase::Degraded));
+    let tls_env = |d: &Deployment| {
+        d.spec
+            .as_ref()
+            .unwrap()
+            .template
+            .spec
+            .as_ref()
+            .unwrap()
+            .containers[0]
+            .env
+            .as_ref()
+            .unwrap()
+            .iter()
+            .any(|e| e.name == "ALLSOURCE_TLS_DIR")
+    };
+    assert!(
+        !tls_env(&deployments.get("orders-gateway").await.unwrap()),
+        "the gateway was rolled out with a TLS Secret it cannot use"
+    );
+    let pki = tempfile::tempdir().unwrap();
+    allsource_tests::certs::make_ca(pki.path(), "ca");
+    let file = |f: &str| k8s_openapi::ByteString(std::fs::read(pki.path().join(f)).unwrap());
+    let tls: Secret = Secret {
+        metadata: kube::api::ObjectMeta {
+            name: Some("orders-gw-tls".into()),
+            ..Default::default()
+        },
+        type_: Some("kubernetes.io/tls".into()),
+        data: Some(BTreeMap::from([
+            ("tls.crt".to_string(), file("ca.crt")),
+            ("tls.key".to_string(), file("ca.key")),
+            ("ca.crt".to_string(), file("ca.crt")),
+        ])),
+        ..Default::default()
+    };
+    Api::<Secret>::namespaced(client.clone(), &n)
+        .create(&PostParams::default(), &tls)
+        .await
+        .unwrap();
+    let st = wait_status(&es, "orders", "gateway over https", |_, s| {
+        condition(s, "Degraded").is_some_and(|(on, _, _)| !on)
+            && s.endpoint
+                .as_ref()
+                .is_some_and(|e| e.url.starts_with("https://"))
+    })
+    .await;
+    assert_eq!(
+        st.endpoint.unwrap().url,
+        format!("https://orders.{n}.svc:8080")
+    );
+    wait_for(
+        "the gateway Deployment with the TLS volume",
+        DEADLINE,
+        || {
+            let deployments = deployments.clone();
+            async move {
+                let d = deployments.get("orders-gateway").await.ok()?;
+                tls_env(&d).then_some(())
+            }
+        },
+    )
+    .await;
+
     // Retain keeps the schema; Delete drops it.
     es.create(
         &PostParams::default(),

@@ -10,7 +10,10 @@
 //!   no append fails, every acknowledged event is read back, and a new connection sees the new
 //!   certificate; a bad pair afterwards is refused, reported, and the node keeps serving.
 //!
-//! Needs no external server, only the `openssl` CLI.
+//! The gateway's HTTPS (`store-node gateway` with the same TLS directory) is checked over
+//! PostgreSQL.
+//!
+//! Needs only the `openssl` CLI, and PostgreSQL for the gateway.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -119,6 +122,14 @@ struct Node {
 
 impl Node {
     fn spawn(work: &Path, tls_dir: &Path) -> Node {
+        let data = work.join("data");
+        let data = data.to_str().unwrap();
+        Self::spawn_with(work, tls_dir, &["serve", "--data-dir", data])
+    }
+
+    /// Runs `store-node <sub...>` (`serve ...` or `gateway ...`) with the API flags, the
+    /// registry and the TLS directory.
+    fn spawn_with(work: &Path, tls_dir: &Path, sub: &[&str]) -> Node {
         std::fs::write(
             work.join("registry.json"),
             serde_json::to_vec(&json!({"version": 1, "tenants": [
@@ -130,14 +141,12 @@ impl Node {
         let port = free_port();
         let log = work.join(format!("node-{port}.log"));
         let child = Command::new(binary())
-            .arg("serve")
+            .args(["--log-format", "text"])
+            .args(sub)
             .arg("--listen")
             .arg(format!("127.0.0.1:{port}"))
             .arg("--registry")
             .arg(work.join("registry.json"))
-            .arg("--data-dir")
-            .arg(work.join("data"))
-            .args(["--log-format", "text"])
             // Both by environment, as the operator sets ALLSOURCE_TLS_DIR.
             .env("ALLSOURCE_TLS_DIR", tls_dir)
             .env("STORE_NODE_TLS_RELOAD_INTERVAL_MS", "200")
@@ -429,6 +438,76 @@ async fn https_from_a_secret_volume_survives_rotation_under_load() {
 }
 
 /// A TLS directory without a usable pair stops the node at start, naming the file.
+/// `store-node gateway` serves HTTPS from a Secret volume exactly as `serve` does (the operator
+/// mounts `spec.gateway.tlsSecretRef` there and sets `ALLSOURCE_TLS_DIR`): appends and reads
+/// over HTTPS verified with the CA reach PostgreSQL; plain HTTP and a client without the CA are
+/// refused. On the old gateway, which had no TLS flags, the HTTPS readiness wait failed: it
+/// answered plain HTTP only.
+#[tokio::test]
+async fn the_gateway_serves_https_from_its_secret_volume() {
+    let Some(env) = allsource_tests::env::require("postgres") else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let pki = tmp.path().join("pki");
+    std::fs::create_dir(&pki).unwrap();
+    make_ca(&pki, "ca");
+    make_ca(&pki, "other");
+    issue_cert(&pki, "ca", "gw", 3003, 2);
+    let read = |n: &str| std::fs::read(pki.join(n)).unwrap();
+    let ca = read("ca.crt");
+    let mut volume = SecretVolume::new(tmp.path().join("tls"));
+    volume.publish(&[
+        ("ca.crt", &ca),
+        ("tls.crt", &read("gw.crt")),
+        ("tls.key", &read("gw.key")),
+    ]);
+    let work = tmp.path().join("gateway");
+    std::fs::create_dir(&work).unwrap();
+    let schema = format!("gwtls_{}", allsource_tests::env::unique_suffix(8));
+    let sub = [
+        "gateway",
+        "--backend",
+        "postgres",
+        "--pg-url",
+        env.pg_url(),
+        "--pg-schema",
+        &schema,
+        "--init",
+    ];
+    let mut gw = Node::spawn_with(&work, &volume.dir, &sub);
+    let c = client(&ca, true);
+    gw.ready(&c).await;
+    for n in 0..3 {
+        append(&c, &gw, "s", n).await.unwrap();
+    }
+    assert_eq!(count(&c, &gw, "s").await, 3);
+    let r = c.get(gw.https("/healthz")).send().await.unwrap();
+    assert_eq!(peer_serial(&r), "0bbb", "serial 3003");
+
+    let plain = reqwest::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .build()
+        .unwrap();
+    let r = plain
+        .get(format!("http://127.0.0.1:{}/readyz", gw.port))
+        .send()
+        .await;
+    assert!(r.is_err(), "plain HTTP answered: {r:?}");
+    let stranger = client(&read("other.crt"), true);
+    let r = stranger.get(gw.https("/readyz")).send().await;
+    assert!(r.is_err(), "a client without the CA connected: {r:?}");
+    drop(gw);
+
+    let (db, conn) = tokio_postgres::connect(env.pg_url(), tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    db.batch_execute(&format!("DROP SCHEMA IF EXISTS \"{schema}\" CASCADE"))
+        .await
+        .unwrap();
+}
+
 #[tokio::test]
 async fn a_missing_or_mismatched_pair_refuses_to_start() {
     let tmp = tempfile::tempdir().unwrap();

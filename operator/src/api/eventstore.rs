@@ -513,6 +513,9 @@ pub struct GatewaySpec {
         regex(pattern = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
     )]
     pub service_account_name: Option<String>,
+    /// Secret of the gateway's HTTPS listener, with tls.crt, tls.key and ca.crt (a kubernetes.io/tls Secret plus the issuing CA, as cert-manager writes it). When set, the gateway pods serve the API over HTTPS only (mounted at /etc/allsource/tls, reloaded within seconds when the Secret changes, no restart), status.endpoint and the tenants' credentials Secrets carry an https:// URL, and ca.crt is copied into each tenant's credentials Secret. The certificate must name <store>.<namespace>.svc. A Secret that is missing, lacks a key, or whose tls.crt and tls.key do not form a pair makes the store Degraded (reason TLSSecretInvalid) and the gateway is not rolled out. Unset: plain HTTP (keep the Service inside the cluster's network policy).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_secret_ref: Option<SecretRef>,
 }
 
 fn default_gateway_replicas() -> i32 {

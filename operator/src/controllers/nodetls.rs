@@ -19,7 +19,9 @@ use crate::resources::{secret, tls_secret_name, TLS_CA_KEY, TLS_CERT_KEY, TLS_KE
 #[derive(Debug, thiserror::Error)]
 pub enum NodeTlsError {
     /// The TLS Secret does not exist.
-    #[error("TLS Secret {0} (spec.selfHosted.tlsSecretRef) does not exist")]
+    #[error(
+        "TLS Secret {0} (spec.selfHosted.tlsSecretRef or spec.gateway.tlsSecretRef) does not exist"
+    )]
     SecretMissing(String),
     /// The TLS Secret has no `ca.crt`.
     #[error("TLS Secret {0} has no ca.crt; the operator needs it to verify the store nodes")]
@@ -75,7 +77,7 @@ pub async fn store_ca(
 pub fn tls_secret_problem(name: &str, secret: Option<&Secret>) -> Option<String> {
     let Some(s) = secret else {
         return Some(format!(
-            "TLS Secret {name} (spec.selfHosted.tlsSecretRef) does not exist"
+            "TLS Secret {name} (the store's tlsSecretRef) does not exist"
         ));
     };
     let bytes = |key: &str| {

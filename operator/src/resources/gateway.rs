@@ -10,8 +10,8 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec};
 use k8s_openapi::api::core::v1::{
-    Capabilities, Container, EnvVar, EnvVarSource, HTTPGetAction, KeyToPath, PodSecurityContext,
-    PodSpec, PodTemplateSpec, Probe, SeccompProfile, Secret, SecretKeySelector, SecretVolumeSource,
+    Capabilities, Container, EnvVar, EnvVarSource, KeyToPath, PodSecurityContext, PodSpec,
+    PodTemplateSpec, SeccompProfile, Secret, SecretKeySelector, SecretVolumeSource,
     SecurityContext, Service, ServicePort, ServiceSpec, Volume, VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
@@ -291,22 +291,9 @@ pub fn args_and_env(backend: &GatewayBackend) -> (Vec<String>, Vec<EnvVar>) {
     (args, env)
 }
 
-fn probe(path: &str, period: i32, failures: i32) -> Probe {
-    Probe {
-        http_get: Some(HTTPGetAction {
-            path: Some(path.to_string()),
-            port: IntOrString::String("http".to_string()),
-            ..HTTPGetAction::default()
-        }),
-        period_seconds: Some(period),
-        failure_threshold: Some(failures),
-        ..Probe::default()
-    }
-}
-
 /// The gateway Deployment.
 pub fn deployment(es: &EventStore, gw: &GatewaySpec, backend: &GatewayBackend) -> Deployment {
-    let (args, env) = args_and_env(backend);
+    let (args, mut env) = args_and_env(backend);
     let key = key_volume(backend);
     let mut mounts = vec![VolumeMount {
         name: "registry".to_string(),
@@ -326,14 +313,24 @@ pub fn deployment(es: &EventStore, gw: &GatewaySpec, backend: &GatewayBackend) -
         volumes.push(v);
         mounts.push(m);
     }
+    let tls = gw
+        .tls_secret_ref
+        .as_ref()
+        .map(|r| super::tls_volume(&r.name));
+    let https = tls.is_some();
+    if let Some((v, m, var)) = tls {
+        volumes.push(v);
+        mounts.push(m);
+        env.push(var);
+    }
     let container = Container {
         name: CONTAINER.to_string(),
         image: Some(gw.image.clone()),
         args: Some(args),
         env: Some(env),
         ports: Some(super::container_ports()),
-        readiness_probe: Some(probe("/readyz", 5, 3)),
-        liveness_probe: Some(probe("/healthz", 10, 6)),
+        readiness_probe: Some(super::http_probe("/readyz", 5, 3, https)),
+        liveness_probe: Some(super::http_probe("/healthz", 10, 6, https)),
         volume_mounts: Some(mounts),
         security_context: Some(SecurityContext {
             run_as_non_root: Some(true),
@@ -414,7 +411,13 @@ pub fn registry_secret(es: &EventStore, registry: &RegistryFile) -> Secret {
     registry
         .nodes
         .entry(GATEWAY_NODE.to_string())
-        .or_insert_with(|| format!("http://{}:{HTTP_PORT}", super::service::client_dns(es)));
+        .or_insert_with(|| {
+            format!(
+                "{}://{}:{HTTP_PORT}",
+                super::node_scheme(es),
+                super::service::client_dns(es)
+            )
+        });
     super::configmap::registry_secret(es, &registry)
 }
 
@@ -463,6 +466,84 @@ mod tests {
         let p = pod(&gw);
         assert_eq!(p.service_account_name.as_deref(), Some("events-gateway"));
         assert_eq!(p.automount_service_account_token, Some(false));
+    }
+
+    /// `spec.gateway.tlsSecretRef` mounts the Secret where the gateway reads it, probes over
+    /// HTTPS (an HTTP probe of a TLS-only listener never passes) and publishes an https URL.
+    #[test]
+    fn gateway_tls_secret_mounts_probes_and_publishes_https() {
+        let mut es = es("postgres");
+        let backend = GatewayBackend::Postgres {
+            url_secret: "pg".into(),
+            schema: "s".into(),
+            ssl_mode: SslMode::Disable,
+        };
+        let plain = deployment(&es, es.spec.gateway.as_ref().unwrap(), &backend);
+        let c = &plain.spec.unwrap().template.spec.unwrap().containers[0];
+        assert_eq!(
+            c.readiness_probe.clone().unwrap().http_get.unwrap().scheme,
+            None
+        );
+        assert!(!c
+            .env
+            .clone()
+            .unwrap()
+            .iter()
+            .any(|e| e.name == "ALLSOURCE_TLS_DIR"));
+
+        es.spec.gateway.as_mut().unwrap().tls_secret_ref = Some(crate::api::SecretRef {
+            name: "orders-gw-tls".into(),
+        });
+        assert_eq!(
+            crate::resources::tls_secret_name(&es),
+            Some("orders-gw-tls")
+        );
+        let pod = deployment(&es, es.spec.gateway.as_ref().unwrap(), &backend)
+            .spec
+            .unwrap()
+            .template
+            .spec
+            .unwrap();
+        let c = &pod.containers[0];
+        let env = c.env.clone().unwrap();
+        let dir = env.iter().find(|e| e.name == "ALLSOURCE_TLS_DIR").unwrap();
+        assert_eq!(dir.value.as_deref(), Some(crate::resources::TLS_MOUNT));
+        assert!(c
+            .volume_mounts
+            .as_ref()
+            .unwrap()
+            .iter()
+            .any(|m| { m.mount_path == crate::resources::TLS_MOUNT && m.read_only == Some(true) }));
+        let vol = pod
+            .volumes
+            .unwrap()
+            .into_iter()
+            .find(|v| v.name == "tls")
+            .unwrap();
+        assert_eq!(
+            vol.secret.unwrap().secret_name.as_deref(),
+            Some("orders-gw-tls")
+        );
+        for p in [&c.readiness_probe, &c.liveness_probe] {
+            let get = p.clone().unwrap().http_get.unwrap();
+            assert_eq!(get.scheme.as_deref(), Some("HTTPS"));
+        }
+        let registry = RegistryFile {
+            version: 1,
+            tenants: vec![],
+            nodes: BTreeMap::new(),
+        };
+        let secret = registry_secret(&es, &registry);
+        let f =
+            allsource_core::registry::RegistryFile::parse(&secret.data.unwrap()[REGISTRY_KEY].0)
+                .unwrap();
+        assert_eq!(
+            f.nodes.get(GATEWAY_NODE).map(String::as_str),
+            Some("https://orders.shop.svc:8080")
+        );
+        // A disabled gateway serves nothing, so its Secret names no listener.
+        es.spec.gateway.as_mut().unwrap().enabled = false;
+        assert_eq!(crate::resources::tls_secret_name(&es), None);
     }
 
     #[test]

@@ -14,6 +14,10 @@ pub mod statefulset;
 
 use std::collections::BTreeMap;
 
+use k8s_openapi::api::core::v1::{
+    EnvVar, HTTPGetAction, Probe, SecretVolumeSource, Volume, VolumeMount,
+};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::api::ObjectMeta;
 use kube::{Resource, ResourceExt};
 use serde::Serialize;
@@ -62,14 +66,69 @@ pub const TLS_CERT_KEY: &str = allsource_core::tls::CERT_FILE;
 /// Key of the private key in that Secret (the node's `tls.key`).
 pub const TLS_KEY_KEY: &str = allsource_core::tls::KEY_FILE;
 
-/// The Secret of a selfHosted store's HTTPS listener (`spec.selfHosted.tlsSecretRef`), if any.
+/// The Secret of the store's HTTPS listener, if any: `spec.selfHosted.tlsSecretRef` of a
+/// selfHosted store, `spec.gateway.tlsSecretRef` of a cloud store with its gateway enabled.
 pub fn tls_secret_name(es: &EventStore) -> Option<&str> {
-    es.self_hosted()
-        .and_then(|sh| sh.tls_secret_ref.as_ref())
-        .map(|r| r.name.as_str())
+    match es.self_hosted() {
+        Some(sh) => sh.tls_secret_ref.as_ref(),
+        None => es
+            .spec
+            .gateway
+            .as_ref()
+            .filter(|g| g.enabled)
+            .and_then(|g| g.tls_secret_ref.as_ref()),
+    }
+    .map(|r| r.name.as_str())
 }
 
-/// URL scheme of the store nodes' API: `https` when the store has a TLS Secret, else `http`.
+/// Mount path of the TLS Secret in store-node and gateway pods (`ALLSOURCE_TLS_DIR`).
+pub const TLS_MOUNT: &str = "/etc/allsource/tls";
+
+/// The volume of TLS Secret `secret`, its read-only mount at [`TLS_MOUNT`] and the
+/// `ALLSOURCE_TLS_DIR` variable that makes `store-node serve` or `gateway` read `tls.crt` and
+/// `tls.key` there and serve HTTPS only (see `--tls-dir`).
+pub fn tls_volume(secret: &str) -> (Volume, VolumeMount, EnvVar) {
+    (
+        Volume {
+            name: "tls".to_string(),
+            secret: Some(SecretVolumeSource {
+                secret_name: Some(secret.to_string()),
+                ..SecretVolumeSource::default()
+            }),
+            ..Volume::default()
+        },
+        VolumeMount {
+            name: "tls".to_string(),
+            mount_path: TLS_MOUNT.to_string(),
+            read_only: Some(true),
+            ..VolumeMount::default()
+        },
+        EnvVar {
+            name: "ALLSOURCE_TLS_DIR".to_string(),
+            value: Some(TLS_MOUNT.to_string()),
+            ..EnvVar::default()
+        },
+    )
+}
+
+/// A kubelet httpGet probe of the named `http` port; `https` when the API is served over TLS
+/// (the kubelet does not verify the certificate of a probe).
+pub fn http_probe(path: &str, period: i32, failures: i32, https: bool) -> Probe {
+    Probe {
+        http_get: Some(HTTPGetAction {
+            path: Some(path.to_string()),
+            port: IntOrString::String("http".to_string()),
+            scheme: https.then(|| "HTTPS".to_string()),
+            ..HTTPGetAction::default()
+        }),
+        period_seconds: Some(period),
+        failure_threshold: Some(failures),
+        ..Probe::default()
+    }
+}
+
+/// URL scheme of the store's API (nodes or gateway): `https` when the store has a TLS Secret,
+/// else `http`.
 pub fn node_scheme(es: &EventStore) -> &'static str {
     if tls_secret_name(es).is_some() {
         "https"

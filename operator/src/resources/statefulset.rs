@@ -12,17 +12,16 @@ use k8s_openapi::api::apps::v1::{
 };
 use k8s_openapi::api::core::v1::{
     Capabilities, ConfigMapVolumeSource, Container, EmptyDirVolumeSource, EnvVar, EnvVarSource,
-    HTTPGetAction, ObjectFieldSelector, PersistentVolumeClaim, PersistentVolumeClaimSpec,
-    PodSecurityContext, PodSpec, PodTemplateSpec, Probe, SeccompProfile, SecretVolumeSource,
-    SecurityContext, Volume, VolumeMount, VolumeResourceRequirements,
+    ObjectFieldSelector, PersistentVolumeClaim, PersistentVolumeClaimSpec, PodSecurityContext,
+    PodSpec, PodTemplateSpec, SeccompProfile, SecretVolumeSource, SecurityContext, Volume,
+    VolumeMount, VolumeResourceRequirements,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
-use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::ResourceExt;
 
 use super::{
-    child_meta, common_labels, config_map_name, container_ports, headless_service_name,
+    child_meta, common_labels, config_map_name, container_ports, headless_service_name, http_probe,
     registry_secret_name, selector_labels, CONFIG_MOUNT, DATA_MOUNT, HTTP_PORT, METRICS_PORT,
     REGISTRY_MOUNT,
 };
@@ -33,7 +32,6 @@ use crate::api::{DeletionPolicy, EventStore};
 pub const CONTAINER: &str = "store-node";
 /// Annotation on the pod template with the hash of node.json: a change rolls the nodes.
 pub const NODE_CONFIG_HASH_ANNOTATION: &str = "allsource.io/node-config-hash";
-const TLS_MOUNT: &str = "/etc/allsource/tls";
 const RUN_AS: i64 = 65532;
 
 /// Arguments of the store-node container.
@@ -56,22 +54,6 @@ pub fn args() -> Vec<String> {
     .iter()
     .map(|s| s.to_string())
     .collect()
-}
-
-/// A kubelet httpGet probe; `https` when the node serves its API over TLS (the kubelet does not
-/// verify the certificate of a probe).
-fn http_probe(path: &str, period: i32, failures: i32, https: bool) -> Probe {
-    Probe {
-        http_get: Some(HTTPGetAction {
-            path: Some(path.to_string()),
-            port: IntOrString::String("http".to_string()),
-            scheme: https.then(|| "HTTPS".to_string()),
-            ..HTTPGetAction::default()
-        }),
-        period_seconds: Some(period),
-        failure_threshold: Some(failures),
-        ..Probe::default()
-    }
 }
 
 fn env_from_field(name: &str, path: &str) -> EnvVar {
@@ -124,21 +106,15 @@ fn container(sh: &SelfHostedSpec) -> Container {
             ..EnvVar::default()
         },
     ];
-    let tls = sh.tls_secret_ref.is_some();
-    if tls {
-        mounts.push(VolumeMount {
-            name: "tls".to_string(),
-            mount_path: TLS_MOUNT.to_string(),
-            read_only: Some(true),
-            ..VolumeMount::default()
-        });
-        // store-node serve reads tls.crt and tls.key here and serves HTTPS (see --tls-dir).
-        env.push(EnvVar {
-            name: "ALLSOURCE_TLS_DIR".to_string(),
-            value: Some(TLS_MOUNT.to_string()),
-            ..EnvVar::default()
-        });
+    let tls = sh
+        .tls_secret_ref
+        .as_ref()
+        .map(|r| super::tls_volume(&r.name));
+    if let Some((_, mount, var)) = &tls {
+        mounts.push(mount.clone());
+        env.push(var.clone());
     }
+    let tls = tls.is_some();
     Container {
         name: CONTAINER.to_string(),
         image: Some(sh.image.clone()),
@@ -189,14 +165,7 @@ fn volumes(es: &EventStore, sh: &SelfHostedSpec) -> Vec<Volume> {
         },
     ];
     if let Some(tls) = &sh.tls_secret_ref {
-        volumes.push(Volume {
-            name: "tls".to_string(),
-            secret: Some(SecretVolumeSource {
-                secret_name: Some(tls.name.clone()),
-                ..SecretVolumeSource::default()
-            }),
-            ..Volume::default()
-        });
+        volumes.push(super::tls_volume(&tls.name).0);
     }
     volumes
 }
@@ -310,6 +279,7 @@ pub fn build(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::resources::TLS_MOUNT;
 
     #[test]
     fn snapshot() {

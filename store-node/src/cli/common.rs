@@ -1,5 +1,5 @@
 //! Flags shared by every subcommand that serves the HTTP API (`serve`, `gateway`): listen
-//! address, registry file, node name, request limits; plus the SIGTERM/SIGINT handler. Flatten
+//! address, registry file, node name, request limits, HTTPS; plus the SIGTERM/SIGINT handler. Flatten
 //! [`HttpArgs`] into a subcommand's args to get the same flags and environment variables.
 
 use std::net::SocketAddr;
@@ -10,6 +10,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Args;
 use store_node::model::Limits;
+use store_node::server::tls::ReloadingCert;
 use store_node::server::ServerConfig;
 use store_node::tenant::Registry;
 use tokio_util::sync::CancellationToken;
@@ -92,12 +93,26 @@ pub struct HttpArgs {
     /// Bytes of decoded row groups cached for cold reads (default 64 MiB; engine backend).
     #[arg(long, env = "STORE_NODE_CACHE_BYTES")]
     pub cache_bytes: Option<usize>,
+    /// Serve the API over HTTPS with `tls.crt` and `tls.key` of this directory (the keys of a
+    /// `kubernetes.io/tls` Secret). The files are checked every --tls-reload-interval-ms and a
+    /// new valid pair is used for new connections; an invalid one is logged and the old kept.
+    /// Unset: plain HTTP. The metrics listener always serves plain HTTP.
+    #[arg(long, env = "ALLSOURCE_TLS_DIR")]
+    pub tls_dir: Option<PathBuf>,
+    /// Interval of the TLS files' check, in milliseconds.
+    #[arg(
+        long,
+        env = "STORE_NODE_TLS_RELOAD_INTERVAL_MS",
+        default_value_t = 5000
+    )]
+    pub tls_reload_interval_ms: u64,
 }
 
 impl HttpArgs {
-    /// The server configuration these flags describe.
-    pub fn server_config(&self) -> ServerConfig {
-        ServerConfig {
+    /// The server configuration these flags describe, with the TLS pair loaded (so a missing
+    /// or bad file fails the start with its name).
+    pub fn server_config(&self) -> anyhow::Result<ServerConfig> {
+        let mut cfg = ServerConfig {
             listen: self.listen,
             metrics_listen: Some(self.metrics_addr),
             max_connections: self.max_connections.max(1),
@@ -111,7 +126,20 @@ impl HttpArgs {
             registry_poll: Duration::from_millis(self.registry_poll_ms.max(10)),
             shutdown_grace: Duration::from_secs(self.shutdown_grace_secs),
             ..ServerConfig::default()
+        };
+        if let Some(dir) = self.tls_dir.as_ref().filter(|d| !d.as_os_str().is_empty()) {
+            let cert = ReloadingCert::load(dir).with_context(|| {
+                format!(
+                    "loading the API listener's TLS certificate from {} (--tls-dir / ALLSOURCE_TLS_DIR)",
+                    dir.display()
+                )
+            })?;
+            let st = cert.status();
+            tracing::info!(dir = %dir.display(), serial = st.serial.as_deref().unwrap_or("?"), not_after = ?st.not_after, "TLS certificate loaded");
+            cfg.tls = Some(cert);
+            cfg.tls_reload_interval = Duration::from_millis(self.tls_reload_interval_ms.max(100));
         }
+        Ok(cfg)
     }
 
     /// `base` (for `serve`: the defaults with the node configuration file applied) overridden by

@@ -283,7 +283,7 @@ fn firestore_credentials(
 /// Runs the gateway until SIGTERM/SIGINT.
 pub async fn run(args: GatewayArgs) -> anyhow::Result<()> {
     let registry = args.http.load_registry()?;
-    let config = args.http.server_config();
+    let config = args.http.server_config()?;
     let store = open_routed(&args, registry.clone()).await?;
     tracing::info!(backend = ?args.backend, "gateway backend ready");
     let shutdown = CancellationToken::new();

@@ -21,7 +21,6 @@ use store_node::metrics::Metrics;
 use store_node::model::Limits;
 use store_node::nodeconfig::{NodeConfig, NodeDurability, NODE_CONFIG_ENV};
 use store_node::server::health::DiskReserve;
-use store_node::server::tls::ReloadingCert;
 use store_node::server::{self, AppState, ServerConfig};
 use store_node::wal::{CorruptionPolicy, Durability};
 use tokio_util::sync::CancellationToken;
@@ -95,19 +94,6 @@ pub struct ServeArgs {
     /// given explicitly override its values.
     #[arg(long, env = NODE_CONFIG_ENV)]
     pub node_config: Option<PathBuf>,
-    /// Serve the API over HTTPS with `tls.crt` and `tls.key` of this directory (the keys of a
-    /// `kubernetes.io/tls` Secret). The files are checked every --tls-reload-interval-ms and a
-    /// new valid pair is used for new connections; an invalid one is logged and the old kept.
-    /// Unset: plain HTTP. The metrics listener always serves plain HTTP.
-    #[arg(long, env = "ALLSOURCE_TLS_DIR")]
-    pub tls_dir: Option<PathBuf>,
-    /// Interval of the TLS files' check, in milliseconds.
-    #[arg(
-        long,
-        env = "STORE_NODE_TLS_RELOAD_INTERVAL_MS",
-        default_value_t = 5000
-    )]
-    pub tls_reload_interval_ms: u64,
 }
 
 /// `--wal-on-corruption` values.
@@ -169,20 +155,7 @@ impl ServeArgs {
     /// The server configuration: the HTTP flags, the data volume's reserve and the TLS pair
     /// (loaded here, so a missing or bad file fails the start with its name).
     pub fn server_config(&self) -> anyhow::Result<ServerConfig> {
-        let mut cfg = self.http.server_config();
-        if let Some(dir) = self.tls_dir.as_ref().filter(|d| !d.as_os_str().is_empty()) {
-            let cert = ReloadingCert::load(dir).with_context(|| {
-                format!(
-                    "loading the API listener's TLS certificate from {} (--tls-dir / ALLSOURCE_TLS_DIR)",
-                    dir.display()
-                )
-            })?;
-            let st = cert.status();
-            tracing::info!(dir = %dir.display(), serial = st.serial.as_deref().unwrap_or("?"), not_after = ?st.not_after, "TLS certificate loaded");
-            cfg.tls = Some(cert);
-            cfg.tls_reload_interval =
-                std::time::Duration::from_millis(self.tls_reload_interval_ms.max(100));
-        }
+        let mut cfg = self.http.server_config()?;
         if self.backend == BackendKind::Engine {
             cfg.disk_reserve = Some(DiskReserve {
                 path: self.data_dir.clone(),

@@ -47,8 +47,9 @@ pub struct GatewayState {
     pub desired: i32,
     /// Available pods.
     pub available: i32,
-    /// Why the gateway cannot be built (e.g. the Secret lacks `url`).
-    pub blocked: Option<String>,
+    /// Why the gateway cannot be built: the Degraded reason and message (e.g. `GatewayBlocked`
+    /// when the Secret lacks `url`, `TLSSecretInvalid` for an unusable TLS Secret).
+    pub blocked: Option<(&'static str, String)>,
 }
 
 /// The backend, its provisioner and what the gateway needs to reach it.
@@ -388,10 +389,26 @@ async fn apply_gateway(
             return Ok(Some(GatewayState {
                 desired: gw.replicas,
                 available: 0,
-                blocked: Some(msg),
+                blocked: Some(("GatewayBlocked", msg)),
             }))
         }
     };
+    // A TLS Secret the gateway cannot serve from would leave its pods failing at start with
+    // nothing in the store's status: say so, and roll nothing out until it is fixed.
+    if let Some(name) = crate::resources::tls_secret_name(es) {
+        let secret = Api::<Secret>::namespaced(c.clone(), ns)
+            .get_opt(name)
+            .await?;
+        if let Some(problem) =
+            crate::controllers::nodetls::tls_secret_problem(name, secret.as_ref())
+        {
+            return Ok(Some(GatewayState {
+                desired: gw.replicas,
+                available: 0,
+                blocked: Some(("TLSSecretInvalid", problem)),
+            }));
+        }
+    }
     let of_store: Vec<Tenant> = Api::<Tenant>::namespaced(c.clone(), ns)
         .list(&ListParams::default())
         .await?
@@ -549,7 +566,7 @@ pub fn compute(
                         .join("; "),
                 ))
             } else {
-                gw_blocked.map(|m| ("GatewayBlocked", m))
+                gw_blocked
             };
             match &degraded {
                 Some((reason, msg)) => set_condition(
@@ -580,7 +597,7 @@ pub fn compute(
         conditions,
         phase: Some(phase),
         endpoint: gw_on.then(|| Endpoint {
-            url: format!("http://{dns}:{HTTP_PORT}"),
+            url: format!("{}://{dns}:{HTTP_PORT}", crate::resources::node_scheme(es)),
             service: dns,
             port: HTTP_PORT,
         }),
