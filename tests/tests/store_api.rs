@@ -440,6 +440,98 @@ async fn every_endpoint_round_trips() {
     assert!(m.contains("allsource_http_requests_total{method=\"POST\",route=\"/v1/streams/{stream}/events\",status=\"409\"} 2"), "{m}");
 }
 
+/// The project's typed client (`allsource-client`, what the operator and the archiver use)
+/// against the real server: an append with an expected version, a conflict as 409
+/// `wrong_expected_version`, the bytes back exactly from a stream and from the tenant's log,
+/// stats, a trim; a stream id with punctuation (`: @ = +`) arrives as that one stream; another
+/// tenant's token sees nothing of it.
+#[tokio::test]
+async fn the_typed_client_speaks_the_servers_wire_types() {
+    use allsource_client::{ClientError, NodeClient};
+    use allsource_core::wire::{AppendRequest, EventIn, ExpectedWire, TrimIn};
+    let n = Node::start(&two_tenants(), &[]).await;
+    let c = NodeClient::new(reqwest::Client::new(), &n.base).unwrap();
+    let stream = "orders:1@x=y+z";
+    let payloads: [&[u8]; 3] = [b"{\"n\":1}", b"\x00\xffnot json", b""];
+    let batch = |ids: std::ops::Range<u128>, expected| AppendRequest {
+        expected_version: expected,
+        events: ids
+            .map(|i| EventIn::from_bytes(uuid::Uuid::from_u128(i), "t", payloads[i as usize % 3]))
+            .collect(),
+    };
+    let first = c
+        .append(
+            A,
+            stream,
+            &batch(0..2, Some(ExpectedWire::Keyword("noStream".into()))),
+        )
+        .await
+        .unwrap();
+    assert_eq!((first.first_version, first.last_version), (0, 1));
+    let conflict = c
+        .append(A, stream, &batch(2..3, Some(ExpectedWire::Version(0))))
+        .await
+        .unwrap_err();
+    match &conflict {
+        ClientError::Status { status: 409, body } => {
+            assert_eq!(body.code, "wrong_expected_version", "{conflict}")
+        }
+        other => panic!("expected a 409, got {other}"),
+    }
+    let second = c
+        .append(A, stream, &batch(2..3, Some(ExpectedWire::Version(1))))
+        .await
+        .unwrap();
+    assert_eq!(second.last_version, 2);
+
+    let page = c.read_stream(A, stream, 0, 10).await.unwrap();
+    assert_eq!(page.events.len(), 3);
+    for (i, e) in page.events.into_iter().enumerate() {
+        assert_eq!(
+            e.payload.into_bytes().unwrap(),
+            payloads[i % 3],
+            "event {i}"
+        );
+    }
+    let all = c.read_all(A, 0, 10).await.unwrap();
+    assert_eq!(all.events.len(), 3);
+    assert!(c.read_all(B, 0, 10).await.unwrap().events.is_empty());
+    let other = c.read_stream(B, stream, 0, 10).await.unwrap_err();
+    assert_eq!(other.status(), Some(404), "another tenant: {other}");
+    // Only the whole id is the stream: its prefix is another (absent) stream.
+    let prefix = c.read_stream(A, "orders:1", 0, 10).await.unwrap_err();
+    assert_eq!(prefix.status(), Some(404), "{prefix}");
+    // An id the server refuses is its 400, not a request to some other path.
+    let bad = c
+        .read_stream(A, "a/../../v1/stats", 0, 10)
+        .await
+        .unwrap_err();
+    assert_eq!(bad.status(), Some(400), "{bad}");
+
+    assert_eq!(c.stats(A).await.unwrap().events, 3);
+    let dropped = c
+        .trim(
+            A,
+            &TrimIn {
+                before: second.last_position,
+                incarnation: None,
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(dropped.dropped, 2);
+    // Reads of the trimmed range answer 410 `archived`, never a page that looks empty.
+    let gone = c.read_all(A, 0, 10).await.unwrap_err();
+    match &gone {
+        ClientError::Status { status: 410, body } => assert_eq!(body.code, "archived"),
+        other => panic!("expected 410 archived, got {other}"),
+    }
+    let rest = c.read_all(A, second.last_position, 10).await.unwrap();
+    assert_eq!(rest.events.len(), 1);
+    let refused = c.stats("not-a-token").await.unwrap_err();
+    assert_eq!(refused.status(), Some(401), "{refused}");
+}
+
 #[tokio::test]
 async fn bad_input_gets_json_errors_and_harms_nothing() {
     let n = Node::start(&two_tenants(), &["--max-body-bytes", "4096"]).await;

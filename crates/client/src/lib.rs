@@ -8,7 +8,9 @@ pub mod source;
 
 use std::time::Duration;
 
-use allsource_core::wire::{DroppedOut, ErrorOut, EventsPage, StatsOut, TrimIn};
+use allsource_core::wire::{
+    AppendOut, AppendRequest, DroppedOut, ErrorOut, EventsPage, StatsOut, TrimIn,
+};
 use allsource_core::StoreError;
 use serde::de::DeserializeOwned;
 use thiserror::Error;
@@ -172,6 +174,51 @@ impl NodeClient {
             .append_pair("limit", &limit.to_string())
             .append_pair("encoding", "base64");
         self.call(token, self.http.get(url)).await
+    }
+
+    /// `POST /v1/streams/{stream}/events`: appends `body`'s batch to `stream` (atomically, at
+    /// `body.expected_version` when given). A version conflict is `Status { status: 409 }`
+    /// with code `wrong_expected_version`.
+    pub async fn append(
+        &self,
+        token: &str,
+        stream: &str,
+        body: &AppendRequest,
+    ) -> Result<AppendOut, ClientError> {
+        let url = self.stream_url(stream, "events")?;
+        self.call(token, self.http.post(url).json(body)).await
+    }
+
+    /// `GET /v1/streams/{stream}/events?from=&limit=&encoding=base64`: the stream's events
+    /// from version `from`, forwards, payloads as base64.
+    pub async fn read_stream(
+        &self,
+        token: &str,
+        stream: &str,
+        from: u64,
+        limit: usize,
+    ) -> Result<EventsPage, ClientError> {
+        let mut url = self.stream_url(stream, "events")?;
+        url.query_pairs_mut()
+            .append_pair("from", &from.to_string())
+            .append_pair("limit", &limit.to_string())
+            .append_pair("encoding", "base64");
+        self.call(token, self.http.get(url)).await
+    }
+
+    /// `v1/streams/{stream}/{tail}`, the stream id as one percent-encoded path segment (a `/`
+    /// or `?` in an id cannot reach another route).
+    fn stream_url(&self, stream: &str, tail: &str) -> Result<reqwest::Url, ClientError> {
+        let mut url = self.url("v1/streams/")?;
+        url.path_segments_mut()
+            .map_err(|()| ClientError::Url {
+                url: self.base.to_string(),
+                message: "cannot be a base".into(),
+            })?
+            .pop_if_empty()
+            .push(stream)
+            .push(tail);
+        Ok(url)
     }
 
     /// `POST /v1/trim`: drops the tenant's events before `body.before` (only at

@@ -64,7 +64,7 @@ pub enum Encoding {
 }
 
 /// An expected version as written by a client: a number or one of the keywords.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(untagged)]
 pub enum ExpectedWire {
     /// Exact version.
@@ -114,7 +114,7 @@ pub fn resolve_expected(
 }
 
 /// One event in an append request.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct EventIn {
     /// Idempotency key.
@@ -122,22 +122,35 @@ pub struct EventIn {
     /// Application type.
     pub event_type: String,
     /// Payload as a JSON value.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub data: Option<Box<RawValue>>,
     /// Payload as base64 (standard alphabet, padded).
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub data_base64: Option<String>,
     /// Metadata.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub metadata: BTreeMap<String, String>,
 }
 
+impl EventIn {
+    /// An event whose payload is `payload`'s exact bytes (sent as `dataBase64`).
+    pub fn from_bytes(event_id: Uuid, event_type: impl Into<String>, payload: &[u8]) -> Self {
+        Self {
+            event_id,
+            event_type: event_type.into(),
+            data: None,
+            data_base64: Some(base64::engine::general_purpose::STANDARD.encode(payload)),
+            metadata: BTreeMap::new(),
+        }
+    }
+}
+
 /// Body of `POST /v1/streams/{stream}/events`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct AppendRequest {
     /// Optional expected version (also accepted as a header).
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub expected_version: Option<ExpectedWire>,
     /// The batch.
     pub events: Vec<EventIn>,
