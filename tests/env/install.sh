@@ -5,7 +5,7 @@
 # directory already holds it, so a warm run takes seconds. Independent steps run in parallel.
 #
 # Usage: tests/env/install.sh [step...]   steps: apt kubernetes etcd kwok helm fake-gcs dynamodb
-#                                                 moto firestore node coredns (default: all but node and coredns, which the opt-in real node needs)
+#                                                 moto firestore node coredns (default: all)
 set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -278,7 +278,7 @@ run_chain() { # <step...> : runs steps one after another, stops at the first fai
 
 main() {
   local want=("$@")
-  [ ${#want[@]} -gt 0 ] || want=(apt kubernetes etcd kwok helm fake-gcs dynamodb moto firestore)
+  [ ${#want[@]} -gt 0 ] || want=(apt kubernetes etcd kwok helm fake-gcs dynamodb moto firestore node coredns)
   local t0 s
   t0=$(date +%s)
   mkdir -p "$ALLSOURCE_CACHE"
