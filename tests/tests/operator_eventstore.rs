@@ -971,6 +971,62 @@ async fn a_tls_secret_the_nodes_cannot_use_makes_the_store_degraded() {
     })
     .await;
 
+    // A tenant's credentials Secret carries the store's CA, and a rotated CA reaches it within
+    // seconds (a change of the TLS Secret wakes the store's tenants), not at the tenant's next
+    // resync minutes later.
+    let tn: Api<Tenant> = Api::namespaced(client.clone(), &n);
+    let mut acme = tenant("acme", "orders");
+    // Usage is read once an hour, so nothing but the Secret's change can wake the tenant.
+    acme.metadata.annotations = Some(
+        [(
+            "allsource.io/usage-interval-seconds".to_string(),
+            "3600".to_string(),
+        )]
+        .into(),
+    );
+    tn.create(&PostParams::default(), &acme).await.unwrap();
+    wait_for("Tenant Ready", DEADLINE, || async {
+        let t = tn.get("acme").await.ok()?;
+        (t.status?.phase == Some(Phase::Ready)).then_some(())
+    })
+    .await;
+    // Let the reconciles that follow Ready settle.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let ca_of = |want: Vec<u8>| {
+        let secrets = secrets.clone();
+        move || {
+            let (secrets, want) = (secrets.clone(), want.clone());
+            async move {
+                let s = secrets.get_opt("acme-credentials").await.ok()??;
+                let ca = s.data?.get("ca.crt")?.0.clone();
+                (ca == want).then_some(())
+            }
+        }
+    };
+    wait_for(
+        "ca.crt in the credentials Secret",
+        DEADLINE,
+        ca_of(file("ca.crt")),
+    )
+    .await;
+    put(tls(&[
+        ("tls.crt", file("other.crt")),
+        ("tls.key", file("other.key")),
+        ("ca.crt", file("other.crt")),
+    ]))
+    .await;
+    let t0 = Instant::now();
+    wait_for(
+        "the rotated CA in the credentials Secret",
+        Duration::from_secs(30),
+        ca_of(file("other.crt")),
+    )
+    .await;
+    println!(
+        "CA rotated -> credentials Secret updated in {:?}",
+        t0.elapsed()
+    );
+
     op.stop().await;
     ns.cleanup().await.unwrap();
     delete_volumes(&client, &pvs).await;

@@ -28,11 +28,11 @@ use std::time::{Duration, Instant};
 use chrono::{DateTime, Utc};
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::Secret;
-use kube::api::{Api, Patch, PatchParams};
+use kube::api::{Api, PartialObjectMeta, Patch, PatchParams};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::EventType;
 use kube::runtime::reflector::{ObjectRef, Store};
-use kube::runtime::watcher;
+use kube::runtime::{watcher, WatchStreamExt};
 use kube::ResourceExt;
 use parking_lot::Mutex;
 use tracing::Instrument;
@@ -178,6 +178,7 @@ pub async fn run(ctx: Arc<Context>) {
         let controller = Controller::new(scoped::<Tenant>(c, ns), watcher::Config::default());
         let by_store = controller.store();
         let by_registry = by_store.clone();
+        let by_tls = by_store.clone();
         let all_tenants = by_store.clone();
         let credentials = watcher::Config::default().labels(&format!(
             "app.kubernetes.io/component={}",
@@ -204,6 +205,18 @@ pub async fn run(ctx: Arc<Context>) {
             reflected_changes(scoped::<Secret>(c, ns), registries, |s| {
                 hash_json(&(&s.data, s.metadata.deletion_timestamp.is_some()))
             });
+        // The stores' TLS Secrets carry any name a tlsSecretRef gives, so no label selects them:
+        // every Secret of the namespace is watched as metadata only (never a key), and a new
+        // resourceVersion of one that a store names (a renewed certificate, a rotated CA) wakes
+        // that store's tenants, whose credentials Secrets then get the new ca.crt within
+        // seconds instead of at their next resync.
+        let tls_changes = watcher::watcher(
+            scoped::<PartialObjectMeta<Secret>>(c, ns),
+            watcher::Config::default(),
+        )
+        .default_backoff()
+        .touched_objects();
+        let stores_for_tls = stores.clone();
         let state = Arc::new(State {
             ctx: ctx.clone(),
             http: http.clone(),
@@ -230,6 +243,18 @@ pub async fn run(ctx: Arc<Context>) {
                     .lock()
                     .observe(&cm, fanout::registry_view(&cm));
                 wake(&by_registry, cm.namespace(), &store, &w)
+            })
+            .watches_stream(tls_changes, move |s: PartialObjectMeta<Secret>| {
+                let (ns, name) = (s.namespace(), s.name_any());
+                stores_for_tls
+                    .state()
+                    .iter()
+                    .filter(|es| {
+                        es.namespace() == ns
+                            && crate::resources::tls_secret_name(es) == Some(name.as_str())
+                    })
+                    .flat_map(|es| wake(&by_tls, ns.clone(), &es.name_any(), &fanout::Wake::All))
+                    .collect::<Vec<_>>()
             })
             .shutdown_on_signal()
             .run(reconcile, on_error, state)
