@@ -6,19 +6,23 @@
 //! `--tests` resolve features as `cargo test --workspace` does, so no dependency is rebuilt).
 //! Set `STORE_NODE_BIN` to use a prebuilt `store-node`.
 
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::{Mutex, OnceLock};
+use std::sync::OnceLock;
 
-/// Path of the workspace binary `name`, built once per test process.
+/// Path of the workspace binary `name`. The first call of the process builds every binary at
+/// once (one `cargo build`, so all the binaries a run uses come from the same sources, even if
+/// the sources are edited while the suites run).
 pub fn workspace_bin(name: &str) -> PathBuf {
-    static BUILT: OnceLock<Mutex<HashMap<String, PathBuf>>> = OnceLock::new();
-    let built = BUILT.get_or_init(|| Mutex::new(HashMap::new()));
-    let mut built = built.lock().unwrap_or_else(|e| e.into_inner());
-    if let Some(p) = built.get(name) {
-        return p.clone();
-    }
+    static PROFILE_DIR: OnceLock<PathBuf> = OnceLock::new();
+    let path = PROFILE_DIR.get_or_init(build_all).join(name);
+    assert!(path.exists(), "{} was not built", path.display());
+    path
+}
+
+/// Runs `cargo build --workspace --bins --tests` into the running test's target directory and
+/// returns its profile directory (`<target>/debug`).
+fn build_all() -> PathBuf {
     // <target>/debug/deps/<test>-<hash> -> <target>/debug
     let exe = std::env::current_exe().unwrap_or_else(|e| panic!("current exe: {e}"));
     let profile_dir = exe
@@ -52,10 +56,7 @@ pub fn workspace_bin(name: &str) -> PathBuf {
         status.success(),
         "cargo build --workspace --bins --tests failed"
     );
-    let path = profile_dir.join(name);
-    assert!(path.exists(), "{} was not built", path.display());
-    built.insert(name.to_string(), path.clone());
-    path
+    profile_dir
 }
 
 /// The variables `cargo test` sets for the test process (`CARGO_MANIFEST_DIR`,

@@ -901,22 +901,10 @@ mod e2e {
     /// The operator binary cargo built next to this test (`cargo build -p allsource-operator`),
     /// or `$ALLSOURCE_OPERATOR_BIN`.
     fn operator_bin() -> PathBuf {
-        if let Ok(p) = std::env::var("ALLSOURCE_OPERATOR_BIN") {
-            return PathBuf::from(p);
+        match std::env::var("ALLSOURCE_OPERATOR_BIN") {
+            Ok(p) => PathBuf::from(p),
+            Err(_) => allsource_tests::bins::workspace_bin("allsource-operator"),
         }
-        let exe = std::env::current_exe().expect("test executable");
-        // target/<profile>/deps/chart-<hash> -> target/<profile>/allsource-operator
-        let bin = exe
-            .parent()
-            .and_then(Path::parent)
-            .expect("target dir")
-            .join("allsource-operator");
-        assert!(
-            bin.exists(),
-            "{} missing: run `cargo build -p allsource-operator` before the tests (or set ALLSOURCE_OPERATOR_BIN)",
-            bin.display()
-        );
-        bin
     }
 
     /// The operator process; killed when dropped.
