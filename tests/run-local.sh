@@ -14,7 +14,8 @@ export ALLSOURCE_ENV_FILE=$env_file
 ns=${ALLSOURCE_RUN_NAMESPACE:-allsource-demo}
 step() { echo "[run] $*" >&2; }
 
-tests/env/install.sh
+# Only what `up.sh kube` runs (the real node and the other servers are for `make test`).
+tests/env/install.sh apt kubernetes etcd kwok
 if [ ! -f "$env_file" ] || ! grep -q '^KUBECONFIG=' "$env_file"; then
   tests/env/up.sh kube
 fi

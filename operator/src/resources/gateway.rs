@@ -504,30 +504,7 @@ mod tests {
             .template
             .spec
             .unwrap();
-        let c = &pod.containers[0];
-        let env = c.env.clone().unwrap();
-        let dir = env.iter().find(|e| e.name == "ALLSOURCE_TLS_DIR").unwrap();
-        assert_eq!(dir.value.as_deref(), Some(crate::resources::TLS_MOUNT));
-        assert!(c
-            .volume_mounts
-            .as_ref()
-            .unwrap()
-            .iter()
-            .any(|m| { m.mount_path == crate::resources::TLS_MOUNT && m.read_only == Some(true) }));
-        let vol = pod
-            .volumes
-            .unwrap()
-            .into_iter()
-            .find(|v| v.name == "tls")
-            .unwrap();
-        assert_eq!(
-            vol.secret.unwrap().secret_name.as_deref(),
-            Some("orders-gw-tls")
-        );
-        for p in [&c.readiness_probe, &c.liveness_probe] {
-            let get = p.clone().unwrap().http_get.unwrap();
-            assert_eq!(get.scheme.as_deref(), Some("HTTPS"));
-        }
+        crate::resources::fixtures::assert_serves_tls(&pod, "orders-gw-tls");
         let registry = RegistryFile {
             version: 1,
             tenants: vec![],

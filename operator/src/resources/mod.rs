@@ -221,6 +221,31 @@ pub fn hash_of<T: Serialize>(value: &T) -> String {
 #[cfg(test)]
 pub(crate) mod fixtures {
     use crate::api::EventStore;
+    use k8s_openapi::api::core::v1::PodSpec;
+
+    /// Asserts that `pod` serves HTTPS from TLS Secret `secret`: the Secret's volume, its
+    /// read-only mount at [`super::TLS_MOUNT`], `ALLSOURCE_TLS_DIR` naming it, HTTPS probes.
+    pub fn assert_serves_tls(pod: &PodSpec, secret: &str) {
+        let c = &pod.containers[0];
+        let env = c.env.clone().unwrap_or_default();
+        let dir = env.iter().find(|e| e.name == "ALLSOURCE_TLS_DIR");
+        assert_eq!(dir.and_then(|d| d.value.as_deref()), Some(super::TLS_MOUNT));
+        let mounts = c.volume_mounts.clone().unwrap_or_default();
+        assert!(mounts
+            .iter()
+            .any(|m| m.mount_path == super::TLS_MOUNT && m.read_only == Some(true)));
+        let volumes = pod.volumes.clone().unwrap_or_default();
+        let vol = volumes
+            .iter()
+            .find(|v| v.name == "tls")
+            .expect("tls volume");
+        let name = vol.secret.as_ref().and_then(|s| s.secret_name.as_deref());
+        assert_eq!(name, Some(secret));
+        for p in [&c.readiness_probe, &c.liveness_probe] {
+            let get = p.clone().and_then(|p| p.http_get).expect("httpGet probe");
+            assert_eq!(get.scheme.as_deref(), Some("HTTPS"));
+        }
+    }
 
     /// A selfHosted EventStore as the apiserver would return it (defaults filled, uid set).
     pub fn selfhosted() -> EventStore {

@@ -279,7 +279,6 @@ pub fn build(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::resources::TLS_MOUNT;
 
     #[test]
     fn snapshot() {
@@ -316,30 +315,7 @@ mod tests {
         let sh = sh.clone();
         let sts = build(&es, &sh, 1, "h");
         let pod = sts.spec.unwrap().template.spec.unwrap();
-        let c = &pod.containers[0];
-        let env = c.env.clone().unwrap();
-        let dir = env.iter().find(|e| e.name == "ALLSOURCE_TLS_DIR").unwrap();
-        assert_eq!(dir.value.as_deref(), Some(TLS_MOUNT));
-        assert!(c
-            .volume_mounts
-            .as_ref()
-            .unwrap()
-            .iter()
-            .any(|m| m.mount_path == TLS_MOUNT && m.read_only == Some(true)));
-        let vol = pod
-            .volumes
-            .unwrap()
-            .into_iter()
-            .find(|v| v.name == "tls")
-            .unwrap();
-        assert_eq!(
-            vol.secret.unwrap().secret_name.as_deref(),
-            Some("orders-tls")
-        );
-        for p in [&c.readiness_probe, &c.liveness_probe] {
-            let get = p.clone().unwrap().http_get.unwrap();
-            assert_eq!(get.scheme.as_deref(), Some("HTTPS"));
-        }
+        super::super::fixtures::assert_serves_tls(&pod, "orders-tls");
         // Without TLS the probes keep the default scheme (HTTP) and nothing is mounted.
         let plain = super::super::fixtures::selfhosted();
         let sts = build(&plain, plain.spec.self_hosted.as_ref().unwrap(), 1, "h");
