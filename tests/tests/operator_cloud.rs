@@ -1231,7 +1231,7 @@ mod firestore_cases {
     use super::*;
     use allsource_operator::api::tenant::{LocationKind, TenantStatus};
     use allsource_operator::api::Tenant;
-    use allsource_tests::firestore_admin::{recording_server, Forwarder, Seen};
+    use allsource_tests::firestore_admin::{recording_server, writes, Forwarder, Seen};
     use store_node::backend::firestore::{admin, FirestoreConfig, FirestoreStore};
     use store_node::backend::EventStore as _;
     use store_node::model::{ExpectedVersion, NewEvent, StreamId, TenantId};
@@ -1656,14 +1656,6 @@ mod firestore_cases {
                 (m.to_string(), format!("/v1/{}", r.path), r.body)
             })
             .collect();
-        let writes = |seen: &Seen| -> Vec<(String, String, serde_json::Value)> {
-            seen.lock()
-                .unwrap()
-                .iter()
-                .filter(|(m, ..)| m != "GET")
-                .map(|(m, p, _, b)| (m.clone(), p.clone(), b.clone()))
-                .collect()
-        };
         assert_eq!(writes(&seen), want);
         assert!(seen
             .lock()
