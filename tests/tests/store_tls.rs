@@ -287,27 +287,51 @@ async fn count(c: &reqwest::Client, node: &Node, stream: &str) -> usize {
     }
 }
 
+/// A PKI in `tmp/pki` (CAs `ca` and `other`, a leaf `leaf` of `ca` with `serial`, valid 2
+/// days) and a Secret volume in `tmp/tls` publishing `ca.crt` and the leaf's pair.
+fn pki_with_volume(tmp: &Path, leaf: &str, serial: u32) -> (PathBuf, SecretVolume) {
+    let pki = tmp.join("pki");
+    std::fs::create_dir(&pki).unwrap();
+    make_ca(&pki, "ca");
+    make_ca(&pki, "other");
+    issue_cert(&pki, "ca", leaf, serial, 2);
+    let read = |n: &str| std::fs::read(pki.join(n)).unwrap();
+    let mut volume = SecretVolume::new(tmp.join("tls"));
+    volume.publish(&[
+        ("ca.crt", &read("ca.crt")),
+        ("tls.crt", &read(&format!("{leaf}.crt"))),
+        ("tls.key", &read(&format!("{leaf}.key"))),
+    ]);
+    (pki, volume)
+}
+
+/// Plain HTTP on `node`'s port is refused; so is a client that trusts only `other.crt` of `pki`.
+async fn assert_https_only(node: &Node, pki: &Path) {
+    let plain = reqwest::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .build()
+        .unwrap();
+    let r = plain
+        .get(format!("http://127.0.0.1:{}/readyz", node.port))
+        .send()
+        .await;
+    assert!(r.is_err(), "plain HTTP answered: {r:?}");
+    let stranger = client(&std::fs::read(pki.join("other.crt")).unwrap(), true);
+    let r = stranger.get(node.https("/readyz")).send().await;
+    assert!(r.is_err(), "a client without the CA connected: {r:?}");
+}
+
 /// The whole HTTPS story of one node: serve, refuse plain HTTP, rotate under load, refuse a bad
 /// pair. On a store-node that ignores `ALLSOURCE_TLS_DIR` the first HTTPS request never
 /// succeeds (the node answers plain HTTP) and the readiness wait fails.
 #[tokio::test]
 async fn https_from_a_secret_volume_survives_rotation_under_load() {
     let tmp = tempfile::tempdir().unwrap();
-    let pki = tmp.path().join("pki");
-    std::fs::create_dir(&pki).unwrap();
-    make_ca(&pki, "ca");
-    make_ca(&pki, "other");
-    issue_cert(&pki, "ca", "one", 1001, 2);
+    let (pki, mut volume) = pki_with_volume(tmp.path(), "one", 1001);
     issue_cert(&pki, "ca", "two", 2002, 30);
     let read = |n: &str| std::fs::read(pki.join(n)).unwrap();
     let ca = read("ca.crt");
 
-    let mut volume = SecretVolume::new(tmp.path().join("tls"));
-    volume.publish(&[
-        ("ca.crt", &ca),
-        ("tls.crt", &read("one.crt")),
-        ("tls.key", &read("one.key")),
-    ]);
     let work = tmp.path().join("node");
     std::fs::create_dir(&work).unwrap();
     let mut node = Node::spawn(&work, &volume.dir);
@@ -331,18 +355,7 @@ async fn https_from_a_secret_volume_survives_rotation_under_load() {
     );
 
     // Plain HTTP on the same port is refused; so is a client that does not trust the CA.
-    let plain = reqwest::Client::builder()
-        .timeout(Duration::from_secs(5))
-        .build()
-        .unwrap();
-    let r = plain
-        .get(format!("http://127.0.0.1:{}/readyz", node.port))
-        .send()
-        .await;
-    assert!(r.is_err(), "plain HTTP answered: {r:?}");
-    let stranger = client(&read("other.crt"), true);
-    let r = stranger.get(node.https("/readyz")).send().await;
-    assert!(r.is_err(), "a client without the CA connected: {r:?}");
+    assert_https_only(&node, &pki).await;
 
     // Rotation under load: two writers (kept-alive and fresh connections) append in a loop.
     let stop = Arc::new(AtomicBool::new(false));
@@ -449,19 +462,8 @@ async fn the_gateway_serves_https_from_its_secret_volume() {
         return;
     };
     let tmp = tempfile::tempdir().unwrap();
-    let pki = tmp.path().join("pki");
-    std::fs::create_dir(&pki).unwrap();
-    make_ca(&pki, "ca");
-    make_ca(&pki, "other");
-    issue_cert(&pki, "ca", "gw", 3003, 2);
-    let read = |n: &str| std::fs::read(pki.join(n)).unwrap();
-    let ca = read("ca.crt");
-    let mut volume = SecretVolume::new(tmp.path().join("tls"));
-    volume.publish(&[
-        ("ca.crt", &ca),
-        ("tls.crt", &read("gw.crt")),
-        ("tls.key", &read("gw.key")),
-    ]);
+    let (pki, volume) = pki_with_volume(tmp.path(), "gw", 3003);
+    let ca = std::fs::read(pki.join("ca.crt")).unwrap();
     let work = tmp.path().join("gateway");
     std::fs::create_dir(&work).unwrap();
     let schema = format!("gwtls_{}", allsource_tests::env::unique_suffix(8));
@@ -485,18 +487,7 @@ async fn the_gateway_serves_https_from_its_secret_volume() {
     let r = c.get(gw.https("/healthz")).send().await.unwrap();
     assert_eq!(peer_serial(&r), "0bbb", "serial 3003");
 
-    let plain = reqwest::Client::builder()
-        .timeout(Duration::from_secs(5))
-        .build()
-        .unwrap();
-    let r = plain
-        .get(format!("http://127.0.0.1:{}/readyz", gw.port))
-        .send()
-        .await;
-    assert!(r.is_err(), "plain HTTP answered: {r:?}");
-    let stranger = client(&read("other.crt"), true);
-    let r = stranger.get(gw.https("/readyz")).send().await;
-    assert!(r.is_err(), "a client without the CA connected: {r:?}");
+    assert_https_only(&gw, &pki).await;
     drop(gw);
 
     let (db, conn) = tokio_postgres::connect(env.pg_url(), tokio_postgres::NoTls)

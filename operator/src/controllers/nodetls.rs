@@ -1,5 +1,6 @@
-//! How the operator calls the store nodes of a selfHosted EventStore: plain HTTP, or, when the
-//! store has `spec.selfHosted.tlsSecretRef`, HTTPS verified against `ca.crt` of that same Secret
+//! How the operator calls a store's API (its nodes, or the gateway of a cloud store): plain
+//! HTTP, or, when the store has a TLS Secret (`spec.selfHosted.tlsSecretRef`,
+//! `spec.gateway.tlsSecretRef`), HTTPS verified against `ca.crt` of that same Secret
 //! (and only that CA: the public roots are not trusted for a store's nodes). Clients are cached
 //! per CA, so a rotated CA gets a new client and an unchanged one reuses its connections.
 
