@@ -176,6 +176,28 @@ where
     }
 }
 
+/// Like [`wait_for`], but the probe says what it saw (`Err(seen)`) when the wait is not over,
+/// and a timeout panics with the last thing seen: a CI failure then shows the status the object
+/// was stuck in, not only that it never got there.
+pub async fn wait_seen<T, F, Fut>(what: &str, deadline: Duration, mut probe: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, String>>,
+{
+    let start = Instant::now();
+    loop {
+        let seen = match probe().await {
+            Ok(v) => return v,
+            Err(seen) => seen,
+        };
+        assert!(
+            start.elapsed() < deadline,
+            "timed out after {deadline:?} waiting for {what}; last seen: {seen}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 /// How long the operator suites wait for a status by default.
 pub const STATUS_DEADLINE: Duration = Duration::from_secs(90);
 
@@ -187,13 +209,17 @@ pub async fn wait_status(
     what: &str,
     pred: impl Fn(&EventStore, &EventStoreStatus) -> bool,
 ) -> EventStoreStatus {
-    wait_for(what, STATUS_DEADLINE, || {
+    wait_seen(what, STATUS_DEADLINE, || {
         let api = api.clone();
         let pred = &pred;
         async move {
-            let es = api.get(name).await.ok()?;
-            let st = es.status.clone()?;
-            pred(&es, &st).then_some(st)
+            let es = api.get(name).await.map_err(|e| e.to_string())?;
+            let st = es.status.clone().ok_or("no status")?;
+            if pred(&es, &st) {
+                Ok(st)
+            } else {
+                Err(serde_json::to_string(&st).unwrap_or_default())
+            }
         }
     })
     .await

@@ -21,7 +21,7 @@ use allsource_tests::ddb::{describe, index_names};
 use allsource_tests::env::{
     TestEnv, TestNamespace, AWS_TEST_ACCESS_KEY, AWS_TEST_REGION, AWS_TEST_SECRET_KEY,
 };
-use allsource_tests::operator::{install_crds, suffix, wait_for, Operator};
+use allsource_tests::operator::{install_crds, suffix, wait_for, wait_seen, Operator};
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Api, DeleteParams, PostParams};
 use kube::Client;
@@ -71,12 +71,16 @@ fn tenant(name: &str, placement: &str, policy: &str) -> serde_json::Value {
 /// Waits until the Tenant is Ready and returns it.
 async fn ready_tenant(client: &Client, ns: &str, name: &str) -> Tenant {
     let api: Api<Tenant> = Api::namespaced(client.clone(), ns);
-    wait_for(&format!("Tenant {name} Ready"), DEADLINE, || {
+    wait_seen(&format!("Tenant {name} Ready"), DEADLINE, || {
         let api = api.clone();
         async move {
-            let t = api.get(name).await.ok()?;
-            let st = t.status.as_ref()?;
-            (st.phase == Some(Phase::Ready)).then_some(t)
+            let t = api.get(name).await.map_err(|e| e.to_string())?;
+            let st = t.status.as_ref().ok_or("no status")?;
+            if st.phase == Some(Phase::Ready) {
+                Ok(t)
+            } else {
+                Err(serde_json::to_string(st).unwrap_or_default())
+            }
         }
     })
     .await

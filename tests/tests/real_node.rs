@@ -5,7 +5,11 @@
 //! `helm install`ed as a user would, with `image.repository`/`image.tag` pointing at it and
 //! `imagePullPolicy: Never`. The operator pod must become Ready on the real node under the
 //! chart's ServiceAccount, hold the leader Lease, and answer `/metrics` through its Service's
-//! ClusterIP (from the host, through kube-proxy's rules) and at its pod IP.
+//! ClusterIP (from the host, through kube-proxy's rules) and at its pod IP. The selfHosted sample
+//! runs 3 store-node pods with volumes from the node's provisioner and serves a tenant through the
+//! Service DNS name; under a writer per tenant, a deleted pod, a container SIGKILLed through
+//! containerd and a rolling upgrade (one unready pod at most at any time) keep every acknowledged
+//! event, once and in order, and each tenant's longest write unavailability is printed.
 //!
 //! Part of every `make test` run as root (install.sh builds the node, up.sh starts it).
 //! Needs the `node` service. A missing node fails the tests, unless they run neither as root nor in CI
@@ -455,28 +459,34 @@ async fn send(
     url: String,
     token: &str,
     body: Option<&Value>,
-) -> Option<(u16, String)> {
+) -> Result<(u16, String), String> {
     let mut url = url;
     for _ in 0..3 {
-        let client = cluster_client(env, &url).await?;
+        let client = cluster_client(env, &url)
+            .await
+            .ok_or_else(|| format!("{url}: not resolved by the cluster DNS"))?;
         let mut req = client.request(method.clone(), &url).bearer_auth(token);
         if let Some(b) = body {
             req = req.json(b);
         }
-        let resp = req.send().await.ok()?;
+        let resp = req
+            .send()
+            .await
+            .map_err(|e| format!("{method} {url}: {e:?}"))?;
         let code = resp.status().as_u16();
         if code == 421 {
             url = resp
                 .headers()
-                .get(reqwest::header::LOCATION)?
-                .to_str()
-                .ok()?
+                .get(reqwest::header::LOCATION)
+                .and_then(|l| l.to_str().ok())
+                .ok_or_else(|| format!("{url}: 421 without a Location"))?
                 .to_string();
             continue;
         }
-        return Some((code, resp.text().await.ok()?));
+        let text = resp.text().await.map_err(|e| format!("{url}: {e}"))?;
+        return Ok((code, text));
     }
-    None
+    Err(format!("{url}: more than 3 redirections"))
 }
 
 fn eventstores() -> ApiResource {
@@ -516,6 +526,153 @@ fn ready_condition(obj: &DynamicObject) -> bool {
         })
 }
 
+/// The selfHosted sample as a user on this cluster edits it (the image built here with
+/// `image_tag`, the node's volume class, the real node's placement), applied in `ns`; returns
+/// its name once it is Ready with 3 ready nodes, and how long that took.
+async fn apply_selfhosted_sample(
+    env: &TestEnv,
+    client: &kube::Client,
+    ns: &str,
+    image_tag: &str,
+) -> (String, Duration) {
+    let mut es = selfhosted_sample(env, image_tag);
+    let es_name = es["metadata"]["name"].as_str().expect("name").to_string();
+    let stores: Api<DynamicObject> = Api::namespaced_with(client.clone(), ns, &eventstores());
+    let t0 = Instant::now();
+    es["metadata"]["namespace"] = json!(ns);
+    stores
+        .patch(
+            &es_name,
+            &PatchParams::apply("real-node-e2e"),
+            &Patch::Apply(&es),
+        )
+        .await
+        .expect("apply EventStore");
+    wait_store_ready(env, &stores, ns, &es_name).await;
+    (es_name, t0.elapsed())
+}
+
+/// The selfHosted sample with this cluster's image, volume class, placement and CPU share.
+fn selfhosted_sample(env: &TestEnv, image_tag: &str) -> Value {
+    let mut es = yaml_docs("config/samples/eventstore-selfhosted.yaml").remove(0);
+    let (node_selector, tolerations) = placement(env);
+    let sh = &mut es["spec"]["selfHosted"];
+    sh["image"] = json!(format!("{REGISTRY}/store-node:{image_tag}"));
+    sh["imagePullPolicy"] = json!("Never");
+    sh["storage"]["storageClassName"] = json!(var(env, "NODE_STORAGE_CLASS"));
+    sh["podTemplate"] = json!({"nodeSelector": node_selector, "tolerations": tolerations});
+    // The test node has 2 CPUs and the real-node tests run side by side: the sample's 250m per
+    // node, three nodes per test, would leave a later test's pods unschedulable.
+    sh["resources"]["requests"]["cpu"] = json!("50m");
+    es
+}
+
+/// Waits for the EventStore `name` to be Ready with 3 ready nodes (the pods described on
+/// timeout).
+async fn wait_store_ready(env: &TestEnv, stores: &Api<DynamicObject>, ns: &str, name: &str) {
+    let ready = tokio::time::timeout(
+        WAIT,
+        wait_for("EventStore Ready with 3 ready nodes", WAIT, || {
+            let stores = stores.clone();
+            async move {
+                let es = stores.get(name).await.ok()?;
+                (ready_condition(&es) && es.data["status"]["readyReplicas"] == 3).then_some(())
+            }
+        }),
+    )
+    .await;
+    if ready.is_err() {
+        panic!(
+            "EventStore not Ready after {WAIT:?}:\n{}",
+            describe(env, ns)
+        );
+    }
+}
+
+/// The store-node pods of the EventStore `es_name`.
+async fn store_pods(pods: &Api<Pod>, es_name: &str) -> Vec<Pod> {
+    pods.list(&ListParams::default())
+        .await
+        .expect("pods")
+        .items
+        .into_iter()
+        .filter(|p| {
+            p.metadata
+                .name
+                .as_deref()
+                .is_some_and(|n| n.starts_with(&format!("{es_name}-")))
+        })
+        .collect()
+}
+
+/// What an application of a tenant has: the Secret's endpoint and token, and (from the
+/// Tenant's status) the store node that owns it.
+#[derive(Clone)]
+struct Access {
+    tenant: String,
+    endpoint: String,
+    token: String,
+    node: String,
+}
+
+/// Applies the pooled tenant sample as `name` (tenant id `name`) of `es_name`; returns what its
+/// application gets once it is Ready.
+async fn apply_tenant(client: &kube::Client, ns: &str, es_name: &str, name: &str) -> Access {
+    let mut tenant = yaml_docs("config/samples/tenant-pooled.yaml").remove(0);
+    tenant["metadata"]["name"] = json!(name);
+    tenant["spec"]["tenantId"] = json!(name);
+    tenant["spec"]["eventStoreRef"]["name"] = json!(es_name);
+    let tns: Api<DynamicObject> = Api::namespaced_with(client.clone(), ns, &tenants());
+    tns.patch(
+        name,
+        &PatchParams::apply("real-node-e2e"),
+        &Patch::Apply(&tenant),
+    )
+    .await
+    .expect("apply Tenant");
+    let (secret_name, node) = wait_for("Tenant Ready with its Secret", WAIT, || {
+        let tns = tns.clone();
+        async move {
+            let t = tns.get(name).await.ok()?;
+            if !(ready_condition(&t) || t.data["status"]["phase"] == "Ready") {
+                return None;
+            }
+            let st = &t.data["status"];
+            Some((
+                st["secretName"].as_str()?.to_string(),
+                st["location"]["name"].as_str()?.to_string(),
+            ))
+        }
+    })
+    .await;
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), ns);
+    let secret = secrets.get(&secret_name).await.expect("tenant Secret");
+    let field = |k: &str| -> String {
+        let data = secret.data.as_ref().expect("secret data");
+        String::from_utf8(
+            data.get(k)
+                .unwrap_or_else(|| panic!("{k} in the Secret"))
+                .0
+                .clone(),
+        )
+        .expect("utf-8")
+    };
+    Access {
+        tenant: name.to_string(),
+        endpoint: field("endpoint"),
+        token: field("token"),
+        node,
+    }
+}
+
+/// The URL of `stream`'s events for `access`'s application.
+fn stream_url(access: &Access, stream: &str) -> String {
+    format!(
+        "{}/v1/streams/{stream}/events",
+        access.endpoint.trim_end_matches('/')
+    )
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn selfhosted_sample_runs_three_real_store_nodes_with_volumes() {
     let Some(env) = node_env() else {
@@ -530,64 +687,15 @@ async fn selfhosted_sample_runs_three_real_store_nodes_with_volumes() {
         "helm install -> operator pod Ready in {:.1}s",
         ready_after.as_secs_f64()
     );
-
-    // The sample as a user on this cluster edits it: the image built here, the node's volume
-    // class, and the real node's placement.
-    let mut es = yaml_docs("config/samples/eventstore-selfhosted.yaml").remove(0);
-    let (node_selector, tolerations) = placement(env);
-    let sh = &mut es["spec"]["selfHosted"];
-    sh["image"] = json!(format!("{REGISTRY}/store-node:{tag}"));
-    sh["imagePullPolicy"] = json!("Never");
-    sh["storage"]["storageClassName"] = json!(var(env, "NODE_STORAGE_CLASS"));
-    sh["podTemplate"] = json!({"nodeSelector": node_selector, "tolerations": tolerations});
-    let es_name = es["metadata"]["name"].as_str().expect("name").to_string();
-    let stores: Api<DynamicObject> =
-        Api::namespaced_with(client.clone(), ns.name(), &eventstores());
-    let t0 = Instant::now();
-    stores
-        .patch(
-            &es_name,
-            &PatchParams::apply("real-node-e2e"),
-            &Patch::Apply(&es),
-        )
-        .await
-        .expect("apply EventStore");
-    let ready = tokio::time::timeout(
-        WAIT,
-        wait_for("EventStore Ready with 3 ready nodes", WAIT, || {
-            let stores = stores.clone();
-            let es_name = es_name.clone();
-            async move {
-                let es = stores.get(&es_name).await.ok()?;
-                (ready_condition(&es) && es.data["status"]["readyReplicas"] == 3).then_some(())
-            }
-        }),
-    )
-    .await;
-    if ready.is_err() {
-        panic!(
-            "EventStore not Ready after {WAIT:?}:\n{}",
-            describe(env, ns.name())
-        );
-    }
+    let (es_name, took) = apply_selfhosted_sample(env, &client, ns.name(), tag).await;
     eprintln!(
         "selfHosted sample apply -> Ready with 3 real pods in {:.1}s",
-        t0.elapsed().as_secs_f64()
+        took.as_secs_f64()
     );
+    let stores: Api<DynamicObject> =
+        Api::namespaced_with(client.clone(), ns.name(), &eventstores());
     let pods: Api<Pod> = Api::namespaced(client.clone(), ns.name());
-    let store_pods: Vec<Pod> = pods
-        .list(&ListParams::default())
-        .await
-        .expect("pods")
-        .items
-        .into_iter()
-        .filter(|p| {
-            p.metadata
-                .name
-                .as_deref()
-                .is_some_and(|n| n.starts_with(&format!("{es_name}-")))
-        })
-        .collect();
+    let store_pods = store_pods(&pods, &es_name).await;
     assert_eq!(store_pods.len(), 3, "three store-node pods");
     for p in &store_pods {
         let spec = p.spec.as_ref().expect("spec");
@@ -603,74 +711,47 @@ async fn selfhosted_sample_runs_three_real_store_nodes_with_volumes() {
     }
 
     // A tenant, then an append and a read through the Service DNS name with its Secret.
-    let mut tenant = yaml_docs("config/samples/tenant-pooled.yaml").remove(0);
-    tenant["spec"]["eventStoreRef"]["name"] = json!(es_name);
-    let tenant_name = tenant["metadata"]["name"]
+    let tenant_name = yaml_docs("config/samples/tenant-pooled.yaml").remove(0)["metadata"]["name"]
         .as_str()
         .expect("name")
         .to_string();
-    let tns: Api<DynamicObject> = Api::namespaced_with(client.clone(), ns.name(), &tenants());
-    tns.patch(
-        &tenant_name,
-        &PatchParams::apply("real-node-e2e"),
-        &Patch::Apply(&tenant),
-    )
-    .await
-    .expect("apply Tenant");
-    let secret_name = wait_for("Tenant Ready with its Secret", WAIT, || {
-        let tns = tns.clone();
-        let tenant_name = tenant_name.clone();
-        async move {
-            let t = tns.get(&tenant_name).await.ok()?;
-            if !(ready_condition(&t) || t.data["status"]["phase"] == "Ready") {
-                return None;
-            }
-            t.data["status"]["secretName"].as_str().map(str::to_string)
-        }
-    })
-    .await;
-    let secrets: Api<Secret> = Api::namespaced(client.clone(), ns.name());
-    let secret = secrets.get(&secret_name).await.expect("tenant Secret");
-    let field = |k: &str| -> String {
-        let data = secret.data.as_ref().expect("secret data");
-        String::from_utf8(
-            data.get(k)
-                .unwrap_or_else(|| panic!("{k} in the Secret"))
-                .0
-                .clone(),
-        )
-        .expect("utf-8")
-    };
-    let (endpoint, token) = (field("endpoint"), field("token"));
+    let access = apply_tenant(&client, ns.name(), &es_name, &tenant_name).await;
     assert!(
-        endpoint.contains(".svc"),
-        "the Secret's endpoint is the Service DNS name: {endpoint}"
+        access.endpoint.contains(".svc"),
+        "the Secret's endpoint is the Service DNS name: {}",
+        access.endpoint
     );
     let event = json!({"events": [{
         "eventId": "00000000-0000-4000-8000-000000000042",
         "eventType": "OrderPlaced",
         "data": {"total": 42}
     }]});
-    let stream = format!(
-        "{}/v1/streams/order-42/events",
-        endpoint.trim_end_matches('/')
-    );
+    let stream = stream_url(&access, "order-42");
     // The nodes pick the tenant up from the registry a few seconds after it changes.
     wait_for("append through the Service", WAIT, || {
-        let (stream, token, event) = (stream.clone(), token.clone(), event.clone());
+        let (stream, token, event) = (stream.clone(), access.token.clone(), event.clone());
         async move {
-            let (code, _) = send(env, reqwest::Method::POST, stream, &token, Some(&event)).await?;
+            let (code, _) = send(env, reqwest::Method::POST, stream, &token, Some(&event))
+                .await
+                .ok()?;
             (code == 201).then_some(())
         }
     })
     .await;
-    let (code, text) = send(env, reqwest::Method::GET, stream.clone(), &token, None)
-        .await
-        .expect("read through the Service");
+    let (code, text) = send(
+        env,
+        reqwest::Method::GET,
+        stream.clone(),
+        &access.token,
+        None,
+    )
+    .await
+    .unwrap_or_else(|e| panic!("read through the Service: {e}"));
     assert_eq!(code, 200, "{text}");
     assert!(text.contains("OrderPlaced"), "{text}");
 
     // Deleted while the operator runs: its finalizers go, then the chart.
+    let tns: Api<DynamicObject> = Api::namespaced_with(client.clone(), ns.name(), &tenants());
     tns.delete(&tenant_name, &Default::default())
         .await
         .expect("delete Tenant");
@@ -687,6 +768,380 @@ async fn selfhosted_sample_runs_three_real_store_nodes_with_volumes() {
         }
     })
     .await;
+    run_ok(helm(env, ns.name()).args(["uninstall", RELEASE, "--wait", "--timeout", "2m"]));
+    ns.cleanup().await.expect("delete namespace");
+}
+
+/// What one tenant's writer saw: the event ids the store acknowledged, in order, and each
+/// stretch during which its appends failed (from the last acknowledgement before it to the
+/// first after it).
+#[derive(Default)]
+struct Ledger {
+    acked: Vec<uuid::Uuid>,
+    outages: Vec<(Instant, Duration)>,
+    last_error: String,
+}
+
+/// The id of the `i`-th event of tenant number `t`: known before the append, so an append whose
+/// answer was lost is retried with the same id (the store deduplicates it) and every
+/// acknowledged event can be looked for by id afterwards.
+fn event_id(t: usize, i: usize) -> uuid::Uuid {
+    uuid::Uuid::from_u128(
+        0x0000_0000_0000_4000_8000_0000_0000_0000 | ((t as u128) << 40) | i as u128,
+    )
+}
+
+/// Appends one event at a time to `stream` as `access`'s application would (through the
+/// Service, following 421s), retrying the same event until it is acknowledged, until `stop`;
+/// then finishes the event in flight (bounded by [`WAIT`]).
+async fn write_until(
+    env: &'static TestEnv,
+    access: Access,
+    t: usize,
+    stream: String,
+    stop: tokio::sync::watch::Receiver<bool>,
+    ledger: std::sync::Arc<std::sync::Mutex<Ledger>>,
+) {
+    let url = stream_url(&access, &stream);
+    let (mut i, mut last_ok, mut failing) = (0usize, Instant::now(), false);
+    let mut stopped_at: Option<Instant> = None;
+    loop {
+        if stopped_at.is_none() && *stop.borrow() {
+            stopped_at = Some(Instant::now());
+        }
+        let id = event_id(t, i);
+        let body = json!({"events": [{"eventId": id, "eventType": "Tick", "data": {"i": i}}]});
+        let sent = send(
+            env,
+            reqwest::Method::POST,
+            url.clone(),
+            &access.token,
+            Some(&body),
+        )
+        .await;
+        let acked = {
+            let mut l = ledger.lock().expect("ledger");
+            match sent {
+                Ok((200 | 201, _)) => {
+                    if failing {
+                        l.outages.push((last_ok, last_ok.elapsed()));
+                    }
+                    l.acked.push(id);
+                    true
+                }
+                other => {
+                    l.last_error = format!("{other:?}");
+                    assert!(
+                        stopped_at.is_none_or(|s| s.elapsed() < WAIT),
+                        "tenant {}: event {i} not acknowledged {WAIT:?} after the load stopped: {}",
+                        access.tenant,
+                        l.last_error
+                    );
+                    false
+                }
+            }
+        };
+        if acked {
+            failing = false;
+            last_ok = Instant::now();
+            i += 1;
+            if stopped_at.is_some() {
+                return;
+            }
+        } else {
+            failing = true;
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+/// Every event of `stream` as `access`'s application reads it, page by page.
+async fn read_ids(env: &TestEnv, access: &Access, stream: &str) -> Vec<uuid::Uuid> {
+    let mut ids = Vec::new();
+    let mut from = 0u64;
+    loop {
+        let url = format!("{}?from={from}&limit=500", stream_url(access, stream));
+        // A Service whose endpoints just changed (a roll) may refuse a connection for a moment
+        // until kube-proxy has synced its rules: an application retries, so does this.
+        let (code, text) = wait_for("a page read through the Service", WAIT, || {
+            let url = url.clone();
+            async move {
+                send(env, reqwest::Method::GET, url, &access.token, None)
+                    .await
+                    .inspect_err(|e| eprintln!("read retried: {e}"))
+                    .ok()
+            }
+        })
+        .await;
+        assert_eq!(code, 200, "{text}");
+        let page: Value = serde_json::from_str(&text).expect("events page");
+        let events = page["events"].as_array().expect("events");
+        // An empty page is the end (its `next` is where a later call would follow from).
+        if events.is_empty() {
+            return ids;
+        }
+        for e in events {
+            ids.push(
+                e["eventId"]
+                    .as_str()
+                    .expect("eventId")
+                    .parse()
+                    .expect("uuid"),
+            );
+        }
+        match page["next"].as_u64() {
+            Some(n) => from = n,
+            None => return ids,
+        }
+    }
+}
+
+/// The pod `name` once it is Ready and `done(pod)` holds.
+async fn wait_pod(pods: &Api<Pod>, name: &str, what: &str, done: impl Fn(&Pod) -> bool) -> Pod {
+    wait_for(what, WAIT, || {
+        let pods = pods.clone();
+        let done = &done;
+        async move {
+            let p = pods.get_opt(name).await.ok()??;
+            (pod_ready(&p) && done(&p)).then_some(p)
+        }
+    })
+    .await
+}
+
+fn restarts(p: &Pod) -> i32 {
+    p.status
+        .as_ref()
+        .and_then(|s| s.container_statuses.as_ref())
+        .map(|c| c.iter().map(|c| c.restart_count).sum())
+        .unwrap_or(0)
+}
+
+/// Waits until every writer has had `n` more events acknowledged than now.
+async fn wait_progress(ledgers: &[std::sync::Arc<std::sync::Mutex<Ledger>>], n: usize, what: &str) {
+    let base: Vec<usize> = ledgers
+        .iter()
+        .map(|l| l.lock().expect("ledger").acked.len())
+        .collect();
+    wait_for(what, WAIT, || {
+        let ok = ledgers
+            .iter()
+            .zip(&base)
+            .all(|(l, b)| l.lock().expect("ledger").acked.len() >= b + n);
+        async move { ok.then_some(()) }
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn store_pods_killed_and_rolled_under_load_keep_every_acknowledged_event() {
+    let Some(env) = node_env() else {
+        return;
+    };
+    let tag = images(env);
+    let ns = env
+        .test_namespace("realnode-roll")
+        .await
+        .expect("namespace");
+    let client = ns.client().clone();
+    install_operator(env, &ns, tag).await;
+    let (es_name, _) = apply_selfhosted_sample(env, &client, ns.name(), tag).await;
+    let pods: Api<Pod> = Api::namespaced(client.clone(), ns.name());
+    let mut tenants = Vec::new();
+    for name in ["roll-a", "roll-b", "roll-c"] {
+        tenants.push(apply_tenant(&client, ns.name(), &es_name, name).await);
+    }
+    let owners: Vec<&str> = tenants.iter().map(|a| a.node.as_str()).collect();
+    eprintln!("owners: {owners:?}");
+
+    // One writer per tenant, one event per durable append, for the whole test.
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let ledgers: Vec<_> = tenants
+        .iter()
+        .map(|_| std::sync::Arc::new(std::sync::Mutex::new(Ledger::default())))
+        .collect();
+    let writers: Vec<_> = tenants
+        .iter()
+        .enumerate()
+        .map(|(t, a)| {
+            tokio::spawn(write_until(
+                env,
+                a.clone(),
+                t,
+                "ticks".to_string(),
+                stop_rx.clone(),
+                ledgers[t].clone(),
+            ))
+        })
+        .collect();
+    wait_progress(&ledgers, 20, "every tenant writing").await;
+    let mut phases: Vec<(&str, Instant, Instant)> = Vec::new();
+
+    // 1. `kubectl delete pod` of the first tenant's node: the StatefulSet makes it again on the
+    //    same volume.
+    let t0 = Instant::now();
+    let victim = tenants[0].node.clone();
+    let before = pods.get(&victim).await.expect("victim pod");
+    let uid = before.metadata.uid.clone();
+    pods.delete(&victim, &Default::default())
+        .await
+        .expect("delete pod");
+    wait_pod(&pods, &victim, "the deleted pod back and Ready", |p| {
+        p.metadata.uid != uid
+    })
+    .await;
+    wait_progress(&ledgers, 10, "every tenant writing after the pod came back").await;
+    phases.push(("pod deleted", t0, Instant::now()));
+    eprintln!("pod deleted and back in {:.1}s", t0.elapsed().as_secs_f64());
+
+    // 2. The second tenant's node's container SIGKILLed through containerd: the kubelet
+    //    restarts it in the same pod.
+    let t0 = Instant::now();
+    let victim = tenants[1].node.clone();
+    let before = wait_pod(&pods, &victim, "the second node Ready", |_| true).await;
+    let count = restarts(&before);
+    let id = before
+        .status
+        .as_ref()
+        .and_then(|s| s.container_statuses.as_ref())
+        .and_then(|c| c.first())
+        .and_then(|c| c.container_id.as_deref())
+        .and_then(|id| id.strip_prefix("containerd://"))
+        .expect("containerd container id")
+        .to_string();
+    run_ok(
+        Command::new("ctr")
+            .args(["--address", var(env, "NODE_CONTAINERD_ADDRESS")])
+            .args(["-n", "k8s.io", "tasks", "kill", "--signal", "SIGKILL", &id]),
+    );
+    wait_pod(
+        &pods,
+        &victim,
+        "the SIGKILLed container restarted and Ready",
+        |p| restarts(p) > count,
+    )
+    .await;
+    wait_progress(&ledgers, 10, "every tenant writing after the restart").await;
+    phases.push(("container SIGKILLed", t0, Instant::now()));
+    eprintln!(
+        "container SIGKILLed and back in {:.1}s",
+        t0.elapsed().as_secs_f64()
+    );
+
+    // 3. A rolling upgrade: the same image under a new tag, so every pod is replaced. A sampler
+    //    counts the store's pods that are not Ready at each moment: one at a time, never more.
+    let t0 = Instant::now();
+    let next = format!("{tag}-next");
+    run_ok(
+        Command::new("ctr")
+            .args(["--address", var(env, "NODE_CONTAINERD_ADDRESS")])
+            .args(["-n", "k8s.io", "images", "tag", "--force"])
+            .arg(format!("{REGISTRY}/store-node:{tag}"))
+            .arg(format!("{REGISTRY}/store-node:{next}")),
+    );
+    let (sampling_tx, sampling_rx) = tokio::sync::watch::channel(false);
+    let sampler = tokio::spawn({
+        let (pods, es_name) = (pods.clone(), es_name.clone());
+        async move {
+            let mut worst = 0usize;
+            while !*sampling_rx.borrow() {
+                if let Ok(list) = pods.list(&ListParams::default()).await {
+                    let ready = list
+                        .items
+                        .iter()
+                        .filter(|p| {
+                            p.metadata
+                                .name
+                                .as_deref()
+                                .is_some_and(|n| n.starts_with(&format!("{es_name}-")))
+                                && pod_ready(p)
+                        })
+                        .count();
+                    worst = worst.max(3usize.saturating_sub(ready));
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            worst
+        }
+    });
+    let stores: Api<DynamicObject> =
+        Api::namespaced_with(client.clone(), ns.name(), &eventstores());
+    let mut es = selfhosted_sample(env, &next);
+    es["metadata"]["namespace"] = json!(ns.name());
+    stores
+        .patch(
+            &es_name,
+            &PatchParams::apply("real-node-e2e"),
+            &Patch::Apply(&es),
+        )
+        .await
+        .expect("apply the new image");
+    let image = format!("{REGISTRY}/store-node:{next}");
+    wait_for("every store pod on the new image and Ready", WAIT, || {
+        let (pods, es_name, image) = (pods.clone(), es_name.clone(), image.clone());
+        async move {
+            let list = store_pods(&pods, &es_name).await;
+            (list.len() == 3
+                && list.iter().all(|p| {
+                    pod_ready(p)
+                        && p.spec
+                            .as_ref()
+                            .and_then(|s| s.containers[0].image.as_deref())
+                            == Some(image.as_str())
+                }))
+            .then_some(())
+        }
+    })
+    .await;
+    wait_store_ready(env, &stores, ns.name(), &es_name).await;
+    wait_progress(&ledgers, 10, "every tenant writing after the roll").await;
+    sampling_tx.send(true).expect("sampler");
+    let worst = sampler.await.expect("sampler");
+    phases.push(("rolling upgrade", t0, Instant::now()));
+    eprintln!("rolling upgrade done in {:.1}s", t0.elapsed().as_secs_f64());
+    assert!(
+        worst <= 1,
+        "{worst} store pods were unready at once during the roll"
+    );
+
+    // Stop the load; every acknowledged event is there once, in order, and nothing else.
+    stop_tx.send(true).expect("stop");
+    for w in writers {
+        w.await.expect("writer");
+    }
+    for (t, a) in tenants.iter().enumerate() {
+        let read = read_ids(env, a, "ticks").await;
+        let l = ledgers[t].lock().expect("ledger");
+        assert_eq!(
+            read.len(),
+            l.acked.len(),
+            "tenant {}: {} acknowledged, {} read",
+            a.tenant,
+            l.acked.len(),
+            read.len()
+        );
+        assert!(read == l.acked, "tenant {}: events out of order", a.tenant);
+        for (name, from, to) in &phases {
+            let worst = l
+                .outages
+                .iter()
+                .filter(|(at, d)| *at <= *to && *at + *d >= *from)
+                .map(|(_, d)| *d)
+                .max()
+                .unwrap_or_default();
+            eprintln!(
+                "tenant {} (node {}): {name}: longest write unavailability {:.1}s",
+                a.tenant,
+                a.node,
+                worst.as_secs_f64()
+            );
+        }
+        eprintln!(
+            "tenant {}: {} events acknowledged and read back",
+            a.tenant,
+            read.len()
+        );
+    }
     run_ok(helm(env, ns.name()).args(["uninstall", RELEASE, "--wait", "--timeout", "2m"]));
     ns.cleanup().await.expect("delete namespace");
 }

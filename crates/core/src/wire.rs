@@ -386,8 +386,11 @@ pub struct ListStreamsQuery {
 pub struct EventsPage {
     /// The events.
     pub events: Vec<EventOut>,
-    /// Where the next page starts (`from` of the next call); None when nothing follows
-    /// (a backwards read that reached version 0, or an empty page of a stream).
+    /// Where the next page starts (`from` of the next call). Forwards (and `/v1/events`): the
+    /// version (position) after the page's last event, or the `from` asked for when the page is
+    /// empty: an empty page is the end for now, and calling again with it later follows the
+    /// stream. Backwards: the version before the page's last event; None once version 0 was
+    /// read or for an empty page.
     pub next: Option<u64>,
 }
 
