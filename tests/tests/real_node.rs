@@ -8,8 +8,10 @@
 //! ClusterIP (from the host, through kube-proxy's rules) and at its pod IP. The selfHosted sample
 //! runs 3 store-node pods with volumes from the node's provisioner and serves a tenant through the
 //! Service DNS name; under a writer per tenant, a deleted pod, a container SIGKILLed through
-//! containerd and a rolling upgrade (one unready pod at most at any time) keep every acknowledged
-//! event, once and in order, and each tenant's longest write unavailability is printed.
+//! containerd, a rolling upgrade and a drain of every store pod through the Eviction API (the
+//! PodDisruptionBudget refuses evictions; at most one store pod unready at any time in either)
+//! keep every acknowledged event, once and in order, and each tenant's longest write
+//! unavailability is printed.
 //!
 //! Part of every `make test` run as root (install.sh builds the node, up.sh starts it).
 //! Needs the `node` service. A missing node fails the tests, unless they run neither as root nor in CI
@@ -933,6 +935,82 @@ async fn wait_progress(ledgers: &[std::sync::Arc<std::sync::Mutex<Ledger>>], n: 
     .await;
 }
 
+/// Counts, every 200 ms, how many of a store's 3 pods are not Ready, and keeps the worst.
+struct Sampler {
+    stop: tokio::sync::watch::Sender<bool>,
+    task: tokio::task::JoinHandle<usize>,
+}
+
+impl Sampler {
+    fn start(pods: &Api<Pod>, es_name: &str) -> Self {
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        let (pods, es_name) = (pods.clone(), es_name.to_string());
+        let task = tokio::spawn(async move {
+            let mut worst = 0usize;
+            while !*stopped.borrow() {
+                if let Ok(list) = pods.list(&ListParams::default()).await {
+                    let ready = list
+                        .items
+                        .iter()
+                        .filter(|p| {
+                            p.metadata
+                                .name
+                                .as_deref()
+                                .is_some_and(|n| n.starts_with(&format!("{es_name}-")))
+                                && pod_ready(p)
+                        })
+                        .count();
+                    worst = worst.max(3usize.saturating_sub(ready));
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            worst
+        });
+        Self { stop, task }
+    }
+
+    /// The most pods seen unready at once.
+    async fn stop(self) -> usize {
+        self.stop.send(true).expect("sampler");
+        self.task.await.expect("sampler")
+    }
+}
+
+/// Asks the Eviction API to evict pod `name` of `ns` the way `kubectl drain` does, through
+/// kubectl itself: Ok(true) evicted, Ok(false) refused by a disruption budget (429).
+fn evict(env: &TestEnv, ns: &str, name: &str) -> Result<bool, String> {
+    let body = json!({
+        "apiVersion": "policy/v1", "kind": "Eviction",
+        "metadata": {"name": name, "namespace": ns},
+    });
+    let file = tempfile::NamedTempFile::new().map_err(|e| e.to_string())?;
+    std::fs::write(file.path(), body.to_string()).map_err(|e| e.to_string())?;
+    let out = Command::new("kubectl")
+        .arg("--kubeconfig")
+        .arg(env.kubeconfig())
+        .args([
+            "create",
+            "--raw",
+            &format!("/api/v1/namespaces/{ns}/pods/{name}/eviction"),
+            "-f",
+        ])
+        .arg(file.path())
+        .output()
+        .map_err(|e| e.to_string())?;
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    if out.status.success() {
+        Ok(true)
+    } else if text.contains("TooManyRequests") || text.contains("disruption budget") {
+        Ok(false)
+    } else {
+        Err(text)
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn store_pods_killed_and_rolled_under_load_keep_every_acknowledged_event() {
     let Some(env) = node_env() else {
@@ -1039,31 +1117,7 @@ async fn store_pods_killed_and_rolled_under_load_keep_every_acknowledged_event()
             .arg(format!("{REGISTRY}/store-node:{tag}"))
             .arg(format!("{REGISTRY}/store-node:{next}")),
     );
-    let (sampling_tx, sampling_rx) = tokio::sync::watch::channel(false);
-    let sampler = tokio::spawn({
-        let (pods, es_name) = (pods.clone(), es_name.clone());
-        async move {
-            let mut worst = 0usize;
-            while !*sampling_rx.borrow() {
-                if let Ok(list) = pods.list(&ListParams::default()).await {
-                    let ready = list
-                        .items
-                        .iter()
-                        .filter(|p| {
-                            p.metadata
-                                .name
-                                .as_deref()
-                                .is_some_and(|n| n.starts_with(&format!("{es_name}-")))
-                                && pod_ready(p)
-                        })
-                        .count();
-                    worst = worst.max(3usize.saturating_sub(ready));
-                }
-                tokio::time::sleep(Duration::from_millis(200)).await;
-            }
-            worst
-        }
-    });
+    let sampler = Sampler::start(&pods, &es_name);
     let stores: Api<DynamicObject> =
         Api::namespaced_with(client.clone(), ns.name(), &eventstores());
     let mut es = selfhosted_sample(env, &next);
@@ -1095,13 +1149,67 @@ async fn store_pods_killed_and_rolled_under_load_keep_every_acknowledged_event()
     .await;
     wait_store_ready(env, &stores, ns.name(), &es_name).await;
     wait_progress(&ledgers, 10, "every tenant writing after the roll").await;
-    sampling_tx.send(true).expect("sampler");
-    let worst = sampler.await.expect("sampler");
+    let worst = sampler.stop().await;
     phases.push(("rolling upgrade", t0, Instant::now()));
     eprintln!("rolling upgrade done in {:.1}s", t0.elapsed().as_secs_f64());
     assert!(
         worst <= 1,
         "{worst} store pods were unready at once during the roll"
+    );
+
+    // 4. A drain of the store's pods as `kubectl drain` does it: every pod evicted at once
+    //    through the Eviction API, each eviction retried while the PodDisruptionBudget
+    //    (maxUnavailable 1) refuses it (429). The budget must refuse some, and never more than
+    //    one store pod may be unready at a time. (Not `kubectl drain` itself: cordoning the
+    //    only real node would stop every test's pods from being scheduled again.)
+    let t0 = Instant::now();
+    let before: Vec<(String, Option<String>)> = store_pods(&pods, &es_name)
+        .await
+        .into_iter()
+        .map(|p| (p.metadata.name.unwrap_or_default(), p.metadata.uid))
+        .collect();
+    let sampler = Sampler::start(&pods, &es_name);
+    let drains: Vec<_> = before
+        .iter()
+        .map(|(name, _)| {
+            let (ns, name) = (ns.name().to_string(), name.clone());
+            // kubectl is a process: each pod's retry loop runs on a blocking thread.
+            tokio::task::spawn_blocking(move || {
+                let mut refused = 0usize;
+                let deadline = Instant::now() + WAIT;
+                loop {
+                    match evict(env, &ns, &name) {
+                        Ok(true) => return refused,
+                        Ok(false) => refused += 1,
+                        Err(e) => panic!("evict {name}: {e}"),
+                    }
+                    assert!(Instant::now() < deadline, "{name} not evicted in {WAIT:?}");
+                    std::thread::sleep(Duration::from_secs(1));
+                }
+            })
+        })
+        .collect();
+    let mut refused = 0;
+    for d in drains {
+        refused += d.await.expect("eviction task");
+    }
+    for (name, uid) in &before {
+        wait_pod(&pods, name, "an evicted pod back and Ready", |p| {
+            p.metadata.uid != *uid
+        })
+        .await;
+    }
+    let worst = sampler.stop().await;
+    wait_progress(&ledgers, 10, "every tenant writing after the drain").await;
+    phases.push(("drain", t0, Instant::now()));
+    eprintln!(
+        "3 pods evicted in {:.1}s, {refused} evictions refused by the budget",
+        t0.elapsed().as_secs_f64()
+    );
+    assert!(refused > 0, "the budget never refused an eviction");
+    assert!(
+        worst <= 1,
+        "{worst} store pods were unready at once during the drain"
     );
 
     // Stop the load; every acknowledged event is there once, in order, and nothing else.
