@@ -977,7 +977,9 @@ impl Sampler {
 }
 
 /// Asks the Eviction API to evict pod `name` of `ns` the way `kubectl drain` does, through
-/// kubectl itself: Ok(true) evicted, Ok(false) refused by a disruption budget (429).
+/// kubectl itself: Ok(true) evicted, Ok(false) refused by a disruption budget (429). Not with
+/// the test's kube client: kube 5 retries a 429 by itself (`Config::default_retry`), so a
+/// refused eviction would come back as granted once the budget allowed it, hiding every refusal.
 fn evict(env: &TestEnv, ns: &str, name: &str) -> Result<bool, String> {
     let body = json!({
         "apiVersion": "policy/v1", "kind": "Eviction",
