@@ -92,6 +92,8 @@ impl Operator {
     pub fn start_with_drift(client: &Client, ns: &str, drift: Duration) -> Self {
         if std::env::var_os("ALLSOURCE_TEST_OPERATOR_LOG").is_some() {
             allsource_operator::telemetry::init_logging();
+        } else {
+            capture_warnings();
         }
         let metrics = Metrics::new().unwrap();
         let ctx = Arc::new(
@@ -112,6 +114,62 @@ impl Operator {
         self.task.abort();
         let _ = self.task.await;
     }
+}
+
+/// The operators' warnings and errors in this process, newest last, at most [`WARNING_LINES`].
+static WARNINGS: std::sync::Mutex<std::collections::VecDeque<String>> =
+    std::sync::Mutex::new(std::collections::VecDeque::new());
+const WARNING_LINES: usize = 4000;
+
+/// Where the captured log lines go: one line per event, into [`WARNINGS`].
+struct WarningSink;
+
+impl std::io::Write for WarningSink {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let mut w = WARNINGS.lock().unwrap_or_else(|e| e.into_inner());
+        for line in String::from_utf8_lossy(buf)
+            .lines()
+            .filter(|l| !l.is_empty())
+        {
+            if w.len() == WARNING_LINES {
+                w.pop_front();
+            }
+            w.push_back(line.to_string());
+        }
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Keeps the in-process operators' WARN and ERROR events (a failed reconcile, an outage) for
+/// [`warnings_about`]; once per process, and only when no other subscriber is set.
+fn capture_warnings() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let _ = tracing_subscriber::fmt()
+            .with_max_level(tracing::Level::WARN)
+            .with_ansi(false)
+            .with_writer(|| WarningSink)
+            .try_init();
+    });
+}
+
+/// The last captured operator warnings that mention `needle` (a namespace, an object's name),
+/// for a timeout's message: a reconcile that keeps failing says why.
+pub fn warnings_about(needle: &str) -> String {
+    let w = WARNINGS.lock().unwrap_or_else(|e| e.into_inner());
+    let hits: Vec<&String> = w.iter().filter(|l| l.contains(needle)).collect();
+    let last = &hits[hits.len().saturating_sub(20)..];
+    if last.is_empty() {
+        return format!("no operator warning mentions {needle}");
+    }
+    last.iter()
+        .map(|l| l.as_str())
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 /// Creates PersistentVolumes pre-bound to the claims `data-<store>-<i>` in `ns`, so the scheduler

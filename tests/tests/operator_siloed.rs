@@ -22,7 +22,7 @@ use allsource_tests::env::{
     TestEnv, TestNamespace, AWS_TEST_ACCESS_KEY, AWS_TEST_REGION, AWS_TEST_SECRET_KEY,
 };
 use allsource_tests::operator::{
-    install_crds, suffix, wait_for, wait_seen, Operator, STATUS_DEADLINE,
+    install_crds, suffix, wait_for, wait_seen, warnings_about, Operator, STATUS_DEADLINE,
 };
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Api, DeleteParams, PostParams};
@@ -79,12 +79,14 @@ async fn ready_tenant(client: &Client, ns: &str, name: &str) -> Tenant {
         let api = api.clone();
         async move {
             let t = api.get(name).await.map_err(|e| e.to_string())?;
-            let st = t.status.as_ref().ok_or("no status")?;
-            if st.phase == Some(Phase::Ready) {
-                Ok(t)
-            } else {
-                Err(serde_json::to_string(st).unwrap_or_default())
+            if t.status.as_ref().and_then(|s| s.phase) == Some(Phase::Ready) {
+                return Ok(t);
             }
+            Err(format!(
+                "status {}\noperator warnings:\n{}",
+                serde_json::to_string(&t.status).unwrap_or_default(),
+                warnings_about(ns)
+            ))
         }
     })
     .await

@@ -17,7 +17,7 @@ use allsource_operator::api::tenant::TenantStatus;
 use allsource_operator::api::{DeletionPolicy, EventStore, Phase, Tenant, FINALIZER};
 use allsource_operator::resources::configmap::{RegistryFile, TenantState};
 use allsource_tests::operator::{
-    create_volumes, delete_volumes, kube_namespace, wait_for, Operator,
+    create_volumes, delete_volumes, kube_namespace, wait_for, warnings_about, Operator,
 };
 use base64::Engine as _;
 use k8s_openapi::api::core::v1::{Node, Pod, Secret};
@@ -80,7 +80,11 @@ async fn wait_tenant(
         }
         if start.elapsed() >= DEADLINE {
             let state = describe(api, name).await;
-            panic!("timed out after {DEADLINE:?} waiting for {what}\n{state}");
+            let ns = api.get(name).await.ok().and_then(|t| t.namespace());
+            let warnings = warnings_about(ns.as_deref().unwrap_or(name));
+            panic!(
+                "timed out after {DEADLINE:?} waiting for {what}\n{state}\noperator warnings:\n{warnings}"
+            );
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }

@@ -740,16 +740,18 @@ async fn selfhosted_sample_runs_three_real_store_nodes_with_volumes() {
         }
     })
     .await;
-    let (code, text) = send(
-        env,
-        reqwest::Method::GET,
-        stream.clone(),
-        &access.token,
-        None,
-    )
-    .await
-    .unwrap_or_else(|e| panic!("read through the Service: {e}"));
-    assert_eq!(code, 200, "{text}");
+    // The Service may first hand the read to a node that has not reloaded the registry yet
+    // (it answers 401 until it knows the tenant): read until one that knows it answers.
+    let text = wait_for("read through the Service", WAIT, || {
+        let (stream, token) = (stream.clone(), access.token.clone());
+        async move {
+            let (code, text) = send(env, reqwest::Method::GET, stream, &token, None)
+                .await
+                .ok()?;
+            (code == 200).then_some(text)
+        }
+    })
+    .await;
     assert!(text.contains("OrderPlaced"), "{text}");
 
     // Deleted while the operator runs: its finalizers go, then the chart.
