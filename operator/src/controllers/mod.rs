@@ -184,6 +184,24 @@ pub fn backoff_for(n: u32) -> Duration {
     Duration::from_secs(secs.min(300))
 }
 
+/// How long a reconcile waits for a cache's first list before it is retried later.
+pub const CACHE_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Waits (at most [`CACHE_WAIT`]) until the cache `store` of `kind` holds its first list.
+pub async fn cache_ready<K>(
+    store: &kube::runtime::reflector::Store<K>,
+    kind: &'static str,
+) -> Result<(), ReconcileError>
+where
+    K: kube::Resource + Clone + 'static,
+    K::DynamicType: Eq + std::hash::Hash + Clone,
+{
+    tokio::time::timeout(CACHE_WAIT, store.wait_until_ready())
+        .await
+        .map_err(|_| ReconcileError::CacheNotReady(kind))?
+        .map_err(|_| ReconcileError::CacheClosed(kind))
+}
+
 /// Errors a reconcile can end with.
 #[derive(Debug, thiserror::Error)]
 pub enum ReconcileError {
@@ -203,6 +221,10 @@ pub enum ReconcileError {
     /// The watch feeding a cache of this kind stopped (the operator is shutting down).
     #[error("the {0} cache is closed")]
     CacheClosed(&'static str),
+    /// A cache of this kind has not finished its first list within [`CACHE_WAIT`]; the
+    /// reconcile gives its slot back and is retried, instead of waiting without a bound.
+    #[error("the {0} cache is not filled yet")]
+    CacheNotReady(&'static str),
     /// An object the operator would write exists and is not its own; reported in the owner's
     /// status (`ResourceConflict`), never taken over.
     #[error("{0}")]
@@ -232,6 +254,7 @@ impl ReconcileError {
             ReconcileError::NoNamespace => "NoNamespace",
             ReconcileError::Backend(_) => "Backend",
             ReconcileError::CacheClosed(_) => "CacheClosed",
+            ReconcileError::CacheNotReady(_) => "CacheNotReady",
             ReconcileError::NotOwned(_) => "NotOwned",
             ReconcileError::Invalid(_) => "Invalid",
         }

@@ -306,11 +306,7 @@ async fn apply_store(es: &EventStore, state: &State, ns: &str) -> Result<Action,
 
     // Fetch: the tenants of this store, from the cache. Until the first list is complete the
     // registry would miss tenants (and take their access away): wait for it.
-    state
-        .tenants
-        .wait_until_ready()
-        .await
-        .map_err(|_| ReconcileError::CacheClosed("Tenant"))?;
+    crate::controllers::cache_ready(&state.tenants, "Tenant").await?;
     let of_store: Vec<Tenant> = state
         .tenants
         .state()

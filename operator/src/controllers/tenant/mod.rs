@@ -103,10 +103,7 @@ impl State {
         ns: &str,
         name: &str,
     ) -> Result<Option<Arc<EventStore>>, ReconcileError> {
-        self.stores
-            .wait_until_ready()
-            .await
-            .map_err(|_| ReconcileError::CacheClosed("EventStore"))?;
+        crate::controllers::cache_ready(&self.stores, "EventStore").await?;
         Ok(self.stores.get(&ObjectRef::new(name).within(ns)))
     }
 
@@ -116,10 +113,7 @@ impl State {
         es: &EventStore,
         ns: &str,
     ) -> Result<Option<crate::resources::configmap::RegistryFile>, ReconcileError> {
-        self.configs
-            .wait_until_ready()
-            .await
-            .map_err(|_| ReconcileError::CacheClosed("Secret"))?;
+        crate::controllers::cache_ready(&self.configs, "Secret").await?;
         let secret = self
             .configs
             .get(&ObjectRef::new(&crate::resources::registry_secret_name(es)).within(ns));
@@ -128,10 +122,7 @@ impl State {
 
     /// The other Tenant that holds `t`'s id on its store ([`duplicate::holder`]), from the cache.
     async fn id_holder(&self, t: &Tenant) -> Result<Option<Tenant>, ReconcileError> {
-        self.tenants
-            .wait_until_ready()
-            .await
-            .map_err(|_| ReconcileError::CacheClosed("Tenant"))?;
+        crate::controllers::cache_ready(&self.tenants, "Tenant").await?;
         let all = self.tenants.state();
         Ok(duplicate::holder(t, all.iter().map(|t| t.as_ref())).cloned())
     }
