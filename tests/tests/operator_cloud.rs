@@ -608,13 +608,26 @@ async fn dynamodb_provision_drift_unsupported_and_delete() {
     .await;
 
     // Drift: the whole table deleted by hand is recreated (protection off first, as a user must).
-    ddb.update_table()
-        .table_name(&table)
-        .deletion_protection_enabled(false)
-        .send()
-        .await
-        .unwrap();
-    ddb.delete_table().table_name(&table).send().await.unwrap();
+    // The operator's drift loop (every 2 s) may turn protection back on between the two calls:
+    // then the delete is refused, and done again as a user would.
+    wait_for("the table deleted by hand", DEADLINE, || {
+        let (ddb, table) = (&ddb, &table);
+        async move {
+            ddb.update_table()
+                .table_name(table)
+                .deletion_protection_enabled(false)
+                .send()
+                .await
+                .ok()?;
+            ddb.delete_table()
+                .table_name(table)
+                .send()
+                .await
+                .ok()
+                .map(|_| ())
+        }
+    })
+    .await;
     let t2 = Instant::now();
     wait_for("table recreated with protection", DEADLINE, || {
         let ddb = &ddb;
