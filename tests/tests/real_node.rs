@@ -214,7 +214,7 @@ fn placement(env: &TestEnv) -> (Value, Value) {
 }
 
 /// `helm install`s the chart into `ns` with the image built here, watching `ns` only; waits for
-/// the operator pod to be Ready and returns it with the time that took.
+/// the operator pod to be Ready and returns it with the time that took (also printed).
 async fn install_operator(env: &TestEnv, ns: &env::TestNamespace, tag: &str) -> (Pod, Duration) {
     let (node_selector, tolerations) = placement(env);
     let values = json!({
@@ -256,7 +256,14 @@ async fn install_operator(env: &TestEnv, ns: &env::TestNamespace, tag: &str) -> 
     )
     .await;
     match ready {
-        Ok(p) => (p, t0.elapsed()),
+        Ok(p) => {
+            let took = t0.elapsed();
+            eprintln!(
+                "helm install -> operator pod Ready in {:.1}s",
+                took.as_secs_f64()
+            );
+            (p, took)
+        }
         Err(_) => panic!(
             "operator pod not Ready after {WAIT:?}:\n{}",
             describe(env, ns.name())
@@ -275,11 +282,7 @@ async fn helm_installed_operator_runs_from_its_image_on_the_real_node() {
     let tag = images(env);
     let ns = env.test_namespace("realnode").await.expect("namespace");
     let client = ns.client().clone();
-    let (pod, ready_after) = install_operator(env, &ns, tag).await;
-    eprintln!(
-        "helm install -> operator pod Ready in {:.1}s",
-        ready_after.as_secs_f64()
-    );
+    let (pod, _) = install_operator(env, &ns, tag).await;
 
     let spec = pod.spec.as_ref().expect("pod spec");
     assert_eq!(
@@ -684,11 +687,7 @@ async fn selfhosted_sample_runs_three_real_store_nodes_with_volumes() {
     let tag = images(env);
     let ns = env.test_namespace("realnode-sh").await.expect("namespace");
     let client = ns.client().clone();
-    let (_, ready_after) = install_operator(env, &ns, tag).await;
-    eprintln!(
-        "helm install -> operator pod Ready in {:.1}s",
-        ready_after.as_secs_f64()
-    );
+    install_operator(env, &ns, tag).await;
     let (es_name, took) = apply_selfhosted_sample(env, &client, ns.name(), tag).await;
     eprintln!(
         "selfHosted sample apply -> Ready with 3 real pods in {:.1}s",
