@@ -55,11 +55,12 @@ pub fn policy_rules() -> Vec<PolicyRule> {
             MANAGE,
         ),
         rule("policy", &["poddisruptionbudgets"], MANAGE),
-        // Volumes are deleted only for deletionPolicy Delete.
+        // Volumes: grown (patch) when storage.size grows, deleted only for deletionPolicy
+        // Delete; never created (the StatefulSet controller makes them).
         rule(
             "",
             &["persistentvolumeclaims"],
-            &["get", "list", "watch", "delete"],
+            &["get", "list", "watch", "patch", "delete"],
         ),
         rule("", &["pods"], READ),
         // Archive runs.

@@ -319,7 +319,7 @@ up_node() {
   # Not the default class: the existing tests bind their claims (of no class) to PVs they make.
   kube_api POST /apis/storage.k8s.io/v1/storageclasses "{\"apiVersion\":\"storage.k8s.io/v1\",
     \"kind\":\"StorageClass\",\"metadata\":{\"name\":\"$NODE_STORAGE_CLASS\"},
-    \"provisioner\":\"$NODE_PROVISIONER\",\"reclaimPolicy\":\"Delete\",
+    \"provisioner\":\"$NODE_PROVISIONER\",\"reclaimPolicy\":\"Delete\",\"allowVolumeExpansion\":true,
     \"volumeBindingMode\":\"WaitForFirstConsumer\"}" >/dev/null ||
     die "could not create StorageClass $NODE_STORAGE_CLASS"
   wait_for kubelet node_ready

@@ -1267,7 +1267,7 @@ mod e2e {
 
     /// Appends an event and reads it back through the store node that holds `tenant`, with the
     /// token of its `<tenant>-credentials` Secret (the pod runner publishes each pod's loopback
-    /// port; the Secret's endpoint is the in-cluster Service name).
+    /// port; the Secret's endpoint is the owning node's in-cluster DNS name).
     async fn append_with_tenant_secret(client: &kube::Client, ns: &str, tenant: &str) {
         let secret = Api::<Secret>::namespaced(client.clone(), ns)
             .get(&format!("{tenant}-credentials"))

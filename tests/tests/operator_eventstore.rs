@@ -1031,3 +1031,83 @@ async fn a_tls_secret_the_nodes_cannot_use_makes_the_store_degraded() {
     ns.cleanup().await.unwrap();
     delete_volumes(&client, &pvs).await;
 }
+
+#[tokio::test]
+async fn a_volume_size_that_cannot_be_applied_makes_the_store_degraded_with_the_reason() {
+    let Some((ns, client)) = kube_namespace("es-volsize").await else {
+        return;
+    };
+    let n = ns.name().to_string();
+    let pvs = create_volumes(&client, &n, "orders", 1).await;
+    let op = Operator::start(&client, &n);
+    let es: Api<EventStore> = Api::namespaced(client.clone(), &n);
+    es.create(&PostParams::default(), &store("orders", 1, "Retain"))
+        .await
+        .unwrap();
+    wait_status(&es, "orders", "Ready", |e, s| is_ready(e, s, 1)).await;
+    let size = |size: &str| {
+        let es = es.clone();
+        let patch = serde_json::json!({"spec": {"selfHosted": {"storage": {"size": size}}}});
+        async move {
+            es.patch("orders", &PatchParams::default(), &Patch::Merge(patch))
+                .await
+                .unwrap()
+        }
+    };
+    let sts: Api<StatefulSet> = Api::namespaced(client.clone(), &n);
+    let template = || {
+        let sts = sts.clone();
+        async move {
+            let s = sts.get("orders").await.unwrap();
+            let t = s.spec.unwrap().volume_claim_templates.unwrap().remove(0);
+            let q = t.spec.unwrap().resources.unwrap().requests.unwrap();
+            (s.metadata.uid, q["storage"].0.clone())
+        }
+    };
+    let before = template().await;
+
+    // A shrink: volumes never shrink, the store says so and nothing is touched.
+    size("512Mi").await;
+    let st = wait_status(&es, "orders", "Degraded VolumeShrinkRefused", |e, s| {
+        s.observed_generation == e.metadata.generation
+            && condition(s, "Degraded") == Some((true, "VolumeShrinkRefused".into()))
+    })
+    .await;
+    let msg = degraded_message(&st, "VolumeShrinkRefused").unwrap();
+    assert!(msg.contains("data-orders-0 has 1Gi"), "{msg}");
+    println!("shrink: {msg}");
+    assert_eq!(template().await, before, "the StatefulSet is left alone");
+
+    // A growth the volume cannot follow (a static PV of no StorageClass): the apiserver's resize
+    // admission refuses the claim, and its message is in the status.
+    size("2Gi").await;
+    let st = wait_status(&es, "orders", "Degraded VolumeExpansionRefused", |e, s| {
+        s.observed_generation == e.metadata.generation
+            && condition(s, "Degraded") == Some((true, "VolumeExpansionRefused".into()))
+    })
+    .await;
+    let msg = degraded_message(&st, "VolumeExpansionRefused").unwrap();
+    assert!(
+        msg.contains("data-orders-0") && msg.contains("allowVolumeExpansion"),
+        "{msg}"
+    );
+    println!("growth refused: {msg}");
+    assert_eq!(template().await, before, "the StatefulSet is left alone");
+    let pvc: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), &n);
+    let claim = pvc.get("data-orders-0").await.unwrap();
+    assert_eq!(
+        claim.spec.unwrap().resources.unwrap().requests.unwrap()["storage"].0,
+        "1Gi"
+    );
+
+    // Back to the volumes' size: Ready again.
+    size("1Gi").await;
+    wait_status(&es, "orders", "Ready once the size fits", |e, s| {
+        is_ready(e, s, 1) && condition(s, "Degraded").is_some_and(|(d, _)| !d)
+    })
+    .await;
+
+    op.stop().await;
+    ns.cleanup().await.unwrap();
+    delete_volumes(&client, &pvs).await;
+}

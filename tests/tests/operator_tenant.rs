@@ -231,10 +231,17 @@ async fn token_secret_registry_noop_rotation_suspend_and_delete() {
     assert_eq!(token.len(), 64, "32 random bytes, hex");
     assert_eq!(st.token_sha256, vec![sha256_hex(&token)]);
     assert_eq!(st.secret_name.as_deref(), Some("acme-credentials"));
-    assert_eq!(
-        value(&secret, "endpoint").as_deref(),
-        Some(format!("http://orders.{n}.svc:8080").as_str())
-    );
+    // The endpoint is the owning node's own address (no 421 hop for any HTTP client), written
+    // once the registry places the tenant.
+    let owner_url = format!("http://orders-0.orders-nodes.{n}.svc:8080");
+    wait_for("the Secret's endpoint at the owning node", DEADLINE, || {
+        let (secrets, owner_url) = (secrets.clone(), owner_url.clone());
+        async move {
+            let s = secrets.get("acme-credentials").await.ok()?;
+            (value(&s, "endpoint").as_deref() == Some(owner_url.as_str())).then_some(())
+        }
+    })
+    .await;
     assert_eq!(value(&secret, "tenantId").as_deref(), Some("acme"));
     assert_eq!(value(&secret, "backend").as_deref(), Some("selfHosted"));
     let live = tenants.get("acme").await.unwrap();

@@ -11,7 +11,9 @@
 //! containerd, a rolling upgrade and a drain of every store pod through the Eviction API (the
 //! PodDisruptionBudget refuses evictions; at most one store pod unready at any time in either)
 //! keep every acknowledged event, once and in order, and each tenant's longest write
-//! unavailability is printed.
+//! unavailability is printed. Before those, the volumes are grown under the same load
+//! (`storage.size` 10Gi -> 20Gi, on the provisioner's expandable class): every PVC's capacity
+//! follows, the StatefulSet is re-created with the new template, and no pod restarts.
 //!
 //! Part of every `make test` run as root (install.sh builds the node, up.sh starts it).
 //! Needs the `node` service. A missing node fails the tests, unless they run neither as root nor in CI
@@ -23,8 +25,9 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use allsource_tests::env::{self, TestEnv};
+use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::{Pod, Secret, Service};
+use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod, Secret, Service};
 use kube::api::{Api, ApiResource, DynamicObject, ListParams, Patch, PatchParams};
 use serde_json::{json, Value};
 
@@ -456,8 +459,9 @@ async fn cluster_client(env: &TestEnv, url: &str) -> Option<reqwest::Client> {
         .ok()
 }
 
-/// Sends a request as an application would: to the Secret's endpoint (the client Service's DNS
-/// name), following a 421's `Location` to the tenant's owning node (its headless DNS name).
+/// Sends a request as an application would: to the Secret's endpoint (the owning node's DNS name
+/// through the headless Service) or to the store's Service, following a 421's `Location` to the
+/// tenant's owning node.
 async fn send(
     env: &TestEnv,
     method: reqwest::Method,
@@ -650,8 +654,19 @@ async fn apply_tenant(client: &kube::Client, ns: &str, es_name: &str, name: &str
         }
     })
     .await;
+    // The Secret's endpoint is the owning node's own address once the tenant is placed.
     let secrets: Api<Secret> = Api::namespaced(client.clone(), ns);
-    let secret = secrets.get(&secret_name).await.expect("tenant Secret");
+    let owner_prefix = format!("http://{node}.{es_name}-nodes.{ns}.svc:");
+    let secret = wait_for("the Secret's endpoint at the owning node", WAIT, || {
+        let (secrets, secret_name, owner_prefix) =
+            (secrets.clone(), secret_name.clone(), owner_prefix.clone());
+        async move {
+            let s = secrets.get(&secret_name).await.ok()?;
+            let endpoint = s.data.as_ref()?.get("endpoint")?.0.clone();
+            endpoint.starts_with(owner_prefix.as_bytes()).then_some(s)
+        }
+    })
+    .await;
     let field = |k: &str| -> String {
         let data = secret.data.as_ref().expect("secret data");
         String::from_utf8(
@@ -711,25 +726,21 @@ async fn selfhosted_sample_runs_three_real_store_nodes_with_volumes() {
         assert_eq!(claims, 1, "one PVC per store node");
     }
 
-    // A tenant, then an append and a read through the Service DNS name with its Secret.
+    // A tenant, then an append with its Secret (to the owning node's DNS name) and a read
+    // through the store's Service DNS name (a node that does not own it answers 421).
     let tenant_name = yaml_docs("config/samples/tenant-pooled.yaml").remove(0)["metadata"]["name"]
         .as_str()
         .expect("name")
         .to_string();
     let access = apply_tenant(&client, ns.name(), &es_name, &tenant_name).await;
-    assert!(
-        access.endpoint.contains(".svc"),
-        "the Secret's endpoint is the Service DNS name: {}",
-        access.endpoint
-    );
     let event = json!({"events": [{
         "eventId": "00000000-0000-4000-8000-000000000042",
         "eventType": "OrderPlaced",
         "data": {"total": 42}
     }]});
     let stream = stream_url(&access, "order-42");
-    // The nodes pick the tenant up from the registry a few seconds after it changes.
-    wait_for("append through the Service", WAIT, || {
+    // The owner picks the tenant up from the registry a few seconds after it changes.
+    wait_for("append at the Secret's endpoint", WAIT, || {
         let (stream, token, event) = (stream.clone(), access.token.clone(), event.clone());
         async move {
             let (code, _) = send(env, reqwest::Method::POST, stream, &token, Some(&event))
@@ -741,8 +752,17 @@ async fn selfhosted_sample_runs_three_real_store_nodes_with_volumes() {
     .await;
     // The Service may first hand the read to a node that has not reloaded the registry yet
     // (it answers 401 until it knows the tenant): read until one that knows it answers.
+    let service = stores.get(&es_name).await.expect("EventStore").data["status"]["endpoint"]["url"]
+        .as_str()
+        .expect("status.endpoint.url")
+        .to_string();
+    assert!(
+        service.starts_with(&format!("http://{es_name}.{}.svc:", ns.name())),
+        "{service}"
+    );
+    let via_service = format!("{service}/v1/streams/order-42/events");
     let text = wait_for("read through the Service", WAIT, || {
-        let (stream, token) = (stream.clone(), access.token.clone());
+        let (stream, token) = (via_service.clone(), access.token.clone());
         async move {
             let (code, text) = send(env, reqwest::Method::GET, stream, &token, None)
                 .await
@@ -1057,6 +1077,112 @@ async fn store_pods_killed_and_rolled_under_load_keep_every_acknowledged_event()
         .collect();
     wait_progress(&ledgers, 20, "every tenant writing").await;
     let mut phases: Vec<(&str, Instant, Instant)> = Vec::new();
+    let stores: Api<DynamicObject> =
+        Api::namespaced_with(client.clone(), ns.name(), &eventstores());
+
+    // 0. The volumes grown under load: each PVC expanded in place, the StatefulSet (whose claim
+    //    template is immutable) re-created around its running pods, none of them restarted.
+    let t0 = Instant::now();
+    const GROWN: &str = "20Gi";
+    let running: Vec<(String, Option<String>, i32)> = store_pods(&pods, &es_name)
+        .await
+        .into_iter()
+        .map(|p| {
+            let n = restarts(&p);
+            (p.metadata.name.unwrap_or_default(), p.metadata.uid, n)
+        })
+        .collect();
+    let sts_api: Api<StatefulSet> = Api::namespaced(client.clone(), ns.name());
+    let sts_uid = sts_api
+        .get(&es_name)
+        .await
+        .expect("StatefulSet")
+        .metadata
+        .uid;
+    let sampler = Sampler::start(&pods, &es_name);
+    let mut es = selfhosted_sample(env, tag);
+    es["metadata"]["namespace"] = json!(ns.name());
+    es["spec"]["selfHosted"]["storage"]["size"] = json!(GROWN);
+    stores
+        .patch(
+            &es_name,
+            &PatchParams::apply("real-node-e2e"),
+            &Patch::Apply(&es),
+        )
+        .await
+        .expect("apply the larger volume size");
+    let pvcs: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), ns.name());
+    let grown = tokio::time::timeout(
+        WAIT,
+        wait_for(
+            "every PVC at 20Gi and the StatefulSet re-created",
+            WAIT,
+            || {
+                let (pvcs, sts_api, stores) = (pvcs.clone(), sts_api.clone(), stores.clone());
+                let (es_name, sts_uid) = (es_name.clone(), sts_uid.clone());
+                async move {
+                    for i in 0..3 {
+                        let pvc = pvcs.get(&format!("data-{es_name}-{i}")).await.ok()?;
+                        let cap = pvc.status?.capacity?.get("storage")?.0.clone();
+                        (cap == GROWN).then_some(())?;
+                    }
+                    let sts = sts_api.get(&es_name).await.ok()?;
+                    let template = sts.spec?.volume_claim_templates?[0]
+                        .spec
+                        .clone()?
+                        .resources?
+                        .requests?
+                        .get("storage")?
+                        .0
+                        .clone();
+                    (sts.metadata.uid != sts_uid && template == GROWN).then_some(())?;
+                    let es = stores.get(&es_name).await.ok()?;
+                    let done = es.data["status"]["conditions"]
+                        .as_array()?
+                        .iter()
+                        .any(|c| c["type"] == "Progressing" && c["status"] == "False");
+                    (ready_condition(&es) && done).then_some(())
+                }
+            },
+        ),
+    )
+    .await;
+    if grown.is_err() {
+        panic!(
+            "volumes not grown after {WAIT:?}:\n{}",
+            describe(env, ns.name())
+        );
+    }
+    let worst = sampler.stop().await;
+    for (name, uid, n) in &running {
+        let p = pods.get(name).await.expect("store pod");
+        assert_eq!(&p.metadata.uid, uid, "{name} was replaced by the resize");
+        assert_eq!(restarts(&p), *n, "{name} restarted during the resize");
+        let owner = p
+            .metadata
+            .owner_references
+            .iter()
+            .flatten()
+            .find(|o| o.controller == Some(true))
+            .map(|o| o.uid.clone());
+        assert_eq!(
+            owner,
+            sts_api
+                .get(&es_name)
+                .await
+                .expect("StatefulSet")
+                .metadata
+                .uid,
+            "{name} adopted by the new StatefulSet"
+        );
+    }
+    assert_eq!(worst, 0, "{worst} store pods unready during the resize");
+    wait_progress(&ledgers, 10, "every tenant writing after the resize").await;
+    phases.push(("volumes grown", t0, Instant::now()));
+    eprintln!(
+        "volumes grown 10Gi -> {GROWN} in {:.1}s, no pod restarted",
+        t0.elapsed().as_secs_f64()
+    );
 
     // 1. `kubectl delete pod` of the first tenant's node: the StatefulSet makes it again on the
     //    same volume.
@@ -1121,10 +1247,9 @@ async fn store_pods_killed_and_rolled_under_load_keep_every_acknowledged_event()
             .arg(format!("{REGISTRY}/store-node:{next}")),
     );
     let sampler = Sampler::start(&pods, &es_name);
-    let stores: Api<DynamicObject> =
-        Api::namespaced_with(client.clone(), ns.name(), &eventstores());
     let mut es = selfhosted_sample(env, &next);
     es["metadata"]["namespace"] = json!(ns.name());
+    es["spec"]["selfHosted"]["storage"]["size"] = json!(GROWN);
     stores
         .patch(
             &es_name,
@@ -1253,6 +1378,230 @@ async fn store_pods_killed_and_rolled_under_load_keep_every_acknowledged_event()
             read.len()
         );
     }
+    run_ok(helm(env, ns.name()).args(["uninstall", RELEASE, "--wait", "--timeout", "2m"]));
+    ns.cleanup().await.expect("delete namespace");
+}
+
+fn archivepolicies() -> ApiResource {
+    ApiResource {
+        group: "allsource.io".into(),
+        version: "v1alpha1".into(),
+        api_version: "allsource.io/v1alpha1".into(),
+        kind: "ArchivePolicy".into(),
+        plural: "archivepolicies".into(),
+    }
+}
+
+/// Kills a helper process on drop.
+struct Child(std::process::Child);
+
+impl Drop for Child {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// The S3 server of the env (moto, on loopback) at an address pods reach: a socat bridge on the
+/// node's address on the pod network, like the apiserver's.
+fn s3_for_pods(env: &TestEnv) -> (Child, String) {
+    let upstream = reqwest::Url::parse(env.s3_endpoint()).expect("S3 endpoint");
+    let port = allsource_tests::bins::free_port();
+    let ip = var(env, "NODE_IP");
+    let child = Command::new("socat")
+        .arg(format!("TCP-LISTEN:{port},bind={ip},reuseaddr,fork"))
+        .arg(format!(
+            "TCP:127.0.0.1:{}",
+            upstream.port_or_known_default().expect("S3 port")
+        ))
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("socat");
+    (Child(child), format!("http://{ip}:{port}"))
+}
+
+/// The S3 sample ArchivePolicy run for real: its CronJob's Job runs `store-node archive` from the
+/// store-node image on the real node (scheduled there through `spec.podTemplate`), with the
+/// tenants' token files and the S3 credentials mounted by the kubelet, reading three tenants
+/// placed on different nodes through the store's Service (each 421 followed to the owner), and
+/// writing to moto S3 through the pod network; its report comes back through the real
+/// termination message into the policy's status, and the bucket holds the files.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn archive_policy_runs_the_real_archiver_pod_on_the_node() {
+    let Some(env) = node_env() else {
+        return;
+    };
+    let env_s3 = env::require("s3").expect("s3 service");
+    let tag = images(env);
+    let ns = env
+        .test_namespace("realnode-archive")
+        .await
+        .expect("namespace");
+    let client = ns.client().clone();
+    install_operator(env, &ns, tag).await;
+    let (es_name, _) = apply_selfhosted_sample(env, &client, ns.name(), tag).await;
+    let mut tenants = Vec::new();
+    for name in ["arch-a", "arch-b", "arch-c"] {
+        tenants.push(apply_tenant(&client, ns.name(), &es_name, name).await);
+    }
+    let mut owners: Vec<&str> = tenants.iter().map(|a| a.node.as_str()).collect();
+    owners.sort_unstable();
+    owners.dedup();
+    eprintln!("owners: {owners:?}");
+    assert!(owners.len() > 1, "the tenants are spread over the nodes");
+    const PER_TENANT: usize = 20;
+    for (t, a) in tenants.iter().enumerate() {
+        for i in 0..PER_TENANT {
+            let body = json!({"events": [{"eventId": event_id(t, i), "eventType": "OrderPlaced",
+                "data": {"n": i}}]});
+            let url = stream_url(a, &format!("order-{}", i % 3));
+            wait_for("append", WAIT, || {
+                let (url, token, body) = (url.clone(), a.token.clone(), body.clone());
+                async move {
+                    let (code, _) = send(env, reqwest::Method::POST, url, &token, Some(&body))
+                        .await
+                        .ok()?;
+                    (code == 201 || code == 200).then_some(())
+                }
+            })
+            .await;
+        }
+    }
+
+    // The destination: a bucket on moto, reached by the operator pod and the archiver pod
+    // through the bridge on the pod network.
+    let (_bridge, s3_url) = s3_for_pods(env_s3);
+    let s3 = env_s3.s3_client();
+    let bucket = env::unique_name("realnode-archive");
+    s3.create_bucket()
+        .bucket(&bucket)
+        .send()
+        .await
+        .expect("create bucket");
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), ns.name());
+    let creds: Secret = serde_json::from_value(json!({
+        "metadata": {"name": "s3-creds"},
+        "stringData": {"AWS_ACCESS_KEY_ID": env_s3.s3_access_key(),
+                       "AWS_SECRET_ACCESS_KEY": env_s3.s3_secret_key()},
+    }))
+    .expect("secret");
+    secrets
+        .create(&Default::default(), &creds)
+        .await
+        .expect("create S3 credentials");
+    let mut policy = yaml_docs("config/samples/archivepolicy-s3.yaml").remove(0);
+    let name = policy["metadata"]["name"]
+        .as_str()
+        .expect("name")
+        .to_string();
+    policy["metadata"]["namespace"] = json!(ns.name());
+    policy["metadata"]["annotations"] = json!({"allsource.io/run-now": "first"});
+    let spec = &mut policy["spec"];
+    spec["eventStoreRef"]["name"] = json!(es_name);
+    spec["hotRetention"] = json!("0h");
+    let s3_dest = &mut spec["destination"]["s3"];
+    s3_dest["bucket"] = json!(bucket);
+    s3_dest["endpoint"] = json!(s3_url);
+    s3_dest["forcePathStyle"] = json!(true);
+    s3_dest["credentialsSecretRef"] = json!({"name": "s3-creds"});
+    let (node_selector, tolerations) = placement(env);
+    spec["podTemplate"] = json!({"nodeSelector": node_selector, "tolerations": tolerations});
+    spec["resources"] = json!({"requests": {"cpu": "50m", "memory": "64Mi"}});
+    let aps: Api<DynamicObject> =
+        Api::namespaced_with(client.clone(), ns.name(), &archivepolicies());
+    let t0 = Instant::now();
+    aps.patch(
+        &name,
+        &PatchParams::apply("real-node-e2e"),
+        &Patch::Apply(&policy),
+    )
+    .await
+    .expect("apply ArchivePolicy");
+    let total = (tenants.len() * PER_TENANT) as i64;
+    let done = tokio::time::timeout(
+        WAIT,
+        wait_for("the archive run's result in status", WAIT, || {
+            let aps = aps.clone();
+            let name = name.clone();
+            async move {
+                let p = aps.get(&name).await.ok()?;
+                let st = &p.data["status"];
+                // Running until the Job ends; then Succeeded or Failed.
+                (st["lastResult"] == "Succeeded" || st["lastResult"] == "Failed")
+                    .then(|| st.clone())
+            }
+        }),
+    )
+    .await;
+    let st = match done {
+        Ok(st) => st,
+        Err(_) => panic!(
+            "no archive run recorded after {WAIT:?}:\n{}",
+            describe(env, ns.name())
+        ),
+    };
+    eprintln!(
+        "ArchivePolicy apply -> run recorded in {:.1}s",
+        t0.elapsed().as_secs_f64()
+    );
+    assert_eq!(
+        st["lastResult"],
+        "Succeeded",
+        "{st}\n{}",
+        describe(env, ns.name())
+    );
+    assert_eq!(st["eventsArchived"], total, "{st}");
+    for a in &tenants {
+        let w = st["tenants"]
+            .as_array()
+            .and_then(|ts| ts.iter().find(|x| x["tenantId"] == a.tenant.as_str()))
+            .unwrap_or_else(|| panic!("tenant {} in {st}", a.tenant));
+        assert_eq!(w["watermark"], PER_TENANT, "{st}");
+    }
+    // The pod that ran it was a real one on the node, from the store-node image.
+    let pods: Api<Pod> = Api::namespaced(client.clone(), ns.name());
+    let job = st["lastJobName"].as_str().expect("lastJobName").to_string();
+    let ran = pods
+        .list(&ListParams::default().labels(&format!("job-name={job}")))
+        .await
+        .expect("pods")
+        .items;
+    let pod = ran.first().expect("the archiver pod");
+    let spec = pod.spec.as_ref().expect("spec");
+    assert_eq!(
+        spec.node_name.as_deref(),
+        Some(var(env, "NODE_NAME")),
+        "archiver on the real node"
+    );
+    assert_eq!(
+        spec.containers[0].image.as_deref(),
+        Some(format!("{REGISTRY}/store-node:{tag}").as_str())
+    );
+    let listed = s3
+        .list_objects_v2()
+        .bucket(&bucket)
+        .send()
+        .await
+        .expect("list bucket");
+    let parquet = listed
+        .contents()
+        .iter()
+        .filter(|o| o.key().is_some_and(|k| k.ends_with(".parquet")))
+        .count();
+    eprintln!(
+        "archived {total} events of {} tenants into {parquet} Parquet files",
+        tenants.len()
+    );
+    assert!(parquet >= tenants.len(), "{parquet} Parquet files");
+
+    aps.delete(&name, &Default::default())
+        .await
+        .expect("delete ArchivePolicy");
+    wait_for("ArchivePolicy gone", WAIT, || {
+        let (aps, name) = (aps.clone(), name.clone());
+        async move { aps.get_opt(&name).await.ok()?.is_none().then_some(()) }
+    })
+    .await;
     run_ok(helm(env, ns.name()).args(["uninstall", RELEASE, "--wait", "--timeout", "2m"]));
     ns.cleanup().await.expect("delete namespace");
 }

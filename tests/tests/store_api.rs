@@ -873,6 +873,86 @@ async fn tenants_of_other_nodes_answer_421_with_the_owner() {
     assert_eq!(s, StatusCode::OK);
 }
 
+/// The typed client (operator, archiver) reached through any node of a 3-node store, as through
+/// its Service: a node that does not own the tenant answers 421 and the client follows it to the
+/// owner, whose data it is; two nodes that each name the other as owner (a placement changing
+/// under the client) end in a 421 after [`allsource_client::MAX_HOPS`] hops, not a loop.
+#[tokio::test]
+async fn the_typed_client_follows_a_421_to_the_owning_node() {
+    use allsource_client::NodeClient;
+    use allsource_core::wire::{AppendRequest, EventIn};
+    let placed = |owner: &str, nodes: &[(&str, &str)]| {
+        let mut t = tenant("t", &["token-t"]);
+        t["node"] = json!(owner);
+        let nodes: serde_json::Map<String, Value> = nodes
+            .iter()
+            .map(|(n, u)| (n.to_string(), json!(u)))
+            .collect();
+        json!({"version": 1, "tenants": [t], "nodes": nodes})
+    };
+    let empty = registry(vec![]);
+    let mut nodes = Vec::new();
+    for name in ["es-0", "es-1", "es-2"] {
+        nodes.push(Node::start(&empty, &["--node-name", name]).await);
+    }
+    let urls: Vec<(&str, &str)> = ["es-0", "es-1", "es-2"]
+        .into_iter()
+        .zip(nodes.iter().map(|n| n.base.as_str()))
+        .collect();
+    for n in &nodes {
+        n.write_registry(&placed("es-2", &urls));
+    }
+    let http = reqwest::Client::new();
+    for n in &nodes {
+        let (http, base) = (http.clone(), n.base.clone());
+        wait_for("every node knows the tenant", async move || {
+            let r = http
+                .get(format!("{base}/v1/stats"))
+                .bearer_auth("token-t")
+                .send()
+                .await;
+            r.is_ok_and(|r| r.status() != StatusCode::UNAUTHORIZED)
+        })
+        .await;
+    }
+    let via_first = NodeClient::new(http.clone(), &nodes[0].base).unwrap();
+    let body = AppendRequest {
+        expected_version: None,
+        events: vec![EventIn::from_bytes(uuid::Uuid::from_u128(7), "t", b"{}")],
+    };
+    via_first.append("token-t", "s", &body).await.unwrap();
+    let page = via_first.read_all("token-t", 0, 10).await.unwrap();
+    assert_eq!(page.events.len(), 1);
+    // The event is on the owner: its own stats say so, the first node holds nothing.
+    let owner = NodeClient::new(http.clone(), &nodes[2].base).unwrap();
+    assert_eq!(owner.stats("token-t").await.unwrap().events, 1);
+    let (st, r) = nodes[0].get("/v1/stats", "token-t").await;
+    assert_error(st, &r, StatusCode::MISDIRECTED_REQUEST, "wrong_node");
+
+    // es-0 says es-1 owns the tenant, es-1 says es-0: the client gives up with the 421.
+    nodes[0].write_registry(&placed("es-1", &urls));
+    nodes[1].write_registry(&placed("es-0", &urls));
+    let (n0, n1) = (nodes[0].base.clone(), nodes[1].base.clone());
+    let http2 = http.clone();
+    wait_for("the two nodes disagree", async move || {
+        let owner_of = async |base: &str| {
+            let r = http2
+                .get(format!("{base}/v1/stats"))
+                .bearer_auth("token-t")
+                .send()
+                .await
+                .ok()?;
+            let v: Value = r.json().await.ok()?;
+            v["owner"].as_str().map(str::to_string)
+        };
+        owner_of(&n0).await.as_deref() == Some("es-1")
+            && owner_of(&n1).await.as_deref() == Some("es-0")
+    })
+    .await;
+    let err = via_first.stats("token-t").await.unwrap_err();
+    assert_eq!(err.status(), Some(421), "{err}");
+}
+
 async fn wait_for(what: &str, mut f: impl AsyncFnMut() -> bool) {
     let deadline = Instant::now() + Duration::from_secs(30);
     while !f().await {

@@ -97,9 +97,30 @@ pub fn builder(
     Ok(b)
 }
 
+/// How many 421 answers one call follows to the tenant's owning node (one is enough when the
+/// nodes agree on the placement; a second covers a placement read while it changed).
+pub const MAX_HOPS: usize = 2;
+
+/// The URL a 421 from `from` sends the request to, when `location` is one the client may follow:
+/// absolute, the same scheme as `from` (never https to http), and the same path and query (the
+/// owner is asked the same thing, nothing else). Pure.
+pub fn owner_url(from: &reqwest::Url, location: &str) -> Option<reqwest::Url> {
+    let to = reqwest::Url::parse(location).ok()?;
+    (to.scheme() == from.scheme()
+        && to.has_host()
+        && to.username().is_empty()
+        && to.password().is_none()
+        && to.path() == from.path()
+        && to.query() == from.query()
+        && to.fragment().is_none())
+    .then_some(to)
+}
+
 /// One store node (or gateway) at a base URL, reached with a shared `reqwest` client. Every
 /// call carries a tenant's bearer token: the server takes the tenant from the token, so a
-/// token can only ever reach its own tenant.
+/// token can only ever reach its own tenant. The base may be any node of the store (its
+/// Service): a node that does not own the tenant answers 421 and the call follows it to the
+/// owner ([`owner_url`]).
 #[derive(Debug, Clone)]
 pub struct NodeClient {
     http: reqwest::Client,
@@ -134,25 +155,50 @@ impl NodeClient {
         })
     }
 
+    /// Sends `req` with the bearer token. A node that does not own the token's tenant answers
+    /// 421 with the owner's URL of the same request in `Location`; the call follows it, at most
+    /// [`MAX_HOPS`] times, and only to a URL of the same scheme and the same path and query (a
+    /// 421 can send the token to the owning node, never elsewhere or over plain HTTP).
     async fn call<T: DeserializeOwned>(
         &self,
         token: &str,
         req: reqwest::RequestBuilder,
     ) -> Result<T, ClientError> {
-        let resp = req
+        let mut req = req
             .bearer_auth(token)
-            .send()
-            .await
+            .build()
             .map_err(ClientError::Transport)?;
-        let status = resp.status();
-        if status.is_success() {
-            return resp.json().await.map_err(ClientError::Decode);
+        let mut hops = 0;
+        loop {
+            let next = req.try_clone();
+            let resp = self
+                .http
+                .execute(req)
+                .await
+                .map_err(ClientError::Transport)?;
+            let status = resp.status();
+            if status.is_success() {
+                return resp.json().await.map_err(ClientError::Decode);
+            }
+            if status == reqwest::StatusCode::MISDIRECTED_REQUEST && hops < MAX_HOPS {
+                let to = resp
+                    .headers()
+                    .get(reqwest::header::LOCATION)
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|l| owner_url(resp.url(), l));
+                if let (Some(to), Some(mut again)) = (to, next) {
+                    *again.url_mut() = to;
+                    req = again;
+                    hops += 1;
+                    continue;
+                }
+            }
+            let body = resp.json::<ErrorOut>().await.unwrap_or_default();
+            return Err(ClientError::Status {
+                status: status.as_u16(),
+                body,
+            });
         }
-        let body = resp.json::<ErrorOut>().await.unwrap_or_default();
-        Err(ClientError::Status {
-            status: status.as_u16(),
-            body,
-        })
     }
 
     /// `GET /v1/stats`: the usage, position, incarnation and quotas of the token's tenant.
@@ -226,5 +272,30 @@ impl NodeClient {
     pub async fn trim(&self, token: &str, body: &TrimIn) -> Result<DroppedOut, ClientError> {
         let req = self.http.post(self.url("v1/trim")?).json(body);
         self.call(token, req).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_421_is_followed_only_to_the_same_request_on_another_node() {
+        let from = reqwest::Url::parse("http://orders.shop.svc:8080/v1/events?from=3").unwrap();
+        let owner = "http://orders-1.orders-nodes.shop.svc:8080/v1/events?from=3";
+        assert_eq!(owner_url(&from, owner).unwrap().as_str(), owner);
+        for refused in [
+            // another scheme, another request, credentials, a relative or broken location
+            "https://orders-1.orders-nodes.shop.svc:8080/v1/events?from=3",
+            "http://orders-1.orders-nodes.shop.svc:8080/v1/trim?from=3",
+            "http://orders-1.orders-nodes.shop.svc:8080/v1/events?from=0",
+            "http://user:pw@orders-1.orders-nodes.shop.svc:8080/v1/events?from=3",
+            "/v1/events?from=3",
+            "not a url",
+        ] {
+            assert!(owner_url(&from, refused).is_none(), "{refused}");
+        }
+        let tls = reqwest::Url::parse("https://orders.shop.svc:8080/v1/stats").unwrap();
+        assert!(owner_url(&tls, "http://orders-0.orders-nodes.shop.svc:8080/v1/stats").is_none());
     }
 }

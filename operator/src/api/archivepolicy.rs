@@ -7,12 +7,14 @@
 #![allow(clippy::duplicated_attributes)]
 
 use chrono::{DateTime, Utc};
+use k8s_openapi::api::core::v1::ResourceRequirements;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use kube::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use super::common::{Condition, EventStoreRef, Phase, SecretRef};
+use super::eventstore::PodTemplateOverrides;
 
 /// Desired state of an ArchivePolicy. Annotate the resource with `allsource.io/run-now=<any new value>` to start a run immediately.
 #[derive(CustomResource, Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
@@ -154,6 +156,15 @@ pub struct ArchivePolicySpec {
     #[serde(default = "default_failed_history")]
     #[schemars(range(min = 0, max = 100))]
     pub failed_runs_history_limit: i32,
+
+    /// Where the archiver pods run and what they carry: node selector, tolerations, affinity,
+    /// extra labels and annotations (the operator's own labels win on conflict).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod_template: Option<PodTemplateOverrides>,
+
+    /// CPU and memory requests and limits of the archiver container; none when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<ResourceRequirements>,
 }
 
 fn default_time_zone() -> String {

@@ -245,13 +245,25 @@ impl PullPolicy {
 /// Persistent volume of one store node.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-validations" = [
+    {
+        "rule": "has(self.storageClassName) == has(oldSelf.storageClassName) && (!has(self.storageClassName) || self.storageClassName == oldSelf.storageClassName)",
+        "message": "storage.storageClassName is immutable: the volumes keep the class they were made with"
+    }
+]))]
 pub struct StorageSpec {
-    /// Size of each node's volume, a Kubernetes quantity such as 10Gi.
+    /// Size of each node's volume, a Kubernetes quantity such as 10Gi. Growing it expands every
+    /// node's PersistentVolumeClaim in place (the StorageClass must set allowVolumeExpansion;
+    /// otherwise the store is Degraded with reason VolumeExpansionRefused) and re-creates the
+    /// StatefulSet around its running pods, which are not restarted; Progressing is True with
+    /// reason VolumeResizing until every claim's capacity reached the size. A smaller size is
+    /// refused (Degraded, reason VolumeShrinkRefused): volumes never shrink.
     #[serde(default = "default_storage_size")]
     #[schemars(regex(pattern = r"^[0-9]+(\.[0-9]+)?(Ki|Mi|Gi|Ti|Pi|Ei|k|M|G|T|P|E)?$"))]
     pub size: String,
 
-    /// StorageClass of the volumes; the cluster default when unset. Immutable once set.
+    /// StorageClass of the volumes; the cluster default when unset. Immutable (enforced at
+    /// admission): neither set, changed nor removed after creation.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub storage_class_name: Option<String>,
 
@@ -343,23 +355,23 @@ pub struct NodeLimits {
     pub cache_bytes: Option<i64>,
 }
 
-/// Overrides merged into the store nodes' pod template.
+/// Overrides merged into the template of the pods the operator makes (store nodes, archivers).
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct PodTemplateOverrides {
-    /// Node labels a node must have to run a store node.
+    /// Node labels a node must have to run the pods.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub node_selector: BTreeMap<String, String>,
-    /// Tolerations of the store-node pods.
+    /// Tolerations of the pods.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub tolerations: Vec<Toleration>,
-    /// Affinity of the store-node pods (the operator adds none by itself).
+    /// Affinity of the pods (the operator adds none by itself).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub affinity: Option<Affinity>,
-    /// Extra annotations on the store-node pods.
+    /// Extra annotations on the pods.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub annotations: BTreeMap<String, String>,
-    /// Extra labels on the store-node pods (the operator's own labels win on conflict).
+    /// Extra labels on the pods (the operator's own labels win on conflict).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub labels: BTreeMap<String, String>,
 }

@@ -187,7 +187,7 @@ fn absent_equivalent(v: &Value) -> bool {
 }
 
 /// A Kubernetes quantity ("250m", "1Gi", "1e3", "0.5") in billionths, when `s` is one. Pure.
-fn quantity(s: &str) -> Option<i128> {
+pub(crate) fn quantity(s: &str) -> Option<i128> {
     let split = s
         .find(|c: char| !(c.is_ascii_digit() || c == '.' || c == '+' || c == '-'))
         .unwrap_or(s.len());

@@ -233,6 +233,15 @@ pub enum ReconcileError {
     /// status (`InvalidSpec`).
     #[error("{0}")]
     Invalid(String),
+    /// The spec asks for something that cannot be done (for example a volume shrink); reported in
+    /// the owner's status with `reason`, re-checked when the spec changes.
+    #[error("{message}")]
+    Refused {
+        /// Condition reason.
+        reason: &'static str,
+        /// What was refused and what to do.
+        message: String,
+    },
 }
 
 impl From<apply::ApplyError> for ReconcileError {
@@ -257,6 +266,7 @@ impl ReconcileError {
             ReconcileError::CacheNotReady(_) => "CacheNotReady",
             ReconcileError::NotOwned(_) => "NotOwned",
             ReconcileError::Invalid(_) => "Invalid",
+            ReconcileError::Refused { .. } => "Refused",
         }
     }
 }

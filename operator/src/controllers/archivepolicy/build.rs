@@ -34,6 +34,8 @@ pub const CA_DIR: &str = "/var/run/allsource/store-ca";
 pub struct ArchiverInputs {
     /// The EventStore's store-node image.
     pub image: String,
+    /// Its pull policy (the selfHosted store's `imagePullPolicy`; the kubelet's default when None).
+    pub image_pull_policy: Option<String>,
     /// Where the archiver reads events (`http://<service>:<port>` of the store nodes).
     pub source: String,
     /// The EventStore's `metadata.uid`: the archive's manifests, files and lease are keyed by
@@ -198,7 +200,9 @@ fn pod_template(p: &ArchivePolicy, inp: &ArchiverInputs) -> PodTemplateSpec {
     let container = Container {
         name: "archiver".into(),
         image: Some(inp.image.clone()),
+        image_pull_policy: inp.image_pull_policy.clone(),
         args: Some(archiver_args(p, inp)),
+        resources: p.spec.resources.clone(),
         env_from: creds.map(|s| {
             vec![EnvFromSource {
                 secret_ref: Some(SecretEnvSource {
@@ -222,12 +226,19 @@ fn pod_template(p: &ArchivePolicy, inp: &ArchiverInputs) -> PodTemplateSpec {
         }),
         ..Container::default()
     };
+    let overrides = p.spec.pod_template.clone().unwrap_or_default();
+    let mut pod_labels = overrides.labels;
+    pod_labels.extend(labels(p));
     PodTemplateSpec {
         metadata: Some(ObjectMeta {
-            labels: Some(labels(p)),
+            labels: Some(pod_labels),
+            annotations: (!overrides.annotations.is_empty()).then_some(overrides.annotations),
             ..ObjectMeta::default()
         }),
         spec: Some(PodSpec {
+            node_selector: (!overrides.node_selector.is_empty()).then_some(overrides.node_selector),
+            tolerations: (!overrides.tolerations.is_empty()).then_some(overrides.tolerations),
+            affinity: overrides.affinity,
             restart_policy: Some("Never".into()),
             automount_service_account_token: Some(false),
             containers: vec![container],
@@ -235,6 +246,9 @@ fn pod_template(p: &ArchivePolicy, inp: &ArchiverInputs) -> PodTemplateSpec {
             security_context: Some(PodSecurityContext {
                 run_as_non_root: Some(true),
                 run_as_user: Some(65_532),
+                // The token files are mode 0440: readable through the group the kubelet gives
+                // the Secret volumes, never world-readable.
+                fs_group: Some(65_532),
                 seccomp_profile: Some(SeccompProfile {
                     type_: "RuntimeDefault".into(),
                     ..SeccompProfile::default()
@@ -345,6 +359,7 @@ mod tests {
     fn inputs() -> ArchiverInputs {
         ArchiverInputs {
             image: "ghcr.io/allsource/store-node:0.1.0".into(),
+            image_pull_policy: Some("IfNotPresent".into()),
             source: "http://orders:8080".into(),
             store_uid: "0b6f7c1e-3c9a-4d0e-9d55-6c3a2f1e9b00".into(),
             tenants: vec!["acme".into(), "globex".into()],
@@ -389,6 +404,11 @@ mod tests {
         );
         assert_eq!(pod.automount_service_account_token, Some(false));
         assert_eq!(pod.restart_policy.as_deref(), Some("Never"));
+        // The non-root archiver reads its 0440 token files through the volume's group.
+        let sc = pod.security_context.unwrap();
+        assert_eq!((sc.run_as_user, sc.fs_group), (Some(65_532), Some(65_532)));
+        let tokens = pod.volumes.unwrap()[0].secret.clone().unwrap();
+        assert_eq!(tokens.default_mode, Some(0o440));
     }
 
     #[test]
@@ -411,6 +431,56 @@ mod tests {
         let args = archiver_args(&p, &inputs()).join(" ");
         assert!(args.contains("--destination gs://acme-gcs "), "{args}");
         assert!(args.ends_with("--gcs-auth metadata"), "{args}");
+    }
+
+    /// `podTemplate` and `resources` reach the archiver pod; the operator's labels win.
+    #[test]
+    fn pod_template_and_resources_reach_the_archiver_pod() {
+        let mut p = policy();
+        p.spec.pod_template = Some(
+            serde_json::from_value(serde_json::json!({
+                "nodeSelector": {"pool": "batch"},
+                "tolerations": [{"key": "batch", "operator": "Exists", "effect": "NoSchedule"}],
+                "labels": {"team": "payments", "app.kubernetes.io/name": "hijack"},
+                "annotations": {"cost-center": "42"},
+            }))
+            .unwrap(),
+        );
+        p.spec.resources = Some(
+            serde_json::from_value(serde_json::json!({
+                "requests": {"cpu": "100m", "memory": "128Mi"}, "limits": {"memory": "512Mi"},
+            }))
+            .unwrap(),
+        );
+        let t = cron_job(&p, &inputs())
+            .spec
+            .unwrap()
+            .job_template
+            .spec
+            .unwrap()
+            .template;
+        let meta = t.metadata.unwrap();
+        let labels = meta.labels.unwrap();
+        assert_eq!(labels["team"], "payments");
+        assert_eq!(labels["app.kubernetes.io/name"], "allsource");
+        assert_eq!(meta.annotations.unwrap()["cost-center"], "42");
+        let pod = t.spec.unwrap();
+        assert_eq!(pod.node_selector.unwrap()["pool"], "batch");
+        assert_eq!(pod.tolerations.unwrap()[0].key.as_deref(), Some("batch"));
+        let c = &pod.containers[0];
+        assert_eq!(c.image_pull_policy.as_deref(), Some("IfNotPresent"));
+        let r = c.resources.clone().unwrap();
+        assert_eq!(r.limits.unwrap()["memory"].0, "512Mi");
+        // Unset: nothing added.
+        let plain = cron_job(&policy(), &inputs())
+            .spec
+            .unwrap()
+            .job_template
+            .spec
+            .unwrap();
+        let pod = plain.template.spec.unwrap();
+        assert!(pod.node_selector.is_none() && pod.tolerations.is_none());
+        assert!(pod.containers[0].resources.is_none());
     }
 
     /// An HTTPS store: the archiver gets only `ca.crt` of the store's TLS Secret, mounted, and

@@ -366,6 +366,9 @@ async fn apply_policy(p: &ArchivePolicy, st: &State, ns: &str) -> Result<Action,
     };
     let inputs = ArchiverInputs {
         image,
+        image_pull_policy: es
+            .self_hosted()
+            .map(|s| s.image_pull_policy.as_str().to_string()),
         source,
         store_uid,
         tenants: tokens.keys().cloned().collect(),

@@ -10,6 +10,7 @@ pub mod cleanup;
 pub mod cloud;
 pub mod placement;
 pub mod status;
+pub mod volumes;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -184,6 +185,9 @@ async fn reconcile_inner(es: Arc<EventStore>, state: &State) -> Result<Action, R
                 }
                 Err(ReconcileError::Invalid(m)) => {
                     park(&es, ctx, &ns, "InvalidSpec", m, RESYNC).await
+                }
+                Err(ReconcileError::Refused { reason, message }) => {
+                    park(&es, ctx, &ns, reason, message, RESYNC).await
                 }
                 other => other,
             },
@@ -424,6 +428,12 @@ async fn apply_store(es: &EventStore, state: &State, ns: &str) -> Result<Action,
         pdb::build(es),
     )
     .await?;
+    // Volumes: grow each node's PVC to the spec's size, and re-create the StatefulSet (pods
+    // orphaned, not restarted) when its immutable claim template asks for another size.
+    let volumes_growing = match volumes::reconcile(es, &sh, ctx, ns).await? {
+        volumes::Outcome::Continue(progress) => progress,
+        volumes::Outcome::Wait(after) => return Ok(Action::requeue(after)),
+    };
     let old_image = previous.image.clone();
     let sts = apply_for(
         ctx,
@@ -435,7 +445,7 @@ async fn apply_store(es: &EventStore, state: &State, ns: &str) -> Result<Action,
 
     // Status (pure) and write only on change.
     let rollout = status::rollout(Some(&sts.object), plan.replicas);
-    let new_status = status::compute(es, &sh, &plan, &rollout);
+    let new_status = status::compute(es, &sh, &plan, &rollout, volumes_growing.as_deref());
     let was_ready = previous.phase == Some(Phase::Ready);
     let refused_before = previous
         .conditions
@@ -485,6 +495,9 @@ async fn apply_store(es: &EventStore, state: &State, ns: &str) -> Result<Action,
     Ok(if rollout.rolling {
         // The owned StatefulSet's status changes wake us anyway; this is a safety net.
         Action::requeue(Duration::from_secs(30))
+    } else if volumes_growing.is_some() {
+        // Claims are not watched: look again soon for the storage class to finish.
+        Action::requeue(Duration::from_secs(5))
     } else {
         Action::requeue(RESYNC)
     })

@@ -80,8 +80,15 @@ pub fn rollout(sts: Option<&StatefulSet>, want: i32) -> Rollout {
     }
 }
 
-/// The status to write.
-pub fn compute(es: &EventStore, sh: &SelfHostedSpec, plan: &Plan, r: &Rollout) -> EventStoreStatus {
+/// The status to write. `volumes_growing` is the Progressing message while node volumes are
+/// being expanded ([`super::volumes`]).
+pub fn compute(
+    es: &EventStore,
+    sh: &SelfHostedSpec,
+    plan: &Plan,
+    r: &Rollout,
+    volumes_growing: Option<&str>,
+) -> EventStoreStatus {
     let previous = es.status.clone().unwrap_or_default();
     let want = plan.replicas;
     let mut conditions = previous.conditions.clone();
@@ -96,19 +103,22 @@ pub fn compute(es: &EventStore, sh: &SelfHostedSpec, plan: &Plan, r: &Rollout) -
             ready_msg,
         ),
     );
-    set_condition(
-        &mut conditions,
-        Condition::new(
+    let progressing = match (r.rolling, volumes_growing) {
+        (true, _) => Condition::new(
             CONDITION_PROGRESSING,
-            r.rolling,
-            if r.rolling {
-                "RollingOut"
-            } else {
-                "RolloutComplete"
-            },
+            true,
+            "RollingOut",
             format!("{}/{} nodes at the current revision", r.updated, want),
         ),
-    );
+        (false, Some(m)) => Condition::new(CONDITION_PROGRESSING, true, "VolumeResizing", m),
+        (false, None) => Condition::new(
+            CONDITION_PROGRESSING,
+            false,
+            "RolloutComplete",
+            format!("{}/{} nodes at the current revision", r.updated, want),
+        ),
+    };
+    set_condition(&mut conditions, progressing);
     let degraded_msg = match (&plan.refused, plan.unplaced.is_empty()) {
         (Some(m), _) => Some(("ScaleDownRefused", m.clone())),
         (None, false) => Some((
@@ -236,7 +246,7 @@ mod tests {
             // The selfHosted status carries the same value.
             if backend == "selfHosted" {
                 let sh = fixtures::selfhosted().spec.self_hosted.unwrap();
-                let st = compute(&es, &sh, &plan(3), &Rollout::default());
+                let st = compute(&es, &sh, &plan(3), &Rollout::default(), None);
                 assert_eq!(st.capabilities, Some(shown(caps)));
             }
         }
@@ -267,7 +277,7 @@ mod tests {
             updated: 3,
             rolling: false,
         };
-        let st = compute(&es, &sh, &plan(3), &r);
+        let st = compute(&es, &sh, &plan(3), &r, None);
         assert_eq!(st.phase, Some(Phase::Ready));
         assert_eq!(st.ready_text.as_deref(), Some("3/3"));
         assert_eq!(
@@ -290,7 +300,7 @@ mod tests {
         let sh = es.spec.self_hosted.clone().unwrap();
         let url = |st: EventStoreStatus| st.endpoint.unwrap().url;
         assert_eq!(
-            url(compute(&es, &sh, &plan(3), &r)),
+            url(compute(&es, &sh, &plan(3), &r, None)),
             "http://orders.shop.svc:8080"
         );
         let sh = es.spec.self_hosted.as_mut().unwrap();
@@ -299,7 +309,7 @@ mod tests {
         });
         let sh = sh.clone();
         assert_eq!(
-            url(compute(&es, &sh, &plan(3), &r)),
+            url(compute(&es, &sh, &plan(3), &r, None)),
             "https://orders.shop.svc:8080"
         );
     }
@@ -314,9 +324,9 @@ mod tests {
             updated: 2,
             rolling: true,
         };
-        let first = compute(&es, &sh, &plan(3), &r);
+        let first = compute(&es, &sh, &plan(3), &r, None);
         es.status = Some(first.clone());
-        let second = compute(&es, &sh, &plan(3), &r);
+        let second = compute(&es, &sh, &plan(3), &r, None);
         assert_eq!(first, second);
         assert_eq!(second.phase, Some(Phase::Provisioning));
     }
@@ -333,7 +343,7 @@ mod tests {
             updated: 3,
             rolling: false,
         };
-        let st = compute(&es, &sh, &p, &r);
+        let st = compute(&es, &sh, &p, &r, None);
         assert_eq!(st.phase, Some(Phase::Degraded));
         let d = st
             .conditions

@@ -400,6 +400,16 @@ fn seconds_annotation(t: &Tenant, key: &str, default: Duration) -> Duration {
 }
 
 /// Base URL clients use: the store's published endpoint, else its client Service.
+/// The `endpoint` of a tenant's credentials Secret: for a selfHosted store the base URL of the
+/// node that owns the tenant (`owner`, from the registry), so that any HTTP client reaches its
+/// data without a 421 hop; the store's endpoint before the tenant is placed and for cloud stores.
+fn tenant_endpoint(es: &EventStore, owner: Option<&str>) -> String {
+    match (es.spec.backend, owner) {
+        (Backend::SelfHosted, Some(url)) => url.to_string(),
+        _ => endpoint(es),
+    }
+}
+
 fn endpoint(es: &EventStore) -> String {
     es.status
         .as_ref()
@@ -535,18 +545,6 @@ async fn apply_tenant(t: &Tenant, state: &State, ns: &str) -> Result<Action, Rec
             None
         }
     };
-    let desired = secret::build(
-        t,
-        &secret::Connection {
-            endpoint: endpoint(&es),
-            tenant_id: t.spec.tenant_id.clone(),
-            token: plan.token.clone(),
-            backend: es.spec.backend.as_str().to_string(),
-            ca: tls_ca.clone(),
-        },
-        plan.handled_rotate.as_deref(),
-    );
-
     // What the backend says.
     let outcome = match es.spec.backend {
         Backend::SelfHosted => {
@@ -555,6 +553,17 @@ async fn apply_tenant(t: &Tenant, state: &State, ns: &str) -> Result<Action, Rec
         }
         _ => cloud::reconcile(t, &es, ctx, ns).await?,
     };
+    let desired = secret::build(
+        t,
+        &secret::Connection {
+            endpoint: tenant_endpoint(&es, outcome.usage_url.as_deref()),
+            tenant_id: t.spec.tenant_id.clone(),
+            token: plan.token.clone(),
+            backend: es.spec.backend.as_str().to_string(),
+            ca: tls_ca.clone(),
+        },
+        plan.handled_rotate.as_deref(),
+    );
 
     // Usage, at most every interval, only from a store that accepts the tenant.
     let interval = seconds_annotation(t, USAGE_INTERVAL_ANNOTATION, DEFAULT_USAGE_INTERVAL);
