@@ -1111,3 +1111,81 @@ async fn a_volume_size_that_cannot_be_applied_makes_the_store_degraded_with_the_
     ns.cleanup().await.unwrap();
     delete_volumes(&client, &pvs).await;
 }
+
+/// Placement lives with the data: each node's PVC remembers the tenants placed on it, so an
+/// EventStore deleted with Retain and created again over its volumes puts every tenant back on
+/// the node that holds its events, even where a fresh plan would choose another node.
+#[tokio::test]
+async fn placement_survives_recreating_the_store_over_retained_volumes() {
+    let Some((ns, client)) = kube_namespace("es-replace").await else {
+        return;
+    };
+    let n = ns.name().to_string();
+    let pvs = create_volumes(&client, &n, "orders", 2).await;
+    let op = Operator::start(&client, &n);
+    let es: Api<EventStore> = Api::namespaced(client.clone(), &n);
+    let tn: Api<Tenant> = Api::namespaced(client.clone(), &n);
+    es.create(&PostParams::default(), &store("orders", 2, "Retain"))
+        .await
+        .unwrap();
+    // "zed" first (lands on orders-0), then "abe" (orders-1): a fresh plan of both would sort
+    // them by id and swap the two.
+    for t in ["zed", "abe"] {
+        tn.create(&PostParams::default(), &tenant(t, "orders"))
+            .await
+            .unwrap();
+        wait_status(&es, "orders", &format!("{t} placed"), |e, s| {
+            is_ready(e, s, 2) && s.placement.contains_key(t)
+        })
+        .await;
+    }
+    let first = es.get("orders").await.unwrap().status.unwrap().placement;
+    assert_eq!(first["zed"], "orders-0");
+    assert_eq!(first["abe"], "orders-1");
+    let pvc: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), &n);
+    let remembered = || {
+        let pvc = pvc.clone();
+        async move {
+            let mut out = Vec::new();
+            for claim in ["data-orders-0", "data-orders-1"] {
+                let p = pvc.get(claim).await.unwrap();
+                out.push(p.annotations().get("allsource.io/tenants").cloned());
+            }
+            out
+        }
+    };
+    let want = vec![Some("zed".to_string()), Some("abe".to_string())];
+    // Give the operator a moment to note the tenants on the volumes (asserted below, after the
+    // placement itself, so that a store that forgets shows the placement it got).
+    let until = Instant::now() + Duration::from_secs(20);
+    while remembered().await != want && Instant::now() < until {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    es.delete("orders", &DeleteParams::default()).await.unwrap();
+    wait_for("EventStore gone", DEADLINE, || {
+        let es = es.clone();
+        async move { es.get_opt("orders").await.ok()?.is_none().then_some(()) }
+    })
+    .await;
+    assert_eq!(pvc.list(&Default::default()).await.unwrap().items.len(), 2);
+    es.create(&PostParams::default(), &store("orders", 2, "Retain"))
+        .await
+        .unwrap();
+    let st = wait_status(
+        &es,
+        "orders",
+        "re-created store Ready with both placed",
+        |e, s| is_ready(e, s, 2) && s.placement.len() == 2,
+    )
+    .await;
+    assert_eq!(
+        st.placement, first,
+        "every tenant back on the node that holds its events"
+    );
+    assert_eq!(remembered().await, want, "each volume names its tenant");
+
+    op.stop().await;
+    ns.cleanup().await.unwrap();
+    delete_volumes(&client, &pvs).await;
+}

@@ -337,9 +337,18 @@ async fn apply_store(es: &EventStore, state: &State, ns: &str) -> Result<Action,
         })
         .collect();
     let previous = es.status.clone().unwrap_or_default();
+    // What the nodes' volumes remember of placement: a store re-created over retained volumes,
+    // or a tenant re-created, goes back to the node that holds its events.
+    let pvcs = volumes::list(es, ctx, ns).await?;
+    let remembered = volumes::remembered_placement(es, &pvcs);
+    let known = |status: &EventStoreStatus| {
+        let mut all = remembered.clone();
+        all.extend(status.placement.clone());
+        all
+    };
 
     // Plan (pure).
-    let mut plan = placement::plan(&es.name_any(), sh.replicas, &previous.placement, &requests);
+    let mut plan = placement::plan(&es.name_any(), sh.replicas, &known(&previous), &requests);
     // A placement change is decided on the apiserver's copy of the store, never on the cached
     // one: the cache may lack our own last status write, and a tenant placed there would look
     // new and could land on another node than the one holding its events (or a scale-down
@@ -357,12 +366,8 @@ async fn apply_store(es: &EventStore, state: &State, ns: &str) -> Result<Action,
                 fresh = f;
                 let sh = fresh.self_hosted().cloned().unwrap_or(sh);
                 let previous = fresh.status.clone().unwrap_or_default();
-                plan = placement::plan(
-                    &fresh.name_any(),
-                    sh.replicas,
-                    &previous.placement,
-                    &requests,
-                );
+                plan =
+                    placement::plan(&fresh.name_any(), sh.replicas, &known(&previous), &requests);
                 (&fresh, sh, previous)
             }
             Some(_) => (es, sh, previous),
@@ -430,7 +435,8 @@ async fn apply_store(es: &EventStore, state: &State, ns: &str) -> Result<Action,
     .await?;
     // Volumes: grow each node's PVC to the spec's size, and re-create the StatefulSet (pods
     // orphaned, not restarted) when its immutable claim template asks for another size.
-    let volumes_growing = match volumes::reconcile(es, &sh, ctx, ns).await? {
+    let volumes_growing = match volumes::reconcile(es, &sh, ctx, ns, &pvcs, &plan.placement).await?
+    {
         volumes::Outcome::Continue(progress) => progress,
         volumes::Outcome::Wait(after) => return Ok(Action::requeue(after)),
     };

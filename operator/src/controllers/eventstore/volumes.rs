@@ -4,7 +4,14 @@
 //! otherwise) and the StatefulSet is then deleted with its pods orphaned and re-created with the
 //! new template, which adopts the running pods without restarting them. A smaller size is
 //! refused: volumes never shrink. [`plan`] decides (pure); [`reconcile`] does the calls.
+//!
+//! Each node's PVC also remembers which tenants have data on it (annotation
+//! [`TENANTS_ANNOTATION`]), so that placement survives what `status.placement` does not: an
+//! EventStore deleted with `Retain` and created again over its volumes, or a Tenant deleted with
+//! `Retain` and created again, finds its events on the node that holds them
+//! ([`remembered_placement`], [`tenants_on`]).
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::StatefulSet;
@@ -21,6 +28,96 @@ use crate::controllers::{Context, ReconcileError};
 
 /// Name of the volume claim template (and the prefix of every node's PVC name).
 pub const CLAIM: &str = "data";
+
+/// Annotation of a node's PVC: the tenant ids (comma-separated, sorted) that were placed on that
+/// node, whose events the volume may hold.
+pub const TENANTS_ANNOTATION: &str = "allsource.io/tenants";
+
+/// Longest [`TENANTS_ANNOTATION`] value (the apiserver allows 256 KiB of annotations in all):
+/// past it, ids of tenants no longer placed are forgotten first.
+pub const TENANTS_ANNOTATION_MAX: usize = 64 * 1024;
+
+/// The ordinal of a node PVC of `es` (`data-<store>-<ordinal>`).
+fn pvc_ordinal(es: &EventStore, name: &str) -> Option<i32> {
+    let ordinal = name.strip_prefix(&format!("{CLAIM}-{}-", es.name_any()))?;
+    if ordinal.is_empty() || !ordinal.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    ordinal.parse().ok()
+}
+
+/// The tenants each node's volume remembers, as tenant id -> node name (the lowest ordinal when
+/// two volumes name the same id). Pure.
+pub fn remembered_placement(
+    es: &EventStore,
+    pvcs: &[PersistentVolumeClaim],
+) -> BTreeMap<String, String> {
+    let mut by_ordinal: Vec<(i32, &str)> = pvcs
+        .iter()
+        .filter_map(|p| {
+            let i = pvc_ordinal(es, p.metadata.name.as_deref()?)?;
+            Some((i, p.annotations().get(TENANTS_ANNOTATION)?.as_str()))
+        })
+        .collect();
+    by_ordinal.sort_unstable();
+    let mut out = BTreeMap::new();
+    for (i, ids) in by_ordinal {
+        for id in ids.split(',').filter(|s| !s.is_empty()) {
+            out.entry(id.to_string())
+                .or_insert_with(|| crate::resources::node_name(es, i));
+        }
+    }
+    out
+}
+
+/// The [`TENANTS_ANNOTATION`] value of node `node`'s volume: what it remembers (`current`) plus
+/// every tenant `placement` puts there, sorted; over [`TENANTS_ANNOTATION_MAX`] bytes, only the
+/// placed ones. Pure.
+pub fn tenants_on(
+    current: Option<&str>,
+    node: &str,
+    placement: &BTreeMap<String, String>,
+) -> String {
+    let placed: BTreeSet<&str> = placement
+        .iter()
+        .filter(|(_, n)| n.as_str() == node)
+        .map(|(t, _)| t.as_str())
+        .collect();
+    let mut all = placed.clone();
+    all.extend(
+        current
+            .unwrap_or_default()
+            .split(',')
+            .filter(|s| !s.is_empty()),
+    );
+    let joined = all.into_iter().collect::<Vec<_>>().join(",");
+    if joined.len() <= TENANTS_ANNOTATION_MAX {
+        joined
+    } else {
+        placed.into_iter().collect::<Vec<_>>().join(",")
+    }
+}
+
+/// The PVCs of the store's nodes (by the store's selector labels).
+pub async fn list(
+    es: &EventStore,
+    ctx: &Context,
+    ns: &str,
+) -> Result<Vec<PersistentVolumeClaim>, ReconcileError> {
+    let api: Api<PersistentVolumeClaim> = Api::namespaced(ctx.client.clone(), ns);
+    Ok(api
+        .list(&ListParams::default().labels(&pvc_selector(es)))
+        .await?
+        .items
+        .into_iter()
+        .filter(|p| {
+            p.metadata
+                .name
+                .as_deref()
+                .is_some_and(|n| pvc_ordinal(es, n).is_some())
+        })
+        .collect())
+}
 
 /// What one node's PVC says about its size.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -89,10 +186,7 @@ pub fn template_size(sts: &StatefulSet) -> Option<String> {
 /// What of a PVC [`plan`] reads; None for a PVC that is not one of the store's node volumes.
 pub fn volume(es: &EventStore, pvc: &PersistentVolumeClaim) -> Option<Volume> {
     let name = pvc.metadata.name.clone()?;
-    let ordinal = name.strip_prefix(&format!("{CLAIM}-{}-", es.name_any()))?;
-    if ordinal.is_empty() || !ordinal.bytes().all(|b| b.is_ascii_digit()) {
-        return None;
-    }
+    pvc_ordinal(es, &name)?;
     let requested = pvc
         .spec
         .as_ref()?
@@ -178,15 +272,38 @@ pub enum Outcome {
     Wait(Duration),
 }
 
-/// Grows the volumes of `es` to `sh.storage.size`: patches each bound PVC that is smaller, then
-/// re-creates a StatefulSet whose template asks for another size (its pods are orphaned, never
-/// deleted). `Err(Invalid)` for a shrink or a refused expansion (the store is parked Degraded).
+/// Brings the volumes `pvcs` of `es` (from [`list`]) in line: each remembers the tenants
+/// `placement` puts on its node; each bound PVC smaller than `sh.storage.size` is patched to it,
+/// then a StatefulSet whose template asks for another size is re-created (its pods are orphaned,
+/// never deleted). `Err(Refused)` for a shrink or a refused expansion (the store is parked
+/// Degraded).
 pub async fn reconcile(
     es: &EventStore,
     sh: &SelfHostedSpec,
     ctx: &Context,
     ns: &str,
+    pvcs: &[PersistentVolumeClaim],
+    placement: &BTreeMap<String, String>,
 ) -> Result<Outcome, ReconcileError> {
+    let pvc_api: Api<PersistentVolumeClaim> = Api::namespaced(ctx.client.clone(), ns);
+    for p in pvcs {
+        let (Some(name), Some(i)) = (
+            p.metadata.name.as_deref(),
+            p.metadata.name.as_deref().and_then(|n| pvc_ordinal(es, n)),
+        ) else {
+            continue;
+        };
+        let current = p.annotations().get(TENANTS_ANNOTATION).map(String::as_str);
+        let want = tenants_on(current, &crate::resources::node_name(es, i), placement);
+        if current.unwrap_or_default() != want {
+            let patch =
+                serde_json::json!({"metadata": {"annotations": {TENANTS_ANNOTATION: want}}});
+            ctx.metrics.wrote("PersistentVolumeClaim", "PATCH");
+            pvc_api
+                .patch(name, &PatchParams::default(), &Patch::Merge(&patch))
+                .await?;
+        }
+    }
     let sts_api: Api<StatefulSet> = Api::namespaced(ctx.client.clone(), ns);
     let live = sts_api.get_opt(&es.name_any()).await?;
     if let Some(sts) = &live {
@@ -195,14 +312,7 @@ pub async fn reconcile(
             return Ok(Outcome::Wait(Duration::from_secs(2)));
         }
     }
-    let pvc_api: Api<PersistentVolumeClaim> = Api::namespaced(ctx.client.clone(), ns);
-    let volumes: Vec<Volume> = pvc_api
-        .list(&ListParams::default().labels(&pvc_selector(es)))
-        .await?
-        .items
-        .iter()
-        .filter_map(|p| volume(es, p))
-        .collect();
+    let volumes: Vec<Volume> = pvcs.iter().filter_map(|p| volume(es, p)).collect();
     let template = live.as_ref().and_then(template_size);
     let size = &sh.storage.size;
     let decided = plan(size, template.as_deref(), &volumes);
@@ -329,6 +439,52 @@ mod tests {
             .refused
             .expect("refused")
             .contains("template asks for 2Gi"));
+    }
+
+    fn store(name: &str) -> EventStore {
+        serde_json::from_value(serde_json::json!({
+            "apiVersion": "allsource.io/v1alpha1", "kind": "EventStore",
+            "metadata": {"name": name, "namespace": "n"}, "spec": {"backend": "selfHosted"},
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn volumes_remember_the_tenants_placed_on_them() {
+        let es = store("s");
+        let pvc = |name: &str, tenants: Option<&str>| -> PersistentVolumeClaim {
+            let mut p: PersistentVolumeClaim =
+                serde_json::from_value(serde_json::json!({"metadata": {"name": name}})).unwrap();
+            if let Some(t) = tenants {
+                p.metadata.annotations =
+                    Some([(TENANTS_ANNOTATION.to_string(), t.to_string())].into());
+            }
+            p
+        };
+        let pvcs = [
+            pvc("data-s-1", Some("a,c")),
+            pvc("data-s-0", Some("b,c")),
+            pvc("data-s-2", None),
+            pvc("data-other-0", Some("x")),
+        ];
+        let m = remembered_placement(&es, &pvcs);
+        let want: BTreeMap<String, String> = [("a", "s-1"), ("b", "s-0"), ("c", "s-0")]
+            .into_iter()
+            .map(|(t, n)| (t.to_string(), n.to_string()))
+            .collect();
+        assert_eq!(m, want);
+
+        // What a node's volume remembers grows with what is placed there, sorted.
+        let placement: BTreeMap<String, String> = [("d", "s-0"), ("a", "s-1")]
+            .into_iter()
+            .map(|(t, n)| (t.to_string(), n.to_string()))
+            .collect();
+        assert_eq!(tenants_on(Some("b,c"), "s-0", &placement), "b,c,d");
+        assert_eq!(tenants_on(None, "s-1", &placement), "a");
+        assert_eq!(tenants_on(None, "s-2", &placement), "");
+        // Past the bound only the placed tenants stay.
+        let many: Vec<String> = (0..2000).map(|i| format!("tenant-{i:040}")).collect();
+        assert_eq!(tenants_on(Some(&many.join(",")), "s-0", &placement), "d");
     }
 
     #[test]
