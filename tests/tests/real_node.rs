@@ -1402,22 +1402,37 @@ impl Drop for Child {
     }
 }
 
-/// The S3 server of the env (moto, on loopback) at an address pods reach: a socat bridge on the
-/// node's address on the pod network, like the apiserver's.
-fn s3_for_pods(env: &TestEnv) -> (Child, String) {
-    let upstream = reqwest::Url::parse(env.s3_endpoint()).expect("S3 endpoint");
+/// A loopback server of the env (`host:port` on 127.0.0.1) at an address pods reach: a socat
+/// bridge on the node's address on the pod network, like the apiserver's. Returns the bridge and
+/// its `ip:port`.
+fn bridge(env: &TestEnv, upstream: &str) -> (Child, String) {
     let port = allsource_tests::bins::free_port();
     let ip = var(env, "NODE_IP");
+    let upstream_port = upstream
+        .rsplit(':')
+        .next()
+        .and_then(|p| p.trim_end_matches('/').parse::<u16>().ok())
+        .unwrap_or_else(|| panic!("no port in {upstream}"));
     let child = Command::new("socat")
         .arg(format!("TCP-LISTEN:{port},bind={ip},reuseaddr,fork"))
-        .arg(format!(
-            "TCP:127.0.0.1:{}",
-            upstream.port_or_known_default().expect("S3 port")
-        ))
+        .arg(format!("TCP:127.0.0.1:{upstream_port}"))
         .stderr(std::process::Stdio::null())
         .spawn()
         .expect("socat");
-    (Child(child), format!("http://{ip}:{port}"))
+    (Child(child), format!("{ip}:{port}"))
+}
+
+/// The S3 server of the env (moto) at an `http://` URL pods reach.
+fn s3_for_pods(env: &TestEnv) -> (Child, String) {
+    let upstream = reqwest::Url::parse(env.s3_endpoint()).expect("S3 endpoint");
+    let (child, at) = bridge(
+        env,
+        &format!(
+            "127.0.0.1:{}",
+            upstream.port_or_known_default().expect("S3 port")
+        ),
+    );
+    (child, format!("http://{at}"))
 }
 
 /// The S3 sample ArchivePolicy run for real: its CronJob's Job runs `store-node archive` from the
@@ -1604,4 +1619,326 @@ async fn archive_policy_runs_the_real_archiver_pod_on_the_node() {
     .await;
     run_ok(helm(env, ns.name()).args(["uninstall", RELEASE, "--wait", "--timeout", "2m"]));
     ns.cleanup().await.expect("delete namespace");
+}
+
+/// Every sample of `config/samples` applied as a user on this cluster edits it (the images built
+/// here, the node's placement and volume class, the servers' addresses as pods reach them through
+/// bridges on the pod network, this run's table, database and bucket names, one gateway pod per
+/// cloud store to spare the node's 2 CPUs) reaches Ready with the operator running from its image
+/// under the chart's ServiceAccount and every store node and gateway a real pod; then a tenant of
+/// the PostgreSQL store appends and reads through its gateway with its Secret, as an application
+/// would.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_sample_reaches_ready_on_the_real_node() {
+    let Some(env) = node_env() else {
+        return;
+    };
+    for service in ["postgres", "dynamodb", "firestore", "s3", "gcs"] {
+        env::require(service).unwrap_or_else(|| panic!("{service} service"));
+    }
+    let tag = images(env);
+    let ns = env
+        .test_namespace("realnode-samples")
+        .await
+        .expect("namespace");
+    let client = ns.client().clone();
+    install_operator(env, &ns, tag).await;
+
+    // What the pods reach: each server through a bridge on the node's pod-network address.
+    let pg = env.pg_test_database().await.expect("PostgreSQL database");
+    let pg_url = reqwest::Url::parse(&pg.url).expect("PostgreSQL URL");
+    let pg_at = format!(
+        "{}:{}",
+        pg_url.host_str().expect("host"),
+        pg_url.port().unwrap_or(5432)
+    );
+    let (_b1, pg_bridge) = bridge(env, &pg_at);
+    let (_b2, ddb_bridge) = bridge(env, env.dynamodb_endpoint());
+    let (_b3, fs_bridge) = bridge(env, env.firestore_emulator_host());
+    let (_b4, s3_url) = s3_for_pods(env);
+    let (_b5, gcs_bridge) = bridge(env, env.gcs_endpoint());
+    let s3_bucket = env::unique_name("realnode-samples");
+    env.s3_client()
+        .create_bucket()
+        .bucket(&s3_bucket)
+        .send()
+        .await
+        .expect("S3 bucket");
+    let gcs_bucket = env::unique_name("realnode-samples");
+    reqwest::Client::new()
+        .post(format!(
+            "{}/storage/v1/b?project=allsource-test",
+            env.gcs_endpoint()
+        ))
+        .json(&json!({"name": gcs_bucket}))
+        .send()
+        .await
+        .and_then(|r| r.error_for_status())
+        .expect("GCS bucket");
+    let table = env::unique_name("realnode-orders");
+
+    let (node_selector, tolerations) = placement(env);
+    let on_node = json!({"nodeSelector": node_selector, "tolerations": tolerations});
+    let image = format!("{REGISTRY}/store-node:{tag}");
+    let secret = |name: &str, data: Value| {
+        json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": name},
+               "type": "Opaque", "stringData": data})
+    };
+    let mut docs = vec![
+        secret(
+            "samples-aws-keys",
+            json!({"AWS_ACCESS_KEY_ID": env::AWS_TEST_ACCESS_KEY,
+                   "AWS_SECRET_ACCESS_KEY": env::AWS_TEST_SECRET_KEY}),
+        ),
+        secret(
+            "samples-s3-keys",
+            json!({"AWS_ACCESS_KEY_ID": env.s3_access_key(),
+                   "AWS_SECRET_ACCESS_KEY": env.s3_secret_key()}),
+        ),
+        // fake-gcs-server ignores the token; a real one comes from Workload Identity or a key.
+        secret("samples-gcs-token", json!({"GCS_OAUTH_TOKEN": "e2e-token"})),
+    ];
+    let mut files: Vec<PathBuf> = std::fs::read_dir(root().join("config/samples"))
+        .expect("samples")
+        .map(|e| e.expect("entry").path())
+        .filter(|p| {
+            p.extension().is_some_and(|x| x == "yaml")
+                && p.file_name().is_some_and(|n| n != "kustomization.yaml")
+        })
+        .collect();
+    files.sort();
+    for f in &files {
+        let rel = f.strip_prefix(root()).expect("relative");
+        docs.extend(yaml_docs(rel.to_str().expect("utf-8")));
+    }
+    for d in docs.iter_mut() {
+        let kind = d["kind"].as_str().unwrap_or_default().to_string();
+        if kind == "Secret" && d["metadata"]["name"] == "orders-postgres-admin" {
+            let mut url = pg_url.clone();
+            let (host, port) = pg_bridge.split_once(':').expect("ip:port");
+            url.set_host(Some(host)).expect("host");
+            url.set_port(port.parse().ok()).expect("port");
+            d["stringData"]["url"] = json!(url.to_string());
+        }
+        let Some(spec) = d.get_mut("spec") else {
+            continue;
+        };
+        match kind.as_str() {
+            "EventStore" => {
+                match spec["backend"].as_str() {
+                    Some("selfHosted") => {
+                        let sh = &mut spec["selfHosted"];
+                        sh["image"] = json!(image);
+                        sh["imagePullPolicy"] = json!("Never");
+                        sh["storage"]["storageClassName"] = json!(var(env, "NODE_STORAGE_CLASS"));
+                        sh["podTemplate"] = on_node.clone();
+                        sh["resources"]["requests"]["cpu"] = json!("50m");
+                    }
+                    Some("dynamodb") => {
+                        let ddb = &mut spec["dynamodb"];
+                        ddb["endpoint"] = json!(format!("http://{ddb_bridge}"));
+                        ddb["tableName"] = json!(table);
+                        ddb["credentialsSecretRef"] = json!({"name": "samples-aws-keys"});
+                    }
+                    Some("firestore") => {
+                        spec["firestore"]["endpoint"] = json!(fs_bridge);
+                        spec["firestore"]["emulator"] = json!(true);
+                        spec["firestore"]["projectId"] = json!(env.firestore_project());
+                    }
+                    _ => {}
+                }
+                if spec.get("gateway").is_some() {
+                    let gw = &mut spec["gateway"];
+                    gw["replicas"] = json!(1);
+                    gw["image"] = json!(image);
+                    gw["imagePullPolicy"] = json!("Never");
+                    gw["podTemplate"] = on_node.clone();
+                    gw["resources"] = json!({"requests": {"cpu": "50m", "memory": "64Mi"}});
+                }
+            }
+            "ArchivePolicy" => {
+                spec["podTemplate"] = on_node.clone();
+                let dest = &mut spec["destination"];
+                if dest.get("s3").is_some() {
+                    let s3 = &mut dest["s3"];
+                    s3["bucket"] = json!(s3_bucket);
+                    s3["endpoint"] = json!(s3_url);
+                    s3["forcePathStyle"] = json!(true);
+                    s3["credentialsSecretRef"] = json!({"name": "samples-s3-keys"});
+                }
+                if dest.get("gcs").is_some() {
+                    dest["gcs"]["bucket"] = json!(gcs_bucket);
+                    dest["gcs"]["endpoint"] = json!(format!("http://{gcs_bridge}"));
+                    dest["gcs"]["credentialsSecretRef"] = json!({"name": "samples-gcs-token"});
+                }
+            }
+            _ => {}
+        }
+    }
+    // And a tenant of the PostgreSQL store, to go through its gateway.
+    let mut pg_tenant = yaml_docs("config/samples/tenant-pooled.yaml").remove(0);
+    pg_tenant["metadata"]["name"] = json!("initech");
+    pg_tenant["spec"]["tenantId"] = json!("initech");
+    pg_tenant["spec"]["eventStoreRef"]["name"] = json!("orders-postgres");
+    docs.push(pg_tenant);
+
+    let t0 = Instant::now();
+    for d in &docs {
+        let kind = d["kind"].as_str().expect("kind");
+        let name = d["metadata"]["name"].as_str().expect("name");
+        let (group, version) = match d["apiVersion"].as_str().expect("apiVersion") {
+            "v1" => ("", "v1"),
+            gv => gv.split_once('/').expect("group/version"),
+        };
+        let plural = match kind {
+            "ArchivePolicy" => "archivepolicies".to_string(),
+            k => format!("{}s", k.to_lowercase()),
+        };
+        let ar = ApiResource {
+            group: group.into(),
+            version: version.into(),
+            api_version: d["apiVersion"].as_str().expect("apiVersion").into(),
+            kind: kind.into(),
+            plural,
+        };
+        let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), ns.name(), &ar);
+        let mut d = d.clone();
+        d["metadata"]["namespace"] = json!(ns.name());
+        api.patch(
+            name,
+            &PatchParams::apply("real-node-e2e"),
+            &Patch::Apply(&d),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("apply {kind} {name}: {e}"));
+    }
+    for d in docs.iter().filter(|d| {
+        matches!(
+            d["kind"].as_str(),
+            Some("EventStore" | "Tenant" | "ArchivePolicy")
+        )
+    }) {
+        let kind = d["kind"].as_str().expect("kind");
+        let name = d["metadata"]["name"].as_str().expect("name").to_string();
+        let ar = match kind {
+            "EventStore" => eventstores(),
+            "Tenant" => tenants(),
+            _ => archivepolicies(),
+        };
+        let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), ns.name(), &ar);
+        let ready = tokio::time::timeout(
+            WAIT,
+            wait_for(&format!("{kind} {name} Ready"), WAIT, || {
+                let (api, name) = (api.clone(), name.clone());
+                async move {
+                    let o = api.get(&name).await.ok()?;
+                    (ready_condition(&o)
+                        && o.data["status"]["observedGeneration"].as_i64() == o.metadata.generation)
+                        .then_some(())
+                }
+            }),
+        )
+        .await;
+        if ready.is_err() {
+            let o = api.get(&name).await.expect("sample");
+            panic!(
+                "{kind} {name} not Ready after {WAIT:?}: {}\n{}",
+                o.data["status"],
+                describe(env, ns.name())
+            );
+        }
+        eprintln!(
+            "{kind} {name} Ready {:.1}s after the samples were applied",
+            t0.elapsed().as_secs_f64()
+        );
+    }
+    // Every store node and gateway is a real pod on the node.
+    let pods: Api<Pod> = Api::namespaced(client.clone(), ns.name());
+    let node = var(env, "NODE_NAME");
+    let running: Vec<String> = pods
+        .list(&ListParams::default())
+        .await
+        .expect("pods")
+        .items
+        .into_iter()
+        .filter(pod_ready)
+        .map(|p| {
+            let on = p.spec.as_ref().and_then(|s| s.node_name.clone());
+            assert_eq!(
+                on.as_deref(),
+                Some(node),
+                "{:?} off the real node",
+                p.metadata.name
+            );
+            p.metadata.name.unwrap_or_default()
+        })
+        .collect();
+    for prefix in [
+        "orders-0",
+        "orders-postgres-gateway",
+        "orders-dynamodb-gateway",
+        "orders-firestore-gateway",
+    ] {
+        assert!(
+            running.iter().any(|n| n.starts_with(prefix)),
+            "no Ready pod {prefix}* among {running:?}"
+        );
+    }
+
+    // An application of the PostgreSQL store's tenant: its Secret's endpoint is the gateway.
+    let access = apply_tenant_secret(&client, ns.name(), "initech").await;
+    assert!(
+        access.endpoint.contains("orders-postgres"),
+        "{}",
+        access.endpoint
+    );
+    let stream = stream_url(&access, "order-1");
+    let event = json!({"events": [{"eventId": event_id(9, 1), "eventType": "OrderPlaced",
+        "data": {"total": 1}}]});
+    wait_for("append through the PostgreSQL gateway", WAIT, || {
+        let (stream, token, event) = (stream.clone(), access.token.clone(), event.clone());
+        async move {
+            let (code, _) = send(env, reqwest::Method::POST, stream, &token, Some(&event))
+                .await
+                .ok()?;
+            (code == 201 || code == 200).then_some(())
+        }
+    })
+    .await;
+    let (code, text) = send(
+        env,
+        reqwest::Method::GET,
+        stream.clone(),
+        &access.token,
+        None,
+    )
+    .await
+    .expect("read");
+    assert_eq!(code, 200, "{text}");
+    assert!(text.contains("OrderPlaced"), "{text}");
+    eprintln!(
+        "{} samples Ready and an event through the gateway in {:.1}s",
+        docs.len(),
+        t0.elapsed().as_secs_f64()
+    );
+
+    run_ok(helm(env, ns.name()).args(["uninstall", RELEASE, "--wait", "--timeout", "2m"]));
+    ns.cleanup().await.expect("delete namespace");
+}
+
+/// What the application of the Ready Tenant `name` reads from its credentials Secret.
+async fn apply_tenant_secret(client: &kube::Client, ns: &str, name: &str) -> Access {
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), ns);
+    let s = secrets
+        .get(&format!("{name}-credentials"))
+        .await
+        .expect("credentials Secret");
+    let data = s.data.unwrap_or_default();
+    let field = |k: &str| String::from_utf8(data[k].0.clone()).expect("utf-8");
+    Access {
+        tenant: name.to_string(),
+        endpoint: field("endpoint"),
+        token: field("token"),
+        node: String::new(),
+    }
 }

@@ -505,7 +505,7 @@ pub enum SslMode {
 }
 
 /// Stateless store-node gateway in front of a cloud backend.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct GatewaySpec {
     /// Run the gateway Deployment.
@@ -528,6 +528,16 @@ pub struct GatewaySpec {
     /// Secret of the gateway's HTTPS listener, with tls.crt, tls.key and ca.crt (a kubernetes.io/tls Secret plus the issuing CA, as cert-manager writes it). When set, the gateway pods serve the API over HTTPS only (mounted at /etc/allsource/tls, reloaded within seconds when the Secret changes, no restart), status.endpoint and the tenants' credentials Secrets carry an https:// URL, and ca.crt is copied into each tenant's credentials Secret. The certificate must name <store>.<namespace>.svc. A Secret that is missing, lacks a key, or whose tls.crt and tls.key do not form a pair makes the store Degraded (reason TLSSecretInvalid) and the gateway is not rolled out. Unset: plain HTTP (keep the Service inside the cluster's network policy).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls_secret_ref: Option<SecretRef>,
+    /// Image pull policy of the gateway container.
+    #[serde(default)]
+    pub image_pull_policy: PullPolicy,
+    /// CPU and memory requests and limits of the gateway container.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<ResourceRequirements>,
+    /// Overrides merged into the pod template of the gateway pods (node selector, tolerations,
+    /// affinity, extra labels and annotations; the operator's own labels win on conflict).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod_template: Option<PodTemplateOverrides>,
 }
 
 fn default_gateway_replicas() -> i32 {

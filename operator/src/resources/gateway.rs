@@ -326,6 +326,8 @@ pub fn deployment(es: &EventStore, gw: &GatewaySpec, backend: &GatewayBackend) -
     let container = Container {
         name: CONTAINER.to_string(),
         image: Some(gw.image.clone()),
+        image_pull_policy: Some(gw.image_pull_policy.as_str().to_string()),
+        resources: gw.resources.clone(),
         args: Some(args),
         env: Some(env),
         ports: Some(super::container_ports()),
@@ -344,6 +346,9 @@ pub fn deployment(es: &EventStore, gw: &GatewaySpec, backend: &GatewayBackend) -
         }),
         ..Container::default()
     };
+    let overrides = gw.pod_template.clone().unwrap_or_default();
+    let mut pod_labels = overrides.labels.clone();
+    pod_labels.extend(labels(es));
     Deployment {
         metadata: meta(es, gateway_name(es)),
         spec: Some(DeploymentSpec {
@@ -354,16 +359,25 @@ pub fn deployment(es: &EventStore, gw: &GatewaySpec, backend: &GatewayBackend) -
             },
             template: PodTemplateSpec {
                 metadata: Some(ObjectMeta {
-                    labels: Some(labels(es)),
+                    labels: Some(pod_labels),
+                    annotations: (!overrides.annotations.is_empty())
+                        .then_some(overrides.annotations),
                     ..ObjectMeta::default()
                 }),
                 spec: Some(PodSpec {
+                    node_selector: (!overrides.node_selector.is_empty())
+                        .then_some(overrides.node_selector),
+                    tolerations: (!overrides.tolerations.is_empty())
+                        .then_some(overrides.tolerations),
+                    affinity: overrides.affinity,
                     containers: vec![container],
                     volumes: Some(volumes),
                     security_context: Some(PodSecurityContext {
                         run_as_non_root: Some(true),
                         run_as_user: Some(RUN_AS),
                         run_as_group: Some(RUN_AS),
+                        // key.json is mode 0440: readable through the volume's group.
+                        fs_group: Some(RUN_AS),
                         seccomp_profile: Some(SeccompProfile {
                             type_: "RuntimeDefault".to_string(),
                             ..SeccompProfile::default()
@@ -549,6 +563,54 @@ mod tests {
             nodes: BTreeMap::new(),
         };
         insta::assert_yaml_snapshot!("registry_secret", registry_secret(&es, &registry));
+    }
+
+    /// The gateway's scheduling, resources and pull policy come from the spec; the non-root
+    /// pod reads its 0440 key.json through the volume's group.
+    #[test]
+    fn pod_template_resources_and_key_permissions() {
+        let mut es = es("dynamodb");
+        let gw = es.spec.gateway.as_mut().unwrap();
+        gw.pod_template = Some(
+            serde_json::from_value(serde_json::json!({
+                "nodeSelector": {"pool": "gw"},
+                "tolerations": [{"key": "gw", "operator": "Exists"}],
+                "labels": {"team": "payments", "app.kubernetes.io/instance": "hijack"},
+            }))
+            .unwrap(),
+        );
+        gw.resources =
+            Some(serde_json::from_value(serde_json::json!({"requests": {"cpu": "50m"}})).unwrap());
+        let gw = gw.clone();
+        let backend = GatewayBackend::Firestore {
+            project: "p".into(),
+            database: "(default)".into(),
+            emulator_host: None,
+            endpoint: None,
+            credentials_secret: Some("gcp-key".into()),
+        };
+        let t = deployment(&es, &gw, &backend).spec.unwrap().template;
+        let labels = t.metadata.unwrap().labels.unwrap();
+        assert_eq!(labels["team"], "payments");
+        assert_eq!(labels["app.kubernetes.io/instance"], "orders");
+        let pod = t.spec.unwrap();
+        assert_eq!(pod.node_selector.unwrap()["pool"], "gw");
+        assert_eq!(pod.tolerations.unwrap().len(), 1);
+        let c = &pod.containers[0];
+        assert_eq!(c.image_pull_policy.as_deref(), Some("IfNotPresent"));
+        assert_eq!(
+            c.resources.clone().unwrap().requests.unwrap()["cpu"].0,
+            "50m"
+        );
+        let sc = pod.security_context.unwrap();
+        assert_eq!((sc.run_as_user, sc.fs_group), (Some(RUN_AS), Some(RUN_AS)));
+        let key = pod
+            .volumes
+            .unwrap()
+            .into_iter()
+            .find(|v| v.name == FIRESTORE_KEY_VOLUME)
+            .unwrap();
+        assert_eq!(key.secret.unwrap().default_mode, Some(0o440));
     }
 
     #[test]
