@@ -1609,6 +1609,54 @@ async fn archive_policy_runs_the_real_archiver_pod_on_the_node() {
     );
     assert!(parquet >= tenants.len(), "{parquet} Parquet files");
 
+    // The first tenant deleted with deletionPolicy Delete: its node erases it, then its archive
+    // goes from the bucket; the other tenants' archives stay.
+    let keys = || async {
+        s3.list_objects_v2()
+            .bucket(&bucket)
+            .send()
+            .await
+            .expect("list bucket")
+            .contents()
+            .iter()
+            .filter_map(|o| o.key().map(str::to_string))
+            .collect::<Vec<_>>()
+    };
+    let of = |keys: &[String], t: &str| {
+        keys.iter()
+            .filter(|k| k.contains(&format!("/tenant={t}/")))
+            .count()
+    };
+    let before = keys().await;
+    assert!(of(&before, &tenants[0].tenant) > 0, "{before:?}");
+    let tns: Api<DynamicObject> = Api::namespaced_with(client.clone(), ns.name(), &self::tenants());
+    let gone = tenants[0].tenant.clone();
+    tns.patch(
+        &gone,
+        &PatchParams::default(),
+        &Patch::Merge(json!({"spec": {"deletionPolicy": "Delete"}})),
+    )
+    .await
+    .expect("deletionPolicy Delete");
+    tns.delete(&gone, &Default::default())
+        .await
+        .expect("delete Tenant");
+    wait_for("the deleted Tenant gone", WAIT, || {
+        let (tns, gone) = (tns.clone(), gone.clone());
+        async move { tns.get_opt(&gone).await.ok()?.is_none().then_some(()) }
+    })
+    .await;
+    let after = keys().await;
+    assert_eq!(of(&after, &gone), 0, "{after:?}");
+    for a in &tenants[1..] {
+        assert_eq!(of(&after, &a.tenant), of(&before, &a.tenant), "{after:?}");
+    }
+    eprintln!(
+        "tenant {gone} deleted: {} archived objects erased, {} of the others kept",
+        of(&before, &gone),
+        after.len()
+    );
+
     aps.delete(&name, &Default::default())
         .await
         .expect("delete ArchivePolicy");

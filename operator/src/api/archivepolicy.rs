@@ -281,10 +281,10 @@ pub struct ArchivePolicyStatus {
     /// Result of the last run.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_result: Option<RunResult>,
-    /// Events archived by the last run.
+    /// Events archived by the last run (every attempt of its Job, when the Job retried).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub events_archived: Option<i64>,
-    /// Bytes archived by the last run.
+    /// Bytes archived by the last run (every attempt of its Job, when the Job retried).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bytes_archived: Option<i64>,
     /// Per-tenant progress.

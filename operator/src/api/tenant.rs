@@ -81,7 +81,9 @@ pub struct TenantSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub credentials: Option<CredentialsSpec>,
 
-    /// What happens to the tenant's data when the Tenant is deleted. Retain keeps it.
+    /// What happens to the tenant's data when the Tenant is deleted. Retain keeps it; Delete
+    /// erases its events from the store and its archived copies from the destination of every
+    /// ArchivePolicy of the store before the Tenant goes.
     #[serde(default)]
     pub deletion_policy: DeletionPolicy,
 }

@@ -118,6 +118,50 @@ async fn read_secret(client: &Client, ns: &str, name: &str) -> Result<Secret, Li
         })
 }
 
+/// How the operator connects to the policy's S3 destination (its credentials Secret's keys, or
+/// the pod's own identity without one).
+pub(super) async fn s3_options(
+    client: &Client,
+    ns: &str,
+    p: &ArchivePolicy,
+) -> Result<ConnectOptions, LifecycleError> {
+    let d = p.spec.destination.s3.clone().unwrap_or_default();
+    let creds = match &d.credentials_secret_ref {
+        Some(r) => {
+            let s = read_secret(client, ns, &r.name).await?;
+            Some((
+                secret_value(&s, &r.name, S3_ACCESS_KEY)?,
+                secret_value(&s, &r.name, S3_SECRET_KEY)?,
+            ))
+        }
+        None => None,
+    };
+    Ok(ConnectOptions {
+        endpoint: d.endpoint.clone(),
+        region: d.region.clone(),
+        force_path_style: d.force_path_style,
+        s3_static_credentials: creds,
+        gcs_auth: GcsAuth::Anonymous,
+    })
+}
+
+/// How the operator authenticates to the policy's GCS destination (a token from its credentials
+/// Secret, or the metadata server without one).
+pub(super) async fn gcs_auth(
+    client: &Client,
+    ns: &str,
+    p: &ArchivePolicy,
+) -> Result<GcsAuth, LifecycleError> {
+    let d = p.spec.destination.gcs.clone().unwrap_or_default();
+    Ok(match &d.credentials_secret_ref {
+        Some(r) => {
+            let s = read_secret(client, ns, &r.name).await?;
+            GcsAuth::Token(secret_value(&s, &r.name, GCS_TOKEN_KEY)?)
+        }
+        None => GcsAuth::MetadataServer,
+    })
+}
+
 /// Puts the policy's rules from `spec` on the bucket (an empty spec removes them), keeping
 /// foreign rules. Returns true when the bucket was written.
 async fn put(
@@ -135,24 +179,7 @@ async fn put(
     let call = async {
         match v.provider {
             Provider::S3 => {
-                let d = p.spec.destination.s3.clone().unwrap_or_default();
-                let creds = match &d.credentials_secret_ref {
-                    Some(r) => {
-                        let s = read_secret(client, ns, &r.name).await?;
-                        Some((
-                            secret_value(&s, &r.name, S3_ACCESS_KEY)?,
-                            secret_value(&s, &r.name, S3_SECRET_KEY)?,
-                        ))
-                    }
-                    None => None,
-                };
-                let opts = ConnectOptions {
-                    endpoint: d.endpoint.clone(),
-                    region: d.region.clone(),
-                    force_path_style: d.force_path_style,
-                    s3_static_credentials: creds,
-                    gcs_auth: GcsAuth::Anonymous,
-                };
+                let opts = s3_options(client, ns, p).await?;
                 let s3 = objstore::s3_client(&opts).await;
                 let rules = lifecycle::s3_rules(spec).map_err(wrap)?;
                 lifecycle::apply_s3_lifecycle(&s3, &v.bucket, &spec.policy, rules)
@@ -161,13 +188,7 @@ async fn put(
             }
             Provider::Gcs => {
                 let d = p.spec.destination.gcs.clone().unwrap_or_default();
-                let auth = match &d.credentials_secret_ref {
-                    Some(r) => {
-                        let s = read_secret(client, ns, &r.name).await?;
-                        GcsAuth::Token(secret_value(&s, &r.name, GCS_TOKEN_KEY)?)
-                    }
-                    None => GcsAuth::MetadataServer,
-                };
+                let auth = gcs_auth(client, ns, p).await?;
                 let store = GcsStore::new(&v.bucket, d.endpoint.as_deref(), auth).map_err(wrap)?;
                 lifecycle::apply_gcs_lifecycle(&store, spec)
                     .await

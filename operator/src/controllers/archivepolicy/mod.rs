@@ -8,6 +8,7 @@
 //! owner reference. It must never read or write archived objects itself; runs happen in Jobs.
 
 pub mod build;
+pub mod erase;
 pub mod lifecycle;
 pub mod schedule;
 pub mod status;

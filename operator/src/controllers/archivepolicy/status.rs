@@ -67,8 +67,11 @@ pub struct JobRun {
     pub finished: Option<DateTime<Utc>>,
     /// Whether it succeeded (meaningful once finished).
     pub succeeded: bool,
-    /// The archiver's termination message, when a pod of the Job left one.
+    /// The archiver's termination message, when a pod of the Job left one (the newest pod's).
     pub message: Option<String>,
+    /// The termination messages of the Job's earlier attempts (pods the Job retried), oldest
+    /// first: what they archived counts for the run too.
+    pub earlier: Vec<String>,
 }
 
 impl JobRun {
@@ -122,11 +125,13 @@ pub fn job_run(job: &Job, pods: &[Pod]) -> JobRun {
         })
         .collect();
     terminated.sort_by_key(|t| t.0);
+    let message = terminated.pop().map(|(_, m)| m);
     JobRun {
         started: st.start_time.as_ref().and_then(utc).or(created),
         finished,
         succeeded,
-        message: terminated.pop().map(|(_, m)| m),
+        message,
+        earlier: terminated.into_iter().map(|(_, m)| m).collect(),
         name,
     }
 }
@@ -287,8 +292,16 @@ fn record(st: &mut ArchivePolicyStatus, run: &JobRun) -> Finished {
         st.last_success_time = run.finished;
     }
     if let Some(s) = &summary {
-        st.events_archived = Some(i64::try_from(s.events_archived).unwrap_or(i64::MAX));
-        st.bytes_archived = Some(i64::try_from(s.bytes_archived).unwrap_or(i64::MAX));
+        // A Job that retried: what its failed attempts committed was archived by this run too.
+        let earlier: Vec<RunSummary> = run
+            .earlier
+            .iter()
+            .filter_map(|m| serde_json::from_str(m).ok())
+            .collect();
+        let events = earlier.iter().map(|e| e.events_archived).sum::<u64>() + s.events_archived;
+        let bytes = earlier.iter().map(|e| e.bytes_archived).sum::<u64>() + s.bytes_archived;
+        st.events_archived = Some(i64::try_from(events).unwrap_or(i64::MAX));
+        st.bytes_archived = Some(i64::try_from(bytes).unwrap_or(i64::MAX));
         // Keep the watermarks of tenants this run did not report (e.g. cut from a long summary).
         for t in &s.tenants {
             let entry = TenantArchiveStatus {
@@ -424,6 +437,43 @@ mod tests {
         let (again, ev) = compute(&p, &o);
         assert_eq!(again, st);
         assert!(ev.is_none());
+    }
+
+    /// A Job whose first pod failed for one tenant and whose retry finished the rest: the run
+    /// archived what both attempts committed.
+    #[test]
+    fn a_retried_run_counts_every_attempt() {
+        let p = policy();
+        let first = r#"{"runId":"r1","eventsArchived":40,"bytesArchived":1000,"ok":false,"tenants":[{"tenant":"acme","watermark":40,"events":40,"error":""},{"tenant":"globex","watermark":0,"events":0,"error":"store node answered HTTP 401"}]}"#;
+        let second = r#"{"runId":"r2","eventsArchived":20,"bytesArchived":500,"ok":true,"tenants":[{"tenant":"acme","watermark":40,"events":0,"error":""},{"tenant":"globex","watermark":20,"events":20,"error":""}]}"#;
+        let mut failed = pod("j4", first);
+        failed.metadata.name = Some("j4-a".into());
+        if let Some(t) = failed
+            .status
+            .as_mut()
+            .and_then(|s| s.container_statuses.as_mut())
+            .and_then(|c| c[0].state.as_mut())
+            .and_then(|s| s.terminated.as_mut())
+        {
+            t.finished_at = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+                "2026-11-24T10:00:03Z".parse().unwrap(),
+            ));
+        }
+        let run = job_run(&job("j4", Some("Complete")), &[pod("j4", second), failed]);
+        assert_eq!(run.earlier.len(), 1);
+        let (st, _) = compute(
+            &p,
+            &Observed {
+                cron_job_name: Some("c".into()),
+                runs: vec![run],
+                ..Observed::default()
+            },
+        );
+        assert_eq!(st.last_result, Some(RunResult::Succeeded));
+        assert_eq!(st.events_archived, Some(60));
+        assert_eq!(st.bytes_archived, Some(1500));
+        let globex = st.tenants.iter().find(|t| t.tenant_id == "globex").unwrap();
+        assert_eq!((globex.watermark, globex.last_error.as_deref()), (20, None));
     }
 
     #[test]

@@ -11,6 +11,7 @@
 //! longer lists the tenant (Retain) or its node erased the tenant's data (Delete, [`purge`]),
 //! then deletes the Secret. It must never log, publish or put in status a token.
 
+pub mod archives;
 pub mod cloud;
 pub mod duplicate;
 pub mod fanout;
@@ -752,6 +753,12 @@ async fn cleanup(
                     .await;
                 }
             }
+        }
+    }
+    if let Some(es) = &es {
+        // Delete erases the archived copies too, once the store's copy is gone.
+        if !archives::erase(t, es, ctx, ns).await? {
+            return Ok(false);
         }
     } else if holds_id && t.spec.deletion_policy == DeletionPolicy::Delete {
         ctx.publish(

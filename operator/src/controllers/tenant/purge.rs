@@ -142,11 +142,11 @@ pub async fn probe(client: &reqwest::Client, base_url: &str, token: &str) -> Pro
 }
 
 /// Why the finalizer is still there, as shown in the Tenant's conditions.
-struct Waiting {
+pub(super) struct Waiting {
     /// Degraded (needs attention) rather than merely in progress.
-    degraded: bool,
-    reason: &'static str,
-    message: String,
+    pub(super) degraded: bool,
+    pub(super) reason: &'static str,
+    pub(super) message: String,
 }
 
 /// The status of a Tenant whose deletion waits. Pure.
@@ -170,7 +170,7 @@ fn waiting_status(t: &Tenant, w: &Waiting) -> TenantStatus {
     st
 }
 
-async fn write_waiting(
+pub(super) async fn write_waiting(
     t: &Tenant,
     ctx: &Context,
     ns: &str,
