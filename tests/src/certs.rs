@@ -29,3 +29,40 @@ pub fn make_ca(dir: &Path, name: &str) {
             &format!("{name}.crt"),
         ]));
 }
+
+/// A server certificate for the subject alternative names `sans` (e.g.
+/// `DNS:localhost,IP:127.0.0.1`) issued by the CA `ca` of `dir`, valid `days`, with `serial`
+/// (`<out>.crt`, `<out>.key` in `dir`).
+pub fn issue_server_cert(dir: &Path, ca: &str, out: &str, sans: &str, serial: u32, days: u32) {
+    let ext_file = format!("{out}.ext");
+    std::fs::write(
+        dir.join(&ext_file),
+        format!(
+            "subjectAltName={sans}\nextendedKeyUsage=serverAuth\n\
+             basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature\n"
+        ),
+    )
+    .unwrap_or_else(|e| panic!("write {ext_file}: {e}"));
+    run(Command::new("openssl")
+        .current_dir(dir)
+        .args(["req", "-newkey", "ec", "-pkeyopt"])
+        .args(["ec_paramgen_curve:prime256v1", "-nodes"])
+        .args(["-subj", &format!("/CN={out}")])
+        .args([
+            "-keyout",
+            &format!("{out}.key"),
+            "-out",
+            &format!("{out}.csr"),
+        ]));
+    run(Command::new("openssl")
+        .current_dir(dir)
+        .args(["x509", "-req", "-in", &format!("{out}.csr")])
+        .args(["-CA", &format!("{ca}.crt"), "-CAkey", &format!("{ca}.key")])
+        .args([
+            "-set_serial",
+            &serial.to_string(),
+            "-days",
+            &days.to_string(),
+        ])
+        .args(["-extfile", &ext_file, "-out", &format!("{out}.crt")]));
+}

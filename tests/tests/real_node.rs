@@ -445,18 +445,23 @@ async fn resolve_like_a_pod(env: &TestEnv, host: &str) -> Option<std::net::Ipv4A
     None
 }
 
-/// An HTTP client that resolves `url`'s host through the cluster DNS, as a pod would.
-async fn cluster_client(env: &TestEnv, url: &str) -> Option<reqwest::Client> {
+/// An HTTP client that resolves `url`'s host through the cluster DNS, as a pod would; with `ca`
+/// (PEM), an https server is verified against that CA only.
+async fn cluster_client(env: &TestEnv, url: &str, ca: Option<&[u8]>) -> Option<reqwest::Client> {
     let parsed = reqwest::Url::parse(url).ok()?;
     let host = parsed.host_str()?.to_string();
     let port = parsed.port_or_known_default()?;
     let ip = resolve_like_a_pod(env, &host).await?;
-    reqwest::Client::builder()
+    let mut b = reqwest::Client::builder()
         .resolve(&host, std::net::SocketAddr::from((ip, port)))
         .timeout(Duration::from_secs(5))
-        .redirect(reqwest::redirect::Policy::none())
-        .build()
-        .ok()
+        .redirect(reqwest::redirect::Policy::none());
+    if let Some(pem) = ca {
+        b = b
+            .tls_built_in_root_certs(false)
+            .add_root_certificate(reqwest::Certificate::from_pem(pem).ok()?);
+    }
+    b.build().ok()
 }
 
 /// Sends a request as an application would: to the Secret's endpoint (the owning node's DNS name
@@ -469,9 +474,21 @@ async fn send(
     token: &str,
     body: Option<&Value>,
 ) -> Result<(u16, String), String> {
+    send_verified(env, method, url, token, body, None).await
+}
+
+/// [`send`] to an https endpoint verified with the CA `ca` (the `ca.crt` of a credentials Secret).
+async fn send_verified(
+    env: &TestEnv,
+    method: reqwest::Method,
+    url: String,
+    token: &str,
+    body: Option<&Value>,
+    ca: Option<&[u8]>,
+) -> Result<(u16, String), String> {
     let mut url = url;
     for _ in 0..3 {
-        let client = cluster_client(env, &url)
+        let client = cluster_client(env, &url, ca)
             .await
             .ok_or_else(|| format!("{url}: not resolved by the cluster DNS"))?;
         let mut req = client.request(method.clone(), &url).bearer_auth(token);
@@ -656,14 +673,17 @@ async fn apply_tenant(client: &kube::Client, ns: &str, es_name: &str, name: &str
     .await;
     // The Secret's endpoint is the owning node's own address once the tenant is placed.
     let secrets: Api<Secret> = Api::namespaced(client.clone(), ns);
-    let owner_prefix = format!("http://{node}.{es_name}-nodes.{ns}.svc:");
+    let owner_prefix = format!("://{node}.{es_name}-nodes.{ns}.svc:");
     let secret = wait_for("the Secret's endpoint at the owning node", WAIT, || {
         let (secrets, secret_name, owner_prefix) =
             (secrets.clone(), secret_name.clone(), owner_prefix.clone());
         async move {
             let s = secrets.get(&secret_name).await.ok()?;
             let endpoint = s.data.as_ref()?.get("endpoint")?.0.clone();
-            endpoint.starts_with(owner_prefix.as_bytes()).then_some(s)
+            let endpoint = String::from_utf8(endpoint).ok()?;
+            ((endpoint.starts_with("http://") || endpoint.starts_with("https://"))
+                && endpoint.contains(&owner_prefix))
+            .then_some(s)
         }
     })
     .await;
@@ -1989,4 +2009,186 @@ async fn apply_tenant_secret(client: &kube::Client, ns: &str, name: &str) -> Acc
         token: field("token"),
         node: String::new(),
     }
+}
+
+/// The selfHosted sample with `tlsSecretRef` on the real node: a certificate made with openssl for
+/// the names the CRD documents, every node serving HTTPS only, a tenant whose Secret carries an
+/// https endpoint and `ca.crt` appending and reading with the CA verified, the operator pod reading
+/// the tenant's usage from its node over HTTPS, and a deletion with `Delete` finished only once the
+/// operator's purge probe, over HTTPS, saw the node erase the tenant.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn https_store_nodes_serve_tenants_and_the_operator_on_the_real_node() {
+    let Some(env) = node_env() else {
+        return;
+    };
+    let tag = images(env);
+    let ns = env.test_namespace("realnode-tls").await.expect("namespace");
+    let client = ns.client().clone();
+    install_operator(env, &ns, tag).await;
+
+    let mut es = selfhosted_sample(env, tag);
+    let es_name = es["metadata"]["name"].as_str().expect("name").to_string();
+    let pki = tempfile::tempdir().expect("tempdir");
+    allsource_tests::certs::make_ca(pki.path(), "ca");
+    allsource_tests::certs::issue_server_cert(
+        pki.path(),
+        "ca",
+        "nodes",
+        &format!(
+            "DNS:{es_name}.{0}.svc,DNS:*.{es_name}-nodes.{0}.svc",
+            ns.name()
+        ),
+        1,
+        2,
+    );
+    let pem = |f: &str| std::fs::read_to_string(pki.path().join(f)).expect("pem");
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), ns.name());
+    let tls: Secret = serde_json::from_value(json!({
+        "metadata": {"name": "orders-tls"}, "type": "kubernetes.io/tls",
+        "stringData": {"tls.crt": pem("nodes.crt"), "tls.key": pem("nodes.key"),
+                       "ca.crt": pem("ca.crt")},
+    }))
+    .expect("secret");
+    secrets
+        .create(&Default::default(), &tls)
+        .await
+        .expect("TLS Secret");
+    es["spec"]["selfHosted"]["tlsSecretRef"] = json!({"name": "orders-tls"});
+    es["metadata"]["namespace"] = json!(ns.name());
+    let stores: Api<DynamicObject> =
+        Api::namespaced_with(client.clone(), ns.name(), &eventstores());
+    stores
+        .patch(
+            &es_name,
+            &PatchParams::apply("real-node-e2e"),
+            &Patch::Apply(&es),
+        )
+        .await
+        .expect("apply EventStore");
+    wait_store_ready(env, &stores, ns.name(), &es_name).await;
+    let url = stores.get(&es_name).await.expect("EventStore").data["status"]["endpoint"]["url"]
+        .as_str()
+        .expect("url")
+        .to_string();
+    assert!(url.starts_with("https://"), "{url}");
+
+    let access = apply_tenant(&client, ns.name(), &es_name, "tls-a").await;
+    assert!(
+        access.endpoint.starts_with("https://"),
+        "{}",
+        access.endpoint
+    );
+    let secret = secrets
+        .get("tls-a-credentials")
+        .await
+        .expect("credentials Secret");
+    let ca = secret.data.as_ref().expect("data")["ca.crt"].0.clone();
+    assert_eq!(
+        ca,
+        pem("ca.crt").into_bytes(),
+        "the Secret carries the store's CA"
+    );
+    let stream = stream_url(&access, "order-1");
+    let event = json!({"events": [{"eventId": event_id(7, 1), "eventType": "OrderPlaced",
+        "data": {"total": 1}}]});
+    wait_for("append over HTTPS", WAIT, || {
+        let (stream, token, event, ca) = (
+            stream.clone(),
+            access.token.clone(),
+            event.clone(),
+            ca.clone(),
+        );
+        async move {
+            let (code, _) = send_verified(
+                env,
+                reqwest::Method::POST,
+                stream,
+                &token,
+                Some(&event),
+                Some(&ca),
+            )
+            .await
+            .ok()?;
+            (code == 201).then_some(())
+        }
+    })
+    .await;
+    let (code, text) = send_verified(
+        env,
+        reqwest::Method::GET,
+        stream.clone(),
+        &access.token,
+        None,
+        Some(&ca),
+    )
+    .await
+    .expect("read over HTTPS");
+    assert_eq!(code, 200, "{text}");
+    // Plain HTTP is not served.
+    let plain = access.endpoint.replacen("https://", "http://", 1);
+    let refused = send(
+        env,
+        reqwest::Method::GET,
+        format!("{plain}/v1/streams/order-1/events"),
+        &access.token,
+        None,
+    )
+    .await;
+    assert!(
+        refused.as_ref().map_or(true, |(c, _)| *c == 400),
+        "plain HTTP answered: {refused:?}"
+    );
+
+    // The operator pod reads the tenant's usage from its node over HTTPS.
+    let tns: Api<DynamicObject> = Api::namespaced_with(client.clone(), ns.name(), &tenants());
+    tns.patch(
+        "tls-a",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"metadata": {"annotations": {
+            "allsource.io/usage-interval-seconds": "1"}}})),
+    )
+    .await
+    .expect("usage interval");
+    wait_for("usage read by the operator over HTTPS", WAIT, || {
+        let tns = tns.clone();
+        async move {
+            let t = tns.get("tls-a").await.ok()?;
+            (t.data["status"]["usage"]["events"].as_u64()? >= 1).then_some(())
+        }
+    })
+    .await;
+
+    // Deleted with Delete: the finalizer waits for the node, asked over HTTPS, to erase it.
+    tns.patch(
+        "tls-a",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"spec": {"deletionPolicy": "Delete"}})),
+    )
+    .await
+    .expect("deletionPolicy Delete");
+    tns.delete("tls-a", &Default::default())
+        .await
+        .expect("delete Tenant");
+    wait_for("the Tenant purged and gone", WAIT, || {
+        let tns = tns.clone();
+        async move { tns.get_opt("tls-a").await.ok()?.is_none().then_some(()) }
+    })
+    .await;
+    let events = run_ok(
+        Command::new("kubectl")
+            .arg("--kubeconfig")
+            .arg(env.kubeconfig())
+            .args([
+                "-n",
+                ns.name(),
+                "get",
+                "events",
+                "-o",
+                "jsonpath={.items[*].reason}",
+            ]),
+    );
+    assert!(events.contains("DataPurged"), "{events}");
+
+    run_ok(helm(env, ns.name()).args(["uninstall", RELEASE, "--wait", "--timeout", "2m"]));
+    ns.cleanup().await.expect("delete namespace");
 }

@@ -22,7 +22,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use allsource_tests::bins::{free_port, store_node as binary};
-use allsource_tests::certs::{make_ca, run};
+use allsource_tests::certs::{issue_server_cert, make_ca};
 use allsource_tests::env::install_crypto_provider;
 use reqwest::StatusCode;
 use serde_json::{json, Value};
@@ -31,36 +31,10 @@ use store_node::tenant::sha256_hex;
 
 const TOKEN: &str = "tls-test-token-7f3a";
 
-const SERVER_EXT: &str = "subjectAltName=DNS:localhost,IP:127.0.0.1\nextendedKeyUsage=serverAuth\n\
-     basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature\n";
-
 /// A server certificate for `localhost`/`127.0.0.1` issued by `ca`, valid `days`, with `serial`
 /// (`<out>.crt`, `<out>.key` in `dir`).
 fn issue_cert(dir: &Path, ca: &str, out: &str, serial: u32, days: u32) {
-    let ext_file = format!("{out}.ext");
-    std::fs::write(dir.join(&ext_file), SERVER_EXT).unwrap();
-    run(Command::new("openssl")
-        .current_dir(dir)
-        .args(["req", "-newkey", "ec", "-pkeyopt"])
-        .args(["ec_paramgen_curve:prime256v1", "-nodes"])
-        .args(["-subj", "/CN=localhost"])
-        .args([
-            "-keyout",
-            &format!("{out}.key"),
-            "-out",
-            &format!("{out}.csr"),
-        ]));
-    run(Command::new("openssl")
-        .current_dir(dir)
-        .args(["x509", "-req", "-in", &format!("{out}.csr")])
-        .args(["-CA", &format!("{ca}.crt"), "-CAkey", &format!("{ca}.key")])
-        .args([
-            "-set_serial",
-            &serial.to_string(),
-            "-days",
-            &days.to_string(),
-        ])
-        .args(["-extfile", &ext_file, "-out", &format!("{out}.crt")]));
+    issue_server_cert(dir, ca, out, "DNS:localhost,IP:127.0.0.1", serial, days);
 }
 
 /// notAfter of a PEM certificate as openssl prints it (`Jan  2 03:04:05 2027 GMT`).
