@@ -643,7 +643,13 @@ struct Access {
 
 /// Applies the pooled tenant sample as `name` (tenant id `name`) of `es_name`; returns what its
 /// application gets once it is Ready.
-async fn apply_tenant(client: &kube::Client, ns: &str, es_name: &str, name: &str) -> Access {
+async fn apply_tenant(
+    env: &TestEnv,
+    client: &kube::Client,
+    ns: &str,
+    es_name: &str,
+    name: &str,
+) -> Access {
     let mut tenant = yaml_docs("config/samples/tenant-pooled.yaml").remove(0);
     tenant["metadata"]["name"] = json!(name);
     tenant["spec"]["tenantId"] = json!(name);
@@ -687,6 +693,27 @@ async fn apply_tenant(client: &kube::Client, ns: &str, es_name: &str, name: &str
         }
     })
     .await;
+    // Ready is measured: the owning node already accepts the token (no 401 window).
+    {
+        let data = secret.data.as_ref().expect("secret data");
+        let text = |k: &str| String::from_utf8(data[k].0.clone()).expect("utf-8");
+        let ca = data.get("ca.crt").map(|c| c.0.clone());
+        let stats = format!("{}/v1/stats", text("endpoint").trim_end_matches('/'));
+        let (code, body) = send_verified(
+            env,
+            reqwest::Method::GET,
+            stats,
+            &text("token"),
+            None,
+            ca.as_deref(),
+        )
+        .await
+        .expect("stats right after Ready");
+        assert_eq!(
+            code, 200,
+            "the node refused the token of a Ready tenant: {body}"
+        );
+    }
     let field = |k: &str| -> String {
         let data = secret.data.as_ref().expect("secret data");
         String::from_utf8(
@@ -752,7 +779,7 @@ async fn selfhosted_sample_runs_three_real_store_nodes_with_volumes() {
         .as_str()
         .expect("name")
         .to_string();
-    let access = apply_tenant(&client, ns.name(), &es_name, &tenant_name).await;
+    let access = apply_tenant(env, &client, ns.name(), &es_name, &tenant_name).await;
     let event = json!({"events": [{
         "eventId": "00000000-0000-4000-8000-000000000042",
         "eventType": "OrderPlaced",
@@ -1070,7 +1097,7 @@ async fn store_pods_killed_and_rolled_under_load_keep_every_acknowledged_event()
     let pods: Api<Pod> = Api::namespaced(client.clone(), ns.name());
     let mut tenants = Vec::new();
     for name in ["roll-a", "roll-b", "roll-c"] {
-        tenants.push(apply_tenant(&client, ns.name(), &es_name, name).await);
+        tenants.push(apply_tenant(env, &client, ns.name(), &es_name, name).await);
     }
     let owners: Vec<&str> = tenants.iter().map(|a| a.node.as_str()).collect();
     eprintln!("owners: {owners:?}");
@@ -1477,7 +1504,7 @@ async fn archive_policy_runs_the_real_archiver_pod_on_the_node() {
     let (es_name, _) = apply_selfhosted_sample(env, &client, ns.name(), tag).await;
     let mut tenants = Vec::new();
     for name in ["arch-a", "arch-b", "arch-c"] {
-        tenants.push(apply_tenant(&client, ns.name(), &es_name, name).await);
+        tenants.push(apply_tenant(env, &client, ns.name(), &es_name, name).await);
     }
     let mut owners: Vec<&str> = tenants.iter().map(|a| a.node.as_str()).collect();
     owners.sort_unstable();
@@ -2072,7 +2099,7 @@ async fn https_store_nodes_serve_tenants_and_the_operator_on_the_real_node() {
         .to_string();
     assert!(url.starts_with("https://"), "{url}");
 
-    let access = apply_tenant(&client, ns.name(), &es_name, "tls-a").await;
+    let access = apply_tenant(env, &client, ns.name(), &es_name, "tls-a").await;
     assert!(
         access.endpoint.starts_with("https://"),
         "{}",

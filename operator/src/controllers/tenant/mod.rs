@@ -566,11 +566,30 @@ async fn apply_tenant(t: &Tenant, state: &State, ns: &str) -> Result<Action, Rec
         plan.handled_rotate.as_deref(),
     );
 
-    // Usage, at most every interval, only from a store that accepts the tenant.
+    // Usage, at most every interval, only from a store that accepts the tenant. A tenant that is
+    // not Ready yet is read at once: Ready means its node accepts its token, measured, not only
+    // that the registry lists it (the node learns the registry when the kubelet refreshes its
+    // Secret volume, up to a minute later).
+    let mut outcome = outcome;
     let interval = seconds_annotation(t, USAGE_INTERVAL_ANNOTATION, DEFAULT_USAGE_INTERVAL);
+    let confirming =
+        previous.phase != Some(crate::api::Phase::Ready) || previous.token_sha256 != plan.hashes;
     let usage = match (&outcome.usage_url, outcome.verdict == Verdict::Ready) {
-        (Some(url), true) if usage_due(state, t, &previous, interval) => {
-            read_usage(state, t, &es, tls_ca.as_deref(), url, &plan.token, now).await
+        (Some(url), true) if confirming || usage_due(state, t, &previous, interval) => {
+            match read_usage(state, t, &es, tls_ca.as_deref(), url, &plan.token, now).await {
+                UsageRead::Got(u) => Some(u),
+                UsageRead::TokenUnknown if confirming => {
+                    state.usage_tried.lock().remove(&key(t));
+                    outcome.verdict = Verdict::RegistryPending(format!(
+                        "node {} has not loaded the tenant's token yet (it answers 401); nodes \
+                         read the registry when the kubelet refreshes their Secret volume",
+                        outcome.location.as_ref().map_or("?", |l| l.name.as_str())
+                    ));
+                    outcome.requeue = Some(selfhosted::PENDING_RECHECK);
+                    None
+                }
+                UsageRead::TokenUnknown | UsageRead::Failed => None,
+            }
         }
         _ => None,
     };
@@ -654,6 +673,16 @@ fn usage_due(state: &State, t: &Tenant, previous: &TenantStatus, interval: Durat
     !fresh && !tried_recently
 }
 
+/// What a usage read found.
+enum UsageRead {
+    /// The node's figures.
+    Got(crate::api::tenant::TenantUsage),
+    /// The node answered 401: it does not know the token (yet).
+    TokenUnknown,
+    /// No client, no answer, or another error: nothing is concluded.
+    Failed,
+}
+
 async fn read_usage(
     state: &State,
     t: &Tenant,
@@ -662,26 +691,34 @@ async fn read_usage(
     url: &str,
     token: &str,
     now: DateTime<Utc>,
-) -> Option<crate::api::tenant::TenantUsage> {
-    let plain = state.http.as_ref()?;
+) -> UsageRead {
+    let Some(plain) = state.http.as_ref() else {
+        return UsageRead::Failed;
+    };
     state.usage_tried.lock().insert(key(t), Instant::now());
     let http = match crate::resources::tls_secret_name(es) {
         None => plain.clone(),
         // HTTPS nodes are only ever called verified with the store's own CA.
-        Some(name) => match crate::controllers::nodetls::client_for(Some(tls_ca?), name) {
-            Ok(c) => c,
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot read tenant usage over HTTPS");
-                return None;
+        Some(name) => {
+            let Some(ca) = tls_ca else {
+                return UsageRead::Failed;
+            };
+            match crate::controllers::nodetls::client_for(Some(ca), name) {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot read tenant usage over HTTPS");
+                    return UsageRead::Failed;
+                }
             }
-        },
+        }
     };
-    match usage::fetch(&http, url, token, now).await {
-        Ok(u) => Some(u),
+    match usage::fetch(&http, &state.ctx.node_url(url), token, now).await {
+        Ok(u) => UsageRead::Got(u),
+        Err(usage::UsageError::Node(e)) if e.status() == Some(401) => UsageRead::TokenUnknown,
         Err(e) => {
             // Unreachable nodes are normal while pods start; keep the old figures, no flapping.
             tracing::debug!(error = %e, url, "cannot read tenant usage");
-            None
+            UsageRead::Failed
         }
     }
 }
