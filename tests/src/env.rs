@@ -291,6 +291,27 @@ impl TestEnv {
         aws_sdk_s3::Client::from_conf(config)
     }
 
+    /// Creates the bucket `name` on the env's S3 server and one of the same name on its GCS
+    /// server (fake-gcs-server, project `allsource-test`), panicking when either fails.
+    pub async fn create_buckets(&self, s3: &str, gcs: &str) {
+        self.s3_client()
+            .create_bucket()
+            .bucket(s3)
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("S3 bucket {s3}: {e}"));
+        reqwest::Client::new()
+            .post(format!(
+                "{}/storage/v1/b?project=allsource-test",
+                self.gcs_endpoint()
+            ))
+            .json(&serde_json::json!({"name": gcs}))
+            .send()
+            .await
+            .and_then(|r| r.error_for_status())
+            .unwrap_or_else(|e| panic!("GCS bucket {gcs}: {e}"));
+    }
+
     /// A `google-cloud-storage` data-plane client (JSON API) for fake-gcs-server, with
     /// anonymous credentials. The gRPC control plane (`StorageControl`) has no local server.
     /// Upload with `send_buffered()`: fake-gcs-server (1.56) appends the checksum trailer of

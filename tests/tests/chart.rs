@@ -1058,23 +1058,8 @@ mod e2e {
         async fn create(env: &TestEnv) -> Self {
             let pg = env.pg_test_database().await.expect("PostgreSQL database");
             let s3_bucket = env::unique_name("e2e-archive");
-            env.s3_client()
-                .create_bucket()
-                .bucket(&s3_bucket)
-                .send()
-                .await
-                .expect("S3 bucket");
             let gcs_bucket = env::unique_name("e2e-archive");
-            reqwest::Client::new()
-                .post(format!(
-                    "{}/storage/v1/b?project=allsource-test",
-                    env.gcs_endpoint()
-                ))
-                .json(&serde_json::json!({"name": gcs_bucket}))
-                .send()
-                .await
-                .and_then(|r| r.error_for_status())
-                .expect("GCS bucket");
+            env.create_buckets(&s3_bucket, &gcs_bucket).await;
             Fixtures {
                 pg,
                 table: env::unique_name("e2e-orders"),

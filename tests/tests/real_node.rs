@@ -515,6 +515,17 @@ async fn send_verified(
     Err(format!("{url}: more than 3 redirections"))
 }
 
+/// Server-side applies `obj` as `name` through `api` with the tests' field manager.
+async fn ssa(api: &Api<DynamicObject>, name: &str, obj: &Value, what: &str) {
+    api.patch(
+        name,
+        &PatchParams::apply("real-node-e2e"),
+        &Patch::Apply(obj),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{what}: {e}"));
+}
+
 fn eventstores() -> ApiResource {
     ApiResource {
         group: "allsource.io".into(),
@@ -566,14 +577,7 @@ async fn apply_selfhosted_sample(
     let stores: Api<DynamicObject> = Api::namespaced_with(client.clone(), ns, &eventstores());
     let t0 = Instant::now();
     es["metadata"]["namespace"] = json!(ns);
-    stores
-        .patch(
-            &es_name,
-            &PatchParams::apply("real-node-e2e"),
-            &Patch::Apply(&es),
-        )
-        .await
-        .expect("apply EventStore");
+    ssa(&stores, &es_name, &es, "apply EventStore").await;
     wait_store_ready(env, &stores, ns, &es_name).await;
     (es_name, t0.elapsed())
 }
@@ -655,13 +659,7 @@ async fn apply_tenant(
     tenant["spec"]["tenantId"] = json!(name);
     tenant["spec"]["eventStoreRef"]["name"] = json!(es_name);
     let tns: Api<DynamicObject> = Api::namespaced_with(client.clone(), ns, &tenants());
-    tns.patch(
-        name,
-        &PatchParams::apply("real-node-e2e"),
-        &Patch::Apply(&tenant),
-    )
-    .await
-    .expect("apply Tenant");
+    ssa(&tns, name, &tenant, "apply Tenant").await;
     let (secret_name, node) = wait_for("Tenant Ready with its Secret", WAIT, || {
         let tns = tns.clone();
         async move {
@@ -1150,14 +1148,7 @@ async fn store_pods_killed_and_rolled_under_load_keep_every_acknowledged_event()
     let mut es = selfhosted_sample(env, tag);
     es["metadata"]["namespace"] = json!(ns.name());
     es["spec"]["selfHosted"]["storage"]["size"] = json!(GROWN);
-    stores
-        .patch(
-            &es_name,
-            &PatchParams::apply("real-node-e2e"),
-            &Patch::Apply(&es),
-        )
-        .await
-        .expect("apply the larger volume size");
+    ssa(&stores, &es_name, &es, "apply the larger volume size").await;
     let pvcs: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), ns.name());
     let grown = tokio::time::timeout(
         WAIT,
@@ -1297,14 +1288,7 @@ async fn store_pods_killed_and_rolled_under_load_keep_every_acknowledged_event()
     let mut es = selfhosted_sample(env, &next);
     es["metadata"]["namespace"] = json!(ns.name());
     es["spec"]["selfHosted"]["storage"]["size"] = json!(GROWN);
-    stores
-        .patch(
-            &es_name,
-            &PatchParams::apply("real-node-e2e"),
-            &Patch::Apply(&es),
-        )
-        .await
-        .expect("apply the new image");
+    ssa(&stores, &es_name, &es, "apply the new image").await;
     let image = format!("{REGISTRY}/store-node:{next}");
     wait_for("every store pod on the new image and Ready", WAIT, || {
         let (pods, es_name, image) = (pods.clone(), es_name.clone(), image.clone());
@@ -1572,13 +1556,7 @@ async fn archive_policy_runs_the_real_archiver_pod_on_the_node() {
     let aps: Api<DynamicObject> =
         Api::namespaced_with(client.clone(), ns.name(), &archivepolicies());
     let t0 = Instant::now();
-    aps.patch(
-        &name,
-        &PatchParams::apply("real-node-e2e"),
-        &Patch::Apply(&policy),
-    )
-    .await
-    .expect("apply ArchivePolicy");
+    ssa(&aps, &name, &policy, "apply ArchivePolicy").await;
     let total = (tenants.len() * PER_TENANT) as i64;
     let done = tokio::time::timeout(
         WAIT,
@@ -1753,23 +1731,8 @@ async fn every_sample_reaches_ready_on_the_real_node() {
     let (_b4, s3_url) = s3_for_pods(env);
     let (_b5, gcs_bridge) = bridge(env, env.gcs_endpoint());
     let s3_bucket = env::unique_name("realnode-samples");
-    env.s3_client()
-        .create_bucket()
-        .bucket(&s3_bucket)
-        .send()
-        .await
-        .expect("S3 bucket");
     let gcs_bucket = env::unique_name("realnode-samples");
-    reqwest::Client::new()
-        .post(format!(
-            "{}/storage/v1/b?project=allsource-test",
-            env.gcs_endpoint()
-        ))
-        .json(&json!({"name": gcs_bucket}))
-        .send()
-        .await
-        .and_then(|r| r.error_for_status())
-        .expect("GCS bucket");
+    env.create_buckets(&s3_bucket, &gcs_bucket).await;
     let table = env::unique_name("realnode-orders");
 
     let (node_selector, tolerations) = placement(env);
@@ -1899,13 +1862,7 @@ async fn every_sample_reaches_ready_on_the_real_node() {
         let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), ns.name(), &ar);
         let mut d = d.clone();
         d["metadata"]["namespace"] = json!(ns.name());
-        api.patch(
-            name,
-            &PatchParams::apply("real-node-e2e"),
-            &Patch::Apply(&d),
-        )
-        .await
-        .unwrap_or_else(|e| panic!("apply {kind} {name}: {e}"));
+        ssa(&api, name, &d, &format!("apply {kind} {name}")).await;
     }
     for d in docs.iter().filter(|d| {
         matches!(
@@ -2084,14 +2041,7 @@ async fn https_store_nodes_serve_tenants_and_the_operator_on_the_real_node() {
     es["metadata"]["namespace"] = json!(ns.name());
     let stores: Api<DynamicObject> =
         Api::namespaced_with(client.clone(), ns.name(), &eventstores());
-    stores
-        .patch(
-            &es_name,
-            &PatchParams::apply("real-node-e2e"),
-            &Patch::Apply(&es),
-        )
-        .await
-        .expect("apply EventStore");
+    ssa(&stores, &es_name, &es, "apply EventStore").await;
     wait_store_ready(env, &stores, ns.name(), &es_name).await;
     let url = stores.get(&es_name).await.expect("EventStore").data["status"]["endpoint"]["url"]
         .as_str()

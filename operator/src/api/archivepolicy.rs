@@ -157,6 +157,16 @@ pub struct ArchivePolicySpec {
     #[schemars(range(min = 0, max = 100))]
     pub failed_runs_history_limit: i32,
 
+    /// ServiceAccount the archiver pods run as, for cloud identity without a credentials Secret
+    /// (EKS IRSA for S3, GKE workload identity for GCS); the namespace's default when unset. The
+    /// operator does not create it, and the pods get no Kubernetes API token.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(
+        length(min = 1, max = 253),
+        regex(pattern = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
+    )]
+    pub service_account_name: Option<String>,
+
     /// Where the archiver pods run and what they carry: node selector, tolerations, affinity,
     /// extra labels and annotations (the operator's own labels win on conflict).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -231,7 +241,10 @@ pub struct GcsDestination {
     /// Endpoint override (e.g. fake-gcs-server); Google when unset.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub endpoint: Option<String>,
-    /// Secret with a service-account key under key.json; workload identity when unset.
+    /// Secret with an OAuth2 access token for the bucket under GCS_OAUTH_TOKEN (the operator and
+    /// the archiver pod send it as is: keep it fresh, it is not refreshed); the metadata server
+    /// (GKE workload identity of the operator's and of the archiver pod's ServiceAccount) when
+    /// unset. Service-account key files are not read.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub credentials_secret_ref: Option<SecretRef>,
 }

@@ -240,6 +240,7 @@ fn pod_template(p: &ArchivePolicy, inp: &ArchiverInputs) -> PodTemplateSpec {
             tolerations: (!overrides.tolerations.is_empty()).then_some(overrides.tolerations),
             affinity: overrides.affinity,
             restart_policy: Some("Never".into()),
+            service_account_name: p.spec.service_account_name.clone(),
             automount_service_account_token: Some(false),
             containers: vec![container],
             volumes: Some(volumes),
@@ -459,6 +460,22 @@ mod tests {
             .spec
             .unwrap()
             .template;
+        let mut with_sa = p.clone();
+        with_sa.spec.service_account_name = Some("archiver-irsa".into());
+        let sa_pod = cron_job(&with_sa, &inputs())
+            .spec
+            .unwrap()
+            .job_template
+            .spec
+            .unwrap()
+            .template
+            .spec
+            .unwrap();
+        assert_eq!(
+            sa_pod.service_account_name.as_deref(),
+            Some("archiver-irsa")
+        );
+        assert_eq!(sa_pod.automount_service_account_token, Some(false));
         let meta = t.metadata.unwrap();
         let labels = meta.labels.unwrap();
         assert_eq!(labels["team"], "payments");
@@ -471,6 +488,7 @@ mod tests {
         assert_eq!(c.image_pull_policy.as_deref(), Some("IfNotPresent"));
         let r = c.resources.clone().unwrap();
         assert_eq!(r.limits.unwrap()["memory"].0, "512Mi");
+        assert_eq!(pod.service_account_name, None);
         // Unset: nothing added.
         let plain = cron_job(&policy(), &inputs())
             .spec
