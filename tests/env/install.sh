@@ -4,8 +4,8 @@
 # $ALLSOURCE_CACHE/bin/<tool>-<version>/ (default $HOME/.cache/allsource) and skipped when that
 # directory already holds it, so a warm run takes seconds. Independent steps run in parallel.
 #
-# Usage: tests/env/install.sh [step...]   steps: apt kubernetes etcd kwok helm fake-gcs dynamodb
-#                                                 moto firestore node coredns (default: all)
+# Usage: tests/env/install.sh [step...]   steps: apt kubernetes etcd kwok helm luahealth fake-gcs
+#                                                 dynamodb moto firestore node coredns (default: all)
 set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -146,6 +146,10 @@ with tarfile.open(f"{out}/pause-image.tar", "w") as t:
 print(ref)
 PY
 }
+build_luahealth() {
+  (cd "$here/go/luahealth" && go build -trimpath -ldflags "-s -w" -o "$out/luahealth" .)
+}
+step_luahealth() { go_into_cache "luahealth-$(luahealth_key)" build_luahealth; }
 build_provisioner() {
   (cd "$here/go/provisioner" && go build -trimpath -ldflags "-s -w" -o "$out/provisioner" .)
 }
@@ -278,7 +282,7 @@ run_chain() { # <step...> : runs steps one after another, stops at the first fai
 
 main() {
   local want=("$@")
-  [ ${#want[@]} -gt 0 ] || want=(apt kubernetes etcd kwok helm fake-gcs dynamodb moto firestore node coredns)
+  [ ${#want[@]} -gt 0 ] || want=(apt kubernetes etcd kwok helm luahealth fake-gcs dynamodb moto firestore node coredns)
   local t0 s
   t0=$(date +%s)
   mkdir -p "$ALLSOURCE_CACHE"
@@ -292,7 +296,7 @@ main() {
       apt) ;;
       # node after kubernetes: its packages are mostly in Go's build cache by then.
       kubernetes | node) chain_k+=("$s") ;;
-      etcd | kwok | helm | fake-gcs) chain_go+=("$s") ;;
+      etcd | kwok | helm | luahealth | fake-gcs) chain_go+=("$s") ;;
       # CoreDNS (a long Go build) after the downloads: the shortest chain otherwise.
       dynamodb | moto | firestore | coredns) chain_dl+=("$s") ;;
       *)

@@ -18,6 +18,13 @@ provisioner_key() {
   cat "$d/main.go" "$d/go.mod" "$d/go.sum" | sha256sum | cut -c1-12
 }
 bin_provisioner() { echo "$ALLSOURCE_BIN/provisioner-$(provisioner_key)/provisioner"; }
+# And the gopher-lua runner of the Argo CD health checks (go/luahealth).
+luahealth_key() {
+  local d
+  d="$(dirname "${BASH_SOURCE[0]}")/go/luahealth"
+  cat "$d/main.go" "$d/go.mod" "$d/go.sum" | sha256sum | cut -c1-12
+}
+bin_luahealth() { echo "$ALLSOURCE_BIN/luahealth-$(luahealth_key)/luahealth"; }
 bin_coredns() { echo "$ALLSOURCE_BIN/coredns-$COREDNS_VERSION/coredns"; }
 bin_etcd() { echo "$ALLSOURCE_BIN/etcd-$ETCD_VERSION/etcd"; }
 bin_kwok() { echo "$ALLSOURCE_BIN/kwok-$KWOK_VERSION/kwok"; }

@@ -354,6 +354,7 @@ main() {
       echo "${services[*]}"
     )"
     printf 'HELM=%s\n' "$(bin_helm)"
+    printf 'LUAHEALTH=%s\n' "$(bin_luahealth)"
     printf 'KWOK=%s\n' "$(bin_kwok)"
     cat "$D"/env.d/*.env
   } >"$ENV_FILE.tmp"

@@ -593,8 +593,10 @@ fn samples_cover_every_backend_and_build_with_kustomize() {
 }
 
 mod argocd {
-    //! Argo CD health checks: each .lua file runs in a Lua 5.4 interpreter with `obj` set to a
-    //! sample object, like Argo CD's resource_customizations tests.
+    //! Argo CD health checks: each .lua file runs with `obj` set to a sample object, like Argo
+    //! CD's resource_customizations tests, twice: in gopher-lua, the Lua 5.1 that Argo CD embeds,
+    //! with the libraries it opens (tests/env/go/luahealth, built by tests/env/install.sh), and in
+    //! a Lua 5.4 interpreter; both must give the expected health.
     use super::*;
     use mlua::{Lua, LuaSerdeExt, SerializeOptions, Table};
 
@@ -641,8 +643,51 @@ mod argocd {
         }
     }
 
+    /// The health Argo CD's own Lua (gopher-lua, through `luahealth`) computes for `obj`.
+    fn gopher_health(bin: &Path, script_path: &Path, obj: &Value) -> Expected {
+        use std::io::Write as _;
+        let mut child = Command::new(bin)
+            .arg(script_path)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("{}: {e}", bin.display()));
+        child
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(obj.to_string().as_bytes())
+            .expect("write the object");
+        let out = child.wait_with_output().expect("luahealth");
+        assert!(
+            out.status.success(),
+            "gopher-lua failed on {}: {}",
+            script_path.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).expect("luahealth output")
+    }
+
+    /// The gopher-lua runner the env installs, from the env file (None only when skips are
+    /// allowed; a missing runner fails the test otherwise).
+    fn gopher_lua() -> Option<PathBuf> {
+        match env_file_value("LUAHEALTH").map(PathBuf::from) {
+            Some(p) if p.exists() => Some(p),
+            other if allsource_tests::env::allow_no_env() => {
+                eprintln!("SKIPPED gopher-lua health runs: runner {other:?} missing");
+                None
+            }
+            other => panic!(
+                "the gopher-lua runner {other:?} is missing: run tests/env/install.sh luahealth \
+                 and tests/env/up.sh (make test does both)"
+            ),
+        }
+    }
+
     #[test]
     fn health_checks_map_status_samples_to_argo_health() {
+        let gopher = gopher_lua();
         let suite: Suite = serde_yaml::from_str(&read(&format!("{DIR}/health_test.yaml")))
             .expect("health_test.yaml");
         let mut seen = BTreeSet::new();
@@ -653,9 +698,19 @@ mod argocd {
             let got = health(&script, &obj);
             assert_eq!(
                 got, case.health_status,
-                "{} on {}",
+                "Lua 5.4: {} on {}",
                 case.script, case.input_path
             );
+            if let Some(bin) = &gopher {
+                let path = root().join(DIR).join(&case.script);
+                assert_eq!(
+                    gopher_health(bin, &path, &obj),
+                    case.health_status,
+                    "gopher-lua (Argo CD's Lua): {} on {}",
+                    case.script,
+                    case.input_path
+                );
+            }
             let kind = obj["kind"].as_str().expect("sample kind").to_string();
             seen.insert((kind, got.status));
         }
