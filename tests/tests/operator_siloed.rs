@@ -142,11 +142,14 @@ async fn delete_tenant(client: &Client, ns: &str, name: &str) {
     .await;
 }
 
+/// Deletes the EventStore (if it is not gone already) and waits until it is gone.
 async fn delete_store(client: &Client, ns: &str) {
     let api: Api<EventStore> = Api::namespaced(client.clone(), ns);
-    api.delete("orders", &DeleteParams::default())
-        .await
-        .unwrap();
+    match api.delete("orders", &DeleteParams::default()).await {
+        Ok(_) => {}
+        Err(kube::Error::Api(e)) if e.code == 404 => {}
+        Err(e) => panic!("delete EventStore: {e}"),
+    }
     wait_for("EventStore gone", DEADLINE, || {
         let api = api.clone();
         async move { api.get_opt("orders").await.ok()?.is_none().then_some(()) }
@@ -488,6 +491,45 @@ async fn postgres_siloed_tenant_schema_isolation_drift_and_deletion() {
     )
     .await;
     assert_eq!(pg_count(&admin, Q_INDEX, &own).await, 1);
+
+    // The store deleted first: it waits for its siloed tenants (their schemas are theirs to
+    // drop), saying which, and nothing of theirs goes.
+    let stores: Api<EventStore> = Api::namespaced(client.clone(), &n);
+    stores
+        .delete("orders", &DeleteParams::default())
+        .await
+        .unwrap();
+    let waiting = wait_seen(
+        "EventStore waiting for its siloed tenants",
+        DEADLINE,
+        || {
+            let stores = stores.clone();
+            async move {
+                let es = stores.get("orders").await.map_err(|e| e.to_string())?;
+                let st = es.status.clone().unwrap_or_default();
+                st.conditions
+                    .iter()
+                    .find(|c| c.type_ == "Degraded" && c.is_true() && c.reason == "TenantsRemain")
+                    .map(|c| c.message.clone())
+                    .ok_or_else(|| format!("status {:?}", es.status))
+            }
+        },
+    )
+    .await;
+    assert!(
+        waiting.contains(&silo) && waiting.contains(&kept) && !waiting.contains(&pooled),
+        "{waiting}"
+    );
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(
+        stores.get_opt("orders").await.unwrap().is_some(),
+        "store went first"
+    );
+    assert_eq!(
+        pg_count(&admin, Q_SCHEMA, &own).await,
+        1,
+        "siloed schema gone early"
+    );
 
     // Deletion under Delete: role and schema gone.
     delete_tenant(&client, &n, &silo).await;

@@ -191,7 +191,25 @@ async fn reconcile_inner(es: Arc<EventStore>, state: &State) -> Result<Action, R
                 }
                 other => other,
             },
-            FinalizerEvent::Cleanup(es) => cleanup::run(&es, ctx, &ns).await,
+            FinalizerEvent::Cleanup(es) => match siloed_tenants_left(&es, state, &ns).await? {
+                // A cloud store's siloed tenants have schemas, tables or databases of their own
+                // that only their own finalizers remove: the store waits for them.
+                Some(names) => {
+                    let message = format!(
+                        "siloed Tenants {} of this store still exist: delete them first (each \
+                         Tenant's deletionPolicy decides about its own schema, table or \
+                         database), the store is deleted after them",
+                        names.join(", ")
+                    );
+                    park(&es, ctx, &ns, "TenantsRemain", message.clone(), RESYNC).await?;
+                    // An error keeps the finalizer; the Tenants' deletions wake the store.
+                    Err(ReconcileError::Refused {
+                        reason: "TenantsRemain",
+                        message,
+                    })
+                }
+                None => cleanup::run(&es, ctx, &ns).await,
+            },
         }
     })
     .await
@@ -200,6 +218,33 @@ async fn reconcile_inner(es: Arc<EventStore>, state: &State) -> Result<Action, R
         | kube::runtime::finalizer::Error::CleanupFailed(e) => e,
         other => ReconcileError::Finalizer(other.to_string()),
     })
+}
+
+/// The siloed Tenants of the cloud store `es` that are not being deleted themselves, sorted (None
+/// when there are none, and always for selfHosted stores, whose tenants live on its volumes).
+async fn siloed_tenants_left(
+    es: &EventStore,
+    state: &State,
+    ns: &str,
+) -> Result<Option<Vec<String>>, ReconcileError> {
+    if es.self_hosted().is_some() {
+        return Ok(None);
+    }
+    crate::controllers::cache_ready(&state.tenants, "Tenant").await?;
+    let mut names: Vec<String> = state
+        .tenants
+        .state()
+        .iter()
+        .filter(|t| {
+            t.namespace().as_deref() == Some(ns)
+                && t.spec.event_store_ref.name == es.name_any()
+                && t.spec.placement == crate::api::tenant::Placement::Siloed
+                && t.metadata.deletion_timestamp.is_none()
+        })
+        .map(|t| t.name_any())
+        .collect();
+    names.sort();
+    Ok((!names.is_empty()).then_some(names))
 }
 
 /// Parks a store whose objects cannot be applied as they are (one of them belongs to someone
