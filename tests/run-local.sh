@@ -67,8 +67,8 @@ if [ "$real_node" = 1 ]; then
   done
   taint=$(get NODE_TAINT_KEY)
   placement="\"nodeSelector\": {\"$taint\": \"true\"}, \"tolerations\": [{\"key\": \"$taint\", \"operator\": \"Exists\", \"effect\": \"NoSchedule\"}]"
-  printf '{"replicas": 1, "watchNamespaces": ["%s"], "image": {"repository": "%s/allsource-operator", "tag": "%s", "pullPolicy": "Never"}, %s}\n' \
-    "$ns" "$registry" "$tag" "$placement" >"$state/run/values.json"
+  printf '{"replicas": 1, "watchNamespaces": ["%s"], "image": {"repository": "%s/allsource-operator", "tag": "%s", "pullPolicy": "Never"}, "storeNodeImages": ["%s/store-node"], %s}\n' \
+    "$ns" "$registry" "$tag" "$registry" "$placement" >"$state/run/values.json"
   step "helm install of charts/allsource-operator into $ns"
   helm=$(get HELM)
   "${helm:-helm}" --kubeconfig "$KUBECONFIG" upgrade --install allsource-operator \

@@ -64,6 +64,10 @@ struct RunArgs {
     /// Seconds between drift checks of a healthy cloud EventStore's table or schema (reads only).
     #[arg(long, env = "ALLSOURCE_DRIFT_INTERVAL_SECONDS", default_value_t = 60)]
     drift_interval_seconds: u64,
+    /// Image repositories store nodes, gateways and archivers may run, comma separated (an
+    /// entry ending in `/` allows everything below it); any image when empty.
+    #[arg(long, env = "ALLSOURCE_ALLOWED_IMAGES", default_value = "")]
+    allowed_images: String,
 }
 
 fn main() -> ExitCode {
@@ -170,7 +174,8 @@ async fn run_async(args: RunArgs) -> Result<(), Box<dyn std::error::Error>> {
             scope,
             Some(identity.clone()),
         )
-        .with_drift_interval(Duration::from_secs(args.drift_interval_seconds)),
+        .with_drift_interval(Duration::from_secs(args.drift_interval_seconds))
+        .with_allowed_images(controllers::images::parse(&args.allowed_images)),
     );
     // A standby replica is healthy and ready: it serves metrics and waits for the Lease.
     ready.store(true, Ordering::Relaxed);

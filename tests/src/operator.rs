@@ -87,9 +87,19 @@ impl Operator {
         Self::start_with_drift(client, ns, DEFAULT_DRIFT_INTERVAL)
     }
 
+    /// Like [`Operator::start`], with the images store nodes, gateways and archivers may run
+    /// limited to `repositories` (the `--allowed-images` flag).
+    pub fn start_allowing_images(client: &Client, ns: &str, repositories: &[&str]) -> Self {
+        Self::start_configured(client, ns, DEFAULT_DRIFT_INTERVAL, repositories)
+    }
+
     /// Like [`Operator::start`], looking for drift of cloud stores and siloed tenants every
     /// `drift` (this operator only: other suites in the process keep their own).
     pub fn start_with_drift(client: &Client, ns: &str, drift: Duration) -> Self {
+        Self::start_configured(client, ns, drift, &[])
+    }
+
+    fn start_configured(client: &Client, ns: &str, drift: Duration, images: &[&str]) -> Self {
         if std::env::var_os("ALLSOURCE_TEST_OPERATOR_LOG").is_some() {
             allsource_operator::telemetry::init_logging();
         } else {
@@ -103,7 +113,8 @@ impl Operator {
                 Scope::Namespaces(vec![ns.to_string()]),
                 Some(format!("test-{ns}")),
             )
-            .with_drift_interval(drift),
+            .with_drift_interval(drift)
+            .with_allowed_images(images.iter().map(|s| s.to_string()).collect()),
         );
         let task = tokio::spawn(controllers::run(ctx.clone()));
         Self { metrics, ctx, task }

@@ -309,6 +309,11 @@ fn default_render_is_hardened_least_privilege_and_ships_crds() {
     assert!(a.contains(&"--http-addr=0.0.0.0:8081"), "{a:?}");
     assert_eq!(env_var(dep, "RUST_LOG"), "info,kube=warn");
     assert!(!a.iter().any(|x| x.starts_with("--namespaces")), "{a:?}");
+    // Store nodes, gateways and archivers run only the chart's store-node image by default.
+    assert!(
+        a.contains(&"--allowed-images=ghcr.io/allsource/store-node"),
+        "{a:?}"
+    );
     assert_eq!(
         container(dep)["image"],
         format!(
@@ -1459,6 +1464,8 @@ mod e2e {
                 &format!("--namespaces={wns}"),
                 &format!("--http-addr=127.0.0.1:{port}"),
                 "--leader-elect=true",
+                // The chart's default allow-list: every sample's image is from it.
+                "--allowed-images=ghcr.io/allsource/store-node",
             ])
             .env("KUBECONFIG", &kubeconfig)
             .env("POD_NAMESPACE", &rns)

@@ -1189,3 +1189,46 @@ async fn placement_survives_recreating_the_store_over_retained_volumes() {
     ns.cleanup().await.unwrap();
     delete_volumes(&client, &pvs).await;
 }
+
+/// Only images of the allowed repositories run: a store naming another image is Degraded with
+/// reason ImageNotAllowed and gets no StatefulSet; an allowed one is Ready.
+#[tokio::test]
+async fn images_outside_the_allowed_repositories_never_run() {
+    let Some((ns, client)) = kube_namespace("es-images").await else {
+        return;
+    };
+    let n = ns.name().to_string();
+    let pvs = create_volumes(&client, &n, "orders", 1).await;
+    let op = Operator::start_allowing_images(&client, &n, &["ghcr.io/allsource/store-node"]);
+    let es: Api<EventStore> = Api::namespaced(client.clone(), &n);
+    let mut bad = store("orders", 1, "Retain");
+    bad.spec.self_hosted.as_mut().unwrap().image = "docker.io/attacker/store-node:0.1.0".into();
+    es.create(&PostParams::default(), &bad).await.unwrap();
+    let st = wait_status(&es, "orders", "Degraded ImageNotAllowed", |_, s| {
+        condition(s, "Degraded") == Some((true, "ImageNotAllowed".into()))
+    })
+    .await;
+    let msg = degraded_message(&st, "ImageNotAllowed").unwrap();
+    assert!(msg.contains("docker.io/attacker/store-node"), "{msg}");
+    println!("refused: {msg}");
+    let sts: Api<StatefulSet> = Api::namespaced(client.clone(), &n);
+    assert!(
+        sts.get_opt("orders").await.unwrap().is_none(),
+        "a StatefulSet was made"
+    );
+    es.patch(
+        "orders",
+        &PatchParams::default(),
+        &Patch::Merge(serde_json::json!({"spec": {"selfHosted": {"image": IMAGE_A}}})),
+    )
+    .await
+    .unwrap();
+    wait_status(&es, "orders", "Ready with the allowed image", |e, s| {
+        is_ready(e, s, 1)
+    })
+    .await;
+
+    op.stop().await;
+    ns.cleanup().await.unwrap();
+    delete_volumes(&client, &pvs).await;
+}

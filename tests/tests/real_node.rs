@@ -225,6 +225,8 @@ async fn install_operator(env: &TestEnv, ns: &env::TestNamespace, tag: &str) -> 
         "image": {"repository": format!("{REGISTRY}/allsource-operator"), "tag": tag, "pullPolicy": "Never"},
         // Only this namespace: other tests' EventStores are none of this operator's business.
         "watchNamespaces": [ns.name()],
+        // The store-node image built here is the one image store nodes may run.
+        "storeNodeImages": [format!("{REGISTRY}/store-node")],
         "nodeSelector": node_selector,
         "tolerations": tolerations,
     });

@@ -7,6 +7,7 @@
 pub mod apply;
 pub mod archivepolicy;
 pub mod eventstore;
+pub mod images;
 pub mod nodetls;
 pub mod tenant;
 pub mod trigger;
@@ -78,6 +79,9 @@ pub struct Context {
     node_urls: parking_lot::RwLock<HashMap<String, String>>,
     /// Interval between drift checks of a healthy cloud store or siloed tenant.
     drift_interval: Duration,
+    /// Image repositories the pods the operator makes (store nodes, gateways, archivers) may
+    /// run ([`images::allowed`]); any image when empty.
+    allowed_images: Vec<String>,
 }
 
 impl Context {
@@ -95,7 +99,31 @@ impl Context {
             failures: Mutex::new(HashMap::new()),
             node_urls: parking_lot::RwLock::new(HashMap::new()),
             drift_interval: eventstore::cloud::DEFAULT_DRIFT_INTERVAL,
+            allowed_images: Vec::new(),
         }
+    }
+
+    /// Restricts the images of the pods the operator makes to `repositories` (the
+    /// `--allowed-images` flag; the chart's `storeNodeImages`). Empty: any image.
+    pub fn with_allowed_images(mut self, repositories: Vec<String>) -> Self {
+        self.allowed_images = repositories;
+        self
+    }
+
+    /// Err with the reason's message when `image` (of `field`) is not one the operator may run.
+    pub fn check_image(&self, field: &str, image: &str) -> Result<(), ReconcileError> {
+        if images::allowed(&self.allowed_images, image) {
+            return Ok(());
+        }
+        Err(ReconcileError::Refused {
+            reason: "ImageNotAllowed",
+            message: format!(
+                "{field} {image:?} is not from an allowed repository ({}); the operator's \
+                 --allowed-images (Helm value storeNodeImages) lists what store nodes, gateways \
+                 and archivers may run",
+                self.allowed_images.join(", ")
+            ),
+        })
     }
 
     /// Sets the interval between drift checks (the `--drift-interval-seconds` flag; tests

@@ -361,6 +361,19 @@ async fn apply_policy(p: &ArchivePolicy, st: &State, ns: &str) -> Result<Action,
         .map(|s| s.image.clone())
         .or_else(|| es.spec.gateway.as_ref().map(|g| g.image.clone()))
         .unwrap_or_else(crate::api::eventstore::default_image);
+    // The archive pods get the tenants' tokens: they run only an allowed image.
+    if let Err(ReconcileError::Refused { reason, message }) =
+        ctx.check_image("the EventStore's store-node image", &image)
+    {
+        return park(
+            p,
+            ctx,
+            ns,
+            Problem::new(reason, message),
+            Action::await_change(),
+        )
+        .await;
+    }
     let (tokens, missing) = match tenant_tokens(p, ctx, ns).await? {
         Ok(t) => t,
         Err(pr) => return park(p, ctx, ns, pr, Action::await_change()).await,

@@ -330,6 +330,13 @@ async fn apply_store(es: &EventStore, state: &State, ns: &str) -> Result<Action,
         write_status(es, ctx, ns, status).await?;
         return Ok(Action::await_change());
     }
+    // Images: only from the repositories the platform team allows.
+    if let Some(sh) = es.self_hosted() {
+        ctx.check_image("spec.selfHosted.image", &sh.image)?;
+    }
+    if let Some(gw) = es.spec.gateway.as_ref().filter(|g| g.enabled) {
+        ctx.check_image("spec.gateway.image", &gw.image)?;
+    }
     let Some(sh) = es.self_hosted().cloned() else {
         return match es.spec.backend {
             Backend::SelfHosted => {
