@@ -938,3 +938,44 @@ async fn scheduled_run_reports_its_result_from_the_termination_message() {
     delete_bucket(&s3, &bucket).await;
     t.finish().await;
 }
+
+/// The archive Job would run the store's image with the tenants' tokens mounted: an operator
+/// limited to other repositories makes no CronJob and says why (Degraded / ImageNotAllowed).
+#[tokio::test]
+async fn a_store_image_outside_the_allowed_repositories_gets_no_archive_job() {
+    let Some(t) = setup("ap-images").await else {
+        return;
+    };
+    let n = t.name();
+    let Setup { ns, client, op } = t;
+    op.stop().await;
+    let op = Operator::start_allowing_images(&client, &n, &["registry.example.com/store-node"]);
+    let aps: Api<ArchivePolicy> = Api::namespaced(client.clone(), &n);
+    aps.create(
+        &PostParams::default(),
+        &s3_policy("nightly", "no-bucket-needed"),
+    )
+    .await
+    .unwrap();
+    let st = wait_status(&aps, "nightly", "Degraded ImageNotAllowed", |_, s| {
+        degraded(s).is_some_and(|(d, r, _)| d && r == "ImageNotAllowed")
+    })
+    .await;
+    let (_, _, msg) = degraded(&st).unwrap();
+    assert!(msg.contains("ghcr.io/allsource/store-node:0.1.0"), "{msg}");
+    let cjs: Api<CronJob> = Api::namespaced(client.clone(), &n);
+    assert!(
+        cjs.get_opt("nightly-archive").await.unwrap().is_none(),
+        "a CronJob was made for a refused image"
+    );
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), &n);
+    assert!(
+        secrets
+            .get_opt("nightly-archive-tokens")
+            .await
+            .unwrap()
+            .is_none(),
+        "tenant tokens were handed over for a refused image"
+    );
+    Setup { ns, client, op }.finish().await;
+}
