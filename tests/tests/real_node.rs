@@ -861,9 +861,9 @@ fn event_id(t: usize, i: usize) -> uuid::Uuid {
     )
 }
 
-/// Appends one event at a time to `stream` as `access`'s application would (through the
-/// Service, following 421s), retrying the same event until it is acknowledged, until `stop`;
-/// then finishes the event in flight (bounded by [`WAIT`]).
+/// Appends one event at a time to `stream` as `access`'s application would (at its Secret's
+/// endpoint, following 421s), each at its exact expected version, retrying the same event until
+/// it is acknowledged, until `stop`; then finishes the event in flight (bounded by [`WAIT`]).
 async fn write_until(
     env: &'static TestEnv,
     access: Access,
@@ -880,7 +880,16 @@ async fn write_until(
             stopped_at = Some(Instant::now());
         }
         let id = event_id(t, i);
-        let body = json!({"events": [{"eventId": id, "eventType": "Tick", "data": {"i": i}}]});
+        // Each event at its exact version: a retry of an append whose answer was lost is then
+        // recognized whether or not the node checkpointed it since (without an expected version
+        // only the node's in-memory window recognizes it: store-node/openapi.yaml).
+        let expected = if i == 0 {
+            json!("noStream")
+        } else {
+            json!(i - 1)
+        };
+        let body = json!({"expectedVersion": expected,
+                          "events": [{"eventId": id, "eventType": "Tick", "data": {"i": i}}]});
         let sent = send(
             env,
             reqwest::Method::POST,
