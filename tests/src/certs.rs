@@ -30,24 +30,16 @@ pub fn make_ca(dir: &Path, name: &str) {
         ]));
 }
 
-/// A server certificate for the subject alternative names `sans` (e.g.
-/// `DNS:localhost,IP:127.0.0.1`) issued by the CA `ca` of `dir`, valid `days`, with `serial`
-/// (`<out>.crt`, `<out>.key` in `dir`).
-pub fn issue_server_cert(dir: &Path, ca: &str, out: &str, sans: &str, serial: u32, days: u32) {
+/// A certificate with CN `cn` and the X.509 extensions `ext` (openssl extfile lines), issued by
+/// the CA `ca` of `dir`, valid `days`, with `serial` (`<out>.crt`, `<out>.key` in `dir`).
+pub fn issue_cert(dir: &Path, ca: &str, cn: &str, out: &str, ext: &str, serial: u32, days: u32) {
     let ext_file = format!("{out}.ext");
-    std::fs::write(
-        dir.join(&ext_file),
-        format!(
-            "subjectAltName={sans}\nextendedKeyUsage=serverAuth\n\
-             basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature\n"
-        ),
-    )
-    .unwrap_or_else(|e| panic!("write {ext_file}: {e}"));
+    std::fs::write(dir.join(&ext_file), ext).unwrap_or_else(|e| panic!("write {ext_file}: {e}"));
     run(Command::new("openssl")
         .current_dir(dir)
         .args(["req", "-newkey", "ec", "-pkeyopt"])
         .args(["ec_paramgen_curve:prime256v1", "-nodes"])
-        .args(["-subj", &format!("/CN={out}")])
+        .args(["-subj", &format!("/CN={cn}")])
         .args([
             "-keyout",
             &format!("{out}.key"),
@@ -65,4 +57,15 @@ pub fn issue_server_cert(dir: &Path, ca: &str, out: &str, sans: &str, serial: u3
             &days.to_string(),
         ])
         .args(["-extfile", &ext_file, "-out", &format!("{out}.crt")]));
+}
+
+/// A server certificate for the subject alternative names `sans` (e.g.
+/// `DNS:localhost,IP:127.0.0.1`) issued by the CA `ca` of `dir`, valid `days`, with `serial`
+/// (`<out>.crt`, `<out>.key` in `dir`).
+pub fn issue_server_cert(dir: &Path, ca: &str, out: &str, sans: &str, serial: u32, days: u32) {
+    let ext = format!(
+        "subjectAltName={sans}\nextendedKeyUsage=serverAuth\n\
+         basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature\n"
+    );
+    issue_cert(dir, ca, out, out, &ext, serial, days);
 }

@@ -82,28 +82,10 @@ const SERVER_EXT: &str = "subjectAltName=DNS:localhost,IP:127.0.0.1\nextendedKey
 const CLIENT_EXT: &str =
     "extendedKeyUsage=clientAuth\nbasicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature\n";
 
-/// A certificate with CN `cn` and extensions `ext`, issued by the CA `ca` (`<out>.crt`,
-/// `<out>.key` in `dir`).
+/// A certificate with CN `cn` and extensions `ext`, issued by the CA `ca`, valid 2 days
+/// (`<out>.crt`, `<out>.key` in `dir`).
 fn issue_cert(dir: &Path, ca: &str, cn: &str, out: &str, ext: &str, serial: u32) {
-    let ext_file = format!("{out}.ext");
-    std::fs::write(dir.join(&ext_file), ext).unwrap_or_else(|e| panic!("{e}"));
-    run(Command::new("openssl")
-        .current_dir(dir)
-        .args(["req", "-newkey", "ec", "-pkeyopt"])
-        .args(["ec_paramgen_curve:prime256v1", "-nodes"])
-        .args(["-subj", &format!("/CN={cn}")])
-        .args([
-            "-keyout",
-            &format!("{out}.key"),
-            "-out",
-            &format!("{out}.csr"),
-        ]));
-    run(Command::new("openssl")
-        .current_dir(dir)
-        .args(["x509", "-req", "-in", &format!("{out}.csr")])
-        .args(["-CA", &format!("{ca}.crt"), "-CAkey", &format!("{ca}.key")])
-        .args(["-set_serial", &serial.to_string(), "-days", "2"])
-        .args(["-extfile", &ext_file, "-out", &format!("{out}.crt")]));
+    allsource_tests::certs::issue_cert(dir, ca, cn, out, ext, serial, 2);
 }
 
 impl TlsPg {

@@ -165,6 +165,12 @@ impl Plan {
     }
 }
 
+/// `spec.resources.requests.storage` of a claim, as written.
+fn requested_storage(pvc: &PersistentVolumeClaim) -> Option<String> {
+    let requests = pvc.spec.as_ref()?.resources.as_ref()?.requests.as_ref()?;
+    requests.get("storage").map(|q| q.0.clone())
+}
+
 /// The size of the live StatefulSet's claim template, when it has one.
 pub fn template_size(sts: &StatefulSet) -> Option<String> {
     sts.spec
@@ -172,31 +178,15 @@ pub fn template_size(sts: &StatefulSet) -> Option<String> {
         .volume_claim_templates
         .iter()
         .flatten()
-        .find(|c| c.metadata.name.as_deref() == Some(CLAIM))?
-        .spec
-        .as_ref()?
-        .resources
-        .as_ref()?
-        .requests
-        .as_ref()?
-        .get("storage")
-        .map(|q| q.0.clone())
+        .find(|c| c.metadata.name.as_deref() == Some(CLAIM))
+        .and_then(requested_storage)
 }
 
 /// What of a PVC [`plan`] reads; None for a PVC that is not one of the store's node volumes.
 pub fn volume(es: &EventStore, pvc: &PersistentVolumeClaim) -> Option<Volume> {
     let name = pvc.metadata.name.clone()?;
     pvc_ordinal(es, &name)?;
-    let requested = pvc
-        .spec
-        .as_ref()?
-        .resources
-        .as_ref()?
-        .requests
-        .as_ref()?
-        .get("storage")?
-        .0
-        .clone();
+    let requested = requested_storage(pvc)?;
     let status = pvc.status.as_ref();
     Some(Volume {
         name,
@@ -287,10 +277,12 @@ pub async fn reconcile(
 ) -> Result<Outcome, ReconcileError> {
     let pvc_api: Api<PersistentVolumeClaim> = Api::namespaced(ctx.client.clone(), ns);
     for p in pvcs {
-        let (Some(name), Some(i)) = (
-            p.metadata.name.as_deref(),
-            p.metadata.name.as_deref().and_then(|n| pvc_ordinal(es, n)),
-        ) else {
+        let Some((name, i)) = p
+            .metadata
+            .name
+            .as_deref()
+            .and_then(|n| Some((n, pvc_ordinal(es, n)?)))
+        else {
             continue;
         };
         let current = p.annotations().get(TENANTS_ANNOTATION).map(String::as_str);
